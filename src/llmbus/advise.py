@@ -1,0 +1,146 @@
+"""Stop 1 — do you need an LLM? Size tier for the task, cheap non-LLM baselines on the same data and metric,
+and the task's LLM runs side by side (metric, latency per item, cost per 1k items)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmbus import metrics
+from llmbus.baselines import BASELINES_BY_KIND, Baseline
+from llmbus.data import Item, load_items, split_items
+from llmbus.spec import TaskSpec
+from llmbus.store import Store
+from llmbus.summary import summarize
+
+# (tier, parameters, why) by task type; the talk's rule of thumb.
+TIERS: dict[str, tuple[str, str, str]] = {
+    "classification": ("small", "≈300M", "a fixed label set: an encoder-sized model or a fine-tuned ≈300M LM "
+                                         "is enough once it has examples"),
+    "ner": ("small", "≈300M", "span tagging is token classification: encoder-sized models do it well"),
+    "extraction": ("small", "≈300M", "copying fields into a schema needs little world knowledge"),
+    "qa": ("medium", "≈3B", "answering in free text needs language generation and some world knowledge"),
+    "chat": ("medium", "≈3B", "simple chat needs fluent generation but not deep reasoning"),
+    "summarization": ("medium", "≈3B", "summaries need fluent generation over long inputs"),
+    "math": ("medium", "≈3B", "multi-step arithmetic word problems need a ≈3B+ model with step-by-step reasoning"),
+    "code": ("large", "≈30B", "code generation needs broad knowledge and long-range consistency"),
+    "research": ("large", "≈30B", "deep research needs planning, long context and broad knowledge"),
+}
+DEFAULT_TYPE = {"classify": "classification", "extract": "ner", "generate": "qa"}
+
+
+@dataclass
+class AdviceRow:
+    """One system compared on the task: a baseline or an LLM run."""
+
+    system: str
+    kind: str  # baseline | llm
+    value: float
+    n_items: int
+    latency_ms: float
+    usd_per_1k: float
+    baseline_on_same_items: float | None = None
+
+
+@dataclass
+class Advice:
+    """The advisor's answer for one task."""
+
+    task: str
+    task_type: str
+    tier: str
+    tier_params: str
+    reason: str
+    metric: str
+    n_train: int
+    n_eval: int
+    rows: list[AdviceRow] = field(default_factory=list)
+    verdict: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json."""
+        return asdict(self)
+
+
+def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.05) -> Advice:
+    """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs."""
+    task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
+    tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
+    split = split_items(spec, load_items(spec))
+    advice = Advice(task=spec.name, task_type=task_type, tier=tier, tier_params=params,
+                    reason=f"{task_type}: {why}.", metric=spec.main_metric, n_train=len(split.pool),
+                    n_eval=len(split.eval))
+    predictions: dict[str, dict[str, Any]] = {}
+    for baseline in BASELINES_BY_KIND[spec.kind]:
+        row, by_item = score_baseline(spec, baseline, split.pool, split.eval, usd_per_hour)
+        advice.rows.append(row)
+        predictions[row.system] = by_item
+    if store is not None:
+        advice.rows.extend(llm_rows(spec, store, split.eval, predictions))
+    advice.verdict = verdict(advice)
+    return advice
+
+
+def score_baseline(spec: TaskSpec, baseline: Baseline, pool: list[Item], evaluation: list[Item],
+                   usd_per_hour: float) -> tuple[AdviceRow, dict[str, Any]]:
+    """Train on the pool, predict the eval items; latency is single-item, cost is batch CPU-seconds."""
+    model = baseline.train(spec, pool)
+    cpu_start = time.process_time()
+    predicted = model.predict(evaluation)
+    cpu_per_item = (time.process_time() - cpu_start) / max(1, len(evaluation))
+    sample = evaluation[:30]
+    ticks = []
+    for item in sample:
+        tick = time.perf_counter()
+        model.predict([item])
+        ticks.append(time.perf_counter() - tick)
+    value = metrics.compute(spec.main_metric, zip(predicted, (i.expected for i in evaluation), strict=True))
+    row = AdviceRow(system=baseline.name, kind="baseline", value=value, n_items=len(evaluation),
+                    latency_ms=1000 * float(np.median(ticks)) if ticks else float("nan"),
+                    usd_per_1k=1000 * cpu_per_item * usd_per_hour / 3600)
+    return row, {item.id: p for item, p in zip(evaluation, predicted, strict=True)}
+
+
+def llm_rows(spec: TaskSpec, store: Store, evaluation: list[Item],
+             predictions: dict[str, dict[str, Any]]) -> list[AdviceRow]:
+    """The task's logged LLM runs (current spec version), each with the first baseline on the same items."""
+    expected = {item.id: item.expected for item in evaluation}
+    first_baseline = next(iter(predictions.values()), {})
+    rows = []
+    for run in store.list_runs(spec.name):
+        if run["spec_version"] != spec.version:
+            continue
+        summary = summarize(store, run)
+        item_ids = [c["item_id"] for c in store.iter_calls(run["id"]) if c["item_id"] in expected]
+        same = metrics.compute(spec.main_metric, ((first_baseline.get(i), expected[i]) for i in item_ids)) \
+            if first_baseline and item_ids else None
+        rows.append(AdviceRow(system=f"{run['model']} (run {run['id']})", kind="llm", value=summary.value,
+                              n_items=summary.items, latency_ms=1000 * summary.latency_p50_s,
+                              usd_per_1k=summary.cost_per_1k, baseline_on_same_items=same))
+    return rows
+
+
+def verdict(advice: Advice) -> str:
+    """One sentence: is the LLM worth it over the best cheap baseline?"""
+    baselines = [r for r in advice.rows if r.kind == "baseline" and np.isfinite(r.value)]
+    llms = [r for r in advice.rows if r.kind == "llm" and np.isfinite(r.value)]
+    if not baselines:
+        return f"No cheap baseline fits this task kind; start with a {advice.tier_params} model."
+    best_base = max(baselines, key=lambda r: r.value)
+    if not llms:
+        return (f"Best cheap baseline: {best_base.system} at {advice.metric} {best_base.value:.3f}. "
+                f"Run an LLM (`llmbus run`) to see whether a {advice.tier_params} model beats it.")
+    best_llm = max(llms, key=lambda r: r.value)
+    reference = best_llm.baseline_on_same_items if best_llm.baseline_on_same_items is not None else best_base.value
+    gain = best_llm.value - reference
+    cost_ratio = best_llm.usd_per_1k / best_base.usd_per_1k if best_base.usd_per_1k > 0 else float("inf")
+    if gain <= 0.01:
+        return (f"The cheap baseline {best_base.system} matches the best LLM run ({best_llm.system}: "
+                f"{best_llm.value:.3f} vs {reference:.3f} on the same items) at {cost_ratio:,.0f}× lower cost: "
+                "you do not need an LLM for this yet.")
+    return (f"The best LLM run gains {gain:+.3f} {advice.metric} over {best_base.system} on the same items, "
+            f"at {cost_ratio:,.0f}× the cost per item: worth it if that gain matters; "
+            "distill it later (stop 5) to get the cost back down.")

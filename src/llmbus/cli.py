@@ -1,0 +1,226 @@
+"""The `llmbus` command: parse, call one library function, print (rich for people, --json for machines)."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmbus.errors import LlmbusError
+from llmbus.models import DEFAULT_MODEL
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DB_OPTION = typer.Option(None, "--db", help="SQLite file or database URL (default $LLMBUS_DB or ./llmbus.db)")
+JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output")
+
+
+def friendly_errors(func: F) -> F:
+    """Turn LlmbusError into one red line on stderr and exit code 2 (no traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LlmbusError as exc:
+            from llmbus.run import RunInterrupted
+
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130 if isinstance(exc, RunInterrupted) else 2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table cell ('–' for missing)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+@app.command()
+@friendly_errors
+def run(
+    task: str = typer.Argument(..., help="Task spec YAML"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model reference, e.g. local:gemma-3-270m"),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Answer only the first N eval items"),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
+    resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt and exit"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Answer a task's items with a model; every call goes into the call log."""
+    from llmbus.run import eval_items, render_items, run_task
+    from llmbus.spec import load_spec
+    from llmbus.store import Store
+    from llmbus.summary import summarize
+
+    spec = load_spec(task)
+    if dry_run:
+        items, selector = eval_items(spec, 1)
+        sys.stdout.write(next(render_items(spec, items, selector))[1] + "\n")
+        return
+    store = Store(db)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    with _progress_bar(disable=as_json) as (bar, on_progress):
+        run_id = run_task(spec, model, store, limit=limit, concurrency=concurrency, use_cache=not no_cache,
+                          resume=resume, on_progress=on_progress)
+    summary = summarize(store, store.get_run(run_id))
+    if as_json:
+        out.print_json(data=summary.as_dict())
+    else:
+        _print_runs([summary], title=f"run {run_id}")
+
+
+def _raise_keyboard_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+class _progress_bar:
+    """Rich progress with items/s, errors and the running metric; a no-op when disabled."""
+
+    def __init__(self, disable: bool):
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} items/s  errors {task.fields[errors]}  "
+                                            "{task.fields[metric]}"),
+                                 TimeElapsedColumn(), console=err, disable=disable)
+        self.task_id = self.progress.add_task("answering", total=None, rate="–", errors=0, metric="")
+
+    def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
+        self.progress.start()
+        return self.progress, self.update
+
+    def update(self, p: Any) -> None:
+        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
+        self.progress.update(self.task_id, completed=p.done, total=p.total, rate=f"{rate:.1f}", errors=p.errors,
+                             metric=f"{p.metric_name} {fmt(p.metric_value)}")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+
+def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:
+    table = Table(title=title, title_justify="left")
+    columns = ["run", "task", "model", "items", "errors", "metric", "value", "tokens in/out", "cost $",
+               "$/1k", "p50 s", "p95 s", "items/s"]
+    if traffic:
+        columns += ["$/month", "need items/s", "replicas"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in {"run", "task", "model", "metric"} else "right")
+    for s in summaries:
+        cells = [s.run_id, s.task, s.model, f"{s.items}/{s.planned}", str(s.errors), s.metric, fmt(s.value),
+                 f"{s.tokens_in}/{s.tokens_out}", fmt(s.cost_usd, ".4f"), fmt(s.cost_per_1k, ".4f"),
+                 fmt(s.latency_p50_s), fmt(s.latency_p95_s), fmt(s.items_per_s, ".2f")]
+        if traffic:
+            cells += [fmt(s.usd_per_month, ",.2f"), fmt(s.needed_items_per_s, ".2f"), str(s.replicas_needed or "–")]
+        table.add_row(*cells)
+    out.print(table)
+
+
+@app.command()
+@friendly_errors
+def runs(
+    task: str | None = typer.Option(None, "--task", help="Only runs of this task name"),
+    traffic: int | None = typer.Option(None, "--traffic", help="Items per month: adds $/month and throughput"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Table of runs: quality, errors, tokens, cost and latency."""
+    from llmbus.store import Store
+    from llmbus.summary import summarize
+
+    store = Store(db)
+    summaries = [summarize(store, r, traffic) for r in store.list_runs(task)]
+    if as_json:
+        out.print_json(data=[s.as_dict() for s in summaries])
+    else:
+        _print_runs(summaries, traffic=traffic)
+
+
+@app.command()
+@friendly_errors
+def show(
+    run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Per-item rows of a run."""
+    from llmbus.store import Store
+
+    store = Store(db)
+    run = store.get_run(run_id)
+    rows = list(store.iter_calls(run["id"]))
+    if as_json:
+        sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}",
+                  title_justify="left")
+    for column in ("item", "answer", "expected", "conf", "score", "latency s", "cost $", "cache", "error"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["item_id"], _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
+                      _short(r["expected"]), fmt(r["confidence"], ".2f"), fmt(r["score"], ".2f"),
+                      fmt(r["latency_s"], ".3f"), fmt(r["cost_usd"], ".6f"), "hit" if r["cache_hit"] else "",
+                      r["error_kind"] or "")
+    out.print(table)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+@friendly_errors
+def advise(
+    task: str = typer.Argument(..., help="Task spec YAML"),
+    db: str | None = DB_OPTION,
+    usd_per_hour: float = typer.Option(0.05, "--usd-per-hour", help="CPU price used for baseline cost"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
+    from llmbus.advise import advise as run_advice
+    from llmbus.spec import load_spec
+    from llmbus.store import Store
+
+    spec = load_spec(task)
+    advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour)
+    if as_json:
+        out.print_json(data=advice.as_dict())
+        return
+    out.print(f"[bold]{spec.name}[/] · kind {spec.kind} → tier [bold]{advice.tier}[/] ({advice.tier_params})")
+    out.print(advice.reason, highlight=False)
+    table = Table(title=f"{advice.metric} on {advice.n_eval} held-out items (pool of {advice.n_train} for "
+                        "training / few-shot)", title_justify="left")
+    for column in ("system", "kind", advice.metric, "on items", "latency/item ms", "$/1k items"):
+        table.add_column(column, justify="left" if column in {"system", "kind"} else "right")
+    for row in advice.rows:
+        table.add_row(row.system, row.kind, fmt(row.value), str(row.n_items), fmt(row.latency_ms, ".2f"),
+                      fmt(row.usd_per_1k, ".5f"))
+    out.print(table)
+    out.print(advice.verdict, highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

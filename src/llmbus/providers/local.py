@@ -1,0 +1,165 @@
+"""Local models: a GGUF served by a supervised llama-server with parallel slots (continuous batching).
+
+- Label sets are scored, not generated: one forward pass returns the next-token distribution, and each
+  label gets the probability of its tokens (a small token trie, so labels sharing a first token still work).
+  The answer is the most likely label; its probability is the confidence the cascade and active learning use.
+- JSON Schemas are enforced by llama.cpp's grammar sampler (`json_schema`).
+- Cost is measured CPU-seconds of the server, shared among the requests in flight, at a $/hour price.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from llmbus.errors import ProviderError
+from llmbus.llamacpp import LlamaServer, resolve_gguf
+from llmbus.models import ModelConfig
+from llmbus.providers.base import Completion, Request, normalize_probs
+
+TOP_PROBS = 64  # alternatives llama-server reports per position when scoring labels
+FLOOR_PROB = 1e-9  # a label token outside the reported top alternatives
+
+
+class CpuShare:
+    """Splits a process's CPU time among the requests in flight while it was spent (sums stay exact)."""
+
+    def __init__(self, read_cpu: Callable[[], float]):
+        self._read = read_cpu
+        self._lock = threading.Lock()
+        self._last = read_cpu()
+        self._open: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    def _settle(self) -> None:
+        now = self._read()
+        delta, self._last = max(0.0, now - self._last), now
+        if self._open:
+            share = delta / len(self._open)
+            for key in self._open:
+                self._open[key] += share
+
+    def begin(self) -> int:
+        """Mark a request as in flight; returns its handle."""
+        with self._lock:
+            self._settle()
+            handle = next(self._ids)
+            self._open[handle] = 0.0
+            return handle
+
+    def end(self, handle: int) -> float:
+        """CPU-seconds attributed to the request since `begin`."""
+        with self._lock:
+            self._settle()
+            return self._open.pop(handle)
+
+
+class LocalProvider:
+    """A GGUF model behind llama-server on 127.0.0.1."""
+
+    def __init__(self, config: ModelConfig, extra_args: tuple[str, ...] = ()):
+        assert config.gguf, "local models need a gguf"
+        self.name = config.name
+        self.config = config
+        self.server = LlamaServer(resolve_gguf(config.gguf), threads=config.threads, parallel=config.parallel,
+                                  ctx_per_slot=config.ctx_per_slot, extra_args=extra_args)
+        self._cpu: CpuShare | None = None
+        self._token_cache: dict[str, list[int]] = {}
+
+    def check(self) -> None:
+        """Start the server now (model load errors surface here, before a run begins)."""
+        self.server.ensure_running()
+        if self._cpu is None:
+            self._cpu = CpuShare(self.server.cpu_seconds)
+
+    def complete(self, request: Request) -> Completion:
+        """Score labels, or generate (grammar-constrained when a JSON Schema is given)."""
+        self.check()
+        assert self._cpu is not None
+        handle = self._cpu.begin()
+        try:
+            completion = self._score_labels(request) if request.labels else self._generate(request)
+        finally:
+            cpu = self._cpu.end(handle)
+        completion.cpu_seconds = cpu
+        completion.cost_usd = cpu * self.config.usd_per_hour / 3600
+        return completion
+
+    def _generate(self, request: Request) -> Completion:
+        body: dict[str, Any] = {"prompt": request.prompt, "n_predict": request.max_tokens,
+                                "temperature": request.temperature, "stop": list(request.stop),
+                                "cache_prompt": True}
+        if request.json_schema is not None:
+            body["json_schema"] = request.json_schema
+        data = self.server.post("/completion", body)
+        return Completion(text=str(data.get("content", "")), tokens_in=int(data.get("tokens_evaluated", 0)),
+                          tokens_out=int(data.get("tokens_predicted", 0)))
+
+    def _score_labels(self, request: Request) -> Completion:
+        assert request.labels is not None
+        prompt_tokens = self.tokenize(request.prompt, special=True)
+        # The label follows the prompt as the next word: tokenize it with the leading space it will have.
+        sep = "" if request.prompt.endswith((" ", "\n")) else " "
+        sequences = {label: self.tokenize(sep + label) for label in request.labels}
+        scores, tokens_in = self._walk(prompt_tokens, sequences, 1.0)
+        probs = normalize_probs(scores)
+        best = max(probs, key=lambda label: probs[label])
+        return Completion(text=best, tokens_in=tokens_in, tokens_out=1, label_probs=probs)
+
+    def _walk(self, prefix: list[int], sequences: dict[str, list[int]],
+              mass: float) -> tuple[dict[str, float], int]:
+        """Probability of each label's token sequence after `prefix`, one server call per trie branch."""
+        top, tokens_in = self._next_token_probs(prefix)
+        scores: dict[str, float] = {}
+        groups: dict[int, dict[str, list[int]]] = {}
+        for label, tokens in sequences.items():
+            if not tokens:  # this label ended here while a longer one continues: it gets the rest of the mass
+                scores[label] = mass * max(FLOOR_PROB, 1 - sum(top.get(t[0], 0) for t in sequences.values() if t))
+                continue
+            groups.setdefault(tokens[0], {})[label] = tokens[1:]
+        for token, members in groups.items():
+            p = mass * top.get(token, FLOOR_PROB)
+            if len(members) == 1:
+                scores[next(iter(members))] = p
+            else:
+                deeper, used = self._walk([*prefix, token], members, p)
+                scores.update(deeper)
+                tokens_in += used
+        return scores, tokens_in
+
+    def _next_token_probs(self, prompt_tokens: list[int]) -> tuple[dict[int, float], int]:
+        data = self.server.post("/completion", {
+            "prompt": prompt_tokens, "n_predict": 1, "n_probs": TOP_PROBS, "temperature": 0.0,
+            "cache_prompt": True})
+        probs = data.get("completion_probabilities") or []
+        if not probs:
+            raise ProviderError("bad_response", "llama-server returned no token probabilities")
+        return parse_top_probs(probs[0]), int(data.get("tokens_evaluated", len(prompt_tokens)))
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text` under the model's tokenizer (cached for label strings)."""
+        if not special and text in self._token_cache:
+            return self._token_cache[text]
+        data = self.server.post("/tokenize", {"content": text, "add_special": special})
+        tokens = [int(t) for t in data.get("tokens", [])]
+        if not special:
+            self._token_cache[text] = tokens
+        return tokens
+
+    def close(self) -> None:
+        """Stop the llama-server process."""
+        self.server.stop()
+
+
+def parse_top_probs(entry: dict[str, Any]) -> dict[int, float]:
+    """{token id: probability} from one `completion_probabilities` entry (logprob or prob format)."""
+    out: dict[int, float] = {}
+    for alt in entry.get("top_logprobs") or entry.get("top_probs") or entry.get("probs") or []:
+        if "logprob" in alt:
+            out[int(alt["id"])] = math.exp(float(alt["logprob"]))
+        elif "prob" in alt:
+            out[int(alt["id"])] = float(alt["prob"])
+    return out

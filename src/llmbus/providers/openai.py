@@ -1,0 +1,179 @@
+"""Any OpenAI-compatible endpoint (vLLM, TGI, llama.cpp server, hosted APIs) over plain HTTP.
+
+Two pure functions translate the wire format; the class adds timeouts, bounded concurrency and retries
+with exponential backoff on 429, 5xx and connection errors, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from llmbus.errors import ProviderError, Unreachable
+from llmbus.models import ModelConfig
+from llmbus.providers.base import Completion, Request, match_label, normalize_probs
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def to_payload(model: str, api: str, request: Request) -> dict[str, Any]:
+    """The JSON body for /chat/completions or /completions."""
+    body: dict[str, Any] = {"model": model, "max_tokens": request.max_tokens, "temperature": request.temperature}
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": request.prompt}]
+        if request.labels:
+            body["logprobs"] = True
+            body["top_logprobs"] = 20
+    else:
+        body["prompt"] = request.prompt
+        if request.labels:
+            body["logprobs"] = 20
+    if request.json_schema is not None:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "answer", "schema": request.json_schema}}
+    return body
+
+
+def from_response(api: str, data: dict[str, Any], request: Request) -> Completion:
+    """Text, usage and (for label sets) label probabilities from a response body."""
+    try:
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if api == "chat" else choice["text"]
+    except (KeyError, IndexError, TypeError):
+        raise ProviderError("bad_response", f"response has no choices[0] text: {str(data)[:200]}") from None
+    text = text or ""
+    usage = data.get("usage") or {}
+    completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
+                            tokens_out=int(usage.get("completion_tokens") or 0))
+    if request.labels:
+        label = match_label(text, request.labels)
+        completion.text = label if label is not None else text
+        completion.label_probs = label_probs_from_logprobs(api, choice, request.labels, label)
+    return completion
+
+
+def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],
+                              chosen: str | None) -> dict[str, float] | None:
+    """Label distribution from the first answer token's top logprobs; None when none were returned."""
+    alternatives = first_token_alternatives(api, choice)
+    if not alternatives:
+        return None
+    scores = dict.fromkeys(labels, 0.0)
+    for token, logprob in alternatives.items():
+        piece = token.strip().lower()
+        if not piece:
+            continue
+        matches = [label for label in labels if label.lower().startswith(piece)]
+        if len(matches) == 1:
+            scores[matches[0]] += math.exp(logprob)
+    if chosen is not None and scores[chosen] == 0:
+        return None  # the answer's first token did not name a single label: probabilities would lie
+    return normalize_probs(scores)
+
+
+def first_token_alternatives(api: str, choice: dict[str, Any]) -> dict[str, float]:
+    """{token: logprob} for the first non-blank generated token, from either API's logprobs shape."""
+    logprobs = choice.get("logprobs") or {}
+    if api == "chat":
+        for entry in logprobs.get("content") or []:
+            if entry.get("token", "").strip():
+                return {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs") or []}
+        return {}
+    tokens = logprobs.get("tokens") or []
+    for token, top in zip(tokens, logprobs.get("top_logprobs") or [], strict=False):
+        if token.strip():
+            return dict(top or {})
+    return {}
+
+
+class OpenAIProvider:
+    """Calls one model on an OpenAI-compatible endpoint."""
+
+    def __init__(self, config: ModelConfig):
+        if not config.base_url:
+            raise Unreachable(f"{config.name}: no base_url configured")
+        self.name = config.name
+        self.config = config
+        self.remote_model = config.model or config.name.partition(":")[2]
+        headers = {}
+        key = os.environ.get(config.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(base_url=config.base_url.rstrip("/"), headers=headers,
+                                   timeout=httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
+                                   limits=httpx.Limits(max_connections=config.max_concurrency))
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+
+    def check(self) -> None:
+        """Fail fast when nothing listens at the endpoint (any HTTP answer counts as reachable)."""
+        try:
+            self.client.get("/models", timeout=10.0)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"{self.name}: cannot reach {self.config.base_url}: {exc.__class__.__name__}") from None
+
+    def complete(self, request: Request) -> Completion:
+        """One call with retries; raises ProviderError with a kind once retries are spent."""
+        path = "/chat/completions" if self.config.api == "chat" else "/completions"
+        body = to_payload(self.remote_model, self.config.api, request)
+        with self._slots:
+            data = self._post_with_retries(path, body)
+        completion = from_response(self.config.api, data, request)
+        completion.cost_usd = (completion.tokens_in * self.config.usd_per_1m_input
+                               + completion.tokens_out * self.config.usd_per_1m_output) / 1e6
+        return completion
+
+    def _post_with_retries(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        last: ProviderError | None = None
+        for attempt in range(self.config.max_retries + 1):
+            wait = None
+            try:
+                response = self.client.post(path, json=body)
+            except httpx.TimeoutException:
+                last = ProviderError("timeout", f"{self.name}: no answer within {self.config.timeout_s:g}s")
+            except httpx.TransportError as exc:
+                last = ProviderError("connection", f"{self.name}: {exc.__class__.__name__}: {exc}")
+            else:
+                if response.status_code == 200:
+                    try:
+                        return dict(response.json())
+                    except ValueError:
+                        last = ProviderError("bad_response", f"{self.name}: response is not JSON: "
+                                                             f"{response.text[:120]!r}")
+                elif response.status_code in RETRYABLE_STATUS:
+                    kind = "rate_limited" if response.status_code == 429 else f"http_{response.status_code}"
+                    last = ProviderError(kind, f"{self.name}: HTTP {response.status_code}: {response.text[:200]}")
+                    wait = retry_after_seconds(response.headers.get("retry-after"))
+                else:
+                    raise ProviderError(f"http_{response.status_code}",
+                                        f"{self.name}: HTTP {response.status_code}: {response.text[:200]}")
+            if attempt < self.config.max_retries:
+                time.sleep(wait if wait is not None else backoff_seconds(attempt))
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self.client.close()
+
+
+def backoff_seconds(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def retry_after_seconds(header: str | None, cap: float = 60.0) -> float | None:
+    """Seconds to wait from a Retry-After header given in seconds (HTTP dates are ignored)."""
+    if not header:
+        return None
+    try:
+        return max(0.0, min(cap, float(header)))
+    except ValueError:
+        return None

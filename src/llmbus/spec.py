@@ -1,0 +1,196 @@
+"""The task spec: prompt template + output contract + dataset + few-shot settings + metric.
+
+A spec is a YAML file validated by pydantic. Validation errors name the file, the line and the field,
+so a user can fix them without reading a traceback. The spec version is a hash of everything that
+changes what the model is asked, and it is stored with every call so prompt versions can be compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmbus.errors import SpecError
+
+Kind = Literal["classify", "extract", "generate"]
+
+METRICS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "classify": ("accuracy", "macro_f1"),
+    "extract": ("entity_f1",),
+    "generate": ("exact_match", "numeric_match", "chrf"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class OutputSpec(_Strict):
+    """What the answer must look like: one of a label set, a JSON Schema, or free text."""
+
+    labels: list[str] | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    answer_pattern: str | None = None  # generate: regex whose first group is the answer
+
+    @model_validator(mode="after")
+    def _one_contract(self) -> OutputSpec:
+        if self.labels is not None and self.json_schema is not None:
+            raise ValueError("give either labels or schema, not both")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("labels needs at least two distinct labels")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the items come from and which fields matter."""
+
+    path: str  # relative to the spec file, absolute, or "package:DIST/path/inside/it"
+    format: Literal["jsonl", "csv", "tsv", "conll"] | None = None  # default: from the extension
+    columns: list[str] | None = None  # csv/tsv without a header row
+    input: str = "text"  # the field baselines and nearest-example retrieval read
+    expected: str  # the field holding the right answer
+    id: str | None = None  # a stable id field; default: the row number
+
+
+class FewShotSpec(_Strict):
+    """How many solved examples go into each prompt and how they are picked."""
+
+    k: int = Field(default=0, ge=0, le=64)
+    strategy: Literal["fixed", "random", "nearest"] = "nearest"
+    pool_fraction: float = Field(default=0.2, gt=0, lt=1)  # share of the dataset held out as the pool
+    seed: int = 0
+
+
+class Params(_Strict):
+    """Generation parameters sent with every call."""
+
+    max_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class TaskSpec(_Strict):
+    """One LLM feature: everything needed to render a prompt, call a model and score the answer."""
+
+    name: str
+    kind: Kind
+    task_type: str | None = None  # finer type for the advisor: classification, ner, qa, chat, math, code…
+    description: str = ""
+    prompt: str
+    output: OutputSpec = OutputSpec()
+    data: DataSpec
+    fewshot: FewShotSpec = FewShotSpec()
+    metric: str | None = None
+    params: Params = Params()
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.kind == "classify" and not self.output.labels:
+            raise ValueError("kind classify needs output.labels")
+        if self.kind == "extract" and not self.output.json_schema:
+            raise ValueError("kind extract needs output.schema")
+        allowed = METRICS_BY_KIND[self.kind]
+        if self.metric is not None and self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)}")
+        return self
+
+    @property
+    def main_metric(self) -> str:
+        """The metric reported for this task (the spec's, or the kind's default)."""
+        return self.metric or METRICS_BY_KIND[self.kind][0]
+
+    @property
+    def version(self) -> str:
+        """Hash of prompt, output contract, few-shot settings and params: what changes the model's input."""
+        payload = self.model_dump(mode="json", include={"prompt", "output", "fewshot", "params"}, by_alias=True)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the spec, relative to the spec file's folder."""
+        path = Path(relative)
+        if path.is_absolute() or self.source is None:
+            return path
+        return self.source.parent / path
+
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+def compile_template(spec: TaskSpec) -> jinja2.Template:
+    """The spec's prompt as a Jinja2 template (syntax errors name the spec file)."""
+    try:
+        return _JINJA.from_string(spec.prompt)
+    except jinja2.TemplateSyntaxError as exc:
+        raise SpecError(f"{spec.source}: prompt template line {exc.lineno}: {exc.message}") from None
+
+
+def render_prompt(spec: TaskSpec, item: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+    """The exact text sent to the model for one item and its few-shot examples."""
+    try:
+        return compile_template(spec).render(item=item, examples=examples)
+    except jinja2.UndefinedError as exc:
+        raise SpecError(f"{spec.source}: prompt: {exc.message} (fields: {', '.join(sorted(item))})") from None
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and validate a task spec; every error names the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: task spec not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}{where}: malformed YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}:1: a task spec is a mapping with name, kind, prompt, data…")
+    try:
+        spec = TaskSpec.model_validate({**raw, "source": path.resolve()})
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(path, node, exc)) from None
+    compile_template(spec)
+    return spec
+
+
+def describe_validation_error(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
+    """One line for the first pydantic error: file:line: field: message."""
+    err = exc.errors()[0]
+    loc = [part for part in err["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    line = yaml_line(root, loc)
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = "missing required field"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{path}:{line}: {field}: {message}"
+
+
+def yaml_line(root: yaml.Node | None, loc: list[Any]) -> int:
+    """The 1-based line of the deepest YAML node on the path `loc` (1 when nothing matches)."""
+    node, line = root, 1
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            # A missing field leaves node None, so the error points at its parent mapping.
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line

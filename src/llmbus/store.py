@@ -1,0 +1,276 @@
+"""The call log: runs, calls and the response cache, in SQLite (WAL) by default or PostgreSQL.
+
+The schema changes only through the append-only list MIGRATIONS; each is applied once and recorded.
+Every later stop (eval, judge, label, distill, serve) reads and writes this one store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from llmbus.errors import LlmbusError
+
+DEFAULT_DB = "llmbus.db"
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("task", sa.String(200), nullable=False, index=True),
+    sa.Column("task_path", sa.Text),
+    sa.Column("spec_version", sa.String(32), nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("metric", sa.String(40), nullable=False),
+    sa.Column("n_planned", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | interrupted
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
+)
+
+calls = sa.Table(
+    "calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("spec_version", sa.String(32), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("raw_output", sa.Text),
+    sa.Column("parsed_json", sa.Text),
+    sa.Column("confidence", sa.Float),
+    sa.Column("label_probs_json", sa.Text),
+    sa.Column("expected_json", sa.Text),
+    sa.Column("score", sa.Float),  # this item's metric contribution (1/0 for accuracy), None on error
+    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
+    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
+    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("cpu_s", sa.Float),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
+)
+
+cache = sa.Table(
+    "cache", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("completion_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+migrations_table = sa.Table(
+    "migrations", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _m001_runs_calls_cache(conn: Connection) -> None:
+    for table in (runs, calls, cache):
+        table.create(conn, checkfirst=True)
+    sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id).create(conn, checkfirst=True)
+
+
+# Append only: never edit or reorder an entry once it has shipped.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_runs_calls_cache", _m001_runs_calls_cache),
+]
+
+
+def now() -> datetime:
+    """The current UTC time (what every timestamp in the store uses)."""
+    return datetime.now(UTC)
+
+
+def database_url(db: str | None) -> str:
+    """`--db` value → SQLAlchemy URL: a URL as given, else a SQLite file path ($LLMBUS_DB, ./llmbus.db)."""
+    db = db or os.environ.get("LLMBUS_DB") or DEFAULT_DB
+    if "://" in db:
+        if db.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + db.split("://", 1)[1]
+        return db
+    return f"sqlite:///{Path(db).expanduser().resolve()}"
+
+
+@dataclass
+class CallRecord:
+    """One answered (or failed) item of a run, as written to the call log."""
+
+    run_id: str
+    task: str
+    spec_version: str
+    item_id: str
+    model: str
+    prompt: str
+    started_at: datetime
+    finished_at: datetime
+    raw_output: str | None = None
+    parsed: Any = None
+    confidence: float | None = None
+    label_probs: dict[str, float] | None = None
+    expected: Any = None
+    score: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    cpu_s: float | None = None
+    cache_hit: bool = False
+    error_kind: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        """Column values for the calls table."""
+        row = asdict(self)
+        row.pop("extra")
+        row["parsed_json"] = _dump(row.pop("parsed"))
+        row["label_probs_json"] = _dump(row.pop("label_probs"))
+        row["expected_json"] = _dump(row.pop("expected"))
+        return row
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def decode_call(row: dict[str, Any]) -> dict[str, Any]:
+    """A calls row with its JSON columns decoded (parsed, label_probs, expected)."""
+    out = dict(row)
+    for column in ("parsed_json", "label_probs_json", "expected_json"):
+        value = out.pop(column)
+        out[column.removesuffix("_json")] = None if value is None else json.loads(value)
+    return out
+
+
+class Store:
+    """Access to one database; safe to share between threads."""
+
+    def __init__(self, db: str | None = None):
+        self.url = database_url(db)
+        self.engine = _make_engine(self.url)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Apply every migration not yet recorded."""
+        with self.engine.begin() as conn:
+            migrations_table.create(conn, checkfirst=True)
+            done = set(conn.scalars(sa.select(migrations_table.c.name)))
+            for name, apply in MIGRATIONS:
+                if name not in done:
+                    apply(conn)
+                    conn.execute(migrations_table.insert().values(name=name, applied_at=now()))
+
+    # runs ------------------------------------------------------------------------------------------
+    def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
+                   metric: str, n_planned: int, concurrency: int) -> str:
+        """Insert a new run and return its id."""
+        run_id = secrets.token_hex(4)
+        with self.engine.begin() as conn:
+            conn.execute(runs.insert().values(
+                id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
+                model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
+                created_at=now(), wall_s=0.0))
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run by id or unique id prefix."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.id.startswith(run_id, autoescape=True))).mappings().all()
+        if len(rows) != 1:
+            raise LlmbusError(f"run {run_id!r} {'not found' if not rows else 'is ambiguous'} in {self.url}")
+        return dict(rows[0])
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        """Set columns of a run (status, finished_at, wall_s…)."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    def list_runs(self, task: str | None = None) -> list[dict[str, Any]]:
+        """All runs, oldest first, optionally of one task."""
+        query = sa.select(runs).order_by(runs.c.created_at)
+        if task:
+            query = query.where(runs.c.task == task)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # calls -----------------------------------------------------------------------------------------
+    def record_call(self, record: CallRecord) -> None:
+        """Write one call, replacing an earlier attempt at the same item of the same run."""
+        row = record.to_row()
+        with self.engine.begin() as conn:
+            conn.execute(calls.delete().where(calls.c.run_id == record.run_id, calls.c.item_id == record.item_id))
+            conn.execute(calls.insert().values(**row))
+
+    def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
+        """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
+        query = sa.select(calls.c.item_id, calls.c.error_kind).where(calls.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return {item for item, kind in conn.execute(query) if kind not in retry_kinds}
+
+    def iter_calls(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """A run's calls in item order of answering, JSON columns decoded; streams (flat memory)."""
+        query = sa.select(calls).where(calls.c.run_id == run_id).order_by(calls.c.id)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings():
+                yield decode_call(dict(row))
+
+    # response cache --------------------------------------------------------------------------------
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        """A cached completion (as a dict) or None."""
+        with self.engine.connect() as conn:
+            value = conn.scalar(sa.select(cache.c.completion_json).where(cache.c.key == key))
+        return None if value is None else dict(json.loads(value))
+
+    def cache_put(self, key: str, model: str, completion: dict[str, Any]) -> None:
+        """Store a completion under its cache key (first writer wins)."""
+        with self.engine.begin() as conn:
+            if conn.scalar(sa.select(cache.c.key).where(cache.c.key == key)) is None:
+                conn.execute(cache.insert().values(key=key, model=model, created_at=now(),
+                                                   completion_json=json.dumps(completion)))
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10)
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.OperationalError as exc:
+            raise LlmbusError(f"cannot connect to database {engine.url.render_as_string(hide_password=True)}: "
+                              f"{str(exc.orig).strip().splitlines()[0]}") from None
+        return engine
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each commit's WAL write; fast
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine

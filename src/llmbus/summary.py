@@ -1,0 +1,88 @@
+"""Per-run figures from the call log: quality, errors, tokens, cost, latency, throughput, and what a given
+monthly traffic would cost."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from llmbus import metrics
+from llmbus.store import Store
+
+SECONDS_PER_MONTH = 30 * 24 * 3600
+
+
+@dataclass
+class RunSummary:
+    """One row of `llmbus runs`."""
+
+    run_id: str
+    task: str
+    model: str
+    spec_version: str
+    status: str
+    created_at: str
+    items: int
+    planned: int
+    errors: int
+    cache_hits: int
+    metric: str
+    value: float
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    cost_per_1k: float
+    latency_p50_s: float
+    latency_p95_s: float
+    items_per_s: float
+    usd_per_month: float | None = None
+    needed_items_per_s: float | None = None
+    replicas_needed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json output."""
+        return asdict(self)
+
+
+def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> RunSummary:
+    """Figures for one run, streaming its calls (flat memory)."""
+    pairs: list[tuple[Any, Any]] = []
+    latencies: list[float] = []
+    errors = hits = tokens_in = tokens_out = 0
+    cost = 0.0
+    for call in store.iter_calls(run["id"]):
+        failed = call["error_kind"] is not None
+        errors += failed
+        hits += bool(call["cache_hit"])
+        pairs.append((None if failed else call["parsed"], call["expected"]))
+        if not call["cache_hit"]:
+            latencies.append(call["latency_s"])
+        tokens_in += call["tokens_in"]
+        tokens_out += call["tokens_out"]
+        cost += call["cost_usd"]
+    n = len(pairs)
+    fresh = n - hits
+    summary = RunSummary(
+        run_id=run["id"], task=run["task"], model=run["model"], spec_version=run["spec_version"],
+        status=run["status"], created_at=str(run["created_at"])[:19], items=n, planned=run["n_planned"],
+        errors=errors, cache_hits=hits, metric=run["metric"], value=metrics.compute(run["metric"], pairs),
+        tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost,
+        cost_per_1k=1000 * cost / fresh if fresh else float("nan"),
+        latency_p50_s=float(np.percentile(latencies, 50)) if latencies else float("nan"),
+        latency_p95_s=float(np.percentile(latencies, 95)) if latencies else float("nan"),
+        items_per_s=n / run["wall_s"] if run["wall_s"] else float("nan"),
+    )
+    if traffic is not None:
+        project(summary, traffic)
+    return summary
+
+
+def project(summary: RunSummary, traffic: int) -> None:
+    """Fill in $/month and the throughput `traffic` items per month needs (and replicas of this setup)."""
+    summary.usd_per_month = summary.cost_per_1k * traffic / 1000
+    summary.needed_items_per_s = traffic / SECONDS_PER_MONTH
+    if summary.items_per_s and math.isfinite(summary.items_per_s):
+        summary.replicas_needed = max(1, math.ceil(summary.needed_items_per_s / summary.items_per_s))

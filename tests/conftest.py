@@ -1,0 +1,128 @@
+"""Shared fixtures: temp stores and configs, small task files, the OpenAI stub, a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmbus.store import Store
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openai_stub import StubServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMS_TASK = ROOT / "examples" / "sms_spam" / "task.yaml"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own default database and config file."""
+    monkeypatch.setenv("LLMBUS_DB", str(tmp_path / "llmbus.db"))
+    monkeypatch.setenv("LLMBUS_CONFIG", str(tmp_path / "llmbus.yaml"))
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "calls.db"))
+    yield s
+    s.close()
+
+
+def write_items(path: Path, n: int, markers: dict[int, str] | None = None) -> Path:
+    """n SMS-like items alternating ham/spam; markers[i] is appended to item i's text (fault injection)."""
+    markers = markers or {}
+    with path.open("w") as handle:
+        for i in range(n):
+            label = "spam" if i % 3 == 0 else "ham"
+            text = f"win a free spam prize {i}" if label == "spam" else f"see you at lunch {i}"
+            handle.write(json.dumps({"id": f"m{i}", "text": f"{text} {markers.get(i, '')}".strip(),
+                                     "label": label}) + "\n")
+    return path
+
+
+def write_spec(path: Path, data_path: str, **overrides: object) -> Path:
+    """A small classify spec over `data_path` with fixed 2-shot examples."""
+    spec: dict[str, object] = {
+        "name": "tiny", "kind": "classify",
+        "prompt": "{% for ex in examples %}SMS: {{ ex.text }}\nLabel: {{ ex.label }}\n{% endfor %}"
+                  "SMS: {{ item.text }}\nLabel:",
+        "output": {"labels": ["ham", "spam"]},
+        "data": {"path": data_path, "expected": "label", "id": "id"},
+        "fewshot": {"k": 2, "strategy": "fixed", "pool_fraction": 0.1},
+        "params": {"max_tokens": 2},
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_task(tmp_path: Path) -> Path:
+    write_items(tmp_path / "items.jsonl", 40)
+    return write_spec(tmp_path / "task.yaml", "items.jsonl")
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    with StubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def stub_model(stub: StubServer, tmp_path: Path) -> str:
+    """A named model `openai:stub` pointing at the stub server, with a short timeout."""
+    config = {"models": {"openai:stub": {"base_url": stub.base_url, "model": "stub-model", "timeout_s": 0.5,
+                                         "max_retries": 3, "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0}}}
+    Path(os.environ["LLMBUS_CONFIG"]).write_text(yaml.safe_dump(config))
+    return "openai:stub"
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server on 127.0.0.1, started for the session and stopped after."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.fail("PostgreSQL server binaries not found: run scripts/install-system-deps.sh")
+    base = tmp_path_factory.mktemp("pg")
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    from llmbus.llamacpp import free_port
+
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "llmbus"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True)
+    try:
+        deadline = time.time() + 30
+        url = f"postgresql://llmbus@127.0.0.1:{port}/postgres"
+        while time.time() < deadline:
+            try:
+                Store(url).close()
+                break
+            except Exception:
+                time.sleep(0.3)
+        yield url
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)

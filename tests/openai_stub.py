@@ -1,0 +1,129 @@
+"""An OpenAI-compatible stub server on 127.0.0.1 that injects faults: the only fake in the test suite.
+
+The answer is decided by the prompt's last line: it contains "spam" → "spam", else "ham"; extraction prompts
+get a JSON object. Fault markers in the prompt's last line fire on the first attempts of that prompt:
+  FAIL500   → HTTP 500 twice, then success
+  ALWAYS500 → HTTP 500 every time
+  RATE429   → HTTP 429 with Retry-After: 0.05 once
+  SLOW      → sleeps longer than the client timeout once
+  BADJSON   → a body that is not JSON once
+  NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class StubState:
+    """Counters the tests inspect."""
+
+    def __init__(self, delay_s: float = 0.0, slow_s: float = 2.0):
+        self.delay_s = delay_s
+        self.slow_s = slow_s
+        self.attempts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def attempt(self, key: str) -> int:
+        with self.lock:
+            self.attempts[key] += 1
+            return self.attempts[key]
+
+
+def _last_line(body: dict[str, Any]) -> str:
+    text = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    # The item is on the second-to-last line for "…\nLabel:" prompts; use the last two lines.
+    return " ".join(lines[-2:]) if lines else ""
+
+
+def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            self._send(200, json.dumps({"object": "list", "data": [{"id": "stub-model"}]}).encode())
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length))
+            line = _last_line(body)
+            n = state.attempt(line)
+            if state.delay_s:
+                time.sleep(state.delay_s)
+            if "ALWAYS500" in line or ("FAIL500" in line and n <= 2):
+                return self._send(500, b'{"error": "injected"}')
+            if "RATE429" in line and n == 1:
+                return self._send(429, b'{"error": "slow down"}', {"Retry-After": "0.05"})
+            if "SLOW" in line and n == 1:
+                time.sleep(state.slow_s)
+            if "BADJSON" in line and n == 1:
+                return self._send(200, b"{not json")
+            self._send(200, json.dumps(answer(body, line)).encode())
+
+    return Handler
+
+
+def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
+    """A completion in the chat or completions shape, with logprobs when asked."""
+    chat = "messages" in body
+    if "response_format" in body:
+        text = "{broken" if "NONSENSE" in line else json.dumps({"entities": [{"text": "Paris", "type": "geo-loc"}]})
+        top: dict[str, float] = {}
+    else:
+        label = "maybe" if "NONSENSE" in line else ("spam" if "spam" in line.lower() else "ham")
+        other = "ham" if label == "spam" else "spam"
+        text = label
+        top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
+    usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        if body.get("logprobs") and top:
+            choice["logprobs"] = {"content": [{"token": text, "logprob": max(top.values()),
+                                               "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top.items()]}]}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": "stop"}
+        if body.get("logprobs") and top:
+            choice["logprobs"] = {"tokens": [text], "top_logprobs": [top]}
+    return {"id": "stub", "object": "chat.completion" if chat else "text_completion", "choices": [choice],
+            "usage": usage}
+
+
+class StubServer:
+    """Context manager: a threaded stub server on a free 127.0.0.1 port."""
+
+    def __init__(self, delay_s: float = 0.0, slow_s: float = 2.0):
+        self.state = StubState(delay_s, slow_s)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.state))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

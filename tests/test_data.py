@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import SMS_TASK, write_items, write_spec
+from llmbus.data import bio_to_entities, load_items, split_items
+from llmbus.errors import DataError
+from llmbus.spec import load_spec
+
+
+def test_packaged_sms_dataset_loads_and_splits_deterministically():
+    spec = load_spec(SMS_TASK)
+    items = load_items(spec)
+    assert len(items) == 4862
+    assert {i.expected for i in items} == {"ham", "spam"}
+    split = split_items(spec, items)
+    assert 0.15 < len(split.pool) / len(items) < 0.25
+    assert not {i.id for i in split.pool} & {i.id for i in split.eval}
+    again = split_items(spec, list(reversed(items)))
+    assert {i.id for i in again.pool} == {i.id for i in split.pool}
+
+
+def test_jsonl_errors_name_the_line(tmp_path: Path):
+    data = write_items(tmp_path / "items.jsonl", 5)
+    lines = data.read_text().splitlines()
+    lines[2] = '{"id": "m2", "text": "broken'
+    data.write_text("\n".join(lines) + "\n")
+    spec = load_spec(write_spec(tmp_path / "t.yaml", "items.jsonl"))
+    with pytest.raises(DataError, match=r"items.jsonl:3: malformed JSON"):
+        load_items(spec)
+
+
+def test_missing_field_names_line_and_field(tmp_path: Path):
+    (tmp_path / "items.jsonl").write_text('{"id": "a", "text": "x", "label": "ham"}\n{"id": "b", "text": "y"}\n')
+    spec = load_spec(write_spec(tmp_path / "t.yaml", "items.jsonl"))
+    with pytest.raises(DataError, match=r"items.jsonl:2: missing field 'label'"):
+        load_items(spec)
+
+
+def test_empty_and_missing_datasets(tmp_path: Path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="dataset is empty"):
+        load_items(load_spec(write_spec(tmp_path / "t.yaml", "empty.jsonl")))
+    with pytest.raises(DataError, match="dataset file not found"):
+        load_items(load_spec(write_spec(tmp_path / "u.yaml", "gone.jsonl")))
+
+
+def test_csv_with_header_and_wrong_column_count(tmp_path: Path):
+    (tmp_path / "d.csv").write_text('id,text,label\n1,"hello, there",ham\n2,oops\n')
+    spec = load_spec(write_spec(tmp_path / "t.yaml", "d.csv"))
+    with pytest.raises(DataError, match=r"d.csv:3: expected 3 columns"):
+        load_items(spec)
+    (tmp_path / "d.csv").write_text('id,text,label\n1,"hello, there",ham\n')
+    assert load_items(spec)[0].fields["text"] == "hello, there"
+
+
+def test_conll_to_entities(tmp_path: Path):
+    (tmp_path / "n.conll").write_text("Visit\tO\nNew\tB-geo-loc\nYork\tI-geo-loc\n\n@bob\tO\nlikes\tO\nApple\tB-company\n")
+    spec = load_spec(write_spec(tmp_path / "t.yaml", "n.conll", kind="extract", output={"schema": {"type": "object"}},
+                                data={"path": "n.conll", "expected": "entities"}, metric="entity_f1"))
+    items = load_items(spec)
+    assert [i.expected for i in items] == [[{"text": "New York", "type": "geo-loc"}],
+                                           [{"text": "Apple", "type": "company"}]]
+    assert items[0].id == "1" and items[1].id == "5"
+
+
+def test_bio_decoding_handles_stray_inside_tags():
+    assert bio_to_entities(["a", "b", "c"], ["I-x", "I-x", "B-y"]) == [{"text": "a b", "type": "x"},
+                                                                      {"text": "c", "type": "y"}]
