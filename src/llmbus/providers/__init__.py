@@ -12,7 +12,7 @@ from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.local import LocalProvider
 from llmbus.providers.openai import OpenAIProvider
 
-__all__ = ["Completion", "Provider", "Request", "open_provider", "REGISTRY"]
+__all__ = ["REGISTRY", "Completion", "Provider", "Request", "open_provider"]
 
 REGISTRY: dict[str, Callable[[ModelConfig], Provider]] = {
     "local": LocalProvider,

@@ -1,0 +1,96 @@
+"""The embedded Gemma 3 270M on a supervised llama-server: label scoring, JSON Schema, generation, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from conftest import SMS_TASK
+from llmbus.models import resolve_model
+from llmbus.providers import Request
+from llmbus.providers.local import LocalProvider
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalProvider]:
+    provider = LocalProvider(resolve_model("local:gemma-3-270m").model_copy(update={"threads": 1, "parallel": 4}))
+    provider.check()
+    yield provider
+    provider.close()
+
+
+SHOTS = ("SMS: WINNER!! You have won a free prize, call 09061701461 now\nLabel: spam\n"
+         "SMS: Ok lar... Joking wif u oni...\nLabel: ham\n"
+         "SMS: URGENT! Claim your cash reward, txt CLAIM to 81010\nLabel: spam\n"
+         "SMS: I'll be home late, don't wait for dinner\nLabel: ham\n")
+
+
+def test_label_scoring_gives_a_distribution(local: LocalProvider):
+    spam = local.complete(Request(SHOTS + "SMS: Congratulations! You won a free cruise, call now to claim\nLabel:",
+                                  labels=("ham", "spam")))
+    ham = local.complete(Request(SHOTS + "SMS: Are we still meeting at the station at six?\nLabel:",
+                                 labels=("ham", "spam")))
+    for completion in (spam, ham):
+        assert completion.label_probs is not None
+        assert sum(completion.label_probs.values()) == pytest.approx(1.0)
+        assert completion.text in {"ham", "spam"} and completion.confidence == max(completion.label_probs.values())
+        assert completion.tokens_in > 50 and completion.cpu_seconds is not None and completion.cost_usd > 0
+    assert spam.label_probs["spam"] > ham.label_probs["spam"]
+
+
+def test_labels_sharing_a_first_token_are_scored_through_the_trie(local: LocalProvider):
+    a, b = "New", "New York"
+    assert local.tokenize(" " + a)[0] == local.tokenize(" " + b)[0]
+    result = local.complete(Request("The Statue of Liberty stands in the city of", labels=(a, b, "Paris")))
+    assert result.label_probs is not None and set(result.label_probs) == {a, b, "Paris"}
+    assert result.text == "New York"
+    assert sum(result.label_probs.values()) == pytest.approx(1.0)
+
+
+def test_json_schema_is_enforced_by_the_grammar(local: LocalProvider):
+    schema = {"type": "object", "properties": {"entities": {"type": "array", "items": {
+        "type": "object", "properties": {"text": {"type": "string"}, "type": {"enum": ["person", "geo-loc"]}},
+        "required": ["text", "type"]}}}, "required": ["entities"]}
+    result = local.complete(Request("Tweet: Obama flew to Paris today\nEntities as JSON:", max_tokens=60,
+                                    json_schema=schema))
+    import jsonschema
+
+    jsonschema.validate(json.loads(result.text), schema)
+
+
+def test_generation_respects_max_tokens_and_stop(local: LocalProvider):
+    result = local.complete(Request("Q: What is 2 + 3?\nA:", max_tokens=8, stop=("\n",)))
+    assert 1 <= result.tokens_out <= 8 and "\n" not in result.text
+
+
+def test_server_restarts_after_a_crash(local: LocalProvider):
+    assert local.server.process is not None
+    local.server.process.kill()
+    local.server.process.wait()
+    result = local.complete(Request("Q: Capital of France?\nA:", max_tokens=3))
+    assert result.tokens_out >= 1
+
+
+def test_llmbus_run_on_the_sms_example_end_to_end(tmp_path):
+    db = tmp_path / "e2e.db"
+    env = {**os.environ, "LLMBUS_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "llmbus.cli", "run", str(SMS_TASK), "--limit", "12",
+                             "--concurrency", "4", "--db", str(db), "--json"], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["items"] == 12 and summary["errors"] == 0
+    assert summary["value"] >= 0.75  # nearest 8-shot label scoring; always-"ham" would be ≈0.87 on big samples
+    assert summary["cost_usd"] > 0 and summary["latency_p50_s"] > 0
+    shown = json.loads(subprocess.run([sys.executable, "-m", "llmbus.cli", "show", summary["run_id"], "--db",
+                                       str(db), "--json"], capture_output=True, text=True, env=env).stdout)
+    assert all(0.5 <= c["confidence"] <= 1 for c in shown["calls"])
+    # The supervised llama-server went away with the command.
+    assert not [p for p in psutil.process_iter(["name", "ppid"])
+                if p.info["name"] == "llama-server" and p.info["ppid"] == 1]

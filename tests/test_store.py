@@ -1,0 +1,62 @@
+"""The call log on SQLite and on a real PostgreSQL server."""
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from llmbus.store import MIGRATIONS, CallRecord, Store, database_url
+
+
+def _record(run_id: str, item: str, **extra) -> CallRecord:
+    stamp = datetime.now(UTC)
+    return CallRecord(run_id=run_id, task="t", spec_version="v1", item_id=item, model="m", prompt="p",
+                      started_at=stamp, finished_at=stamp, **extra)
+
+
+def _exercise(store: Store) -> None:
+    run_id = store.create_run(task="t", task_path="t.yaml", spec_version="v1", spec_json="{}", model="m",
+                              metric="accuracy", n_planned=3, concurrency=1)
+    store.record_call(_record(run_id, "a", parsed="spam", expected="spam", label_probs={"spam": 0.9, "ham": 0.1}))
+    store.record_call(_record(run_id, "b", error_kind="timeout", error="slow"))
+    assert store.answered_items(run_id, frozenset({"timeout"})) == {"a"}
+    store.record_call(_record(run_id, "b", parsed="ham", expected="ham"))  # a retry replaces the failed row
+    rows = list(store.iter_calls(run_id))
+    assert [r["item_id"] for r in rows] == ["a", "b"]
+    assert rows[0]["label_probs"] == {"spam": 0.9, "ham": 0.1} and rows[1]["error_kind"] is None
+    assert store.get_run(run_id[:5])["id"] == run_id
+    store.cache_put("k", "m", {"text": "x"})
+    store.cache_put("k", "m", {"text": "y"})
+    assert store.cache_get("k") == {"text": "x"} and store.cache_get("missing") is None
+    store.migrate()  # idempotent
+    with store.engine.connect() as conn:
+        names = list(conn.scalars(sa.text("select name from migrations")))
+    assert names == [name for name, _ in MIGRATIONS]
+
+
+def test_sqlite_store_uses_wal(tmp_path):
+    store = Store(str(tmp_path / "x.db"))
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    _exercise(store)
+
+
+@pytest.mark.slow
+def test_postgres_store(postgres_url: str):
+    store = Store(postgres_url)
+    _exercise(store)
+    store.close()
+
+
+def test_database_url_forms(tmp_path, monkeypatch):
+    assert database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert database_url(str(tmp_path / "a.db")) == f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.setenv("LLMBUS_DB", str(tmp_path / "env.db"))
+    assert database_url(None).endswith("env.db")
+
+
+def test_unreachable_database_is_one_clear_error():
+    from llmbus.errors import LlmbusError
+
+    with pytest.raises(LlmbusError, match="cannot connect to database"):
+        Store("postgresql://nobody@127.0.0.1:1/none")
