@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from llmbus.models import DEFAULT_MODEL
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
-out = Console()
+# Piped output keeps whole table rows instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,11 +216,13 @@ def advise(
     out.print(advice.reason, highlight=False)
     table = Table(title=f"{advice.metric} on {advice.n_eval} held-out items (pool of {advice.n_train} for "
                         "training / few-shot)", title_justify="left")
-    for column in ("system", "kind", advice.metric, "on items", "latency/item ms", "$/1k items"):
+    first_baseline = next((r.system for r in advice.rows if r.kind == "baseline"), "baseline")
+    for column in ("system", "kind", advice.metric, "on items", f"{first_baseline} on same items",
+                   "latency/item ms", "$/1k items"):
         table.add_column(column, justify="left" if column in {"system", "kind"} else "right")
     for row in advice.rows:
-        table.add_row(row.system, row.kind, fmt(row.value), str(row.n_items), fmt(row.latency_ms, ".2f"),
-                      fmt(row.usd_per_1k, ".5f"))
+        table.add_row(row.system, row.kind, fmt(row.value), str(row.n_items), fmt(row.baseline_on_same_items),
+                      fmt(row.latency_ms, ".2f"), fmt(row.usd_per_1k, ".3g"))
     out.print(table)
     out.print(advice.verdict, highlight=False)
 

@@ -121,6 +121,8 @@ class TaskSpec(_Strict):
 
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+# Plain JSON for prompts (Jinja's own `tojson` HTML-escapes quotes and angle brackets).
+_JINJA.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
 
 
 def compile_template(spec: TaskSpec) -> jinja2.Template:
