@@ -1,56 +1,19 @@
-"""The `llmbus` command: parse, call one library function, print (rich for people, --json for machines)."""
+"""Stops 1–2: run a task, list and show runs, advise."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import sys
 from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.errors import LlmbusError
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
 from llmbus.models import DEFAULT_MODEL
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
-# Piped output keeps whole table rows instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-DB_OPTION = typer.Option(None, "--db", help="SQLite file or database URL (default $LLMBUS_DB or ./llmbus.db)")
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output")
-
-
-def friendly_errors(func: F) -> F:
-    """Turn LlmbusError into one red line on stderr and exit code 2 (no traceback)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LlmbusError as exc:
-            from llmbus.run import RunInterrupted
-
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130 if isinstance(exc, RunInterrupted) else 2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def fmt(value: float | None, spec: str = ".3f") -> str:
-    """A number for a table cell ('–' for missing)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, spec)
 
 
 @app.command()
@@ -225,12 +188,3 @@ def advise(
                       fmt(row.latency_ms, ".2f"), fmt(row.usd_per_1k, ".3g"))
     out.print(table)
     out.print(advice.verdict, highlight=False)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,15 @@
+"""The `llmbus` command: parse, call one library function, print (rich for people, --json for machines).
+
+Each stop's commands live in their own module and register on the shared typer app when imported here.
+"""
+
+from llmbus.cli import tasks  # noqa: F401  (registers run, runs, show, advise)
+from llmbus.cli.app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]
