@@ -90,9 +90,16 @@ def _m001_runs_calls_cache(conn: Connection) -> None:
     sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id).create(conn, checkfirst=True)
 
 
+def _m003_flows(conn: Connection) -> None:
+    from llmbus.flowstore import create_flow_tables  # stop 4's tables live with their module
+
+    create_flow_tables(conn)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
+    ("003_flows", _m003_flows),
 ]
 
 

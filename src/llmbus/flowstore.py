@@ -1,0 +1,238 @@
+"""Stop 4's tables in the one store: flow runs, their durable steps, review items, the example pool, chunks.
+
+A step row is written (status done or failed) before the next step runs, keyed by (flow run, step key):
+resuming a run replays recorded outputs instead of repeating paid calls. Tables are created by the
+"003_flows" migration in store.py; this module only adds the rows' reads and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from datetime import UTC, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from llmbus.errors import LlmbusError
+from llmbus.store import Store, metadata, now
+
+flow_runs = sa.Table(
+    "flow_runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("flow", sa.String(200), nullable=False, index=True),
+    sa.Column("flow_path", sa.Text, nullable=False),
+    sa.Column("input_json", sa.Text, nullable=False),
+    sa.Column("settings_json", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | waiting_review | done | failed | interrupted
+    sa.Column("output_json", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("lease_owner", sa.String(200)),  # host:pid of the process executing it
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+flow_steps = sa.Table(
+    "flow_steps", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # llm | retrieval | tool | guardrail | review | agent
+    sa.Column("status", sa.String(20), nullable=False),  # done | failed | waiting
+    sa.Column("input_json", sa.Text),
+    sa.Column("output_json", sa.Text),
+    sa.Column("detail_json", sa.Text),  # prompt, model, sources, verdict reasons, tool calls…
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("error", sa.Text),
+    sa.Column("model", sa.String(400)),
+    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
+    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("flow_run_id", "key", name="uq_flow_steps_run_key"),
+)
+
+review_items = sa.Table(
+    "review_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | approved | edited | rejected
+    sa.Column("payload_json", sa.Text, nullable=False),  # input, sources, draft, reasons, answer schema
+    sa.Column("claimed_by", sa.String(100)),
+    sa.Column("claim_until", sa.DateTime(timezone=True)),
+    sa.Column("answer", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("decided_by", sa.String(100)),
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("flow_run_id", "step_key", name="uq_review_items_run_step"),
+)
+
+example_pool = sa.Table(
+    "example_pool", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pool", sa.String(200), nullable=False, index=True),
+    sa.Column("input_text", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("label", sa.String(100)),
+    sa.Column("origin", sa.String(100), nullable=False),  # seed | review:<item id> | …
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 unit-norm MiniLM embedding of input_text
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+doc_chunks = sa.Table(
+    "doc_chunks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("corpus", sa.String(200), nullable=False, index=True),  # name + content hash
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("doc", sa.String(400), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+)
+
+FLOW_TABLES = (flow_runs, flow_steps, review_items, example_pool, doc_chunks)
+LEASE = timedelta(minutes=5)
+
+
+def create_flow_tables(conn: Connection) -> None:
+    """The 003_flows migration: every stop-4 table."""
+    for table in FLOW_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+def dumps(value: Any) -> str | None:
+    """JSON for a column (None stays NULL)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def loads(text: str | None) -> Any:
+    """A JSON column back to Python."""
+    return None if text is None else json.loads(text)
+
+
+def process_id() -> str:
+    """host:pid of this process: the lease owner written on runs it executes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FlowLog:
+    """Reads and writes flow runs and steps in a Store."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.engine = store.engine
+
+    def create_run(self, flow: str, flow_path: str, input_value: Any, settings: dict[str, Any]) -> str:
+        """A new flow run in status running; returns its id."""
+        run_id = secrets.token_hex(5)
+        with self.engine.begin() as conn:
+            conn.execute(flow_runs.insert().values(
+                id=run_id, flow=flow, flow_path=flow_path, input_json=dumps(input_value),
+                settings_json=dumps(settings), status="running", created_at=now(), updated_at=now()))
+        return run_id
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """A flow run by id or unique prefix, JSON columns decoded."""
+        query = sa.select(flow_runs).where(flow_runs.c.id.startswith(run_id, autoescape=True))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        if len(rows) != 1:
+            raise LlmbusError(f"flow run {run_id!r} {'not found' if not rows else 'is ambiguous'} in {self.store.url}")
+        return _decode(dict(rows[0]), ("input_json", "settings_json", "output_json"))
+
+    def list_runs(self, flow: str | None = None) -> list[dict[str, Any]]:
+        """Flow runs, oldest first."""
+        query = sa.select(flow_runs).order_by(flow_runs.c.created_at)
+        if flow:
+            query = query.where(flow_runs.c.flow == flow)
+        with self.engine.connect() as conn:
+            return [_decode(dict(r), ("input_json", "settings_json", "output_json"))
+                    for r in conn.execute(query).mappings()]
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        """Set columns of a flow run (status, output_json, error…)."""
+        with self.engine.begin() as conn:
+            conn.execute(flow_runs.update().where(flow_runs.c.id == run_id).values(updated_at=now(), **values))
+
+    def acquire(self, run_id: str, owner: str) -> None:
+        """Take the run's lease, or fail naming the live process that holds it (a dead one is taken over)."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(flow_runs.c.lease_owner, flow_runs.c.lease_until)
+                               .where(flow_runs.c.id == run_id)).one()
+            holder, until = row
+            if holder and holder != owner and until is not None and _aware(until) > stamp and _alive(holder):
+                raise LlmbusError(f"flow run {run_id} is being executed by {holder} (lease until "
+                                  f"{_aware(until):%H:%M:%S} UTC); wait for it or retry later")
+            conn.execute(flow_runs.update().where(flow_runs.c.id == run_id)
+                         .values(lease_owner=owner, lease_until=stamp + LEASE))
+
+    def release(self, run_id: str) -> None:
+        """Drop the run's lease."""
+        self.update_run(run_id, lease_owner=None, lease_until=None)
+
+    # steps ---------------------------------------------------------------------------------------
+    def get_step(self, run_id: str, key: str) -> dict[str, Any] | None:
+        """One step of a run by key, JSON decoded, or None."""
+        query = sa.select(flow_steps).where(flow_steps.c.flow_run_id == run_id, flow_steps.c.key == key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _decode(dict(row), ("input_json", "output_json", "detail_json"))
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        """All steps of a run in the order they were first started."""
+        query = sa.select(flow_steps).where(flow_steps.c.flow_run_id == run_id).order_by(flow_steps.c.id)
+        with self.engine.connect() as conn:
+            return [_decode(dict(r), ("input_json", "output_json", "detail_json"))
+                    for r in conn.execute(query).mappings()]
+
+    def write_step(self, run_id: str, key: str, **values: Any) -> None:
+        """Insert or update one step row (one transaction: it is durable when this returns)."""
+        for column in ("input_json", "output_json", "detail_json"):
+            if column in values:
+                values[column] = dumps(values[column])
+        with self.engine.begin() as conn:
+            where = (flow_steps.c.flow_run_id == run_id) & (flow_steps.c.key == key)
+            old = conn.execute(sa.select(flow_steps.c.attempts).where(where)).first()
+            if old is None:
+                conn.execute(flow_steps.insert().values(flow_run_id=run_id, key=key, **values))
+            else:
+                if values.get("status") == "running":  # a new attempt at a step that failed or was cut off
+                    values["attempts"] = old[0] + 1
+                conn.execute(flow_steps.update().where(where).values(**values))
+        self.store_heartbeat(run_id)
+
+    def store_heartbeat(self, run_id: str) -> None:
+        """Extend the lease of a run this process executes."""
+        with self.engine.begin() as conn:
+            conn.execute(flow_runs.update().where(flow_runs.c.id == run_id, flow_runs.c.lease_owner == process_id())
+                         .values(lease_until=now() + LEASE, updated_at=now()))
+
+
+def _decode(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:
+    for column in columns:
+        row[column.removesuffix("_json")] = loads(row.pop(column))
+    return row
+
+
+def _aware(stamp: Any) -> Any:
+    """SQLite returns naive datetimes: read them as UTC."""
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _alive(owner: str) -> bool:
+    """Whether a lease owner host:pid still runs (other hosts are assumed alive until the lease ends)."""
+    import psutil
+
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    return pid.isdigit() and psutil.pid_exists(int(pid))
