@@ -121,3 +121,17 @@ def chrf(hypothesis: str, reference: str, n: int = 6, beta: float = 2.0) -> floa
         return float(hyp == ref)
     p, r = float(np.mean(precisions)), float(np.mean(recalls))
     return 0.0 if p + r == 0 else (1 + beta**2) * p * r / (beta**2 * p + r)
+
+
+def per_class_scores(confusion: list[list[int]], classes: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix (rows expected, columns
+    predicted; extra columns, such as failed answers, count as misses)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, cls in enumerate(classes):
+        row = confusion[i]
+        tp = row[i]
+        fp = sum(confusion[r][i] for r in range(len(classes))) - tp
+        fn = sum(row) - tp
+        out[cls] = {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+                    "f1": f1(tp, fp, fn), "support": float(sum(row))}
+    return out

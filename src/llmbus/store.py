@@ -84,22 +84,27 @@ migrations_table = sa.Table(
 )
 
 
+# Defined once: an Index built inside the migration attached itself to `calls` again on every new database,
+# so the third fresh store in one process issued CREATE INDEX twice.
+ix_calls_task_item = sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id)
+
+
 def _m001_runs_calls_cache(conn: Connection) -> None:
     for table in (runs, calls, cache):
         table.create(conn, checkfirst=True)
-    sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id).create(conn, checkfirst=True)
+    ix_calls_task_item.create(conn, checkfirst=True)
 
 
-def _m003_flows(conn: Connection) -> None:
-    from llmbus.flowstore import create_flow_tables  # stop 4's tables live with their module
+def _m002_quality(conn: Connection) -> None:
+    from llmbus.quality_store import create_quality_tables  # stop 3's tables live with their module
 
-    create_flow_tables(conn)
+    create_quality_tables(conn)
 
 
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
-    ("003_flows", _m003_flows),
+    ("002_quality", _m002_quality),
 ]
 
 

@@ -1,0 +1,91 @@
+"""Stop 3: eval with intervals and a CI gate; LLM judges; labeling; calibration; trained judges."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(
+    run_a: str = typer.Argument(..., help="Run id (or unique prefix)"),
+    run_b: str | None = typer.Argument(None, help="A second run on the same task: paired comparison B vs A"),
+    gate: str | None = typer.Option(None, "--gate", help="e.g. 'macro_f1>=0.90' or 'accuracy.lo>0.8, errors<=3'"),
+    baseline: str | None = typer.Option(None, "--baseline", help="Fail when the metric dropped vs this run"),
+    max_drop: float = typer.Option(0.0, "--max-drop", min=0.0, help="Allowed drop of the metric vs --baseline"),
+    rounds: int = typer.Option(1000, "--rounds", min=10, help="Bootstrap resamples"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Metrics with 95% bootstrap intervals; paired comparison; exit 1 when a gate fails (for CI)."""
+    from llmbus.evaluate import compare, evaluate
+    from llmbus.gate import check_drop, check_gate, parse_gate
+    from llmbus.store import Store
+
+    conditions = parse_gate(gate) if gate else None  # a malformed gate fails before any work
+    store = Store(db)
+    reports = [evaluate(store, r, rounds) for r in (run_a, run_b) if r]
+    comparison = compare(store, run_a, run_b, rounds) if run_b else None
+    results = []
+    if conditions:
+        results.append(check_gate(reports[-1], conditions))
+    if baseline:
+        base_report = evaluate(store, baseline, rounds)
+        results.append(check_drop(base_report, reports[-1], max_drop, compare(store, baseline, reports[-1].run_id,
+                                                                                 rounds)))
+    if as_json:
+        _print_json({"runs": [r.as_dict() for r in reports],
+                     "comparison": comparison.as_dict() if comparison else None,
+                     "gate": [g.as_dict() for g in results] or None})
+    else:
+        for report in reports:
+            _print_report(report)
+        if comparison:
+            _print_comparison(comparison)
+        for result in results:
+            for check in result.checks:
+                mark = "[green]pass[/]" if check["passed"] else "[bold red]FAIL[/]"
+                out.print(f"gate {check['condition']}: {fmt(check['value'], '.4f')} {mark}", highlight=False)
+    if any(not r.passed for r in results):
+        raise typer.Exit(1)
+
+
+def _print_report(report: Any) -> None:
+    table = Table(title=f"run {report.run_id} · {report.task} · {report.model} · {report.n} items, "
+                        f"{report.errors} errors", title_justify="left")
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, iv in report.values.items():
+        label = f"[bold]{name}[/]" if name == report.metric else name
+        table.add_row(label, fmt(iv.value, ".4f"), f"{fmt(iv.lo)} – {fmt(iv.hi)}")
+    out.print(table)
+    if report.per_class:
+        classes = Table(title="per class (confusion: rows expected, columns predicted)", title_justify="left")
+        for column in ("class", "precision", "recall", "f1", "support", *report.classes, "failed"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for cls, row in zip(report.classes, report.confusion, strict=True):
+            s = report.per_class[cls]
+            classes.add_row(cls, fmt(s["precision"]), fmt(s["recall"]), fmt(s["f1"]), str(int(s["support"])),
+                            *(str(c) for c in row))
+        out.print(classes)
+
+
+def _print_comparison(c: Any) -> None:
+    out.print(f"[bold]B {c.run_b} vs A {c.run_a}[/] on {c.n_paired} shared items: {c.metric} "
+              f"{fmt(c.a, '.4f')} → {fmt(c.b, '.4f')}, Δ {c.delta.value:+.4f} (95% CI {c.delta.lo:+.4f} … "
+              f"{c.delta.hi:+.4f}), paired bootstrap p={fmt(c.p_bootstrap)}", highlight=False)
+    if c.p_mcnemar is not None:
+        out.print(f"McNemar: only B right {c.mcnemar_b_only}, only A right {c.mcnemar_a_only}, "
+                  f"exact p={fmt(c.p_mcnemar)}", highlight=False)
+    out.print(c.verdict, highlight=False)

@@ -1,0 +1,271 @@
+"""Metrics of a run with bootstrap 95% intervals, and a paired comparison of two runs on the same items.
+
+A run's calls are streamed once from the call log into compact per-item arrays (a hashed item id plus a few
+numbers: about 20 bytes an item, never the calls themselves), so 100k items evaluate in flat memory. Every
+metric is then a vectorized function of those arrays and an index sample, which is what the bootstrap
+resamples. A failed call counts as a wrong answer, as in `metrics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from llmbus import metrics
+from llmbus.errors import LlmbusError
+from llmbus.store import Store
+
+BOOTSTRAP_ROUNDS = 1000
+GENERATE_METRICS = ("exact_match", "numeric_match", "chrf")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its 95% bootstrap interval."""
+
+    value: float
+    lo: float
+    hi: float
+
+
+@dataclass
+class Sample:
+    """One run's per-item results as compact arrays (what the bootstrap resamples)."""
+
+    run_id: str
+    kind: str
+    metric: str
+    ids: np.ndarray  # uint64 hash of each item id, for pairing runs
+    classes: list[str] = field(default_factory=list)  # classify: index K means "failed / not a label"
+    pred: np.ndarray | None = None  # classify: class index per item
+    gold: np.ndarray | None = None
+    counts: np.ndarray | None = None  # extract: (tp, fp, fn) per item
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # generate: per-item score per metric
+    errors: int = 0
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return len(self.ids)
+
+    def metric_names(self) -> list[str]:
+        """The metrics this kind reports, the run's main metric first."""
+        names = {"classify": ["accuracy", "macro_f1"], "extract": ["entity_f1", "entity_precision",
+                                                                   "entity_recall", "exact_match"],
+                 "generate": list(GENERATE_METRICS)}[self.kind]
+        return [self.metric, *[m for m in names if m != self.metric]]
+
+
+@dataclass
+class EvalReport:
+    """`llmbus eval RUN`: every metric with its interval, plus per-class figures for classify."""
+
+    run_id: str
+    task: str
+    model: str
+    n: int
+    errors: int
+    metric: str
+    values: dict[str, Interval]
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # rows expected, columns predicted (+ failed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json output."""
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    """B against A on the items both answered: the difference of the main metric and whether it is real."""
+
+    run_a: str
+    run_b: str
+    metric: str
+    n_paired: int
+    a: float
+    b: float
+    delta: Interval  # b - a
+    p_bootstrap: float  # two-sided
+    mcnemar_b_only: int | None = None  # items only B got right
+    mcnemar_a_only: int | None = None
+    p_mcnemar: float | None = None
+    verdict: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json output."""
+        return asdict(self)
+
+
+def item_hash(item_id: str) -> int:
+    """A stable 64-bit hash of an item id (pairs runs without keeping the ids)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+
+
+def collect(store: Store, run: dict[str, Any]) -> Sample:
+    """Stream a run's calls into a Sample."""
+    spec = json.loads(run["spec_json"])
+    kind, metric = spec["kind"], run["metric"]
+    classes = [str(c) for c in (spec.get("output") or {}).get("labels") or []]
+    index = {c: i for i, c in enumerate(classes)}
+    ids, a, b = array("Q"), array("i"), array("i")
+    counts, errors = array("q"), 0
+    scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
+    for call in store.iter_calls(run["id"]):
+        failed = call["error_kind"] is not None
+        errors += failed
+        predicted, expected = (None if failed else call["parsed"]), call["expected"]
+        ids.append(item_hash(call["item_id"]))
+        if kind == "classify":
+            for value in (expected, predicted):
+                if value is not None and str(value) not in index:
+                    index[str(value)] = len(classes)
+                    classes.append(str(value))
+            b.append(index[str(expected)])
+            a.append(index[str(predicted)] if predicted is not None else -1)
+        elif kind == "extract":
+            counts.extend(metrics.entity_counts(predicted, expected) if predicted is not None
+                          else metrics.entity_counts([], expected))
+        else:
+            for name, column_scores in scores.items():
+                column_scores.append(metrics.item_score(name, predicted, expected))
+    sample = Sample(run["id"], kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors)
+    if kind == "classify":
+        pred = np.frombuffer(a, dtype=np.int32).copy()
+        pred[pred < 0] = len(classes)  # failed answers get their own column
+        sample.pred, sample.gold = pred, np.frombuffer(b, dtype=np.int32).copy()
+    elif kind == "extract":
+        sample.counts = np.frombuffer(counts, dtype=np.int64).reshape(-1, 3).copy()
+    else:
+        sample.scores = {m: np.frombuffer(v, dtype=np.float64).copy() for m, v in scores.items()}
+    return sample
+
+
+def values_at(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]:
+    """Every metric of the sample, over the items `idx` (all items when None; repeats allowed)."""
+    if sample.kind == "classify":
+        assert sample.pred is not None and sample.gold is not None
+        pred, gold = (sample.pred, sample.gold) if idx is None else (sample.pred[idx], sample.gold[idx])
+        return _classify_values(pred, gold, len(sample.classes))
+    if sample.kind == "extract":
+        assert sample.counts is not None
+        counts = sample.counts if idx is None else sample.counts[idx]
+        tp, fp, fn = (int(x) for x in counts.sum(axis=0)) if len(counts) else (0, 0, 0)
+        exact = float(np.mean((counts[:, 1] == 0) & (counts[:, 2] == 0))) if len(counts) else float("nan")
+        return {"entity_f1": metrics.f1(tp, fp, fn), "entity_precision": tp / (tp + fp) if tp + fp else 0.0,
+                "entity_recall": tp / (tp + fn) if tp + fn else 0.0, "exact_match": exact}
+    return {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
+            for m, v in sample.scores.items()}
+
+
+def _classify_values(pred: np.ndarray, gold: np.ndarray, k: int) -> dict[str, float]:
+    if not len(pred):
+        return {"accuracy": float("nan"), "macro_f1": float("nan")}
+    confusion = np.bincount(gold * (k + 1) + pred, minlength=k * (k + 1)).reshape(k, k + 1)
+    tp = np.diag(confusion[:, :k])
+    fp = confusion[:, :k].sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    present = confusion.sum(axis=1) > 0  # macro over the classes that occur in the expected answers
+    denom = 2 * tp + fp + fn
+    f1s = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return {"accuracy": float(tp.sum() / len(pred)), "macro_f1": float(f1s[present].mean())}
+
+
+def bootstrap(sample: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, Interval]:
+    """Percentile 95% intervals of every metric from `rounds` resamples of the items."""
+    point = values_at(sample)
+    if sample.n == 0:
+        return {m: Interval(v, v, v) for m, v in point.items()}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in point}
+    for _ in range(rounds):
+        for m, v in values_at(sample, rng.integers(0, sample.n, size=sample.n)).items():
+            draws[m].append(v)
+    return {m: Interval(point[m], *_percentiles(draws[m])) for m in point}
+
+
+def _percentiles(values: list[float] | np.ndarray) -> tuple[float, float]:
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    return float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))
+
+
+def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS) -> EvalReport:
+    """Metrics of one run with 95% intervals (and per-class figures and confusion for classify)."""
+    run = store.get_run(run_id)
+    sample = collect(store, run)
+    intervals = bootstrap(sample, rounds)
+    report = EvalReport(run_id=run["id"], task=run["task"], model=run["model"], n=sample.n, errors=sample.errors,
+                        metric=sample.metric, values={m: intervals[m] for m in sample.metric_names()})
+    if sample.kind == "classify" and sample.pred is not None and sample.gold is not None:
+        k = len(sample.classes)
+        report.classes = sample.classes
+        report.confusion = np.bincount(sample.gold * (k + 1) + sample.pred,
+                                       minlength=k * (k + 1)).reshape(k, k + 1).tolist()
+        report.per_class = metrics.per_class_scores(report.confusion, sample.classes)
+    return report
+
+
+def compare(store: Store, run_a: str, run_b: str, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Comparison:
+    """Paired comparison of B against A on the items both runs answered: paired bootstrap of the main metric's
+    difference, and McNemar's exact test on per-item right/wrong where answers are right or wrong."""
+    a_run, b_run = store.get_run(run_a), store.get_run(run_b)
+    if a_run["task"] != b_run["task"]:
+        raise LlmbusError(f"runs {a_run['id']} ({a_run['task']}) and {b_run['id']} ({b_run['task']}) are of "
+                          "different tasks: a paired comparison needs the same items")
+    a, b = collect(store, a_run), collect(store, b_run)
+    a, b = _paired(a, b)
+    if a.n == 0:
+        raise LlmbusError(f"runs {a_run['id']} and {b_run['id']} share no items")
+    metric = b.metric
+    point_a, point_b = values_at(a)[metric], values_at(b)[metric]
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(rounds)
+    for r in range(rounds):
+        idx = rng.integers(0, a.n, size=a.n)
+        deltas[r] = values_at(b, idx)[metric] - values_at(a, idx)[metric]
+    lo, hi = _percentiles(deltas)
+    p_boot = min(1.0, 2 * min(float(np.mean(deltas <= 0)), float(np.mean(deltas >= 0))))
+    result = Comparison(a.run_id, b.run_id, metric, a.n, point_a, point_b, Interval(point_b - point_a, lo, hi),
+                        p_boot)
+    right_a, right_b = _right_or_wrong(a), _right_or_wrong(b)
+    if right_a is not None and right_b is not None:
+        b_only, a_only = int(np.sum(right_b & ~right_a)), int(np.sum(right_a & ~right_b))
+        result.mcnemar_b_only, result.mcnemar_a_only = b_only, a_only
+        result.p_mcnemar = float(binomtest(b_only, b_only + a_only, 0.5).pvalue) if b_only + a_only else 1.0
+    better = "B" if lo > 0 else "A" if hi < 0 else None
+    result.verdict = (f"{better} is better on {metric} (95% CI of B−A excludes 0)" if better
+                      else f"no significant difference on {metric} (95% CI of B−A includes 0)")
+    return result
+
+
+def _paired(a: Sample, b: Sample) -> tuple[Sample, Sample]:
+    """Both samples restricted to their shared items, in the same order."""
+    _shared, ia, ib = np.intersect1d(a.ids, b.ids, assume_unique=False, return_indices=True)
+    return _take(a, ia), _take(b, ib)
+
+
+def _take(s: Sample, idx: np.ndarray) -> Sample:
+    return Sample(s.run_id, s.kind, s.metric, s.ids[idx], s.classes,
+                  None if s.pred is None else s.pred[idx], None if s.gold is None else s.gold[idx],
+                  None if s.counts is None else s.counts[idx], {m: v[idx] for m, v in s.scores.items()}, s.errors)
+
+
+def _right_or_wrong(s: Sample) -> np.ndarray | None:
+    """Per-item correctness when items are simply right or wrong (classify, exact/numeric match), else None."""
+    if s.kind == "classify" and s.pred is not None and s.gold is not None:
+        return np.asarray(s.pred == s.gold)
+    if s.kind == "generate" and s.metric in {"exact_match", "numeric_match"}:
+        return np.asarray(s.scores[s.metric] == 1.0)
+    if s.kind == "extract" and s.counts is not None:
+        return np.asarray((s.counts[:, 1] == 0) & (s.counts[:, 2] == 0))
+    return None
