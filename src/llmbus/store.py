@@ -95,6 +95,12 @@ def _m001_runs_calls_cache(conn: Connection) -> None:
     ix_calls_task_item.create(conn, checkfirst=True)
 
 
+def _m003_flows(conn: Connection) -> None:
+    from llmbus.flowstore import create_flow_tables  # stop 4's tables live with their module
+
+    create_flow_tables(conn)
+
+
 def _m002_quality(conn: Connection) -> None:
     from llmbus.quality_store import create_quality_tables  # stop 3's tables live with their module
 
@@ -104,6 +110,7 @@ def _m002_quality(conn: Connection) -> None:
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
+    ("003_flows", _m003_flows),
     ("002_quality", _m002_quality),
 ]
 
