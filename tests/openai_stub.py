@@ -8,6 +8,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   SLOW      → sleeps longer than the client timeout once
   BADJSON   → a body that is not JSON once
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
+  FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
     else:
         label = "maybe" if "NONSENSE" in line else ("spam" if "spam" in line.lower() else "ham")
         other = "ham" if label == "spam" else "spam"
+        if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
+            label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
         text = label
         top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
     usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}

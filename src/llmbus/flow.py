@@ -244,10 +244,12 @@ class FlowContext:
         """Check an answer: tier 1 rules and similarity, tier 2 LLM only when unsure; the verdict is logged."""
         from llmbus.guardrail import Verdict
 
+        ref = guard.model or self.settings.model
+
         def body() -> StepResult:
-            verdict = guard.check(answer, sources, question, provider=lambda: self.provider(guard.model))
-            return StepResult(asdict(verdict), {"reasons": verdict.reasons}, model=guard.model if verdict.tier == 2
-                              else None, tokens_in=verdict.tokens_in, cost_usd=verdict.cost_usd)
+            verdict = guard.check(answer, sources, question, provider=lambda: self.provider(ref))
+            return StepResult(asdict(verdict), {"reasons": verdict.reasons}, model=ref if verdict.tier == 2 else None,
+                              tokens_in=verdict.tokens_in, cost_usd=verdict.cost_usd)
 
         out = self.step(key, "guardrail", body, {"answer": answer, "question": question,
                                                   "sources": [s.doc for s in sources]})

@@ -1,0 +1,224 @@
+"""A two-tier guardrail on every answer, and the deliver / regenerate / escalate loop around it.
+
+Tier 1 is cheap and runs always: hard rules (non-empty, length, banned patterns, JSON Schema), then grounding
+against the retrieved sources: content words and numbers of the answer that no source contains, and the
+MiniLM similarity of each answer sentence to its closest source sentence. Clear cases are decided there;
+only the unsure middle goes to tier 2, an LLM that scores the labels supported / unsupported.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from llmbus.embed import embed
+from llmbus.output import parse_json
+from llmbus.providers import Provider, Request
+from llmbus.retrieval import Source, tokens
+
+if TYPE_CHECKING:
+    from llmbus.flow import FlowContext
+
+LABELS = ("supported", "unsupported")
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+TIER2_SHOTS = """Decide whether every claim in the answer is stated in the sources.
+
+Sources: Restart your router and check if the cables are connected properly.
+Answer: Restart your router and check the cables.
+Verdict: supported
+
+Sources: The Eiffel Tower is in Paris. It was finished in 1889.
+Answer: The Eiffel Tower is in Paris and was finished in 1925.
+Verdict: unsupported
+
+Sources: Python is a programming language created by Guido van Rossum.
+Answer: Python is a programming language created by Guido van Rossum.
+Verdict: supported
+
+Sources: Use the password reset option or contact your admin.
+Answer: Use the password reset option. Passwords expire every 30 days at Microsoft.
+Verdict: unsupported
+"""
+
+
+@dataclass
+class Verdict:
+    """One guardrail decision with its reasons; `tier` says which tier decided."""
+
+    passed: bool
+    tier: int
+    support: float  # tier 1 grounding score in [0, 1]
+    unsupported_terms: list[str] = field(default_factory=list)
+    min_similarity: float = 1.0
+    llm_prob: float | None = None  # tier 2: P(supported)
+    reasons: list[str] = field(default_factory=list)
+    tokens_in: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A banned pattern and the reason given when it matches."""
+
+    pattern: str
+    reason: str
+
+
+@dataclass
+class Guardrail:
+    """Tier-1 thresholds and rules, and the tier-2 model; `tier2=False` makes tier 1 decide everything."""
+
+    model: str | None = None  # tier-2 model; None: the flow run's model
+    rules: list[Rule] = field(default_factory=list)
+    schema: dict[str, Any] | None = None
+    max_chars: int = 1200
+    pass_above: float = 0.8  # support ≥ this: pass without tier 2
+    fail_below: float = 0.5  # support < this: fail without tier 2
+    tier2: bool = True
+    tier2_threshold: float = 0.5  # (calibrated) P(supported) at or above this passes
+    calibrate: bool = True  # divide out the model's prior measured on a content-free input
+    usd_per_hour: float = 0.05  # tier-1 CPU time is priced like local inference
+    _null_prob: float | None = field(default=None, repr=False)
+
+    def tier1(self, answer: str, sources: list[Source]) -> Verdict:
+        """Rules and grounding only: passed is decided unless support falls between the thresholds."""
+        tick = time.process_time()
+        hard = self._rule_failures(answer)
+        if hard:
+            return Verdict(False, 1, 0.0, reasons=hard, cost_usd=self._cpu_cost(tick))
+        source_text = " ".join(s.text for s in sources)
+        novel = unsupported_terms(answer, source_text)
+        min_sim = min_sentence_similarity(answer, sources)
+        words = max(1, len(set(tokens(answer))))
+        novelty = len(novel) / words
+        numbers = [t for t in novel if NUMBER.fullmatch(t)]
+        # Grounding in one number: new content words and low similarity both pull support down; a new
+        # number is a strong sign of an invented fact, so it costs more than a new word.
+        support = float(np.clip(min(1 - novelty - 0.25 * len(numbers), (min_sim - 0.2) / 0.6), 0.0, 1.0))
+        reasons = []
+        if novel:
+            reasons.append(f"not in the sources: {', '.join(novel[:8])}")
+        if min_sim < 0.6:
+            reasons.append(f"a sentence is far from every source (similarity {min_sim:.2f})")
+        passed = support >= self.pass_above
+        return Verdict(passed, 1, support, novel, round(min_sim, 4), reasons=reasons,
+                       cost_usd=self._cpu_cost(tick))
+
+    def unsure(self, verdict: Verdict) -> bool:
+        """Whether tier 1 leaves this answer to tier 2."""
+        return verdict.tier == 1 and self.fail_below <= verdict.support < self.pass_above and not any(
+            r.startswith("rule:") for r in verdict.reasons)
+
+    def tier2_check(self, answer: str, sources: list[Source], provider: Provider) -> tuple[float, int, float]:
+        """Calibrated P(supported) from the LLM's label scores, with tokens in and cost."""
+        if not self.calibrate:
+            self._null_prob = 0.5
+        if self._null_prob is None:
+            # Calibrate before use: the model's prior for "supported" on a content-free input.
+            null = provider.complete(Request(self.prompt("N/A", []), labels=LABELS))
+            self._null_prob = float((null.label_probs or {}).get("supported", 0.5))
+        result = provider.complete(Request(self.prompt(answer, sources), labels=LABELS))
+        raw = float((result.label_probs or {}).get("supported", 0.5))
+        p, q = raw / max(self._null_prob, 1e-6), (1 - raw) / max(1 - self._null_prob, 1e-6)
+        return p / (p + q), result.tokens_in, result.cost_usd
+
+    def prompt(self, answer: str, sources: list[Source], max_chars: int = 700) -> str:
+        """The tier-2 prompt: fixed shots, then the sources and the answer (completion style)."""
+        source_text = " ".join(s.text for s in sources)[:max_chars] if sources else "N/A"
+        return f"{TIER2_SHOTS}\nSources: {source_text}\nAnswer: {answer.strip()}\nVerdict:"
+
+    def check(self, answer: str, sources: list[Source], question: str = "",
+              provider: Callable[[], Provider] | None = None) -> Verdict:
+        """The cascade: tier 1, and tier 2 only when tier 1 is unsure (and a provider is given)."""
+        verdict = self.tier1(answer, sources)
+        if not (self.tier2 and provider is not None and self.unsure(verdict)):
+            if verdict.tier == 1 and self.unsure(verdict):
+                verdict.reasons.append("tier 1 unsure and no tier 2: failed to be safe")
+            return verdict
+        prob, tokens_in, cost = self.tier2_check(answer, sources, provider())
+        verdict.tier, verdict.llm_prob = 2, round(prob, 4)
+        verdict.passed = prob >= self.tier2_threshold
+        verdict.tokens_in, verdict.cost_usd = tokens_in, verdict.cost_usd + cost
+        verdict.reasons.append(f"LLM check: P(supported) = {prob:.2f}")
+        return verdict
+
+    def _rule_failures(self, answer: str) -> list[str]:
+        text = answer.strip()
+        if not text:
+            return ["rule: the answer is empty"]
+        failures = [f"rule: longer than {self.max_chars} characters"] if len(text) > self.max_chars else []
+        failures += [f"rule: {rule.reason}" for rule in self.rules if re.search(rule.pattern, text, re.I)]
+        if self.schema is not None:
+            parsed = parse_json(text, self.schema)
+            if parsed.error_kind:
+                failures.append(f"rule: {parsed.error_kind}: {parsed.error}")
+        return failures
+
+    def _cpu_cost(self, tick: float) -> float:
+        return (time.process_time() - tick) * self.usd_per_hour / 3600
+
+
+def _stem(token: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(token) > len(suffix) + 3 and token.endswith(suffix):
+            return token[: -len(suffix)]
+    return token
+
+
+def unsupported_terms(answer: str, source_text: str) -> list[str]:
+    """Content words and numbers of the answer that appear in no source (crudely stemmed), in order."""
+    known = {_stem(t) for t in tokens(source_text)}
+    seen: list[str] = []
+    for token in tokens(answer):
+        if _stem(token) not in known and token not in seen:
+            seen.append(token)
+    return seen
+
+
+def min_sentence_similarity(answer: str, sources: list[Source]) -> float:
+    """For each answer sentence its best cosine to any source sentence; the worst of those (1.0 if empty)."""
+    sentences = [s for s in SENTENCE.split(answer.strip()) if len(s.split()) >= 3]
+    source_sentences = [s for src in sources for s in SENTENCE.split(src.text) if s.strip()]
+    if not sentences or not source_sentences:
+        return 1.0 if not sentences else 0.0
+    vectors = embed(sentences + source_sentences)
+    sims = vectors[: len(sentences)] @ vectors[len(sentences):].T
+    return float(sims.max(axis=1).min())
+
+
+@dataclass
+class Guarded:
+    """The outcome of the guarded loop: delivered, reviewed (approved/edited) or rejected."""
+
+    answer: str | None
+    status: str  # delivered | approved | edited | rejected
+    attempts: int
+    verdicts: list[Verdict]
+
+
+def guarded_answer(ctx: FlowContext, key: str, draft: Callable[[int, list[str]], str], guard: Guardrail,
+                   sources: list[Source], question: str, max_regenerations: int = 2,
+                   review_extra: dict[str, Any] | None = None) -> Guarded:
+    """pass → deliver; fail → regenerate with the reasons (up to N times) → escalate to human review."""
+    reasons: list[str] = []
+    verdicts: list[Verdict] = []
+    answer = ""
+    for attempt in range(max_regenerations + 1):
+        answer = draft(attempt, reasons)
+        verdict = ctx.guardrail(f"{key}/check{attempt}", guard, answer, sources, question)
+        verdicts.append(verdict)
+        if verdict.passed:
+            return Guarded(answer, "delivered", attempt + 1, verdicts)
+        reasons = verdict.reasons
+    payload = {"question": question, "draft": answer, "reasons": reasons,
+               "sources": [{"doc": s.doc, "text": s.text} for s in sources], **(review_extra or {})}
+    decision = ctx.review(f"{key}/review", payload, guard.schema)
+    return Guarded(decision.answer if decision.accepted else None, decision.action, len(verdicts), verdicts)
+
