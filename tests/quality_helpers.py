@@ -12,12 +12,12 @@ from llmbus.store import Store, calls, now
 
 def add_run(store: Store, rows: list[dict[str, Any]], *, task: str = "t", kind: str = "classify",
             labels: list[str] | None = None, metric: str = "accuracy", model: str = "openai:stub",
-            extra_spec: dict[str, Any] | None = None) -> str:
+            extra_spec: dict[str, Any] | None = None, task_path: str = "") -> str:
     """A finished run whose calls are `rows` (item_id, parsed, expected, optional error_kind, confidence,
     label_probs), bulk-inserted in one transaction."""
     spec: dict[str, Any] = {"name": task, "kind": kind, "prompt": "x", "output": {"labels": labels} if labels else {},
                             "data": {"path": "items.jsonl", "expected": "label"}, **(extra_spec or {})}
-    run_id = store.create_run(task=task, task_path="", spec_version="v1", spec_json=json.dumps(spec), model=model,
+    run_id = store.create_run(task=task, task_path=task_path, spec_version="v1", spec_json=json.dumps(spec), model=model,
                               metric=metric, n_planned=len(rows), concurrency=1)
     stamp = now()
     values = [{"run_id": run_id, "task": task, "spec_version": "v1", "item_id": r["item_id"], "model": model,

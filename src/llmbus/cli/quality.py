@@ -89,3 +89,42 @@ def _print_comparison(c: Any) -> None:
         out.print(f"McNemar: only B right {c.mcnemar_b_only}, only A right {c.mcnemar_a_only}, "
                   f"exact p={fmt(c.p_mcnemar)}", highlight=False)
     out.print(c.verdict, highlight=False)
+
+
+judge_app = typer.Typer(no_args_is_help=True, help="LLM (or trained) judges over a run's answers.")
+app.add_typer(judge_app, name="judge")
+
+
+@judge_app.command("run")
+@friendly_errors
+def judge_run(
+    judge_spec: str = typer.Argument(..., help="Judge spec YAML (a classify spec whose labels are verdicts)"),
+    on: str = typer.Option(..., "--on", help="The run whose answers are judged (run A for pairwise)"),
+    against: str | None = typer.Option(None, "--against", help="Pairwise: run B, judged in both orders"),
+    model: str = typer.Option("local:gemma-3-270m", "--model", "-m", help="Judge model"),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Judge only the first N answers"),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
+    from llmbus.judge import load_judge, run_judge
+    from llmbus.store import Store
+
+    spec = load_judge(judge_spec)
+    report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    out.print(f"judge run [bold]{report.judge_run_id}[/] · {report.judge} ({report.mode}) · {report.model} on run "
+              f"{report.target_run_id}" + (f" vs {report.other_run_id}" if report.other_run_id else ""),
+              highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()))
+    out.print(f"{report.n} verdicts: {counts}; broken {report.broken}; mean score {fmt(report.mean_score)}",
+              highlight=False)
+    if report.position_consistency is not None:
+        out.print(f"position consistency (same winner in both orders): {fmt(report.position_consistency)}")
+    out.print(f"judge cost ${report.cost_usd:.6f} · ${fmt(report.cost_per_1k, '.4f')} per 1k judgments",
+              highlight=False)
+    if report.broken:
+        out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {report.example_error}[/]")
