@@ -129,7 +129,7 @@ def _short(value: Any, width: int) -> str:
 def serve_cmd(
     port: int = typer.Option(8001, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    reviewer: list[str] | None = typer.Option(None, "--reviewer", help="NAME:TOKEN (repeatable); default: one new token"),
+    reviewer: list[str] | None = typer.Option(None, "--reviewer", help="NAME:TOKEN (repeatable); default: a new token"),
     lease: float = typer.Option(600.0, "--lease", help="Seconds an opened item stays with its reviewer"),
     db: str | None = DB_OPTION,
 ) -> None:
