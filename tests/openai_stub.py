@@ -117,9 +117,9 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
 class StubServer:
     """Context manager: a threaded stub server on a free 127.0.0.1 port."""
 
-    def __init__(self, delay_s: float = 0.0, slow_s: float = 2.0):
+    def __init__(self, delay_s: float = 0.0, slow_s: float = 2.0, port: int = 0):
         self.state = StubState(delay_s, slow_s)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.state))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), make_handler(self.state))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

@@ -26,15 +26,20 @@ def minilm_path() -> Path:
     return Path(next(iter(found.submodule_search_locations))) / "model"
 
 
-@functools.cache
-def load_minilm() -> SentenceTransformer:
-    """The MiniLM sentence-transformer, loaded once per process from the package, offline."""
+def quiet_transformers() -> None:
+    """Offline, and no progress bars or init warnings from Hugging Face libraries on our console."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import transformers
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+
+
+@functools.cache
+def load_minilm() -> SentenceTransformer:
+    """The MiniLM sentence-transformer, loaded once per process from the package, offline."""
+    quiet_transformers()
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm_path()), device="cpu")

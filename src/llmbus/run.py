@@ -6,7 +6,6 @@ answered; `resume` finishes only the items still missing (or that failed for a t
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -49,12 +48,13 @@ class RunInterrupted(LlmbusError):
         self.run_id = run_id
 
 
-def build_request(spec: TaskSpec, prompt: str) -> Request:
-    """The provider request for a rendered prompt, carrying the spec's output contract."""
+def build_request(spec: TaskSpec, prompt: str, item: Item | None = None) -> Request:
+    """The provider request for a rendered prompt, carrying the spec's output contract and the raw input."""
     return Request(prompt=prompt, max_tokens=spec.params.max_tokens, temperature=spec.params.temperature,
                    stop=tuple(spec.params.stop),
                    labels=tuple(spec.output.labels) if spec.kind == "classify" and spec.output.labels else None,
-                   json_schema=spec.output.json_schema if spec.kind == "extract" else None)
+                   json_schema=spec.output.json_schema if spec.kind == "extract" else None,
+                   input=item.text(spec.data.input) if item is not None else None)
 
 
 def example_fields(spec: TaskSpec, examples: list[Item]) -> list[dict[str, object]]:
@@ -159,7 +159,7 @@ def answer_item(spec: TaskSpec, model: str, provider: Provider, store: Store | N
                 prompt: str, use_cache: bool = True) -> CallRecord:
     """Call the model for one item (or reuse a cached answer) and return the call record; never raises
     for provider or output errors: those are recorded with their kind."""
-    request = build_request(spec, prompt)
+    request = build_request(spec, prompt, item)
     record = CallRecord(run_id=run_id, task=spec.name, spec_version=spec.version, item_id=item.id, model=model,
                         prompt=prompt, expected=item.expected, started_at=now(), finished_at=now())
     key = request.cache_key(model)
@@ -176,6 +176,7 @@ def answer_item(spec: TaskSpec, model: str, provider: Provider, store: Store | N
     record.raw_output = completion.text
     record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
     record.label_probs, record.confidence = completion.label_probs, completion.confidence
+    record.meta = dict(completion.extra) or None
     if not record.cache_hit:
         record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds
     parsed = parse_output(spec, completion.text)
@@ -183,10 +184,6 @@ def answer_item(spec: TaskSpec, model: str, provider: Provider, store: Store | N
     record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
                                       item.expected)
     if use_cache and not record.cache_hit and parsed.error_kind is None:
-        record.extra["cache_put"] = (key, model, _completion_dict(completion))  # written by the caller's thread
+        record.extra["cache_put"] = (key, model, completion.cache_dict())  # written by the caller's thread
     return record
 
-
-def _completion_dict(completion: Completion) -> dict[str, object]:
-    return json.loads(json.dumps({"text": completion.text, "tokens_in": completion.tokens_in,
-                                  "tokens_out": completion.tokens_out, "label_probs": completion.label_probs}))

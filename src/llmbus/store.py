@@ -66,6 +66,7 @@ calls = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("meta_json", sa.Text),  # added by 004: routing decisions (cascade, cache kind, fallback)
     sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
 )
 
@@ -95,16 +96,22 @@ def _m001_runs_calls_cache(conn: Connection) -> None:
     ix_calls_task_item.create(conn, checkfirst=True)
 
 
+def _m002_quality(conn: Connection) -> None:
+    from llmbus.quality_store import create_quality_tables  # stop 3's tables live with their module
+
+    create_quality_tables(conn)
+
+
 def _m003_flows(conn: Connection) -> None:
     from llmbus.flowstore import create_flow_tables  # stop 4's tables live with their module
 
     create_flow_tables(conn)
 
 
-def _m002_quality(conn: Connection) -> None:
-    from llmbus.quality_store import create_quality_tables  # stop 3's tables live with their module
-
-    create_quality_tables(conn)
+def _m004_call_meta(conn: Connection) -> None:
+    # Databases made before this migration lack the column that the calls table now declares.
+    if "meta_json" not in {c["name"] for c in sa.inspect(conn).get_columns("calls")}:
+        conn.execute(sa.text("ALTER TABLE calls ADD COLUMN meta_json TEXT"))
 
 
 # Append only: never edit or reorder an entry once it has shipped.
@@ -112,6 +119,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
     ("003_flows", _m003_flows),
     ("002_quality", _m002_quality),
+    ("004_call_meta", _m004_call_meta),
 ]
 
 
@@ -156,6 +164,7 @@ class CallRecord:
     cache_hit: bool = False
     error_kind: str | None = None
     error: str | None = None
+    meta: dict[str, Any] | None = None  # routing decisions worth keeping (cascade route, cache kind…)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
@@ -165,6 +174,7 @@ class CallRecord:
         row["parsed_json"] = _dump(row.pop("parsed"))
         row["label_probs_json"] = _dump(row.pop("label_probs"))
         row["expected_json"] = _dump(row.pop("expected"))
+        row["meta_json"] = _dump(row.pop("meta"))
         return row
 
 
@@ -173,9 +183,9 @@ def _dump(value: Any) -> str | None:
 
 
 def decode_call(row: dict[str, Any]) -> dict[str, Any]:
-    """A calls row with its JSON columns decoded (parsed, label_probs, expected)."""
+    """A calls row with its JSON columns decoded (parsed, label_probs, expected, meta)."""
     out = dict(row)
-    for column in ("parsed_json", "label_probs_json", "expected_json"):
+    for column in ("parsed_json", "label_probs_json", "expected_json", "meta_json"):
         value = out.pop(column)
         out[column.removesuffix("_json")] = None if value is None else json.loads(value)
     return out

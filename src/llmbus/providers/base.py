@@ -19,6 +19,7 @@ class Request:
     stop: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # classify: answer with one of these, with its probability
     json_schema: dict[str, Any] | None = None  # extract: answer is JSON valid under this schema
+    input: str | None = None  # the item's raw input: what small students read instead of the prompt
 
     def cache_key(self, model: str) -> str:
         """Response-cache key: model + rendered prompt + every parameter."""
@@ -37,6 +38,11 @@ class Completion:
     cost_usd: float = 0.0
     cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def cache_dict(self) -> dict[str, Any]:
+        """The fields a response cache keeps (cost and timing belong to the original call only)."""
+        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "label_probs": self.label_probs}
 
     @property
     def confidence(self) -> float | None:

@@ -1,0 +1,277 @@
+"""The gateway's core, without HTTP: routes, API keys with rate limits and budgets, caches, fallbacks, logging.
+
+`serve.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
+(a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
+backend, or fallback.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmbus.data import Item, load_items, split_items
+from llmbus.errors import LlmbusError, ProviderError, SpecError
+from llmbus.fewshot import ExampleSelector
+from llmbus.providers import Provider, Request, open_provider
+from llmbus.providers.base import Completion
+from llmbus.semantic_cache import SemanticCache
+from llmbus.spec import TaskSpec, describe_validation_error, load_spec, render_prompt
+from llmbus.store import CallRecord, Store, calls, now
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteConfig(_Config):
+    """One served model name → a model reference, its fallbacks and (optionally) the task it serves."""
+
+    model: str
+    task: str | None = None  # a task spec: gives the label set / schema, and scopes the semantic cache
+    fallbacks: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+class KeyConfig(_Config):
+    """An API key (literal, or `env:NAME`) with its limits."""
+
+    key: str
+    name: str
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, ge=0)
+
+    def secret(self) -> str:
+        """The key's value, read from the environment for `env:NAME`."""
+        return os.environ.get(self.key[4:], "") if self.key.startswith("env:") else self.key
+
+
+class CacheConfig(_Config):
+    """Response caches: exact (call log) and semantic (MiniLM, per served model)."""
+
+    exact: bool = True
+    semantic: bool = False
+    semantic_threshold: float = Field(default=0.97, gt=0, le=1)
+
+
+class ServeConfig(_Config):
+    """serve.yaml."""
+
+    models: dict[str, RouteConfig]
+    keys: list[KeyConfig] = Field(default_factory=list)
+    cache: CacheConfig = CacheConfig()
+    source: Path | None = Field(default=None, exclude=True)
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read serve.yaml; errors name file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: serve config not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node, raw = yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+    try:
+        return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(path, node, exc)) from None
+
+
+class GatewayError(LlmbusError):
+    """A request the gateway refuses: carries the HTTP status and headers to answer with."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+
+
+@dataclass
+class Answer:
+    """What the gateway returns for one request."""
+
+    completion: Completion
+    route: str
+    model: str
+    latency_s: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+
+class Gateway:
+    """Shared state of a running gateway; thread-safe (FastAPI runs sync handlers in a thread pool)."""
+
+    def __init__(self, config: ServeConfig, store: Store):
+        self.config, self.store = config, store
+        self.specs: dict[str, TaskSpec] = {}
+        self.selectors: dict[str, ExampleSelector] = {}
+        for name, route in config.models.items():
+            if route.task:
+                task_path = Path(route.task)
+                if not task_path.is_absolute() and config.source is not None:
+                    task_path = config.source.parent / task_path
+                self.specs[name] = load_spec(task_path)
+                self.selectors[name] = ExampleSelector(self.specs[name],
+                                                       split_items(self.specs[name], load_items(self.specs[name])).pool)
+        refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
+        self.providers: dict[str, Provider] = {ref: open_provider(ref) for ref in sorted(refs)}
+        self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
+        self.keys = {k.secret(): k for k in config.keys if k.secret()}
+        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._spent: dict[str, float] = {k.name: self._spent_so_far(k.name) for k in config.keys}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
+        self.run_ids = {name: self._open_run(name, route) for name, route in config.models.items()}
+
+    def start(self) -> None:
+        """Start every backend now (load errors surface at startup, not on the first request)."""
+        for provider in self.providers.values():
+            provider.check()
+
+    def close(self) -> None:
+        """Stop backends and worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for provider in self.providers.values():
+            provider.close()
+        for run_id in self.run_ids.values():
+            self.store.update_run(run_id, status="done", finished_at=now())
+
+    # --- admission ---------------------------------------------------------------------------------------
+    def authorize(self, header: str | None) -> KeyConfig | None:
+        """The caller's key (None when the gateway has no keys); enforces rate limit and budget."""
+        if not self.keys:
+            return None
+        token = (header or "").removeprefix("Bearer ").strip()
+        key = self.keys.get(token)
+        if key is None:
+            raise GatewayError(401, "missing or unknown API key")
+        with self._lock:
+            if key.budget_usd is not None and self._spent[key.name] >= key.budget_usd:
+                raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent")
+            if key.requests_per_minute is not None:
+                window = self._recent[key.name]
+                cutoff = time.monotonic() - 60
+                while window and window[0] < cutoff:
+                    window.popleft()
+                if len(window) >= key.requests_per_minute:
+                    wait = max(1, int(window[0] - cutoff) + 1)
+                    raise GatewayError(429, f"rate limit of {key.requests_per_minute}/min for key {key.name}",
+                                       {"Retry-After": str(wait)})
+                window.append(time.monotonic())
+        return key
+
+    def _spent_so_far(self, key_name: str) -> float:
+        pattern = f'%"key": "{key_name}"%'
+        with self.store.engine.connect() as conn:
+            return float(conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0))
+                                     .where(calls.c.meta_json.like(pattern))) or 0.0)
+
+    # --- answering ---------------------------------------------------------------------------------------
+    def prompt_for(self, name: str, raw_input: str) -> str | None:
+        """For a served task: its prompt rendered around the raw input (with few-shot examples); else None."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return None
+        item = Item(id="request", fields={spec.data.input: raw_input}, expected=None)
+        examples = [dict(e.fields) for e in self.selectors[name].select(item)]
+        try:
+            return render_prompt(spec, dict(item.fields), examples)
+        except SpecError as exc:
+            raise GatewayError(400, f"task {spec.name} cannot render a prompt from one input: {exc}") from None
+
+    def request_for(self, name: str, prompt: str, raw_input: str, body: dict[str, Any]) -> Request:
+        """The provider request for a served model: the task's output contract when it has one."""
+        if name not in self.config.models:
+            raise GatewayError(404, f"model {name!r} is not served here (see /v1/models)")
+        spec = self.specs.get(name)
+        stop = body.get("stop") or []
+        return Request(prompt=prompt, max_tokens=int(body.get("max_tokens") or (spec.params.max_tokens if spec
+                                                                                  else 256)),
+                       temperature=float(body.get("temperature") or 0.0),
+                       stop=tuple([stop] if isinstance(stop, str) else stop),
+                       labels=tuple(spec.output.labels) if spec and spec.kind == "classify" and spec.output.labels
+                       else None,
+                       json_schema=spec.output.json_schema if spec and spec.kind == "extract" else None,
+                       input=raw_input)
+
+    def answer(self, name: str, request: Request, key: KeyConfig | None) -> Answer:
+        """Cache, then the model, then its fallbacks; logs the call either way."""
+        route = self.config.models[name]
+        tick = time.perf_counter()
+        scope = f"{name}:{request.max_tokens}:{request.temperature}"
+        exact_key = request.cache_key(route.model)
+        hit = self._cached(exact_key, scope, request)
+        if hit is not None:
+            completion, kind = hit
+            answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
+        else:
+            completion, used, kind = self._call_with_fallbacks(route, request)
+            answer = Answer(completion, kind, used, time.perf_counter() - tick)
+            if self.config.cache.exact and request.temperature == 0:
+                self.store.cache_put(exact_key, route.model, completion.cache_dict())
+            if self.semantic is not None and request.temperature == 0 and request.input:
+                self.semantic.add(scope, request.input, completion.cache_dict())
+        self._log(name, request, answer, key)
+        return answer
+
+    def _cached(self, exact_key: str, scope: str, request: Request) -> tuple[Completion, str] | None:
+        if request.temperature != 0:
+            return None
+        if self.config.cache.exact:
+            cached = self.store.cache_get(exact_key)
+            if cached is not None:
+                return Completion(**cached), "cache_exact"
+        if self.semantic is not None and request.input:
+            found = self.semantic.lookup(scope, request.input)
+            if found is not None:
+                completion = Completion(**found[0])
+                completion.extra["similarity"] = round(found[1], 4)
+                return completion, "cache_semantic"
+        return None
+
+    def _call_with_fallbacks(self, route: RouteConfig, request: Request) -> tuple[Completion, str, str]:
+        errors = []
+        for position, ref in enumerate([route.model, *route.fallbacks]):
+            future = self._pool.submit(self.providers[ref].complete, request)
+            try:
+                return future.result(timeout=route.timeout_s), ref, "backend" if position == 0 else "fallback"
+            except FutureTimeout:
+                errors.append(f"{ref}: no answer within {route.timeout_s:g}s")
+            except ProviderError as exc:
+                errors.append(f"{ref}: {exc}")
+        raise GatewayError(502, "all backends failed: " + "; ".join(errors))
+
+    def _open_run(self, name: str, route: RouteConfig) -> str:
+        spec = self.specs.get(name)
+        return self.store.create_run(task=f"gateway:{name}", task_path=str(route.task or ""),
+                                     spec_version=spec.version if spec else "-", spec_json="{}", model=route.model,
+                                     metric="none", n_planned=0, concurrency=0)
+
+    def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None) -> None:
+        completion = answer.completion
+        cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
+        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None}
+        stamp = now()
+        self.store.record_call(CallRecord(
+            run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
+            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=request.prompt,
+            started_at=stamp, finished_at=stamp, raw_output=completion.text, parsed=completion.text,
+            confidence=completion.confidence, label_probs=completion.label_probs, tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out, latency_s=answer.latency_s, cost_usd=cost,
+            cpu_s=completion.cpu_seconds, cache_hit=answer.route.startswith("cache"), meta=meta))
+        if key is not None:
+            with self._lock:
+                self._spent[key.name] += cost
+

@@ -1,0 +1,64 @@
+"""A cascade (`cascade:NAME`): the student answers first; the teacher only when the student is unsure.
+
+Escalation signals: the student's confidence below the threshold (picked on validation data by
+`llmbus.cascade.pick_threshold`), or a student answer that breaks the JSON Schema (a cheap guardrail).
+Both decisions land in the call's meta: route, student answer and confidence, reason.
+"""
+
+from __future__ import annotations
+
+from llmbus.errors import ModelError
+from llmbus.models import ModelConfig
+from llmbus.providers.base import Completion, Provider, Request
+
+
+class CascadeProvider:
+    """Student first, teacher on low confidence or a schema violation."""
+
+    def __init__(self, config: ModelConfig):
+        from llmbus.providers import open_provider  # the registry imports this module
+
+        if not config.student or not config.teacher:
+            raise ModelError(f"{config.name}: a cascade needs `student` and `teacher` in llmbus.yaml")
+        self.name = config.name
+        self.threshold = config.threshold
+        self.student: Provider = open_provider(config.student)
+        self.teacher: Provider = open_provider(config.teacher)
+
+    def check(self) -> None:
+        """Both models must be usable before a run starts."""
+        self.student.check()
+        self.teacher.check()
+
+    def complete(self, request: Request) -> Completion:
+        """The student's answer, or the teacher's with the student's cost added."""
+        first = self.student.complete(request)
+        reason = escalation_reason(first, request, self.threshold)
+        decision = {"student_answer": first.text, "student_confidence": first.confidence,
+                    "threshold": self.threshold}
+        if reason is None:
+            first.extra.update(route="student", **decision)
+            return first
+        second = self.teacher.complete(request)
+        second.extra.update(route="teacher", reason=reason, **decision)
+        second.cost_usd += first.cost_usd
+        second.tokens_in += first.tokens_in
+        second.tokens_out += first.tokens_out
+        return second
+
+    def close(self) -> None:
+        """Close both providers."""
+        self.student.close()
+        self.teacher.close()
+
+
+def escalation_reason(completion: Completion, request: Request, threshold: float) -> str | None:
+    """Why the student's answer should go to the teacher, or None to keep it."""
+    from llmbus.output import parse_json  # output.py imports the providers package: import late
+
+    if request.json_schema is not None and parse_json(completion.text, request.json_schema).error_kind:
+        return "schema"
+    confidence = completion.confidence
+    if request.labels and (confidence is None or confidence < threshold):
+        return "low_confidence"
+    return None

@@ -1,0 +1,57 @@
+"""Encoder students (`encoder:PATH`): a fine-tuned MiniLM answering from the item's raw input, in milliseconds.
+
+Label requests get calibrated label probabilities; JSON-Schema (extraction) requests get an entity list.
+Cost is the measured CPU time of the process during the call at the model's $/hour.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from llmbus.models import ModelConfig
+from llmbus.providers.base import Completion, Request
+from llmbus.student import EncoderStudent
+
+
+class EncoderProvider:
+    """A student folder written by `llmbus distill`, served in-process."""
+
+    def __init__(self, config: ModelConfig):
+        self.name = config.name
+        self.config = config
+        self.path = Path(config.path or config.name.partition(":")[2]).expanduser()
+        self._student: EncoderStudent | None = None
+        self._lock = threading.Lock()  # one forward pass at a time: torch already uses every thread
+
+    def check(self) -> None:
+        """Load the student now (a bad folder fails before a run starts)."""
+        if self._student is None:
+            self._student = EncoderStudent.load(self.path, threads=self.config.threads)
+
+    def complete(self, request: Request) -> Completion:
+        """Classify or extract from `request.input` (falls back to the prompt)."""
+        self.check()
+        assert self._student is not None
+        text = request.input if request.input is not None else request.prompt
+        with self._lock:
+            tick = time.process_time()
+            if self._student.meta.kind == "extract":
+                entities = self._student.extract([text.split()])[0]
+                completion = Completion(text=json.dumps({"entities": entities}))
+            else:
+                probs = self._student.predict_proba([text])[0]
+                if request.labels:
+                    probs = {label: probs.get(label, 0.0) for label in request.labels}
+                completion = Completion(text=max(probs, key=lambda k: probs[k]), label_probs=probs)
+            cpu = time.process_time() - tick
+        completion.tokens_in = len(text.split())
+        completion.cpu_seconds = cpu
+        completion.cost_usd = cpu * self.config.usd_per_hour / 3600
+        return completion
+
+    def close(self) -> None:
+        """Drop the model."""
+        self._student = None

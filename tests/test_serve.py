@@ -1,0 +1,153 @@
+"""The gateway with the official `openai` client, against OpenAI-compatible stub backends on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+import yaml
+
+from llmbus.gateway import Gateway, load_serve_config
+from llmbus.llamacpp import free_port
+from llmbus.serve import create_app
+from llmbus.store import Store
+from openai_stub import StubServer
+
+
+@contextmanager
+def running_gateway(config_path: Path, db: Path) -> Iterator[tuple[str, Gateway]]:
+    """The gateway app under uvicorn in a thread; yields its base URL."""
+    gateway = Gateway(load_serve_config(config_path), Store(str(db)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", gateway
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def write_configs(tmp_path: Path, primary: str, fallback: str | None = None, keys: list[dict] | None = None,
+                  task: Path | None = None) -> Path:
+    models = {"openai:primary": {"base_url": primary, "model": "stub-model", "timeout_s": 2.0, "max_retries": 0,
+                                 "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0}}
+    route: dict = {"model": "openai:primary"}
+    if fallback:
+        models["openai:fallback"] = {"base_url": fallback, "model": "stub-model", "max_retries": 0}
+        route["fallbacks"] = ["openai:fallback"]
+    (tmp_path / "llmbus.yaml").write_text(yaml.safe_dump({"models": models}))
+    serve: dict = {"models": {"chat": route}, "keys": keys or []}
+    if task:
+        serve["models"]["sms"] = {**route, "task": str(task)}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve))
+    return path
+
+
+def test_openai_client_chat_completions_streaming_models_and_log(tmp_path: Path, tiny_task: Path):
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url, task=tiny_task,
+                               keys=[{"key": "sk-a", "name": "team-a"}])
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            client = openai.OpenAI(base_url=url, api_key="sk-a")
+            assert {m.id for m in client.models.list().data} == {"chat", "sms"}
+            chat = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi there"}])
+            assert chat.choices[0].message.content == "ham"
+            text = client.completions.create(model="chat", prompt="win a free spam prize", max_tokens=4)
+            assert text.choices[0].text == "spam"
+            # A served task renders its own prompt around the raw input and answers with a label.
+            label = client.chat.completions.create(model="sms", messages=[{"role": "user",
+                                                                          "content": "win a free spam prize now"}])
+            assert label.choices[0].message.content == "spam"
+            assert label.model_extra["llmbus"]["confidence"] == pytest.approx(0.8 / 0.95)
+            stream = client.chat.completions.create(model="chat", stream=True,
+                                                    messages=[{"role": "user", "content": "are we meeting"}])
+            assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == "ham"
+            streamed = client.completions.create(model="chat", prompt="see you soon", stream=True, max_tokens=3)
+            assert "".join(chunk.choices[0].text for chunk in streamed) == "ham"
+            # Exact cache: the same request again is answered without the backend.
+            calls_before = sum(backend.state.attempts.values())
+            again = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi there"}])
+            assert again.model_extra["llmbus"]["route"] == "cache_exact"
+            assert sum(backend.state.attempts.values()) == calls_before
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=url, api_key="wrong").chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "x"}])
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+            assert 'llmbus_gateway_requests_total{model="chat",route="cache_exact",status="ok"} 1.0' in metrics
+            assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
+            rows = [c for run_id in gateway.run_ids.values() for c in gateway.store.iter_calls(run_id)]
+    assert len(rows) == 6
+    assert Counter(r["meta"]["route"] for r in rows) == {"backend": 5, "cache_exact": 1}
+    assert all(r["meta"]["key"] == "team-a" for r in rows)
+
+
+def test_rate_limit_and_budget_per_key(tmp_path: Path):
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url, keys=[
+            {"key": "sk-slow", "name": "slow", "requests_per_minute": 2},
+            {"key": "sk-poor", "name": "poor", "budget_usd": 0.0000001}])
+        with running_gateway(config, tmp_path / "gw.db") as (url, _):
+            slow = openai.OpenAI(base_url=url, api_key="sk-slow", max_retries=0)
+            for i in range(2):
+                slow.completions.create(model="chat", prompt=f"hello {i}")
+            with pytest.raises(openai.RateLimitError) as limited:
+                slow.completions.create(model="chat", prompt="hello 3")
+            assert int(limited.value.response.headers["retry-after"]) >= 1
+            poor = openai.OpenAI(base_url=url, api_key="sk-poor", max_retries=0)
+            poor.completions.create(model="chat", prompt="a long enough prompt to cost something")
+            with pytest.raises(openai.RateLimitError, match="budget"):
+                poor.completions.create(model="chat", prompt="one more")
+
+
+@pytest.mark.slow
+def test_load_with_backend_killed_midway_falls_back_and_recovers(tmp_path: Path):
+    """2,000 requests at 32 concurrent; the primary dies after ~1/3 and comes back at ~2/3."""
+    primary = StubServer()
+    port = primary.httpd.server_address[1]
+    with primary, StubServer() as fallback:
+        config = write_configs(tmp_path, primary.base_url, fallback.base_url)
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            done = Counter[str]()
+            lock = threading.Lock()
+            revived: list[StubServer] = []
+
+            def one(i: int) -> str:
+                response = httpx.post(f"{url}/completions", json={"model": "chat", "prompt": f"message {i}"},
+                                      timeout=30)
+                route = response.json()["llmbus"]["route"] if response.status_code == 200 else \
+                    f"http_{response.status_code}"
+                with lock:
+                    done[route] += 1
+                    total = sum(done.values())
+                if total == 700:
+                    primary.__exit__()
+                if total == 1400:
+                    revived.append(StubServer(port=port).__enter__())
+                return route
+
+            with ThreadPoolExecutor(32) as pool:
+                routes = list(pool.map(one, range(2000)))
+            for server in revived:
+                server.__exit__()
+            rows = sum(1 for run_id in gateway.run_ids.values() for _ in gateway.store.iter_calls(run_id))
+    assert len(routes) == 2000 and not [r for r in routes if r.startswith("http_")]
+    assert rows == 2000  # no lost log rows
+    assert done["fallback"] > 0  # fell back while the primary was down
+    assert done["backend"] > 1000  # and went back to it once it answered again
