@@ -17,8 +17,8 @@ def add_run(store: Store, rows: list[dict[str, Any]], *, task: str = "t", kind: 
     label_probs), bulk-inserted in one transaction."""
     spec: dict[str, Any] = {"name": task, "kind": kind, "prompt": "x", "output": {"labels": labels} if labels else {},
                             "data": {"path": "items.jsonl", "expected": "label"}, **(extra_spec or {})}
-    run_id = store.create_run(task=task, task_path=task_path, spec_version="v1", spec_json=json.dumps(spec), model=model,
-                              metric=metric, n_planned=len(rows), concurrency=1)
+    run_id = store.create_run(task=task, task_path=task_path, spec_version="v1", spec_json=json.dumps(spec),
+                              model=model, metric=metric, n_planned=len(rows), concurrency=1)
     stamp = now()
     values = [{"run_id": run_id, "task": task, "spec_version": "v1", "item_id": r["item_id"], "model": model,
                "prompt": r.get("prompt", "p"), "raw_output": r.get("raw", json.dumps(r.get("parsed"))),
@@ -39,3 +39,22 @@ def classify_rows(predicted: list[str | None], expected: list[str]) -> list[dict
     return [{"item_id": f"i{i}", "parsed": p, "expected": e,
              "error_kind": None if p is not None else "label_not_in_set"}
             for i, (p, e) in enumerate(zip(predicted, expected, strict=True))]
+
+
+def add_judge_run(store: Store, target: str, verdicts_by_item: dict[str, str | None],
+                  labels: list[str] | None = None, mode: str = "pointwise") -> str:
+    """A pointwise judge run over `target` with the given verdicts (None = broken), linked to its calls."""
+    from llmbus.quality_store import judge_runs, verdicts
+
+    labels = labels or ["pass", "fail"]
+    judged = {c["item_id"]: c["id"] for c in store.iter_calls(target)}
+    run_id = add_run(store, [{"item_id": i, "parsed": v, "expected": None} for i, v in verdicts_by_item.items()],
+                     task="judge", labels=labels)
+    with store.engine.begin() as conn:
+        conn.execute(judge_runs.insert().values(run_id=run_id, mode=mode, target_run_id=target,
+                                                labels_json=json.dumps(labels), positive=labels[0]))
+        conn.execute(sa.insert(verdicts), [
+            {"judge_run_id": run_id, "item_id": i, "call_id": judged[i], "verdict": v, "confidence": 0.9,
+             "score": None, "error_kind": None if v else "label_not_in_set", "created_at": now()}
+            for i, v in verdicts_by_item.items()])
+    return run_id

@@ -128,3 +128,178 @@ def judge_run(
               highlight=False)
     if report.broken:
         out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {report.example_error}[/]")
+
+
+@judge_app.command("calibrate")
+@friendly_errors
+def judge_calibrate(
+    judge_run_id: str = typer.Argument(..., help="A judge run (from `llmbus judge run`)"),
+    project: str = typer.Option(..., "--project", help="Labeling project with the human labels"),
+    min_tpr: float = typer.Option(0.9, "--min-tpr", help="Trust gate: lowest acceptable TPR"),
+    min_tnr: float = typer.Option(0.9, "--min-tnr", help="Trust gate: lowest acceptable TNR"),
+    min_kappa: float | None = typer.Option(None, "--min-kappa", help="Trust gate: lowest acceptable Cohen's kappa"),
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 when the judge is not trusted (for CI)"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Judge vs human labels: kappa, TPR/TNR, confusion, disagreeing items, and the trust gate."""
+    from llmbus.calibrate import calibrate
+    from llmbus.store import Store
+
+    report = calibrate(Store(db), judge_run_id, project, min_tpr=min_tpr, min_tnr=min_tnr, min_kappa=min_kappa)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        a = report.agreement
+        out.print(f"judge run [bold]{report.judge_run_id}[/] ({report.judge}) vs project [bold]{report.project}[/] on "
+                  f"{a.n} items (positive = {report.positive})", highlight=False)
+        out.print(f"Cohen's kappa {fmt(a.kappa)} · accuracy {fmt(a.accuracy)} · TPR {fmt(a.tpr)} · TNR {fmt(a.tnr)} "
+                  f"· TP {a.tp} FN {a.fn} FP {a.fp} TN {a.tn}", highlight=False)
+        table = Table(title="confusion: rows human, columns judge", title_justify="left")
+        columns = sorted({j for row in report.confusion.values() for j in row} | set(report.confusion))
+        table.add_column("human \\ judge")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for human in sorted(report.confusion):
+            table.add_row(human, *(str(report.confusion[human].get(c, 0)) for c in columns))
+        out.print(table)
+        if report.disagreements:
+            rows = Table(title=f"{len(report.disagreements)} disagreements (for rubric fixes)", title_justify="left")
+            for column in ("item", "human", "judge", "conf", "answer"):
+                rows.add_column(column)
+            for d in report.disagreements[:30]:
+                rows.add_row(d["item_id"], d["human"], str(d["judge"]), fmt(d["confidence"], ".2f"),
+                             str(d["answer"])[:60])
+            out.print(rows)
+        out.print(("[green]" if report.trusted else "[bold red]") + report.reason + "[/]", highlight=False)
+    if gate and not report.trusted:
+        raise typer.Exit(1)
+
+
+label_app = typer.Typer(no_args_is_help=True, help="Human labeling: projects, annotators, the web UI, export.")
+app.add_typer(label_app, name="label")
+
+
+@label_app.command("create")
+@friendly_errors
+def label_create(
+    name: str = typer.Argument(..., help="Project name"),
+    run_id: str = typer.Option(..., "--run", help="The run whose calls are labeled"),
+    schema: str = typer.Option("labels", "--schema", help="labels | score (1–5) | text (free-text correction)"),
+    labels: str | None = typer.Option(None, "--labels", help="Comma-separated labels, e.g. pass,fail"),
+    correction: bool = typer.Option(False, "--correction", help="Also ask for an optional free-text correction"),
+    instructions: str | None = typer.Option(None, "--instructions", help="Markdown file shown to annotators"),
+    queue: int = typer.Option(0, "--queue", min=0, help="Queue the run's first N items now"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Create a labeling project over a run's calls."""
+    from pathlib import Path
+
+    from llmbus import label
+    from llmbus.errors import DataError
+    from llmbus.store import Store
+
+    parsed = label.parse_schema(schema, labels, correction)
+    text = ""
+    if instructions:
+        if not Path(instructions).is_file():
+            raise DataError(f"{instructions}: instructions file not found")
+        text = Path(instructions).read_text(encoding="utf-8")
+    store = Store(db)
+    label.create_project(store, name, run_id, parsed, text)
+    added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
+                          "initial") if queue else 0
+    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued", highlight=False)
+
+
+def _first(rows: Any, n: int) -> list[Any]:
+    from itertools import islice
+
+    return list(islice(rows, n))
+
+
+@label_app.command("annotator")
+@friendly_errors
+def label_annotator(
+    name: str = typer.Argument(..., help="Annotator name"),
+    project: str = typer.Option(..., "--project"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Add an annotator and print their sign-in token."""
+    from llmbus.label import add_annotator
+    from llmbus.store import Store
+
+    sys.stdout.write(add_annotator(Store(db), project, name) + "\n")
+
+
+@label_app.command("serve")
+@friendly_errors
+def label_serve(
+    project: str = typer.Option(..., "--project"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Serve the labeling web UI."""
+    from llmbus.label_web import serve
+    from llmbus.store import Store
+
+    out.print(f"labeling {project} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
+    serve(Store(db), project, host, port)
+
+
+@label_app.command("import")
+@friendly_errors
+def label_import(
+    path: str = typer.Argument(..., help='JSONL: {"item_id": …, "label": …, "correction": …} per line'),
+    project: str = typer.Option(..., "--project"),
+    annotator: str = typer.Option(..., "--annotator", help="Whose labels these are"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Import labels (all lines are checked before any is written)."""
+    from pathlib import Path
+
+    from llmbus.label import import_labels
+    from llmbus.store import Store
+
+    n = import_labels(Store(db), project, Path(path), annotator)
+    out.print(f"imported {n} labels into {project} as {annotator}", highlight=False)
+
+
+@label_app.command("export")
+@friendly_errors
+def label_export(
+    project: str = typer.Option(..., "--project"),
+    output: str | None = typer.Option(None, "--out", "-o", help="File to write (default stdout)"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Export a project's labels as JSONL."""
+    from llmbus.label import export_jsonl
+    from llmbus.store import Store
+
+    lines = export_jsonl(Store(db), project)
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+    else:
+        sys.stdout.writelines(lines)
+
+
+@label_app.command("agreement")
+@friendly_errors
+def label_agreement(
+    project: str = typer.Option(..., "--project"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Inter-annotator agreement: Cohen's kappa per pair, Fleiss' kappa overall."""
+    from llmbus.label import agreement
+    from llmbus.store import Store
+
+    stats = agreement(Store(db), project)
+    if as_json:
+        _print_json(stats.as_dict())
+        return
+    for pair, kappa in stats.cohen.items():
+        out.print(f"Cohen's kappa {pair.replace('|', ' · ')}: {fmt(kappa)}", highlight=False)
+    out.print(f"Fleiss' kappa over {stats.items_multi} items with 2+ labels: {fmt(stats.fleiss)}", highlight=False)

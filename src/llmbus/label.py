@@ -1,0 +1,292 @@
+"""Human labeling in the store: projects over a run's calls, a priority queue, annotators with tokens, labels
+with skip and undo, import/export as JSONL, and inter-annotator agreement.
+
+A project's candidates are the calls of one run; items enter its queue (with a priority and the strategy that
+chose them) from `llmbus label select` or when the project is created. Labels are linked to those calls.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from llmbus.agreement import cohen_kappa, fleiss_kappa
+from llmbus.errors import DataError, LlmbusError
+from llmbus.judge import answer_text, run_items
+from llmbus.quality_store import annotators, label_items, label_projects, labels
+from llmbus.store import Store, now
+
+SCORE_VALUES = ["1", "2", "3", "4", "5"]
+
+
+class LabelError(LlmbusError):
+    """A labeling request that cannot be honoured (unknown project, item, token or label)."""
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """What an annotator gives: one of `labels`, a 1–5 score, or only a free-text correction; `correction`
+    adds an optional free-text correction of the answer to the first two kinds."""
+
+    kind: Literal["labels", "score", "text"]
+    labels: tuple[str, ...] = ()
+    correction: bool = False
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The allowed label values (empty for text-only projects)."""
+        return tuple(SCORE_VALUES) if self.kind == "score" else self.labels
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (stored as JSON with the project)."""
+        return {**asdict(self), "labels": list(self.labels)}
+
+
+def parse_schema(kind: str, label_list: str | None, correction: bool) -> LabelSchema:
+    """A schema from CLI options: kind labels needs a comma-separated label list."""
+    if kind not in {"labels", "score", "text"}:
+        raise LabelError(f"--schema {kind!r}: use labels, score or text")
+    values = tuple(v.strip() for v in (label_list or "").split(",") if v.strip())
+    if kind == "labels" and len(set(values)) < 2:
+        raise LabelError("--schema labels needs --labels with at least two labels, e.g. --labels pass,fail")
+    return LabelSchema(kind=kind, labels=values if kind == "labels" else (), correction=correction or kind == "text")  # type: ignore[arg-type]
+
+
+def create_project(store: Store, name: str, run_id: str, schema: LabelSchema, instructions: str = "") -> None:
+    """A new labeling project over the calls of `run_id`."""
+    run = store.get_run(run_id)
+    with store.engine.begin() as conn:
+        if conn.scalar(sa.select(label_projects.c.name).where(label_projects.c.name == name)) is not None:
+            raise LabelError(f"label project {name!r} already exists")
+        conn.execute(label_projects.insert().values(name=name, run_id=run["id"], instructions=instructions,
+                                                    schema_json=json.dumps(schema.as_dict()), created_at=now()))
+
+
+def get_project(store: Store, name: str) -> dict[str, Any]:
+    """A project's row with its schema decoded."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(label_projects).where(label_projects.c.name == name)).mappings().first()
+    if row is None:
+        raise LabelError(f"label project {name!r} not found in {store.url} (create it with: llmbus label create)")
+    project = dict(row)
+    raw = json.loads(project.pop("schema_json"))
+    project["schema"] = LabelSchema(kind=raw["kind"], labels=tuple(raw["labels"]), correction=raw["correction"])
+    return project
+
+
+def add_annotator(store: Store, project: str, name: str) -> str:
+    """Register an annotator on a project; returns their sign-in token."""
+    get_project(store, project)
+    token = secrets.token_urlsafe(16)
+    with store.engine.begin() as conn:
+        if conn.scalar(sa.select(annotators.c.token).where(annotators.c.project == project,
+                                                           annotators.c.name == name)) is not None:
+            raise LabelError(f"annotator {name!r} already exists in project {project!r}")
+        conn.execute(annotators.insert().values(token=token, project=project, name=name, created_at=now()))
+    return token
+
+
+def annotator_for(store: Store, token: str) -> tuple[str, str] | None:
+    """(project, annotator name) of a sign-in token, or None."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(annotators.c.project, annotators.c.name)
+                           .where(annotators.c.token == token)).first()
+    return (row[0], row[1]) if row else None
+
+
+def candidates(store: Store, project: str) -> Iterator[dict[str, Any]]:
+    """Calls of the project's run that are not yet in its queue."""
+    queued = set(queued_ids(store, project))
+    for call in store.iter_calls(get_project(store, project)["run_id"]):
+        if call["item_id"] not in queued:
+            yield call
+
+
+def queued_ids(store: Store, project: str) -> list[str]:
+    """Item ids in the project's queue, highest priority first."""
+    query = (sa.select(label_items.c.item_id).where(label_items.c.project == project)
+             .order_by(label_items.c.priority.desc(), label_items.c.id))
+    with store.engine.connect() as conn:
+        return list(conn.scalars(query))
+
+
+def enqueue(store: Store, project: str, chosen: list[tuple[str, float]], strategy: str) -> int:
+    """Put (item_id, priority) pairs into the queue with what the annotator sees; returns how many were new."""
+    meta = get_project(store, project)
+    run = store.get_run(meta["run_id"])
+    wanted = dict(chosen)
+    calls = {c["item_id"]: c for c in store.iter_calls(run["id"]) if c["item_id"] in wanted}
+    unknown = sorted(set(wanted) - set(calls))
+    if unknown:
+        raise LabelError(f"items not answered by run {run['id']}: {', '.join(unknown[:5])}")
+    fields = run_items(store, run)
+    already = set(queued_ids(store, project))
+    rows = [{"project": project, "item_id": item_id, "call_id": calls[item_id]["id"], "priority": priority,
+             "strategy": strategy, "added_at": now(),
+             "fields_json": json.dumps({"fields": fields.get(item_id, {}), "answer": answer_text(calls[item_id]),
+                                        "expected": calls[item_id]["expected"]}, ensure_ascii=False, default=str)}
+            for item_id, priority in chosen if item_id not in already]
+    if rows:
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(label_items), rows)
+    return len(rows)
+
+
+def _item(store: Store, project: str, item_id: str) -> dict[str, Any]:
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(label_items).where(label_items.c.project == project,
+                                                        label_items.c.item_id == item_id)).mappings().first()
+    if row is None:
+        raise LabelError(f"item {item_id!r} is not in the queue of project {project!r}")
+    return {**dict(row), **json.loads(row["fields_json"])}
+
+
+def next_item(store: Store, project: str, annotator: str) -> dict[str, Any] | None:
+    """The highest-priority queued item this annotator has neither labeled nor skipped."""
+    done = sa.select(labels.c.item_id).where(labels.c.project == project, labels.c.annotator == annotator)
+    query = (sa.select(label_items.c.item_id).where(label_items.c.project == project,
+                                                    label_items.c.item_id.not_in(done))
+             .order_by(label_items.c.priority.desc(), label_items.c.id).limit(1))
+    with store.engine.connect() as conn:
+        item_id = conn.scalar(query)
+    return None if item_id is None else _item(store, project, item_id)
+
+
+def progress(store: Store, project: str, annotator: str) -> tuple[int, int]:
+    """(items this annotator labeled or skipped, items in the queue)."""
+    with store.engine.connect() as conn:
+        done = conn.scalar(sa.select(sa.func.count()).select_from(labels).where(
+            labels.c.project == project, labels.c.annotator == annotator))
+        total = conn.scalar(sa.select(sa.func.count()).select_from(label_items).where(label_items.c.project == project))
+    return int(done or 0), int(total or 0)
+
+
+def save_label(store: Store, project: str, annotator: str, item_id: str, value: str | None,
+               correction: str | None = None, skipped: bool = False) -> None:
+    """Record (or replace) one annotator's label or skip of a queued item, checked against the schema."""
+    schema = get_project(store, project)["schema"]
+    item = _item(store, project, item_id)
+    if not skipped:
+        if schema.kind != "text" and value not in schema.values:
+            raise LabelError(f"label {value!r} is not one of {', '.join(schema.values)} (project {project!r})")
+        if schema.kind == "text" and not (correction or "").strip():
+            raise LabelError("this project takes a free-text correction; it is empty")
+    with store.engine.begin() as conn:
+        conn.execute(labels.delete().where(labels.c.project == project, labels.c.item_id == item_id,
+                                           labels.c.annotator == annotator))
+        conn.execute(labels.insert().values(project=project, item_id=item_id, call_id=item["call_id"],
+                                            annotator=annotator, value=None if skipped else value,
+                                            correction=(correction or None) if schema.correction else None,
+                                            skipped=skipped, created_at=now()))
+
+
+def undo(store: Store, project: str, annotator: str) -> str | None:
+    """Remove this annotator's latest label or skip; returns its item id (it comes back to the queue)."""
+    with store.engine.begin() as conn:
+        row = conn.execute(sa.select(labels.c.id, labels.c.item_id).where(
+            labels.c.project == project, labels.c.annotator == annotator).order_by(labels.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        conn.execute(labels.delete().where(labels.c.id == row[0]))
+    return str(row[1])
+
+
+def label_rows(store: Store, project: str) -> Iterator[dict[str, Any]]:
+    """Every label of a project (not skips), oldest first, with the item and answer shown to the annotator."""
+    query = (sa.select(labels, label_items.c.fields_json)
+             .join(label_items, sa.and_(label_items.c.project == labels.c.project,
+                                        label_items.c.item_id == labels.c.item_id))
+             .where(labels.c.project == project, labels.c.skipped.is_(False)).order_by(labels.c.id))
+    with store.engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            shown = json.loads(row["fields_json"])
+            yield {"project": project, "item_id": row["item_id"], "call_id": row["call_id"],
+                   "annotator": row["annotator"], "label": row["value"], "correction": row["correction"],
+                   "created_at": row["created_at"].isoformat() if row["created_at"] else None,
+                   "answer": shown["answer"], "fields": shown["fields"]}
+
+
+def export_jsonl(store: Store, project: str) -> Iterator[str]:
+    """The project's labels as JSONL lines."""
+    get_project(store, project)
+    for row in label_rows(store, project):
+        yield json.dumps(row, ensure_ascii=False, default=str) + "\n"
+
+
+def import_labels(store: Store, project: str, path: Path, annotator: str) -> int:
+    """Labels from a JSONL file ({"item_id", "label", optional "correction"}); items not yet queued are added.
+    Every line is checked before anything is written: an unknown item or label names its file and line."""
+    schema = get_project(store, project)["schema"]
+    run_calls = {c["item_id"] for c in store.iter_calls(get_project(store, project)["run_id"])}
+    rows = []
+    if not path.is_file():
+        raise DataError(f"{path}: labels file not found")
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_no}: malformed JSON: {exc.msg}") from None
+            item_id, value = str(row.get("item_id", "")), row.get("label")
+            if item_id not in run_calls:
+                raise DataError(f"{path}:{line_no}: item_id {item_id!r} is not an item of project {project!r} "
+                                f"(run {get_project(store, project)['run_id']}); nothing was imported")
+            if schema.kind != "text" and str(value) not in schema.values:
+                raise DataError(f"{path}:{line_no}: label {value!r} is not one of {', '.join(schema.values)}; "
+                                "nothing was imported")
+            rows.append((item_id, None if value is None else str(value), row.get("correction")))
+    enqueue(store, project, [(item_id, 0.0) for item_id, _, _ in rows], "import")
+    for item_id, value, correction in rows:
+        save_label(store, project, annotator, item_id, value, correction)
+    return len(rows)
+
+
+def labels_by_item(store: Store, project: str) -> dict[str, dict[str, str]]:
+    """{item_id: {annotator: label}} over labeled (not skipped) items."""
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in label_rows(store, project):
+        if row["label"] is not None:
+            out[row["item_id"]][row["annotator"]] = row["label"]
+    return dict(out)
+
+
+def consensus(store: Store, project: str) -> dict[str, str]:
+    """The majority human label per item (ties go to the label given first)."""
+    return {item: Counter(by.values()).most_common(1)[0][0] for item, by in labels_by_item(store, project).items()}
+
+
+@dataclass
+class Agreement:
+    """Inter-annotator agreement of a project."""
+
+    annotators: list[str]
+    items_multi: int  # items labeled by two or more annotators
+    cohen: dict[str, float]  # "a|b" → Cohen's kappa on the items both labeled
+    fleiss: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json output."""
+        return asdict(self)
+
+
+def agreement(store: Store, project: str) -> Agreement:
+    """Cohen's kappa for every pair of annotators and Fleiss' kappa over items with two or more labels."""
+    by_item = labels_by_item(store, project)
+    names = sorted({a for by in by_item.values() for a in by})
+    cohen = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = [by for by in by_item.values() if a in by and b in by]
+            if shared:
+                cohen[f"{a}|{b}"] = cohen_kappa([by[a] for by in shared], [by[b] for by in shared])
+    multi = [list(by.values()) for by in by_item.values() if len(by) >= 2]
+    return Agreement(annotators=names, items_multi=len(multi), cohen=cohen, fleiss=fleiss_kappa(multi))

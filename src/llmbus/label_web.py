@@ -1,0 +1,113 @@
+"""The labeling web UI: FastAPI with server-rendered Jinja2 pages, no JavaScript build.
+
+Annotators sign in with their token (a cookie keeps it), see the project's markdown instructions and the next
+queued item with the run's answer, and label it with a click or a key: 1–9 for labels (or scores), S to skip,
+U to undo the last label, Ctrl+Enter to submit a correction. Export gives the labels as JSONL; /agreement
+shows Cohen's and Fleiss' kappa.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+
+from llmbus import label
+from llmbus.store import Store
+
+TEMPLATES = Path(__file__).parent / "templates" / "label"
+COOKIE = "llmbus_label_token"
+
+
+def create_app(store: Store, project: str) -> FastAPI:
+    """The labeling app for one project (the store and project are passed in, never global)."""
+    meta = label.get_project(store, project)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    # Instructions are the project owner's markdown; raw HTML in it is not rendered.
+    instructions_html = MarkdownIt("commonmark", {"html": False}).render(meta["instructions"] or "")
+    app = FastAPI(title=f"llmbus label · {project}", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def who(request: Request) -> str | None:
+        found = label.annotator_for(store, request.cookies.get(COOKIE, ""))
+        return found[1] if found and found[0] == project else None
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"project": project, **context}, status_code=status)
+
+    def home() -> RedirectResponse:
+        return RedirectResponse("/", status_code=303)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request) -> HTMLResponse:
+        return page(request, "login.html", error=None)
+
+    @app.post("/login", response_model=None)
+    def login(request: Request, token: str = Form("")) -> Response:
+        found = label.annotator_for(store, token.strip())
+        if not found or found[0] != project:
+            return page(request, "login.html", status=401, error="Unknown token for this project.")
+        response = home()
+        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    def logout() -> RedirectResponse:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, response_model=None)
+    def queue(request: Request, note: str | None = None) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return RedirectResponse("/login", status_code=303)
+        done, total = label.progress(store, project, annotator)
+        item = label.next_item(store, project, annotator)
+        return page(request, "item.html", annotator=annotator, item=item, schema=meta["schema"], done=done,
+                    total=total, note=note, instructions=instructions_html)
+
+    @app.post("/label", response_model=None)
+    def save(request: Request, item_id: str = Form(...), value: str | None = Form(None),
+             correction: str | None = Form(None), skip: str | None = Form(None)) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return RedirectResponse("/login", status_code=303)
+        try:
+            label.save_label(store, project, annotator, item_id, value, correction, skipped=skip is not None)
+        except label.LabelError as exc:
+            return page(request, "error.html", status=400, message=str(exc))
+        return home()
+
+    @app.post("/undo", response_model=None)
+    def undo(request: Request) -> Response:
+        annotator = who(request)
+        if annotator is None:
+            return RedirectResponse("/login", status_code=303)
+        undone = label.undo(store, project, annotator)
+        return RedirectResponse(f"/?note=undid+{undone}" if undone else "/?note=nothing+to+undo", status_code=303)
+
+    @app.get("/export", response_model=None)
+    def export(request: Request) -> Response:
+        if who(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        return StreamingResponse(label.export_jsonl(store, project), media_type="application/x-ndjson",
+                                 headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})
+
+    @app.get("/agreement", response_class=HTMLResponse, response_model=None)
+    def agreement(request: Request) -> Response:
+        if who(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        return page(request, "agreement.html", stats=label.agreement(store, project))
+
+    return app
+
+
+def serve(store: Store, project: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the labeling UI until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(store, project), host=host, port=port, log_level="warning")

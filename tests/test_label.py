@@ -1,0 +1,144 @@
+"""Labeling: the queue, skip/undo and schema checks in the store, and the web UI in a real browser (Debian
+chromium driven by Playwright): sign in with a token, label by keyboard, undo, export, agreement."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from llmbus import label
+from llmbus.label_web import create_app
+from llmbus.llamacpp import free_port
+from llmbus.store import Store
+from quality_helpers import add_run
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _project(store: Store, tiny_task: Path, schema: label.LabelSchema, n: int = 5) -> str:
+    rows = [{"item_id": f"m{i}", "parsed": "spam" if i % 2 else "ham", "expected": "ham"} for i in range(8)]
+    run_id = add_run(store, rows, task="tiny", labels=["ham", "spam"], task_path=str(tiny_task))
+    label.create_project(store, "p", run_id, schema, "# Rules\nPass when the label is **right**.\n<script>x</script>")
+    label.enqueue(store, "p", [(f"m{i}", float(n - i)) for i in range(n)], "initial")
+    return run_id
+
+
+def test_queue_skip_undo_and_schema(store: Store, tiny_task: Path):
+    _project(store, tiny_task, label.LabelSchema(kind="labels", labels=("pass", "fail"), correction=True))
+    first = label.next_item(store, "p", "ann")
+    assert first is not None and first["item_id"] == "m0" and first["fields"]["text"].startswith("win a free")
+    assert first["answer"] == "ham" and first["strategy"] == "initial"
+    label.save_label(store, "p", "ann", "m0", "pass", correction="")
+    label.save_label(store, "p", "ann", "m1", None, skipped=True)
+    assert label.next_item(store, "p", "ann")["item_id"] == "m2"
+    assert label.undo(store, "p", "ann") == "m1"  # the skip is undone: m1 is next again
+    assert label.next_item(store, "p", "ann")["item_id"] == "m1"
+    assert label.next_item(store, "p", "other")["item_id"] == "m0"  # each annotator has their own queue
+    with pytest.raises(label.LabelError, match="not one of pass, fail"):
+        label.save_label(store, "p", "ann", "m1", "maybe")
+    with pytest.raises(label.LabelError, match="not in the queue"):
+        label.save_label(store, "p", "ann", "m7", "pass")
+    label.save_label(store, "p", "ann", "m1", "fail", correction="spam")
+    exported = [json.loads(line) for line in label.export_jsonl(store, "p")]
+    assert [(r["item_id"], r["label"], r["correction"]) for r in exported] == [("m0", "pass", None),
+                                                                                 ("m1", "fail", "spam")]
+    assert all(r["call_id"] for r in exported)  # linked to the labeled calls
+    assert label.progress(store, "p", "ann") == (2, 5)
+    assert label.enqueue(store, "p", [("m0", 9.0), ("m6", 1.0)], "uncertainty") == 1  # m0 was queued already
+    with pytest.raises(label.LabelError, match="not answered by run"):
+        label.enqueue(store, "p", [("nope", 1.0)], "random")
+
+
+def test_score_and_text_schemas():
+    assert label.parse_schema("score", None, False).values == ("1", "2", "3", "4", "5")
+    text = label.parse_schema("text", None, False)
+    assert text.correction and text.values == ()
+    with pytest.raises(label.LabelError, match="at least two labels"):
+        label.parse_schema("labels", "pass", False)
+
+
+class _Server:
+    """uvicorn on a free 127.0.0.1 port in a thread, stopped on exit."""
+
+    def __init__(self, app: object):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "label server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _sign_in(browser: object, base: str, token: str) -> object:
+    page = browser.new_context().new_page()  # type: ignore[attr-defined]
+    page.goto(base + "/")
+    assert page.url.endswith("/login")
+    page.fill("#token", token)
+    with page.expect_navigation():
+        page.click("#signin")
+    return page
+
+
+def _press(page: object, key: str) -> None:
+    with page.expect_navigation():  # type: ignore[attr-defined]
+        page.keyboard.press(key)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_label_in_a_real_browser(store: Store, tiny_task: Path, browser: object):
+    _project(store, tiny_task, label.LabelSchema(kind="labels", labels=("pass", "fail")))
+    alice, bob = label.add_annotator(store, "p", "alice"), label.add_annotator(store, "p", "bob")
+    with _Server(create_app(store, "p")) as base:
+        bad = httpx.post(base + "/login", data={"token": "wrong"})
+        assert bad.status_code == 401 and "Unknown token" in bad.text
+        page = _sign_in(browser, base, alice)
+        assert page.inner_text("#who") == "alice" and page.inner_text("#progress") == "0/5"
+        assert page.inner_html(".instructions").count("<strong>right</strong>") == 1
+        assert "<script>x" not in page.content()  # raw HTML in the instructions is not rendered
+        assert page.get_attribute("#item", "data-item-id") == "m0" and page.inner_text("#answer") == "ham"
+        for key in ("1", "2", "1"):  # pass m0, fail m1, pass m2
+            _press(page, key)
+        assert page.inner_text("#progress") == "3/5"
+        _press(page, "u")  # undo m2
+        assert "undid m2" in page.inner_text("#note") and page.get_attribute("#item", "data-item-id") == "m2"
+        _press(page, "2")  # m2 is fail after all
+        _press(page, "s")  # skip m3
+        assert page.get_attribute("#item", "data-item-id") == "m4" and page.inner_text("#progress") == "4/5"
+        exported = page.request.get(base + "/export")
+        assert exported.ok and exported.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(line) for line in exported.text().splitlines()]
+        assert [(r["item_id"], r["label"], r["annotator"]) for r in rows] == [
+            ("m0", "pass", "alice"), ("m1", "fail", "alice"), ("m2", "fail", "alice")]
+        second = _sign_in(browser, base, bob)
+        for key in ("1", "2", "1"):  # bob: pass, fail, pass
+            _press(second, key)
+        second.goto(base + "/agreement")
+        # alice pass/fail/fail vs bob pass/fail/pass: po = 2/3, pe = 1/3·2/3 + 2/3·1/3 = 4/9 → kappa 0.4
+        assert "0.400" in second.inner_text("tr.cohen") and second.inner_text("#multi") == "3"
+        assert second.inner_text("#fleiss") == "0.333"  # Scott's pi: pooled pass 1/2 → pe 1/2 → (2/3−1/2)/(1/2)
+    assert label.agreement(store, "p").cohen["alice|bob"] == pytest.approx(0.4)
