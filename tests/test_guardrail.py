@@ -30,9 +30,10 @@ def test_grounding_signals():
 def test_tier1_decides_clear_cases_and_rules_fail_hard():
     guard = Guardrail(rules=[Rule(r"https?://", "contains a link")])
     ok = guard.tier1(FAITHFUL, SOURCES)
-    assert ok.passed and ok.support >= guard.pass_above and not guard.unsure(ok)
+    assert ok.passed and ok.support == 1.0 and not guard.unsure(ok)
+    assert guard.tier1("Sure. " + FAITHFUL, SOURCES).passed  # a filler sentence is not a claim
     bad = guard.tier1(INVENTED, SOURCES)
-    assert not bad.passed and bad.support < guard.fail_below and "2019" in bad.reasons[0]
+    assert not bad.passed and not guard.unsure(bad) and "2019" in bad.reasons[0]
     link = guard.tier1("Restart your router, see http://example.org", SOURCES)
     assert not link.passed and link.reasons == ["rule: contains a link"]
     assert guard.tier1("   ", SOURCES).reasons == ["rule: the answer is empty"]
@@ -42,7 +43,7 @@ def test_tier1_decides_clear_cases_and_rules_fail_hard():
 
 def test_tier2_runs_only_when_tier1_is_unsure(stub, stub_model):
     guard = Guardrail(calibrate=False)  # the stub's prior is the same for every input: calibration would null it
-    unsure_answer = "Restart your router and check the cables, it usually helps."
+    unsure_answer = "Restart your router and check the cables, usually."  # one new word: unsure
     first = guard.tier1(unsure_answer, SOURCES)
     assert guard.unsure(first), first
     provider = open_provider(stub_model)

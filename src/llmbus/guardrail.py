@@ -54,8 +54,9 @@ class Verdict:
 
     passed: bool
     tier: int
-    support: float  # tier 1 grounding score in [0, 1]
+    support: float  # tier 1: share of the answer's content words found in the sources
     unsupported_terms: list[str] = field(default_factory=list)
+    unsure: bool = False  # tier 1 could not decide
     min_similarity: float = 1.0
     llm_prob: float | None = None  # tier 2: P(supported)
     reasons: list[str] = field(default_factory=list)
@@ -79,42 +80,43 @@ class Guardrail:
     rules: list[Rule] = field(default_factory=list)
     schema: dict[str, Any] | None = None
     max_chars: int = 1200
-    pass_above: float = 0.8  # support ≥ this: pass without tier 2
-    fail_below: float = 0.5  # support < this: fail without tier 2
+    max_novel: int = 2  # this many content words absent from the sources (or any new number): fail
+    min_similarity: float = 0.5  # every claim sentence this close (MiniLM cosine) to some source sentence
     tier2: bool = True
     tier2_threshold: float = 0.5  # (calibrated) P(supported) at or above this passes
     calibrate: bool = True  # divide out the model's prior measured on a content-free input
     usd_per_hour: float = 0.05  # tier-1 CPU time is priced like local inference
     _null_prob: float | None = field(default=None, repr=False)
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # source sentence embeddings
 
     def tier1(self, answer: str, sources: list[Source]) -> Verdict:
-        """Rules and grounding only: passed is decided unless support falls between the thresholds."""
+        """Rules and grounding only; `unsure` marks the answers left to tier 2."""
         tick = time.process_time()
         hard = self._rule_failures(answer)
         if hard:
             return Verdict(False, 1, 0.0, reasons=hard, cost_usd=self._cpu_cost(tick))
-        source_text = " ".join(s.text for s in sources)
-        novel = unsupported_terms(answer, source_text)
-        min_sim = min_sentence_similarity(answer, sources)
-        words = max(1, len(set(tokens(answer))))
-        novelty = len(novel) / words
+        claims = claim_text(answer)
+        novel = unsupported_terms(claims, " ".join(s.text for s in sources))
         numbers = [t for t in novel if NUMBER.fullmatch(t)]
-        # Grounding in one number: new content words and low similarity both pull support down; a new
-        # number is a strong sign of an invented fact, so it costs more than a new word.
-        support = float(np.clip(min(1 - novelty - 0.25 * len(numbers), (min_sim - 0.2) / 0.6), 0.0, 1.0))
-        reasons = []
+        support = 1 - len(novel) / max(1, len(set(tokens(claims))))
+        verdict = Verdict(False, 1, round(support, 4), novel)
         if novel:
-            reasons.append(f"not in the sources: {', '.join(novel[:8])}")
-        if min_sim < 0.6:
-            reasons.append(f"a sentence is far from every source (similarity {min_sim:.2f})")
-        passed = support >= self.pass_above
-        return Verdict(passed, 1, support, novel, round(min_sim, 4), reasons=reasons,
-                       cost_usd=self._cpu_cost(tick))
+            verdict.reasons.append(f"not in the sources: {', '.join(novel[:8])}")
+        # A new number, or several new content words, is an invented fact; one new word may be a paraphrase.
+        if numbers or len(novel) >= self.max_novel:
+            verdict.cost_usd = self._cpu_cost(tick)
+            return verdict
+        verdict.min_similarity = round(min_sentence_similarity(claims, sources, self._vectors), 4)
+        if verdict.min_similarity < self.min_similarity:
+            verdict.reasons.append(f"a sentence is far from every source (similarity {verdict.min_similarity:.2f})")
+        verdict.passed = not novel and verdict.min_similarity >= self.min_similarity
+        verdict.unsure = not verdict.passed and verdict.min_similarity >= self.min_similarity / 2
+        verdict.cost_usd = self._cpu_cost(tick)
+        return verdict
 
     def unsure(self, verdict: Verdict) -> bool:
         """Whether tier 1 leaves this answer to tier 2."""
-        return verdict.tier == 1 and self.fail_below <= verdict.support < self.pass_above and not any(
-            r.startswith("rule:") for r in verdict.reasons)
+        return verdict.tier == 1 and verdict.unsure
 
     def tier2_check(self, answer: str, sources: list[Source], provider: Provider) -> tuple[float, int, float]:
         """Calibrated P(supported) from the LLM's label scores, with tokens in and cost."""
@@ -182,14 +184,29 @@ def unsupported_terms(answer: str, source_text: str) -> list[str]:
     return seen
 
 
-def min_sentence_similarity(answer: str, sources: list[Source]) -> float:
-    """For each answer sentence its best cosine to any source sentence; the worst of those (1.0 if empty)."""
+def claim_text(answer: str) -> str:
+    """The answer without short filler sentences ("Sure.", "Good question!"): two words or fewer, no digits."""
+    sentences = [x for x in SENTENCE.split(answer.strip()) if x.strip()]
+    kept = [x for x in sentences if len(x.split()) > 2 or re.search(r"\d", x)]
+    return " ".join(kept) if kept else answer.strip()
+
+
+def min_sentence_similarity(answer: str, sources: list[Source], cache: dict[str, np.ndarray] | None = None) -> float:
+    """For each answer sentence its best cosine to any source sentence; the worst of those (1.0 if empty).
+
+    `cache` keeps source sentence vectors between checks: regenerations and reviews reuse the same sources."""
     sentences = [s for s in SENTENCE.split(answer.strip()) if len(s.split()) >= 3]
-    source_sentences = [s for src in sources for s in SENTENCE.split(src.text) if s.strip()]
+    source_sentences = list(dict.fromkeys(s.strip() for src in sources for s in SENTENCE.split(src.text)
+                                          if s.strip()))
     if not sentences or not source_sentences:
         return 1.0 if not sentences else 0.0
-    vectors = embed(sentences + source_sentences)
-    sims = vectors[: len(sentences)] @ vectors[len(sentences):].T
+    cache = {} if cache is None else cache
+    missing = [s for s in source_sentences if s not in cache]
+    vectors = embed(sentences + missing)
+    if len(cache) > 20000:  # bounded: a long-lived process checks many different sources
+        cache.clear()
+    cache.update(zip(missing, vectors[len(sentences):], strict=True))
+    sims = vectors[: len(sentences)] @ np.stack([cache[s] for s in source_sentences]).T
     return float(sims.max(axis=1).min())
 
 

@@ -21,12 +21,20 @@ from llmbus.flowstore import doc_chunks
 from llmbus.store import Store
 
 TOKEN = re.compile(r"[a-z0-9]+")
+# The common English stopword list (as in NLTK), so function words never count as content or as new facts.
 STOPWORDS = frozenset([
-    "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "is", "are",
-    "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "from", "i", "you", "he",
-    "she", "we", "they", "me", "my", "your", "our", "their", "do", "does", "did", "not", "no", "so", "if",
-    "then", "than", "can", "could", "would", "should", "will", "just", "what", "which", "who", "how", "why",
-    "when", "where",
+    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "your", "yours", "yourself",
+    "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself", "it", "its", "itself", "they",
+    "them", "their", "theirs", "themselves", "what", "which", "who", "whom", "this", "that", "these", "those",
+    "am", "is", "are", "was", "were", "be", "been", "being", "have", "has", "had", "having", "do", "does", "did",
+    "doing", "a", "an", "the", "and", "but", "if", "or", "because", "as", "until", "while", "of", "at", "by",
+    "for", "with", "about", "against", "between", "into", "through", "during", "before", "after", "above",
+    "below", "to", "from", "up", "down", "in", "out", "on", "off", "over", "under", "again", "further", "then",
+    "once", "here", "there", "when", "where", "why", "how", "all", "any", "both", "each", "few", "more", "most",
+    "other", "some", "such", "no", "nor", "not", "only", "own", "same", "so", "than", "too", "very", "s", "t",
+    "can", "will", "just", "don", "should", "now", "d", "ll", "m", "o", "re", "ve", "y", "ain", "aren", "couldn",
+    "didn", "doesn", "hadn", "hasn", "haven", "isn", "ma", "mightn", "mustn", "needn", "shan", "shouldn", "wasn",
+    "weren", "won", "wouldn", "could", "would",
 ])
 
 
