@@ -8,6 +8,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   SLOW      → sleeps longer than the client timeout once
   BADJSON   → a body that is not JSON once
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
+  AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
 """
 
@@ -88,17 +89,35 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
 
 def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
     """A completion in the chat or completions shape, with logprobs when asked."""
-    chat = "messages" in body
     if "response_format" in body:
         text = "{broken" if "NONSENSE" in line else json.dumps({"entities": [{"text": "Paris", "type": "geo-loc"}]})
         top: dict[str, float] = {}
     else:
         label = "maybe" if "NONSENSE" in line else ("spam" if "spam" in line.lower() else "ham")
         other = "ham" if label == "spam" else "spam"
+        if line.endswith("Next:"):  # an agent turn: see agent_turn
+            return _completion(body, agent_turn(str(body.get("prompt") or body.get("messages", [{}])[-1].get(
+                "content", ""))), {})
         if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
         text = label
         top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
+    return _completion(body, text, top)
+
+
+def agent_turn(prompt: str) -> str:
+    """Agent prompts: the goal's `AGENT-CALL tool {args}` is called once, then the last observation is the
+    answer; with AGENT-LOOP in the goal the stub never answers (budget tests)."""
+    goal = next((ln for ln in prompt.splitlines() if ln.startswith("Goal:")), "")
+    call = goal.partition("AGENT-CALL")[2].strip()
+    observations = [ln.removeprefix("Observation: ") for ln in prompt.splitlines() if ln.startswith("Observation:")]
+    if observations and "AGENT-LOOP" not in goal:
+        return f"answer {observations[-1]}"
+    return f"call {call}" if call else "answer nothing to do"
+
+
+def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[str, Any]:
+    chat = "messages" in body
     usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
     if chat:
         message = {"role": "assistant", "content": text}

@@ -26,7 +26,6 @@ from llmbus.tools import Tool, call_tool, tool
 
 if TYPE_CHECKING:
     from llmbus.agent import AgentResult, Budget
-
     from llmbus.guardrail import Guardrail, Verdict
     from llmbus.icl import ExamplePool
     from llmbus.retrieval import Index, Source
@@ -279,8 +278,8 @@ class FlowContext:
 
         def body() -> StepResult:
             result = run_agent(self, key, goal, tools, budget or Budget(), ref)
-            return StepResult(asdict(result), {"transcript": result.transcript}, model=ref,
-                              tokens_in=result.tokens, cost_usd=result.cost_usd)
+            # Tokens and cost stay on the turn steps (summing them here too would count them twice).
+            return StepResult(asdict(result), {"stop_reason": result.stop_reason}, model=ref)
 
         return AgentResult(**self.step(key, "agent", body, {"goal": goal, "tools": [t.name for t in tools]}))
 
