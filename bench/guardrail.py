@@ -8,6 +8,8 @@ retrieval missed it: this measures the guardrail, not retrieval), and two answer
 - faithful: the document's answer (no code blocks), verbatim or after a short preface, or its first sentence;
 - unsupported: that answer with one injected fact, rotating four kinds — an appended invented sentence with
   a name or number, a changed number, a sentence (5+ words) from another document, a swapped key word.
+Tier 2 alone runs the LLM check on every answer: the cloze test where exactly one new word is the doubt,
+the supported/unsupported judge otherwise.
 Caught = an unsupported answer flagged; false flag = a faithful answer flagged. Cost per 1k answers: tier 1
 is measured CPU time (MiniLM + rules) priced at the local model's $/hour; tier 2 is the local model's
 measured cost; the cascade pays tier 1 on every answer and tier 2 only where tier 1 is unsure.
@@ -135,17 +137,17 @@ def main() -> None:
     try:
         for case in cases:
             tier1.append(guard.tier1(case.answer, case.sources))
-            tier2.append(guard.tier2_check(case.answer, case.sources, provider))
+            tier2.append(guard.tier2_check(case.answer, case.sources, provider, tier1[-1].unsupported_terms))
     finally:
         provider.close()
     n = len(cases)
     flags1 = [not v.passed for v in tier1]
-    flags2 = [p < guard.tier2_threshold for p, _, _ in tier2]
+    flags2 = [not t.passed for t in tier2]
     unsure = [guard.unsure(v) for v in tier1]
     flags_c = [f2 if u else f1 for f1, f2, u in zip(flags1, flags2, unsure, strict=True)]
     cost1 = sum(v.cost_usd for v in tier1) / n * 1000
-    cost2 = sum(c for _, _, c in tier2) / n * 1000
-    cost_c = cost1 + sum(c for (_, _, c), u in zip(tier2, unsure, strict=True) if u) / n * 1000
+    cost2 = sum(t.cost_usd for t in tier2) / n * 1000
+    cost_c = cost1 + sum(t.cost_usd for t, u in zip(tier2, unsure, strict=True) if u) / n * 1000
     print(f"{n} answers ({n // 2} faithful, {n // 2} with an injected unsupported fact) from {args.docs} documents, "
           f"seed {args.seed}, tier 2 = {args.model}; {time.perf_counter() - tick:.0f} s")
     print(f"{'':28} {'caught':>8} {'false flags':>12} {'$ / 1k answers':>15} {'× LLM-on-all cost':>18}")
@@ -156,8 +158,16 @@ def main() -> None:
     print(f"tier 1 sent {sum(unsure)}/{n} answers ({sum(unsure) / n:.1%}) to tier 2")
     from sklearn.metrics import roc_auc_score
 
-    auc = roc_auc_score([c.faithful for c in cases], [p for p, _, _ in tier2])
-    print(f"tier 2 ranking quality: ROC AUC of P(supported) = {auc:.3f} (0.5 = no signal)")
+    judged = [(c.faithful, t.prob) for c, t in zip(cases, tier2, strict=True) if t.method == "judge"]
+    if len({f for f, _ in judged}) == 2:
+        auc = roc_auc_score([f for f, _ in judged], [p for _, p in judged])
+        print(f"tier 2 judge (supported/unsupported) on its {len(judged)} answers: ROC AUC {auc:.3f} "
+              "(0.5 = no signal)")
+    for method in ("cloze", "judge"):
+        used = [(c, t) for c, t, u in zip(cases, tier2, unsure, strict=True) if u and t.method == method]
+        if used:
+            print(f"  cascade tier 2 by {method}: {len(used)} answers, flagged {sum(not t.passed for _, t in used)} "
+                  f"({sum(not c.faithful for c, _ in used)} of them unsupported)")
     for kind in ("invented", "number", "foreign", "swap"):
         picked = [(f, c) for f, c in zip(flags_c, cases, strict=True) if c.kind == kind]
         if picked:

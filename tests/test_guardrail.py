@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
 from llmbus.flowstore import FlowLog
 from llmbus.guardrail import Guardrail, Rule, guarded_answer, min_sentence_similarity, unsupported_terms
@@ -42,7 +44,8 @@ def test_tier1_decides_clear_cases_and_rules_fail_hard():
 
 
 def test_tier2_runs_only_when_tier1_is_unsure(stub, stub_model):
-    guard = Guardrail(calibrate=False)  # the stub's prior is the same for every input: calibration would null it
+    # The judge path (no cloze rivals); the stub's prior is the same for every input, so no calibration.
+    guard = Guardrail(calibrate=False, cloze_candidates=0)
     unsure_answer = "Restart your router and check the cables, usually."  # one new word: unsure
     first = guard.tier1(unsure_answer, SOURCES)
     assert guard.unsure(first), first
@@ -58,7 +61,7 @@ def test_tier2_runs_only_when_tier1_is_unsure(stub, stub_model):
         verdict = guard.check(unsure_answer, SOURCES, provider=lazily)
         assert verdict.tier == 2 and verdict.passed and verdict.llm_prob > 0.5 and verdict.cost_usd > 0
         fabricated = guard.check(unsure_answer + " FABRICATED", SOURCES, provider=lazily)
-        assert fabricated.tier == 2 and not fabricated.passed and "LLM check" in fabricated.reasons[-1]
+        assert fabricated.tier == 2 and not fabricated.passed and "LLM judge check" in fabricated.reasons[-1]
         assert len(calls) == 2
     finally:
         provider.close()
@@ -97,3 +100,20 @@ def test_fail_regenerates_with_reasons_then_escalates_to_review(store: Store):
     ReviewQueue(store).decide(item["id"], "carol", "edit", answer=FAITHFUL)
     done = resume(store, escalated.run_id, guarded_flow)
     assert done.output == {"answer": FAITHFUL, "status": "edited", "attempts": 2}
+
+
+@pytest.mark.slow
+def test_cloze_check_on_the_embedded_model_catches_a_swapped_word(monkeypatch):
+    monkeypatch.setenv("LLMBUS_THREADS", "1")
+    guard = Guardrail()
+    provider = open_provider("local:gemma-3-270m")
+    try:
+        swapped = "Restart your satellite and check if the cables are connected properly."
+        verdict = guard.check(swapped, SOURCES, provider=lambda: provider)
+        assert verdict.tier == 2 and not verdict.passed and verdict.llm_prob < 0.2
+        assert "cloze" in verdict.reasons[-1] and verdict.cost_usd > 0
+        # The same check on a word the source does say there: the copying model writes it, so it passes.
+        kept = guard.tier2_check(FAITHFUL, SOURCES, provider, ["router"])
+        assert kept.method == "cloze" and kept.passed and kept.prob > 0.5
+    finally:
+        provider.close()

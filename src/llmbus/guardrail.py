@@ -3,7 +3,9 @@
 Tier 1 is cheap and runs always: hard rules (non-empty, length, banned patterns, JSON Schema), then grounding
 against the retrieved sources: content words and numbers of the answer that no source contains, and the
 MiniLM similarity of each answer sentence to its closest source sentence. Clear cases are decided there;
-only the unsure middle goes to tier 2, an LLM that scores the labels supported / unsupported.
+only the unsure middle goes to tier 2, an LLM check by label scoring: a cloze test when a single new word
+is the doubt (does the model, copying the source, write that word there?), else the labels supported /
+unsupported with calibration against a content-free input.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from llmbus.embed import embed
 from llmbus.output import parse_json
 from llmbus.providers import Provider, Request
-from llmbus.retrieval import Source, tokens
+from llmbus.retrieval import STOPWORDS, Source, tokens
 
 if TYPE_CHECKING:
     from llmbus.flow import FlowContext
@@ -65,6 +67,17 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Tier2:
+    """The LLM check's result: its probability, the decision, which check ran, and what it cost."""
+
+    prob: float
+    passed: bool
+    method: str  # cloze | judge
+    tokens_in: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
 class Rule:
     """A banned pattern and the reason given when it matches."""
 
@@ -84,7 +97,8 @@ class Guardrail:
     min_similarity: float = 0.5  # every claim sentence this close (MiniLM cosine) to some source sentence
     tier2: bool = True
     tier2_threshold: float = 0.5  # (calibrated) P(supported) at or above this passes
-    calibrate: bool = True  # divide out the model's prior measured on a content-free input
+    calibrate: bool = True  # judge: divide out the model's prior measured on a content-free input
+    cloze_candidates: int = 7  # cloze: source words competing with the answer's new word
     usd_per_hour: float = 0.05  # tier-1 CPU time is priced like local inference
     _null_prob: float | None = field(default=None, repr=False)
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # source sentence embeddings
@@ -118,8 +132,17 @@ class Guardrail:
         """Whether tier 1 leaves this answer to tier 2."""
         return verdict.tier == 1 and verdict.unsure
 
-    def tier2_check(self, answer: str, sources: list[Source], provider: Provider) -> tuple[float, int, float]:
-        """Calibrated P(supported) from the LLM's label scores, with tokens in and cost."""
+    def tier2_check(self, answer: str, sources: list[Source], provider: Provider,
+                    novel: list[str] | None = None) -> Tier2:
+        """The LLM check: a cloze test when one new word is the doubt, else the supported/unsupported judge."""
+        if novel and len(novel) == 1:
+            cloze = self.cloze_check(claim_text(answer), novel[0], sources, provider)
+            if cloze is not None:
+                return cloze
+        return self.judge_check(answer, sources, provider)
+
+    def judge_check(self, answer: str, sources: list[Source], provider: Provider) -> Tier2:
+        """Calibrated P(supported) from the LLM's scores of the labels supported / unsupported."""
         if not self.calibrate:
             self._null_prob = 0.5
         if self._null_prob is None:
@@ -129,7 +152,30 @@ class Guardrail:
         result = provider.complete(Request(self.prompt(answer, sources), labels=LABELS))
         raw = float((result.label_probs or {}).get("supported", 0.5))
         p, q = raw / max(self._null_prob, 1e-6), (1 - raw) / max(1 - self._null_prob, 1e-6)
-        return p / (p + q), result.tokens_in, result.cost_usd
+        prob = p / (p + q)
+        return Tier2(prob, prob >= self.tier2_threshold, "judge", result.tokens_in, result.cost_usd)
+
+    def cloze_check(self, claims: str, word: str, sources: list[Source], provider: Provider) -> Tier2 | None:
+        """Does the model, copying the closest source, write the answer's new word where the answer has it?
+
+        Label scoring over the new word and the source's own words for that slot: small models copy well, so
+        a swapped or invented word gets almost no probability, while a word the source implies keeps some.
+        None when there is nothing to compare with."""
+        found = re.search(rf"\b{re.escape(word)}\b", claims, re.I)
+        if found is None or not sources:
+            return None
+        answer_words = set(tokens(claims))
+        source = max(sources, key=lambda s: len(answer_words & set(tokens(s.text))))
+        rivals = [w for w in dict.fromkeys(re.findall(r"[A-Za-z][A-Za-z'-]+", source.text))
+                  if w.lower() not in answer_words and w.lower() not in STOPWORDS][: self.cloze_candidates]
+        actual = claims[found.start():found.end()]
+        if not rivals:
+            return None
+        prompt = f"Source: {source.text[:600]}\nRepeat the source: {claims[: found.start()].rstrip()}"
+        result = provider.complete(Request(prompt, labels=tuple(dict.fromkeys([actual, *rivals]))))
+        prob = float((result.label_probs or {}).get(actual, 0.0))
+        return Tier2(prob, result.text == actual or prob >= self.tier2_threshold, "cloze", result.tokens_in,
+                     result.cost_usd)
 
     def prompt(self, answer: str, sources: list[Source], max_chars: int = 700) -> str:
         """The tier-2 prompt: fixed shots, then the sources and the answer (completion style)."""
@@ -144,11 +190,12 @@ class Guardrail:
             if verdict.tier == 1 and self.unsure(verdict):
                 verdict.reasons.append("tier 1 unsure and no tier 2: failed to be safe")
             return verdict
-        prob, tokens_in, cost = self.tier2_check(answer, sources, provider())
-        verdict.tier, verdict.llm_prob = 2, round(prob, 4)
-        verdict.passed = prob >= self.tier2_threshold
-        verdict.tokens_in, verdict.cost_usd = tokens_in, verdict.cost_usd + cost
-        verdict.reasons.append(f"LLM check: P(supported) = {prob:.2f}")
+        second = self.tier2_check(answer, sources, provider(), verdict.unsupported_terms)
+        verdict.tier, verdict.llm_prob, verdict.passed = 2, round(second.prob, 4), second.passed
+        verdict.tokens_in, verdict.cost_usd = second.tokens_in, verdict.cost_usd + second.cost_usd
+        what = (f"P({verdict.unsupported_terms[0]!r} | copying the source)" if second.method == "cloze"
+                else "P(supported)")
+        verdict.reasons.append(f"LLM {second.method} check: {what} = {second.prob:.2f}")
         return verdict
 
     def _rule_failures(self, answer: str) -> list[str]:
