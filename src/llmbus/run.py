@@ -62,10 +62,10 @@ def example_fields(spec: TaskSpec, examples: list[Item]) -> list[dict[str, objec
     return [dict(example.fields) for example in examples]
 
 
-def eval_items(spec: TaskSpec, limit: int | None = None) -> tuple[list[Item], ExampleSelector]:
-    """The items a run answers (first `limit` of the eval split) and the example selector over the pool."""
+def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0) -> tuple[list[Item], ExampleSelector]:
+    """The items a run answers (`limit` eval items after the first `offset`) and the example selector."""
     split = split_items(spec, load_items(spec))
-    items = split.eval[:limit] if limit else split.eval
+    items = split.eval[offset:offset + limit] if limit else split.eval[offset:]
     return items, ExampleSelector(spec, split.pool)
 
 
@@ -78,8 +78,8 @@ def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
             yield item, render_prompt(spec, dict(item.fields), example_fields(spec, examples))
 
 
-def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = None, concurrency: int = 4,
-             use_cache: bool = True, resume: str | None = None,
+def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = None, offset: int = 0,
+             concurrency: int = 4, use_cache: bool = True, resume: str | None = None,
              on_progress: Callable[[Progress], None] | None = None,
              provider: Provider | None = None) -> str:
     """Answer the task's eval items with `model`, logging every call; returns the run id."""
@@ -89,7 +89,8 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
             raise LlmbusError(f"run {run['id']} is task {run['task']} version {run['spec_version']}, but the spec "
                               f"is now {spec.name} version {spec.version}: start a new run instead")
         model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
-    items, selector = eval_items(spec, limit)
+        offset = run["item_offset"] or 0
+    items, selector = eval_items(spec, limit, offset)
     owned = provider is None
     provider = provider or open_provider(model)
     try:
@@ -100,7 +101,8 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
         else:
             run_id = store.create_run(task=spec.name, task_path=str(spec.source or ""), spec_version=spec.version,
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
-                                      metric=spec.main_metric, n_planned=len(items), concurrency=concurrency)
+                                      metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
+                                      item_offset=offset)
         answered = store.answered_items(run_id, TRANSIENT_ERRORS)
         todo = [item for item in items if item.id not in answered]
         _answer_all(spec, model, provider, store, run_id, render_items(spec, todo, selector), len(items),

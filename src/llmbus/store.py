@@ -39,6 +39,7 @@ runs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
+    sa.Column("item_offset", sa.Integer, default=0),  # added by 004: eval items skipped (--offset)
 )
 
 calls = sa.Table(
@@ -109,9 +110,11 @@ def _m003_flows(conn: Connection) -> None:
 
 
 def _m004_call_meta(conn: Connection) -> None:
-    # Databases made before this migration lack the column that the calls table now declares.
+    # Databases made before this migration lack the columns that the tables now declare.
     if "meta_json" not in {c["name"] for c in sa.inspect(conn).get_columns("calls")}:
         conn.execute(sa.text("ALTER TABLE calls ADD COLUMN meta_json TEXT"))
+    if "item_offset" not in {c["name"] for c in sa.inspect(conn).get_columns("runs")}:
+        conn.execute(sa.text("ALTER TABLE runs ADD COLUMN item_offset INTEGER DEFAULT 0"))
 
 
 # Append only: never edit or reorder an entry once it has shipped.
@@ -211,14 +214,14 @@ class Store:
 
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
-                   metric: str, n_planned: int, concurrency: int) -> str:
+                   metric: str, n_planned: int, concurrency: int, item_offset: int = 0) -> str:
         """Insert a new run and return its id."""
         run_id = secrets.token_hex(4)
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
                 model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
-                created_at=now(), wall_s=0.0))
+                created_at=now(), wall_s=0.0, item_offset=item_offset))
         return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:

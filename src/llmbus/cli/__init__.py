@@ -3,10 +3,12 @@
 Each stop's commands live in their own module and register on the shared typer app when imported here.
 """
 
-from llmbus.cli import flow  # noqa: F401  (registers flow run/show/resume, review serve)
-from llmbus.cli import saving  # noqa: F401  (registers distill, serve, report)
-from llmbus.cli import tasks  # noqa: F401  (registers run, runs, show, advise)
-from llmbus.cli import quality  # noqa: F401  (registers eval, judge, label)
+from llmbus.cli import (
+    flow,  # noqa: F401  (registers flow run/show/resume, review serve)
+    quality,  # noqa: F401  (registers eval, judge, label)
+    saving,  # noqa: F401  (registers distill, serve, report)
+    tasks,  # noqa: F401  (registers run, runs, show, advise)
+)
 from llmbus.cli.app import app
 
 

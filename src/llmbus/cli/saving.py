@@ -67,3 +67,27 @@ def serve(
     gateway = Gateway(load_serve_config(config), Store(db))
     out.print(f"llmbus gateway on http://{host}:{port}/v1 · models: {', '.join(gateway.config.models)}")
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+
+
+@app.command()
+@friendly_errors
+def report(
+    task: str = typer.Argument(..., help="Task spec YAML"),
+    traffic: int = typer.Option(1_000_000, "--traffic", help="Items per month for the $/month column"),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write"),
+    runs: str | None = typer.Option(None, "--runs", help="Comma-separated run ids (default: latest of each kind)"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
+    from llmbus.report import build_report, render_html
+    from llmbus.spec import load_spec
+    from llmbus.store import Store
+
+    result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None)
+    output.write_text(render_html(result), encoding="utf-8")
+    if as_json:
+        out.print_json(data={**result.as_dict(), "output": str(output)})
+        return
+    out.print(result.headline, highlight=False)
+    out.print(f"wrote {output} ({len(result.rows)} configurations)")

@@ -22,6 +22,7 @@ def run(
     task: str = typer.Argument(..., help="Task spec YAML"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model reference, e.g. local:gemma-3-270m"),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Answer only the first N eval items"),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N eval items (e.g. held-out ones)"),
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
@@ -43,7 +44,8 @@ def run(
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with _progress_bar(disable=as_json) as (_, on_progress):
-        run_id = run_task(spec, model, store, limit=limit, concurrency=concurrency, use_cache=not no_cache,
+        run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
+                          use_cache=not no_cache,
                           resume=resume, on_progress=on_progress)
     summary = summarize(store, store.get_run(run_id))
     if as_json:

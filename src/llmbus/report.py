@@ -1,0 +1,179 @@
+"""`llmbus report TASK`: one self-contained HTML page comparing teacher, student, cascade and cached answers —
+quality with 95% intervals, p50/p95 latency, cost per 1k, $/month at a traffic — with a Pareto plot."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from llmbus.evaluate import evaluate
+from llmbus.spec import TaskSpec
+from llmbus.store import Store
+from llmbus.summary import summarize
+
+
+@dataclass
+class ReportRow:
+    """One configuration of the task (one run)."""
+
+    kind: str  # teacher | student | cascade | cached
+    run_id: str
+    model: str
+    n: int
+    quality: float
+    quality_lo: float
+    quality_hi: float
+    p50_ms: float
+    p95_ms: float
+    usd_per_1k: float
+    usd_per_month: float
+    escalation_rate: float | None = None
+    cache_hit_rate: float = 0.0
+    pareto: bool = False
+
+
+@dataclass
+class Report:
+    """All rows of a task plus the headline comparison."""
+
+    task: str
+    metric: str
+    traffic: int
+    rows: list[ReportRow] = field(default_factory=list)
+    headline: str = ""
+    plot_png_base64: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json (without the image)."""
+        data = asdict(self)
+        data.pop("plot_png_base64")
+        return data
+
+
+def row_kind(model: str, cache_hit_rate: float) -> str:
+    """What a run is, from its model reference and how much of it came from the cache."""
+    if cache_hit_rate >= 0.9:
+        return "cached"
+    if model.startswith("encoder:"):
+        return "student"
+    if model.startswith("cascade:"):
+        return "cascade"
+    return "teacher"
+
+
+def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
+                 run_ids: list[str] | None = None) -> Report:
+    """Rows for the given runs, or the latest run of each kind of the task's current spec version; then the
+    Pareto front and the headline."""
+    report = Report(task=spec.name, metric=spec.main_metric, traffic=traffic)
+    for run in pick_runs(spec, store, run_ids):
+        summary = summarize(store, run, traffic)
+        interval = evaluate(store, run["id"], rounds=500).values[spec.main_metric]
+        calls = list(store.iter_calls(run["id"]))
+        routes = [(c["meta"] or {}).get("route") for c in calls]
+        cascade = run["model"].startswith("cascade:")
+        escalated = sum(r == "teacher" for r in routes) / len(calls) if cascade else None
+        hit_rate = summary.cache_hits / summary.items
+        cost = summary.cost_per_1k if math.isfinite(summary.cost_per_1k) else 0.0  # all cached: nothing paid
+        report.rows.append(ReportRow(
+            kind=row_kind(run["model"], hit_rate), run_id=run["id"], model=run["model"], n=summary.items,
+            quality=interval.value, quality_lo=interval.lo, quality_hi=interval.hi,
+            p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
+            usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
+            cache_hit_rate=hit_rate))
+    mark_pareto(report.rows)
+    report.headline = headline(report)
+    if report.rows:
+        report.plot_png_base64 = base64.b64encode(pareto_png(report)).decode()
+    return report
+
+
+def pick_runs(spec: TaskSpec, store: Store, run_ids: list[str] | None) -> list[dict[str, Any]]:
+    """The runs to compare: as given, else the newest non-empty run of each kind (same spec version)."""
+    if run_ids:
+        return [store.get_run(run_id) for run_id in run_ids]
+    latest: dict[str, dict[str, Any]] = {}
+    for run in store.list_runs(spec.name):  # oldest first: later runs replace earlier ones
+        if run["spec_version"] != spec.version:
+            continue
+        summary = summarize(store, run)
+        if summary.items:
+            latest[row_kind(run["model"], summary.cache_hits / summary.items)] = run
+    return list(latest.values())
+
+
+def _latency_s(calls: list[dict[str, Any]], percentile: float) -> float:
+    """Latency percentile in seconds over every call (cache hits included: that is what users see)."""
+    import numpy as np
+
+    values = [c["latency_s"] for c in calls]
+    return float(np.percentile(values, percentile)) if values else float("nan")
+
+
+def mark_pareto(rows: list[ReportRow]) -> None:
+    """Flag the rows no other row beats on both quality and cost."""
+    for row in rows:
+        row.pareto = not any(o.quality >= row.quality and o.usd_per_1k <= row.usd_per_1k and
+                             (o.quality > row.quality or o.usd_per_1k < row.usd_per_1k) for o in rows)
+
+
+def headline(report: Report) -> str:
+    """The cheapest configuration keeping ≥ 98% of the best teacher's quality, against that teacher."""
+    teachers = [r for r in report.rows if r.kind == "teacher"]
+    if not teachers:
+        return "No teacher run yet: run the task on your strongest model first (llmbus run)."
+    teacher = max(teachers, key=lambda r: r.quality)
+    good = [r for r in report.rows if r.quality >= 0.98 * teacher.quality]
+    best = min(good, key=lambda r: r.usd_per_1k)
+    if best is teacher:
+        return f"Nothing cheaper keeps 98% of the teacher's {report.metric} ({teacher.quality:.3f}) yet."
+    factor = teacher.usd_per_1k / best.usd_per_1k if best.usd_per_1k > 0 else float("inf")
+    return (f"{best.kind} {best.model} keeps {best.quality / teacher.quality:.1%} of the teacher's {report.metric} "
+            f"at {'∞' if math.isinf(factor) else f'{factor:,.0f}'}× lower cost per item and p50 "
+            f"{best.p50_ms:.1f} ms vs {teacher.p50_ms:.0f} ms: "
+            f"${best.usd_per_month:,.2f} instead of ${teacher.usd_per_month:,.2f} a month at "
+            f"{report.traffic:,} items.")
+
+
+def pareto_png(report: Report) -> bytes:
+    """Quality (with 95% intervals) against cost per 1k items, Pareto front joined, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"teacher": "#c0392b", "student": "#2980b9", "cascade": "#8e44ad", "cached": "#27ae60"}
+    floor = min([r.usd_per_1k for r in report.rows if r.usd_per_1k > 0] or [1e-6]) / 10
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for row in report.rows:
+        x = max(row.usd_per_1k, floor)
+        ax.errorbar(x, row.quality, yerr=[[row.quality - row.quality_lo], [row.quality_hi - row.quality]],
+                    fmt="o", color=colors[row.kind], capsize=4, markersize=8)
+        ax.annotate(f"{row.kind}\n{row.model}", (x, row.quality), textcoords="offset points", xytext=(8, -4),
+                    fontsize=7)
+    front = sorted((r for r in report.rows if r.pareto), key=lambda r: r.usd_per_1k)
+    ax.plot([max(r.usd_per_1k, floor) for r in front], [r.quality for r in front], "--", color="#7f8c8d",
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost per 1k items (USD, log scale; cached ≈ 0 shown at the left edge)")
+    ax.set_ylabel(report.metric)
+    ax.set_title(f"{report.task}: quality vs cost")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_html(report: Report) -> str:
+    """The report as one HTML page (inline CSS, the plot as a data: URI): opens without a server."""
+    template = resources.files("llmbus").joinpath("templates/report.html").read_text(encoding="utf-8")
+    return jinja2.Environment(autoescape=True).from_string(template).render(report=report)

@@ -1,0 +1,53 @@
+"""The stop-5 pipeline on real SMS data with the embedded teacher, shared by distill and report tests.
+
+Session-scoped: the teacher answers 60 items, a student is distilled from them, and teacher, student,
+cascade and cached runs answer the next 24 (held-out) items.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import SMS_TASK
+from llmbus.distill import DistillReport, distill
+from llmbus.run import run_task
+from llmbus.spec import load_spec
+from llmbus.store import Store
+from llmbus.student import TrainSettings
+
+
+@dataclass
+class Savings:
+    store: Store
+    report: DistillReport
+    runs: dict[str, str]  # kind → run id on the held-out items
+    config: Path
+
+
+@pytest.fixture(scope="session")
+def sms_savings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Savings]:
+    base = tmp_path_factory.mktemp("savings")
+    config = base / "llmbus.yaml"
+    old = os.environ.get("LLMBUS_CONFIG")
+    os.environ["LLMBUS_CONFIG"] = str(config)  # distill registers the student and cascade here
+    try:
+        spec = load_spec(SMS_TASK)
+        store = Store(str(base / "savings.db"))
+        teacher = "local:gemma-3-270m"
+        train_run = run_task(spec, teacher, store, limit=60, concurrency=4)
+        report = distill(spec, store, train_run, base / "distill", TrainSettings(epochs=2))
+        runs = {"teacher": run_task(spec, teacher, store, limit=24, offset=60, concurrency=4)}
+        runs["student"] = run_task(spec, report.student, store, limit=24, offset=60, concurrency=1)
+        runs["cascade"] = run_task(spec, report.cascade, store, limit=24, offset=60, concurrency=2)
+        runs["cached"] = run_task(spec, teacher, store, limit=24, offset=60, concurrency=4)
+        yield Savings(store, report, runs, config)
+    finally:
+        if old is None:
+            os.environ.pop("LLMBUS_CONFIG", None)
+        else:
+            os.environ["LLMBUS_CONFIG"] = old
