@@ -42,8 +42,10 @@ def classify_rows(predicted: list[str | None], expected: list[str]) -> list[dict
 
 
 def add_judge_run(store: Store, target: str, verdicts_by_item: dict[str, str | None],
-                  labels: list[str] | None = None, mode: str = "pointwise") -> str:
-    """A pointwise judge run over `target` with the given verdicts (None = broken), linked to its calls."""
+                  labels: list[str] | None = None, mode: str = "pointwise",
+                  pass_probs: dict[str, float] | None = None) -> str:
+    """A pointwise judge run over `target` with the given verdicts (None = broken), linked to its calls;
+    `pass_probs` gives each verdict's probability of the first label."""
     from llmbus.quality_store import judge_runs, verdicts
 
     labels = labels or ["pass", "fail"]
@@ -55,6 +57,7 @@ def add_judge_run(store: Store, target: str, verdicts_by_item: dict[str, str | N
                                                 labels_json=json.dumps(labels), positive=labels[0]))
         conn.execute(sa.insert(verdicts), [
             {"judge_run_id": run_id, "item_id": i, "call_id": judged[i], "verdict": v, "confidence": 0.9,
-             "score": None, "error_kind": None if v else "label_not_in_set", "created_at": now()}
+             "score": None, "probs_json": json.dumps({labels[0]: pass_probs[i], labels[1]: 1 - pass_probs[i]})
+             if pass_probs else None, "error_kind": None if v else "label_not_in_set", "created_at": now()}
             for i, v in verdicts_by_item.items()])
     return run_id

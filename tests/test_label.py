@@ -142,3 +142,33 @@ def test_label_in_a_real_browser(store: Store, tiny_task: Path, browser: object)
         assert "0.400" in second.inner_text("tr.cohen") and second.inner_text("#multi") == "3"
         assert second.inner_text("#fleiss") == "0.333"  # Scott's pi: pooled pass 1/2 → pe 1/2 → (2/3−1/2)/(1/2)
     assert label.agreement(store, "p").cohen["alice|bob"] == pytest.approx(0.4)
+
+
+def test_label_cli(store: Store, tiny_task: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    rows = [{"item_id": f"m{i}", "parsed": "ham", "expected": "ham", "confidence": 0.5 + i / 20} for i in range(8)]
+    run_id = add_run(store, rows, task="tiny", labels=["ham", "spam"], task_path=str(tiny_task))
+    env = {**os.environ, "COLUMNS": "200", "LLMBUS_DB": store.url.removeprefix("sqlite:///")}
+
+    def llmbus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmbus.cli", "label", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    (tmp_path / "rules.md").write_text("Pass when **right**.")
+    made = llmbus("create", "p", "--run", run_id, "--labels", "pass,fail", "--instructions",
+                  str(tmp_path / "rules.md"), "--queue", "2")
+    assert made.returncode == 0 and "2 items queued" in made.stdout, made.stderr
+    picked = llmbus("select", "--project", "p", "--strategy", "uncertainty", "--n", "3", "--json")
+    assert [r["item_id"] for r in json.loads(picked.stdout)] == ["m2", "m3", "m4"]  # lowest confidence first
+    token = llmbus("annotator", "ann", "--project", "p").stdout.strip()
+    assert label.annotator_for(store, token) == ("p", "ann")
+    label.save_label(store, "p", "ann", "m2", "fail")
+    exported = llmbus("export", "--project", "p", "--out", str(tmp_path / "out.jsonl"))
+    assert exported.returncode == 0
+    assert [json.loads(x)["label"] for x in (tmp_path / "out.jsonl").read_text().splitlines()] == ["fail"]
+    bad = llmbus("select", "--project", "p", "--strategy", "smart")
+    assert bad.returncode == 2 and "use one of uncertainty" in bad.stderr
+    assert llmbus("create", "q", "--run", run_id, "--labels", "pass").returncode == 2

@@ -38,6 +38,7 @@ from llmbus.store import CallRecord, Store, calls, now
 PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")
 SCORE_LABELS = [str(k) for k in range(1, 6)]
+JUDGE_INPUT = "_judge_input"
 
 
 class JudgeSchemaError(LlmbusError):
@@ -140,6 +141,20 @@ def run_items(store: Store, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         raise LlmbusError(f"run {run['id']}: cannot load the items it answered ({exc})") from None
 
 
+def judge_input(fields: dict[str, Any], input_field: str, *answers: str) -> str:
+    """What a trained judge reads for one judgment: the item's input, then the answer(s)."""
+    return " [SEP] ".join([str(fields.get(input_field, "")), *answers])
+
+
+def open_judge_provider(model: str) -> Provider:
+    """A provider for a judge model: any model reference, or `head:DIR` (an embedding-head judge)."""
+    if model.startswith("head:"):
+        from llmbus.finetune import HeadProvider
+
+        return HeadProvider(model.removeprefix("head:"))
+    return open_provider(model)
+
+
 class _JudgeContext:
     """The judge spec, its example selector and the provider, shared by every call of one judge run."""
 
@@ -147,14 +162,18 @@ class _JudgeContext:
         self.spec, self.model, self.provider, self.store, self.run_id = spec, model, provider, store, run_id
         split = split_items(spec, load_items(spec))
         self.selector = ExampleSelector(spec, split.pool)
+        # Calls read their raw input from JUDGE_INPUT (item input + answers): what trained judges classify.
+        self.call_spec = spec.model_copy(update={"data": spec.data.model_copy(update={"input": JUDGE_INPUT})})
 
-    def call(self, key: str, fields: dict[str, Any]) -> CallRecord:
-        """One judge call on an item's fields (answers already fenced)."""
-        item = Item(id=key, fields=fields, expected=None)
+    def call(self, key: str, fields: dict[str, Any], *answers: str) -> CallRecord:
+        """One judge call on an item's fields (answers already fenced) and the raw answers."""
+        item = Item(id=key, fields={**fields, JUDGE_INPUT: judge_input(fields, self.spec.data.input, *answers)},
+                    expected=None)
         examples = [{k: fence(v) if k in FENCED_FIELDS else v for k, v in ex.fields.items()}
                     for ex in self.selector.select(item)]
         prompt = render_prompt(self.spec, fields, examples)
-        return answer_item(self.spec, self.model, self.provider, None, self.run_id, item, prompt, use_cache=False)
+        return answer_item(self.call_spec, self.model, self.provider, None, self.run_id, item, prompt,
+                           use_cache=False)
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,
@@ -172,7 +191,7 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
     fields_by_id = run_items(store, target_run)
     pairs = list(_pairs(store, target_run, other_run, limit))
     owned = provider is None
-    provider = provider or open_provider(model)
+    provider = provider or open_judge_provider(model)
     try:
         provider.check()
         run_id = store.create_run(task=spec.name, task_path=str(spec.source or ""), spec_version=spec.version,
@@ -217,13 +236,14 @@ def _judge_one(ctx: _JudgeContext, fields: dict[str, Any], call: dict[str, Any],
                other: dict[str, Any] | None) -> tuple[Verdict, list[CallRecord]]:
     item_id = call["item_id"]
     if other is None:
-        record = ctx.call(item_id, {**fields, "answer": fence(answer_text(call))})
+        record = ctx.call(item_id, {**fields, "answer": fence(answer_text(call))}, answer_text(call))
         label = record.parsed if record.error_kind is None else None
         return Verdict(item_id, label, verdict_score(ctx.spec, label, record.label_probs), record.confidence,
                        record.label_probs, call["id"], error_kind=record.error_kind), [record]
     a, b = fence(answer_text(call)), fence(answer_text(other))
-    first = ctx.call(f"{item_id}|AB", {**fields, "answer_a": a, "answer_b": b})
-    second = ctx.call(f"{item_id}|BA", {**fields, "answer_a": b, "answer_b": a})
+    raw_a, raw_b = answer_text(call), answer_text(other)
+    first = ctx.call(f"{item_id}|AB", {**fields, "answer_a": a, "answer_b": b}, raw_a, raw_b)
+    second = ctx.call(f"{item_id}|BA", {**fields, "answer_a": b, "answer_b": a}, raw_b, raw_a)
     verdict = combine_orders(first, second)
     verdict.item_id, verdict.call_id, verdict.other_call_id = item_id, call["id"], other["id"]
     return verdict, [first, second]

@@ -303,3 +303,57 @@ def label_agreement(
     for pair, kappa in stats.cohen.items():
         out.print(f"Cohen's kappa {pair.replace('|', ' · ')}: {fmt(kappa)}", highlight=False)
     out.print(f"Fleiss' kappa over {stats.items_multi} items with 2+ labels: {fmt(stats.fleiss)}", highlight=False)
+
+
+@label_app.command("select")
+@friendly_errors
+def label_select(
+    project: str = typer.Option(..., "--project"),
+    strategy: str = typer.Option("uncertainty", "--strategy", help="uncertainty | disagreement | diversity | random"),
+    n: int = typer.Option(50, "--n", min=1, help="How many items to queue"),
+    judge_run: str | None = typer.Option(None, "--judge-run", help="disagreement: an LLM judge run on the same run"),
+    seed: int = typer.Option(0, "--seed"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Active learning: choose the next items to label and put them into the project's queue."""
+    from llmbus.active import select
+    from llmbus.store import Store
+
+    chosen = select(Store(db), project, strategy, n, judge_run=judge_run, seed=seed)
+    if as_json:
+        _print_json([{"item_id": i, "priority": p} for i, p in chosen])
+        return
+    out.print(f"queued {len(chosen)} items by {strategy}: " + ", ".join(i for i, _ in chosen[:20])
+              + (" …" if len(chosen) > 20 else ""), highlight=False)
+
+
+@judge_app.command("train")
+@friendly_errors
+def judge_train(
+    project: str = typer.Option(..., "--project", help="Labeling project with the human labels"),
+    kind: str = typer.Option("head", "--kind", help="head (MiniLM embeddings + logistic head) | finetuned (MiniLM)"),
+    output: str = typer.Option(..., "--out", "-o", help="Folder for the trained judge"),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds"),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="finetuned: passes over the labels"),
+    max_len: int = typer.Option(64, "--max-len", min=16, help="finetuned: tokens per input"),
+    threads: int = typer.Option(2, "--threads", min=1, help="torch threads"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a judge on the human labels, cross-validated against them; judge with the printed --model."""
+    from pathlib import Path
+
+    from llmbus.finetune import train_judge
+    from llmbus.store import Store
+    from llmbus.student import TrainSettings
+
+    settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
+    report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings)
+    if as_json:
+        _print_json({**report.as_dict(), "model": model})
+        return
+    out.print(f"{kind} judge on {report.n} human labels, {report.folds}-fold CV: Cohen's kappa {fmt(report.kappa)}, "
+              f"accuracy {fmt(report.accuracy)}; {fmt(report.ms_per_judgment, '.2f')} ms CPU per judgment, "
+              f"${report.usd_per_1k:.6f} per 1k judgments", highlight=False)
+    out.print(f"saved; judge with: llmbus judge run JUDGE.yaml --on RUN --model {model}", highlight=False)

@@ -1,0 +1,236 @@
+"""Trained judges from human labels: a quick logistic head on MiniLM embeddings (`head:DIR`) and a fully
+fine-tuned MiniLM encoder (`encoder:DIR`, the student format of stop 5), both cross-validated against the
+humans and both usable wherever an LLM judge is: `llmbus judge run JUDGE.yaml --on RUN --model head:DIR`.
+
+A trained judge reads `judge_input`: the item's input and the judged answer, the same text at training and
+at judging time. Its cost is the measured CPU time of its predictions at a $/hour price.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmbus.agreement import cohen_kappa
+from llmbus.embed import embed
+from llmbus.errors import LlmbusError, ModelError
+from llmbus.judge import judge_input
+from llmbus.label import consensus, get_project, label_rows
+from llmbus.providers.base import Completion, Request
+from llmbus.store import Store
+from llmbus.student import EncoderStudent, TrainSettings, train_classifier
+
+HEAD_FILE = "head.json"
+DEFAULT_USD_PER_HOUR = 0.05  # the CPU price local models use
+
+
+@dataclass
+class TrainingSet:
+    """Human-labeled judgments: what the judge reads and the majority human label."""
+
+    item_ids: list[str]
+    texts: list[str]
+    labels: list[str]
+
+
+def training_set(store: Store, project: str) -> TrainingSet:
+    """The project's majority human labels with the item input + answer each annotator saw."""
+    meta = get_project(store, project)
+    run = store.get_run(meta["run_id"])
+    input_field = json.loads(run["spec_json"]).get("data", {}).get("input", "text")
+    human = consensus(store, project)
+    seen: dict[str, str] = {}
+    for row in label_rows(store, project):
+        if row["item_id"] in human and row["item_id"] not in seen:
+            seen[row["item_id"]] = judge_input(row["fields"], input_field, row["answer"])
+    ids = sorted(seen)
+    return TrainingSet(ids, [seen[i] for i in ids], [human[i] for i in ids])
+
+
+def head_features(texts: list[str]) -> np.ndarray:
+    """MiniLM features of judge inputs: the input's embedding, and for each answer its embedding and its
+    elementwise product with the input's (a linear head then learns "right for this input", not only
+    "spam-like input" or "answer is spam")."""
+    parts = [t.split(" [SEP] ") for t in texts]
+    width = max((len(p) for p in parts), default=1)
+    parts = [p + [""] * (width - len(p)) for p in parts]
+    columns = [embed([p[k] for p in parts]) for k in range(width)]
+    features = [columns[0]]
+    # Products of unit-vector components are ~1/dim: rescale so the regularizer treats them like the rest.
+    scale = np.sqrt(columns[0].shape[1])
+    for answer in columns[1:]:
+        features += [answer, scale * columns[0] * answer]
+    return np.hstack(features)
+
+
+class HeadJudge:
+    """Logistic regression on MiniLM features of the input and the answer."""
+
+    def __init__(self, classes: list[str], coef: np.ndarray, intercept: np.ndarray):
+        self.classes, self.coef, self.intercept = classes, coef, intercept
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: list[str], seed: int = 0) -> HeadJudge:
+        """Fit on head_features rows and their labels."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced", random_state=seed)
+        model.fit(features, labels)
+        coef, intercept = model.coef_, model.intercept_
+        if len(model.classes_) == 2:  # sklearn keeps one row for binary problems: make it a softmax pair
+            coef, intercept = np.vstack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        return cls([str(c) for c in model.classes_], coef, intercept)
+
+    def predict_features(self, features: np.ndarray) -> list[dict[str, float]]:
+        """Label probabilities per head_features row."""
+        logits = features @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return [dict(zip(self.classes, map(float, row), strict=True)) for row in probs]
+
+    def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
+        """Label probabilities per judge input text."""
+        return self.predict_features(head_features(texts)) if texts else []
+
+    def save(self, path: Path) -> None:
+        """Write head.json into a folder."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / HEAD_FILE).write_text(json.dumps({"classes": self.classes, "coef": self.coef.tolist(),
+                                                  "intercept": self.intercept.tolist()}))
+
+    @classmethod
+    def load(cls, path: Path) -> HeadJudge:
+        """Read a folder written by save."""
+        if not (path / HEAD_FILE).is_file():
+            raise ModelError(f"{path}: not an embedding-head judge (no {HEAD_FILE}); train one with "
+                             "`llmbus judge train --kind head`")
+        raw = json.loads((path / HEAD_FILE).read_text())
+        return cls(raw["classes"], np.array(raw["coef"]), np.array(raw["intercept"]))
+
+
+class HeadProvider:
+    """`head:DIR` as a provider: label probabilities for `request.input`, in-process."""
+
+    def __init__(self, path: str, usd_per_hour: float = DEFAULT_USD_PER_HOUR):
+        self.name = f"head:{path}"
+        self.path = Path(path).expanduser()
+        self.usd_per_hour = usd_per_hour
+        self._head: HeadJudge | None = None
+        self._lock = threading.Lock()  # one embedding batch at a time: torch already uses every thread
+
+    def check(self) -> None:
+        """Load the head now (a bad folder fails before the judge run starts)."""
+        if self._head is None:
+            self._head = HeadJudge.load(self.path)
+
+    def complete(self, request: Request) -> Completion:
+        """The most likely label and the label distribution."""
+        self.check()
+        assert self._head is not None
+        text = request.input if request.input is not None else request.prompt
+        with self._lock:
+            tick = time.process_time()
+            probs = self._head.predict_proba([text])[0]
+            cpu = time.process_time() - tick
+        if request.labels:
+            probs = {label: probs.get(label, 0.0) for label in request.labels}
+        return Completion(text=max(probs, key=lambda k: probs[k]), tokens_in=len(text.split()), tokens_out=1,
+                          label_probs=probs, cpu_seconds=cpu, cost_usd=cpu * self.usd_per_hour / 3600)
+
+    def close(self) -> None:
+        """Drop the head."""
+        self._head = None
+
+
+@dataclass
+class CrossValidation:
+    """A trained judge's agreement with held-out human labels, over k folds, and its cost."""
+
+    kind: str
+    folds: int
+    n: int
+    kappa: float
+    accuracy: float
+    fold_kappas: list[float] = field(default_factory=list)
+    train_s: float = 0.0
+    ms_per_judgment: float = 0.0
+    usd_per_1k: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json output."""
+        return asdict(self)
+
+
+def fine_tune(train: TrainingSet, out_dir: Path, settings: TrainSettings) -> EncoderStudent:
+    """A fully fine-tuned MiniLM judge (an encoder student) saved to out_dir."""
+    train_classifier(train.texts, train.labels, [], [], out_dir, settings)
+    return EncoderStudent.load(out_dir, threads=settings.threads)
+
+
+def _subset(data: TrainingSet, rows: list[int]) -> TrainingSet:
+    return TrainingSet([data.item_ids[i] for i in rows], [data.texts[i] for i in rows], [data.labels[i] for i in rows])
+
+
+def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: TrainSettings = TrainSettings(),
+                   usd_per_hour: float = DEFAULT_USD_PER_HOUR) -> CrossValidation:
+    """k-fold agreement (Cohen's kappa, accuracy) of a trained judge (head | finetuned) with the held-out human
+    labels, and its prediction cost (CPU time from text to verdict, measured on each held-out fold)."""
+    if kind not in {"head", "finetuned"}:
+        raise LlmbusError(f"--kind {kind!r}: use head or finetuned")
+    if len(set(data.labels)) < 2 or len(data.labels) < folds:
+        raise LlmbusError(f"training a judge needs at least {folds} human-labeled items with two different labels "
+                          f"(have {len(data.labels)}: {', '.join(sorted(set(data.labels))) or 'none'})")
+    order = np.random.default_rng(settings.seed).permutation(len(data.texts))
+    # The head's features are computed once (embedding dominates its cost) and sliced per fold.
+    features = head_features(data.texts) if kind == "head" else None
+    kappas, right, train_s, cpu_s, timed = [], 0, 0.0, 0.0, 0
+    for k in range(folds):
+        test = sorted(order[k::folds].tolist())
+        train_rows = sorted(set(range(len(data.texts))) - set(test))
+        tick = time.perf_counter()
+        test_texts = [data.texts[i] for i in test]
+        if features is not None:
+            head = HeadJudge.fit(features[train_rows], [data.labels[i] for i in train_rows], settings.seed)
+            train_s += time.perf_counter() - tick
+            probs = head.predict_features(features[test])
+            if k == 0:  # the real per-judgment cost includes embedding the text
+                cpu = time.process_time()
+                head.predict_proba(test_texts)
+                cpu_s, timed = time.process_time() - cpu, len(test)
+        else:
+            with tempfile.TemporaryDirectory(prefix="llmbus-judge-") as scratch:
+                student = fine_tune(_subset(data, train_rows), Path(scratch), settings)
+                train_s += time.perf_counter() - tick
+                cpu = time.process_time()
+                probs = student.predict_proba(test_texts)
+                cpu_s, timed = cpu_s + time.process_time() - cpu, timed + len(test)
+        predicted = [max(p, key=lambda c: p[c]) for p in probs]
+        truth = [data.labels[i] for i in test]
+        kappas.append(cohen_kappa(predicted, truth))
+        right += sum(p == t for p, t in zip(predicted, truth, strict=True))
+    n = len(data.texts)
+    per_judgment = cpu_s / max(1, timed)
+    return CrossValidation(kind=kind, folds=folds, n=n, kappa=float(np.nanmean(kappas)), accuracy=right / n,
+                           fold_kappas=kappas, train_s=train_s / folds, ms_per_judgment=1000 * per_judgment,
+                           usd_per_1k=1000 * per_judgment * usd_per_hour / 3600)
+
+
+def train_judge(store: Store, project: str, out_dir: Path, kind: str = "head", folds: int = 5,
+                settings: TrainSettings = TrainSettings(epochs=1)) -> tuple[CrossValidation, str]:
+    """Cross-validate a trained judge on the project's human labels, then train it on all of them and save
+    it to out_dir; returns the cross-validation and the model reference to judge with."""
+    data = training_set(store, project)
+    report = cross_validate(data, kind, folds, settings)
+    if kind == "head":
+        HeadJudge.fit(head_features(data.texts), data.labels, settings.seed).save(out_dir)
+        return report, f"head:{out_dir}"
+    fine_tune(data, out_dir, settings)
+    return report, f"encoder:{out_dir}"

@@ -1,0 +1,74 @@
+"""Trained judges from human labels: the embedding head and the fully fine-tuned MiniLM, cross-validated
+against the humans and used through the same judge interface as an LLM judge (CI-sized)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SMS_TASK
+from llmbus import label
+from llmbus.calibrate import calibrate
+from llmbus.data import load_items
+from llmbus.errors import LlmbusError
+from llmbus.finetune import HeadJudge, cross_validate, train_judge, training_set
+from llmbus.judge import load_judge, load_verdicts, run_judge
+from llmbus.spec import load_spec
+from llmbus.store import Store
+from llmbus.student import TrainSettings
+from quality_helpers import add_run
+
+SMS_JUDGE = SMS_TASK.parent / "judge.yaml"
+CI = TrainSettings(epochs=1, batch_size=16, max_len=64, threads=2)
+
+
+def _labeled_project(store: Store, tmp_path: Path, n: int) -> str:
+    """A run over n real SMS whose answers are wrong for every third item; humans mark right answers pass."""
+    items = load_items(load_spec(SMS_TASK))[:n]
+    flip = {"spam": "ham", "ham": "spam"}
+    rows, human = [], []
+    for k, item in enumerate(items):
+        answer = flip[item.expected] if k % 3 == 0 else item.expected
+        rows.append({"item_id": item.id, "parsed": answer, "expected": item.expected})
+        human.append({"item_id": item.id, "label": "pass" if answer == item.expected else "fail"})
+    run_id = add_run(store, rows, task="sms_spam", labels=["ham", "spam"], task_path=str(SMS_TASK))
+    label.create_project(store, "sms", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")))
+    path = tmp_path / "human.jsonl"
+    path.write_text("".join(json.dumps(h) + "\n" for h in human))
+    label.import_labels(store, "sms", path, "gold")
+    return run_id
+
+
+def test_head_judge_cross_validates_and_judges_like_an_llm_judge(store: Store, tmp_path: Path):
+    run_id = _labeled_project(store, tmp_path, 300)
+    data = training_set(store, "sms")
+    assert len(data.texts) == 300 and data.texts[0].endswith(("[SEP] ham", "[SEP] spam"))
+    cv = cross_validate(data, "head", folds=5)
+    assert cv.kappa > 0.7 and cv.accuracy > 0.88, cv  # right/wrong depends on input AND answer: needs both
+    assert cv.usd_per_1k > 0 and cv.ms_per_judgment > 0
+    _, model = train_judge(store, "sms", tmp_path / "head", kind="head", folds=3)
+    assert model == f"head:{tmp_path / 'head'}" and HeadJudge.load(tmp_path / "head").classes == ["fail", "pass"]
+    judged = run_judge(load_judge(str(SMS_JUDGE)), store, run_id, model=model, limit=60)
+    assert judged.n == 60 and judged.broken == 0 and judged.cost_usd > 0
+    rows = load_verdicts(store, judged.judge_run_id)
+    assert all(sum(r["probs"].values()) == pytest.approx(1.0) for r in rows)
+    # Same interface as an LLM judge, so calibration works on it too (trained on these items: optimistic).
+    assert calibrate(store, judged.judge_run_id, "sms").agreement.accuracy > 0.9
+
+
+def test_too_few_labels(store: Store, tmp_path: Path):
+    _labeled_project(store, tmp_path, 3)
+    with pytest.raises(LlmbusError, match="at least 5 human-labeled items"):
+        train_judge(store, "sms", tmp_path / "x", kind="head", folds=5)
+
+
+@pytest.mark.slow
+def test_fine_tuned_judge_ci_sized(store: Store, tmp_path: Path):
+    run_id = _labeled_project(store, tmp_path, 240)
+    report, model = train_judge(store, "sms", tmp_path / "enc", kind="finetuned", folds=2, settings=CI)
+    assert model.startswith("encoder:") and (tmp_path / "enc" / "student.json").is_file()
+    print(f"\nfine-tuned judge, 2-fold CV on 240 SMS judgments: kappa {report.kappa:.3f}, "
+          f"accuracy {report.accuracy:.3f}, {report.ms_per_judgment:.1f} ms/judgment, ${report.usd_per_1k:.6f}/1k")
+    assert report.n == 240 and -1 <= report.kappa <= 1 and report.accuracy > 0.5
+    judged = run_judge(load_judge(str(SMS_JUDGE)), store, run_id, model=model, limit=20)
+    assert judged.n == 20 and judged.broken == 0
