@@ -232,3 +232,18 @@ def test_review_outcomes_reach_the_flow(stub, stub_model, store, action):
     queue.decide(item["id"], "bob", action)
     done = resume(store, outcome.run_id, review_flow)
     assert done.output == {"label": "spam" if action == "approve" else None, "by": "bob"}
+
+
+def test_flows_and_review_on_postgres(postgres_url: str, stub, stub_model):
+    store = Store(postgres_url)
+    try:
+        outcome = start(store, review_flow, {"text": "spam on postgres"}, FlowSettings(model=stub_model))
+        assert outcome.status == "waiting_review"
+        queue = ReviewQueue(store)
+        item = queue.for_step(outcome.run_id, "check")
+        queue.claim(item["id"], "alice")
+        queue.decide(item["id"], "alice", "approve")
+        assert resume(store, outcome.run_id, review_flow).output == {"label": "spam", "by": "alice"}
+        assert [s["status"] for s in FlowLog(store).steps(outcome.run_id)] == ["done", "done", "done"]
+    finally:
+        store.close()

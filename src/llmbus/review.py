@@ -86,12 +86,7 @@ class ReviewQueue:
     def claim(self, item_id: int, reviewer: str) -> dict[str, Any]:
         """Hold a pending item for `reviewer`; ReviewConflict if decided or held by someone else."""
         stamp = now()
-        free = sa.or_(review_items.c.claimed_by.is_(None), review_items.c.claimed_by == reviewer,
-                      review_items.c.claim_until < stamp)
-        with self.store.engine.begin() as conn:
-            done = conn.execute(review_items.update()
-                                .where(review_items.c.id == item_id, review_items.c.status == "pending", free)
-                                .values(claimed_by=reviewer, claim_until=stamp + self.lease)).rowcount
+        done = self._update_if_free(item_id, reviewer, stamp, claimed_by=reviewer, claim_until=stamp + self.lease)
         item = self.get(item_id)
         if not done:
             raise ReviewConflict(conflict_message(item, reviewer))
@@ -106,13 +101,8 @@ class ReviewQueue:
         payload = item["payload"]
         final = self._final_answer(payload, action, answer)
         stamp = now()
-        free = sa.or_(review_items.c.claimed_by.is_(None), review_items.c.claimed_by == reviewer,
-                      review_items.c.claim_until < stamp)
-        with self.store.engine.begin() as conn:
-            done = conn.execute(review_items.update()
-                                .where(review_items.c.id == item_id, review_items.c.status == "pending", free)
-                                .values(status=ACTIONS[action], answer=final, comment=comment, decided_by=reviewer,
-                                        decided_at=stamp, claimed_by=reviewer, claim_until=None)).rowcount
+        done = self._update_if_free(item_id, reviewer, stamp, status=ACTIONS[action], answer=final, comment=comment,
+                                    decided_by=reviewer, decided_at=stamp, claimed_by=reviewer, claim_until=None)
         if not done:
             raise ReviewConflict(conflict_message(self.get(item_id), reviewer))
         if ACTIONS[action] != "rejected" and payload.get("pool") and final is not None:
@@ -121,6 +111,14 @@ class ReviewQueue:
             ExamplePool(self.store, payload["pool"]).add(str(payload.get("pool_text") or payload.get("question")),
                                                          final, origin=f"review:{item_id}")
         return self.decision(self.get(item_id))
+
+    def _update_if_free(self, item_id: int, reviewer: str, stamp: Any, **values: Any) -> bool:
+        """One conditional UPDATE: only a pending item that nobody else holds right now changes."""
+        free = sa.or_(review_items.c.claimed_by.is_(None), review_items.c.claimed_by == reviewer,
+                      review_items.c.claim_until < stamp)
+        with self.store.engine.begin() as conn:
+            return bool(conn.execute(review_items.update().where(
+                review_items.c.id == item_id, review_items.c.status == "pending", free).values(**values)).rowcount)
 
     def _final_answer(self, payload: dict[str, Any], action: str, answer: str | None) -> str | None:
         if action == "reject":
