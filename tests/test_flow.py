@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from llmbus.cli import app
+from llmbus.errors import LlmbusError
 from llmbus.flow import FlowContext, FlowSettings, flow, load_flow, resume, start
 from llmbus.flowstore import FlowLog
 from llmbus.review import ReviewQueue
@@ -205,6 +206,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     assert bad.exit_code == 2 and f"{data}:2: not JSON" in bad.output
     missing = runner.invoke(app, ["flow", "run", str(tmp_path / "nope.py"), "--input", "{}"])
     assert missing.exit_code == 2 and "flow file not found" in missing.output
+    listed = runner.invoke(app, ["flow", "list", "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.output) == []
     unknown = runner.invoke(app, ["flow", "show", "zzzz"])
     assert unknown.exit_code == 2 and "not found" in unknown.output
     assert load_flow(flow_file).name == "killable"
@@ -247,3 +250,12 @@ def test_flows_and_review_on_postgres(postgres_url: str, stub, stub_model):
         assert [s["status"] for s in FlowLog(store).steps(outcome.run_id)] == ["done", "done", "done"]
     finally:
         store.close()
+
+
+def test_a_run_held_by_a_live_process_is_not_executed_twice(stub, stub_model, store: Store):
+    outcome = start(store, review_flow, {"text": "spam twice"}, FlowSettings(model=stub_model))
+    FlowLog(store).acquire(outcome.run_id, "another-host:4242")  # e.g. the review server resuming it
+    with pytest.raises(LlmbusError, match="is being executed by another-host:4242"):
+        resume(store, outcome.run_id, review_flow)
+    FlowLog(store).release(outcome.run_id)
+    assert resume(store, outcome.run_id, review_flow).status == "waiting_review"

@@ -72,6 +72,30 @@ def resume_cmd(
         _outcome_rows([outcome])
 
 
+@flow_app.command("list")
+@friendly_errors
+def list_cmd(
+    name: str | None = typer.Option(None, "--flow", help="Only runs of this flow"),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Flow runs, oldest first: status, input, error."""
+    from llmbus.flowstore import FlowLog
+    from llmbus.store import Store
+
+    runs = FlowLog(Store(db)).list_runs(name)
+    if as_json:
+        sys.stdout.write(json.dumps(runs, default=str, ensure_ascii=False) + "\n")
+        return
+    table = Table(title="flow runs", title_justify="left")
+    for column in ("run", "flow", "status", "input", "created", "error"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(r["id"], r["flow"], r["status"], _short(r["input"], 50), f"{r['created_at']:%Y-%m-%d %H:%M}",
+                      _short(r["error"] or "", 60))
+    out.print(table)
+
+
 @flow_app.command("show")
 @friendly_errors
 def show_cmd(
