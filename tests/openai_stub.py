@@ -108,9 +108,11 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
 def agent_turn(prompt: str) -> str:
     """Agent prompts: the goal's `AGENT-CALL tool {args}` is called once, then the last observation is the
     answer; with AGENT-LOOP in the goal the stub never answers (budget tests)."""
-    goal = next((ln for ln in prompt.splitlines() if ln.startswith("Goal:")), "")
+    lines = prompt.splitlines()
+    start = max((i for i, ln in enumerate(lines) if ln.startswith("Goal:")), default=0)  # after the worked example
+    goal = lines[start] if lines else ""
     call = goal.partition("AGENT-CALL")[2].strip()
-    observations = [ln.removeprefix("Observation: ") for ln in prompt.splitlines() if ln.startswith("Observation:")]
+    observations = [ln.removeprefix("Observation: ") for ln in lines[start:] if ln.startswith("Observation:")]
     if observations and "AGENT-LOOP" not in goal:
         return f"answer {observations[-1]}"
     return f"call {call}" if call else "answer nothing to do"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from llmbus.agent import AgentResult, Budget, agent_prompt
 from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
 from llmbus.flowstore import FlowLog
@@ -96,6 +98,27 @@ def test_wall_time_budget(stub, stub_model, store: Store):
 def test_prompt_shows_tools_and_the_turns_so_far():
     text = agent_prompt("find it", [Tool("lookup", lookup)], [{"said": 'call lookup {"query": "x"}',
                                                                  "observation": "found"}])
-    assert text.endswith('Next: call lookup {"query": "x"}\nObservation: found\nNext:')
+    assert text.endswith('Goal: find it\nNext: call lookup {"query": "x"}\nObservation: found\nNext:')
+    assert "Example (with other tools)" in text
     assert "- lookup(query): Find the support article for a query." in text
     assert AgentResult(None, "answered", "answered").turns == 0
+
+
+def order_status(order_id: str) -> str:
+    """Shipping status of an order."""
+    return {"A17": "shipped on Monday, arrives Thursday"}.get(order_id, "unknown order")
+
+
+@pytest.mark.slow
+def test_the_embedded_base_model_follows_the_tool_format(store: Store, monkeypatch):
+    monkeypatch.setenv("LLMBUS_THREADS", "1")
+
+    @flow("orders")
+    def orders(ctx: FlowContext, value: dict[str, Any]) -> dict[str, Any]:
+        result = ctx.agent("agent", value["goal"], [tool(order_status)], Budget(max_turns=3))
+        return {"answer": result.answer, "status": result.status}
+
+    outcome = start(store, orders, {"goal": "Where is my order A17?"})
+    call = steps(store, outcome.run_id)["agent/call0"]["output"]
+    assert call["tool"] == "order_status" and call["args"] == {"order_id": "A17"}
+    assert outcome.output["status"] == "answered" and "Thursday" in outcome.output["answer"]

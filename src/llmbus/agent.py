@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 
 TURN = re.compile(r"^\s*(call|answer)\b\s*(.*)$", re.S | re.I)
 CALL = re.compile(r"^([A-Za-z_]\w*)\s*(\{.*\})?\s*$", re.S)
+# A worked example: base models follow a format they have seen far better than one they are told.
+DEMO = """Example (with other tools):
+Goal: How warm is it in Oslo?
+Next: call weather {"city": "Oslo"}
+Observation: 12 degrees, cloudy
+Next: answer It is 12 degrees and cloudy in Oslo."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class AgentResult:
 def agent_prompt(goal: str, tools: list[Tool], transcript: list[dict[str, Any]]) -> str:
     """The completion-style prompt: tools, the format by example, the goal, the turns so far."""
     lines = ["You reach a goal by calling tools. Write one line after Next: either",
-             'call TOOL {"arg": "value"}   or   answer YOUR FINAL ANSWER', "Tools:"]
+             'call TOOL {"arg": "value"}   or   answer YOUR FINAL ANSWER', "", DEMO, "", "Tools:"]
     lines += [f"- {t.signature}" for t in tools]
     lines += ["", f"Goal: {goal.strip()}"]
     for turn in transcript:
@@ -74,8 +80,9 @@ def run_agent(ctx: FlowContext, key: str, goal: str, tools: list[Tool], budget: 
         if reason:
             result.stop_reason = reason
             return result
-        said = ctx.llm(f"{key}/turn{result.turns}", agent_prompt(goal, tools, result.transcript), model=model,
-                       max_tokens=80, stop=("\n",)).text.strip()
+        text = ctx.llm(f"{key}/turn{result.turns}", agent_prompt(goal, tools, result.transcript), model=model,
+                       max_tokens=80, stop=("\nObservation", "\nNext:", "\nGoal:")).text
+        said = next((line.strip() for line in text.splitlines() if line.strip()), "")
         step = ctx.log.get_step(ctx.run_id, f"{key}/turn{result.turns}") or {}
         result.tokens += int(step.get("tokens_in", 0)) + int(step.get("tokens_out", 0))
         result.cost_usd += float(step.get("cost_usd", 0.0))
