@@ -169,7 +169,8 @@ def llmbus_cli(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> 
                           env=env or dict(os.environ), timeout=120, **kwargs)
 
 
-def test_kill_9_mid_run_then_resume_continues_without_repeating_the_llm_call(tmp_path, stub, stub_model):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_mid_run_then_resume_continues_without_repeating_the_llm_call(tmp_path, stub, stub_model, sig):
     flow_file = tmp_path / "killable.py"
     flow_file.write_text(FLOW_FILE)
     db = str(tmp_path / "flows.db")
@@ -181,8 +182,12 @@ def test_kill_9_mid_run_then_resume_continues_without_repeating_the_llm_call(tmp
     while not (tmp_path / "napped").exists() and time.time() < deadline:
         time.sleep(0.2)
     [run] = FlowLog(store).list_runs()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    time.sleep(0.5)  # the tool step is running in its child process now
+    proc.send_signal(sig)
+    proc.wait(30)
+    if sig == signal.SIGTERM:  # a clean stop says so on the run; kill -9 leaves it "running" with a dead lease
+        assert FlowLog(store).get_run(run["id"])["status"] == "interrupted"
+        assert b"flow resume" in proc.stderr.read()
     assert FlowLog(store).get_step(run["id"], "label")["status"] == "done"
     assert FlowLog(store).get_step(run["id"], "nap")["status"] == "running"
     calls = stub_calls(stub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sys
 from typing import Any
 
@@ -46,12 +47,17 @@ def run_cmd(
     values = read_inputs(input_json, dataset)
     flow_def = load_flow(file)
     store = Store(db)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` marks the run interrupted; finished steps are kept
     on_done = None if as_json else (lambda o: err.print(f"{o.run_id}: {o.status}", highlight=False))
     outcomes = run_many(store, flow_def, values, FlowSettings(model=model, tool_timeout_s=tool_timeout), on_done)
     if as_json:
         sys.stdout.write(json.dumps([vars(o) for o in outcomes], default=str, ensure_ascii=False) + "\n")
     else:
         _outcome_rows(outcomes)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @flow_app.command("resume")
@@ -65,6 +71,7 @@ def resume_cmd(
     from llmbus.flow import resume
     from llmbus.store import Store
 
+    signal.signal(signal.SIGTERM, _interrupt)
     outcome = resume(Store(db), run_id)
     if as_json:
         sys.stdout.write(json.dumps(vars(outcome), default=str, ensure_ascii=False) + "\n")
