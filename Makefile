@@ -36,6 +36,7 @@ test: setup system-deps lint
 
 bench: setup
 	$(PY) bench/provider_overhead.py
+	LLMBUS_THREADS=1 $(PY) bench/guardrail.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
