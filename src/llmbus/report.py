@@ -124,12 +124,14 @@ def mark_pareto(rows: list[ReportRow]) -> None:
 
 
 def headline(report: Report) -> str:
-    """The cheapest configuration keeping ≥ 98% of the best teacher's quality, against that teacher."""
+    """The cheapest model configuration keeping ≥ 98% of the best teacher's quality, against that teacher.
+
+    Cached rows are left out: their saving depends on how often inputs repeat, not on the model."""
     teachers = [r for r in report.rows if r.kind == "teacher"]
     if not teachers:
         return "No teacher run yet: run the task on your strongest model first (llmbus run)."
     teacher = max(teachers, key=lambda r: r.quality)
-    good = [r for r in report.rows if r.quality >= 0.98 * teacher.quality]
+    good = [r for r in report.rows if r.kind != "cached" and r.quality >= 0.98 * teacher.quality]
     best = min(good, key=lambda r: r.usd_per_1k)
     if best is teacher:
         return f"Nothing cheaper keeps 98% of the teacher's {report.metric} ({teacher.quality:.3f}) yet."

@@ -1,0 +1,43 @@
+"""The savings report: built from the SMS pipeline's runs, opened in headless Chromium, screenshotted."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import SMS_TASK
+from llmbus.report import ReportRow, build_report, mark_pareto, render_html
+from llmbus.spec import load_spec
+from pipeline import Savings, sms_savings  # noqa: F401  (session fixture)
+
+
+@pytest.mark.slow
+def test_report_page_in_a_browser(sms_savings: Savings, browser, tmp_path: Path):
+    report = build_report(load_spec(SMS_TASK), sms_savings.store, traffic=1_000_000)
+    kinds = {row.kind: row for row in report.rows}
+    assert set(kinds) == {"teacher", "student", "cascade", "cached"}
+    assert all(row.n == 24 for row in report.rows)  # the held-out items, same for every configuration
+    assert kinds["cached"].usd_per_1k == 0 and kinds["cached"].p50_ms < kinds["teacher"].p50_ms
+    assert kinds["student"].usd_per_1k < kinds["teacher"].usd_per_1k
+    assert kinds["cascade"].escalation_rate is not None
+    assert all(row.quality_lo <= row.quality <= row.quality_hi for row in report.rows)
+    page_path = tmp_path / "report.html"
+    page_path.write_text(render_html(report))
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(page_path.as_uri())
+    assert page.locator("#rows tbody tr").count() == 4
+    assert page.locator("#headline").inner_text() == report.headline
+    assert page.evaluate("document.getElementById('pareto').naturalWidth") > 300  # the embedded PNG decoded
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    page.close()
+
+
+def test_pareto_front():
+    def row(kind: str, quality: float, cost: float) -> ReportRow:
+        return ReportRow(kind, "r", "m", 10, quality, quality, quality, 1, 1, cost, cost * 1000)
+
+    rows = [row("teacher", 0.95, 1.0), row("student", 0.93, 0.01), row("cascade", 0.94, 0.5),
+            row("bad", 0.90, 0.6)]
+    mark_pareto(rows)
+    assert [r.pareto for r in rows] == [True, True, True, False]
