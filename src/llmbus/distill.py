@@ -24,6 +24,7 @@ from llmbus import metrics
 from llmbus.data import Item, load_items
 from llmbus.errors import LlmbusError
 from llmbus.models import config_path
+from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger
@@ -65,6 +66,9 @@ class DistillReport:
     teacher_latency_ms: float
     train_seconds: float
     out_dir: str
+    semantic_threshold: float = 1.0  # for the gateway's semantic cache, chosen on this task's inputs
+    semantic_hit_rate: float = 0.0
+    semantic_false_hit_rate: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,6 +181,11 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
     )
+    pool = by_split["train"] + by_split["val"]
+    positives, negatives = validation_pairs([e.input for e in pool], [e.teacher for e in pool], n=150)
+    semantic = choose_threshold(positives, negatives)
+    report.semantic_threshold, report.semantic_hit_rate = semantic.threshold, semantic.hit_rate
+    report.semantic_false_hit_rate = semantic.false_hit_rate
     (out_dir / "distill.json").write_text(json.dumps(report.as_dict(), indent=2))
     if register:
         register_models(spec, report, student_dir.resolve())

@@ -46,6 +46,8 @@ def distill(
               f"{fmt(report.teacher_latency_ms, '.0f')} ms")
     out.print(f"  [bold]{report.cascade}[/]: threshold {report.cascade_threshold:.3f} → {report.metric} "
               f"{fmt(report.cascade_quality)}, {report.cascade_escalation_rate:.0%} escalated to the teacher")
+    out.print(f"  semantic cache: threshold {report.semantic_threshold:.3f} → {report.semantic_hit_rate:.0%} of "
+              f"paraphrases hit, {report.semantic_false_hit_rate:.1%} false hits (negations, other answers)")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
 
 

@@ -1,0 +1,153 @@
+"""Stop 5 savings, as ratios from one run on the same held-out SMS items.
+
+    .venv/bin/python bench/savings.py [--teacher MODEL] [--train 200] [--heldout 100] [--threads 2]
+
+The teacher is the strongest model available: `--teacher` (e.g. a configured openai: endpoint), else the
+embedded Gemma 3 270M. Targets (from issue 5):
+  student quality ≥ 0.95× teacher at ≥ 20× lower latency per item
+  cascade quality ≥ 0.98× teacher at ≤ 0.3× teacher cost
+  exact-cache hit p50 ≤ 2 ms
+  gateway overhead ≤ 5% vs calling llama.cpp directly
+  8-concurrent throughput ≥ 2× sequential
+  a repeated few-shot prefix processed ≥ 3× faster the second time
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llmbus.distill import distill
+from llmbus.gateway import CacheConfig, Gateway, RouteConfig, ServeConfig
+from llmbus.llamacpp import free_port
+from llmbus.models import resolve_model
+from llmbus.providers import Request
+from llmbus.providers.local import LocalProvider
+from llmbus.run import run_task
+from llmbus.serve import create_app
+from llmbus.spec import load_spec
+from llmbus.store import Store
+from llmbus.summary import summarize
+from provider_overhead import throughput
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+
+
+def line(name: str, value: float, target: str) -> None:
+    print(f"{name:<58} {value:9.3f}   ({target})")
+
+
+def quality_cost_latency(store: Store, run_id: str) -> tuple[float, float, float]:
+    s = summarize(store, store.get_run(run_id))
+    return s.value, s.cost_per_1k, s.latency_p50_s
+
+
+def gateway_overhead(threads: int, rounds: int = 12) -> float:
+    """Median latency ratio: the same 32-token generation through the gateway vs straight to its llama-server."""
+    config = ServeConfig(models={"gemma": RouteConfig(model="local:gemma-3-270m")}, cache=CacheConfig(exact=False))
+    os.environ["LLMBUS_THREADS"] = str(threads)
+    gateway = Gateway(config, Store(str(OUT / "gateway.db")))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    provider = gateway.providers["local:gemma-3-270m"]
+    assert isinstance(provider, LocalProvider)
+    ratios = []
+    with httpx.Client(timeout=120) as client:
+        for i in range(rounds):
+            prompt = f"Write a short note number {i} about the sea."
+            body = {"prompt": prompt, "n_predict": 32, "temperature": 0, "top_k": 1, "samplers": ["top_k"]}
+            tick = time.perf_counter()
+            client.post(provider.server.base_url + "/completion", json=body)
+            direct = time.perf_counter() - tick
+            tick = time.perf_counter()
+            client.post(f"http://127.0.0.1:{port}/v1/completions",
+                        json={"model": "gemma", "prompt": prompt, "max_tokens": 32})
+            through = time.perf_counter() - tick
+            ratios.append(through / direct)
+    server.should_exit = True
+    thread.join(timeout=30)
+    return statistics.median(ratios[2:])  # the first rounds warm both paths
+
+
+def prefix_speedup(provider: LocalProvider) -> float:
+    """Prompt-processing time of a long few-shot prefix the first time vs the second (llama-server timings)."""
+    spec = load_spec(ROOT / "examples" / "sms_spam" / "task.yaml")
+    shots = "".join(f"SMS: example message number {i} about lunch, meetings and the weather today\n"
+                    f"Label: {'ham' if i % 3 else 'spam'}\n" for i in range(40))
+    prefix = f"[{uuid.uuid4().hex}] {spec.description}\n{shots}"  # a fresh prefix nobody cached
+    times = []
+    for ending in ("SMS: are we still on for tonight?\nLabel:", "SMS: WIN a free cruise now!!\nLabel:"):
+        data = provider.server.post("/completion", {"prompt": prefix + ending, "n_predict": 1, "cache_prompt": True,
+                                                    "temperature": 0})
+        times.append(float(data["timings"]["prompt_ms"]))
+    return times[0] / times[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="local:gemma-3-270m")
+    parser.add_argument("--train", type=int, default=200, help="items the teacher answers for distillation")
+    parser.add_argument("--heldout", type=int, default=100, help="held-out items every configuration answers")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("LLMBUS_THREADS", str(args.threads))
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.environ["LLMBUS_CONFIG"] = str(OUT / "llmbus.yaml")
+    spec = load_spec(ROOT / "examples" / "sms_spam" / "task.yaml")
+    store = Store(str(OUT / f"savings-{uuid.uuid4().hex[:6]}.db"))
+    print(f"teacher: {args.teacher} · task {spec.name} · {args.train} distillation items, "
+          f"{args.heldout} held-out items · {args.threads} threads", flush=True)
+
+    train_run = run_task(spec, args.teacher, store, limit=args.train, concurrency=4)
+    report = distill(spec, store, train_run, OUT / "distill")
+    held = {"limit": args.heldout, "offset": args.train}
+    teacher_run = run_task(spec, args.teacher, store, concurrency=4, **held)
+    student_run = run_task(spec, report.student, store, concurrency=1, **held)
+    cascade_run = run_task(spec, report.cascade, store, concurrency=2, **held)
+    cached_run = run_task(spec, args.teacher, store, concurrency=4, **held)  # the teacher's answers, cached
+
+    tq, tc, tl = quality_cost_latency(store, teacher_run)
+    sq, _, sl = quality_cost_latency(store, student_run)
+    cq, cc, _ = quality_cost_latency(store, cascade_run)
+    hits = [c["latency_s"] for c in store.iter_calls(cached_run) if c["cache_hit"]]
+    print(f"held-out accuracy: teacher {tq:.3f} · student {sq:.3f} · cascade {cq:.3f} "
+          f"(threshold {report.cascade_threshold:.3f})")
+    line("student quality / teacher quality", sq / tq, "target ≥ 0.95")
+    line("teacher latency / student latency (p50 per item)", tl / sl, "target ≥ 20")
+    line("cascade quality / teacher quality", cq / tq, "target ≥ 0.98")
+    line("cascade cost / teacher cost (per 1k items)", cc / tc, "target ≤ 0.3")
+    line("exact-cache hit p50 (ms)", 1000 * float(np.median(hits)) if hits else float("nan"), "target ≤ 2")
+
+    config = resolve_model("local:gemma-3-270m").model_copy(update={"threads": args.threads, "parallel": 8})
+    provider = LocalProvider(config)
+    provider.check()
+    try:
+        provider.complete(Request("warm up", max_tokens=4))
+        sequential = throughput(provider, 128, 16, 1)
+        concurrent = throughput(provider, 128, 16, 8)
+        speedup = prefix_speedup(provider)
+    finally:
+        provider.close()
+    line("8-concurrent / sequential throughput", concurrent / sequential, "target ≥ 2")
+    line("repeated few-shot prefix: first / second prompt time", speedup, "target ≥ 3")
+    line("gateway latency / direct llama-server latency", gateway_overhead(args.threads), "target ≤ 1.05")
+
+
+if __name__ == "__main__":
+    main()
