@@ -144,3 +144,7 @@ def browser() -> Iterator[object]:
         chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# The stop-5 pipeline fixture (teacher → student → cascade → cache on real SMS) lives in pipeline.py.
+from pipeline import sms_savings  # noqa: E402, F401

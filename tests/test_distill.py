@@ -9,7 +9,7 @@ import yaml
 
 from llmbus.distill import pick_threshold, split_of
 from llmbus.student import entities_to_bio, fit_temperature, softmax
-from pipeline import Savings, sms_savings  # noqa: F401  (session fixture)
+from pipeline import Savings
 
 
 @pytest.mark.slow
@@ -61,3 +61,22 @@ def test_entities_align_to_bio_tags():
     tokens = ["I", "love", "New", "York", "and", "new", "york"]
     assert entities_to_bio(tokens, [{"text": "New York", "type": "geo-loc"}, {"text": "Mars", "type": "x"}]) == \
         ["O", "O", "B-geo-loc", "I-geo-loc", "O", "O", "O"]
+
+
+@pytest.mark.slow
+def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
+    from llmbus.distill import distill
+    from llmbus.run import run_task
+    from llmbus.spec import load_spec
+    from llmbus.store import Store
+    from llmbus.student import EncoderStudent, TrainSettings
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
+    store = Store(str(tmp_path / "ner.db"))
+    teacher = run_task(spec, "local:gemma-3-270m", store, limit=36, concurrency=4)
+    report = distill(spec, store, teacher, tmp_path / "ner", TrainSettings(epochs=3))
+    assert report.n_train >= 15 and 0 <= report.student_quality <= 1
+    student = EncoderStudent.load(tmp_path / "ner" / "student")
+    assert student.meta.kind == "extract" and "O" in student.meta.labels
+    entities = student.extract([["Obama", "visited", "Paris", "today"]])[0]
+    assert isinstance(entities, list) and all({"text", "type"} <= set(e) for e in entities)

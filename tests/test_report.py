@@ -7,7 +7,7 @@ import pytest
 from conftest import SMS_TASK
 from llmbus.report import ReportRow, build_report, mark_pareto, render_html
 from llmbus.spec import load_spec
-from pipeline import Savings, sms_savings  # noqa: F401  (session fixture)
+from pipeline import Savings
 
 
 @pytest.mark.slow
