@@ -18,14 +18,14 @@ JUDGE = ["pass", "pass", "fail", "fail", "pass", "fail", "pass", "pass", None, "
 HUMAN = ["pass", "pass", "pass", "fail", "fail", "fail", "pass", "pass", "fail", "pass"]
 
 
-def _setup(store: Store, tiny_task: Path, tmp_path: Path) -> tuple[str, str]:
+def _setup(store: Store, tiny_task: Path, tmp_path: Path, project: str = "p") -> tuple[str, str]:
     rows = [{"item_id": f"m{i}", "parsed": "ham", "expected": "ham"} for i in range(10)]
     target = add_run(store, rows, task="tiny", labels=["ham", "spam"], task_path=str(tiny_task))
     judge_run = add_judge_run(store, target, {f"m{i}": v for i, v in enumerate(JUDGE)})
-    label.create_project(store, "p", target, label.LabelSchema(kind="labels", labels=("pass", "fail")))
+    label.create_project(store, project, target, label.LabelSchema(kind="labels", labels=("pass", "fail")))
     path = tmp_path / "human.jsonl"
     path.write_text("".join(json.dumps({"item_id": f"m{i}", "label": h}) + "\n" for i, h in enumerate(HUMAN)))
-    assert label.import_labels(store, "p", path, "ann") == 10
+    assert label.import_labels(store, project, path, "ann") == 10
     return target, judge_run
 
 
@@ -87,3 +87,13 @@ def test_cli_calibrate_gate(store: Store, tiny_task: Path, tmp_path: Path):
     rejected = llmbus("label", "import", str(tmp_path / "unknown.jsonl"), "--project", "p", "--annotator", "b")
     assert rejected.returncode == 2 and "unknown.jsonl:1: item_id 'x9'" in rejected.stderr
     assert len(rejected.stderr.strip().splitlines()) == 1
+
+
+def test_calibration_on_postgres(postgres_url: str, tiny_task: Path, tmp_path: Path):
+    store = Store(postgres_url)
+    try:
+        _, judge_run = _setup(store, tiny_task, tmp_path, project="pg_calibration")
+        report = calibrate(store, judge_run, "pg_calibration")
+        assert (report.agreement.tp, report.agreement.tn) == (5, 2) and not report.trusted
+    finally:
+        store.close()

@@ -16,14 +16,15 @@ from llmbus.judge import load_judge, load_verdicts, run_judge
 from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.student import TrainSettings
-from quality_helpers import add_run
+from quality_helpers import add_judge_run, add_run
 
 SMS_JUDGE = SMS_TASK.parent / "judge.yaml"
 CI = TrainSettings(epochs=1, batch_size=16, max_len=64, threads=2)
 
 
-def _labeled_project(store: Store, tmp_path: Path, n: int) -> str:
-    """A run over n real SMS whose answers are wrong for every third item; humans mark right answers pass."""
+def _labeled_project(store: Store, tmp_path: Path, n: int, humans: int | None = None) -> str:
+    """A run over n real SMS whose answers are wrong for every third item; humans mark right answers pass
+    (on the first `humans` items, default all)."""
     items = load_items(load_spec(SMS_TASK))[:n]
     flip = {"spam": "ham", "ham": "spam"}
     rows, human = [], []
@@ -34,7 +35,7 @@ def _labeled_project(store: Store, tmp_path: Path, n: int) -> str:
     run_id = add_run(store, rows, task="sms_spam", labels=["ham", "spam"], task_path=str(SMS_TASK))
     label.create_project(store, "sms", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")))
     path = tmp_path / "human.jsonl"
-    path.write_text("".join(json.dumps(h) + "\n" for h in human))
+    path.write_text("".join(json.dumps(h) + "\n" for h in human[:humans]))
     label.import_labels(store, "sms", path, "gold")
     return run_id
 
@@ -72,3 +73,14 @@ def test_fine_tuned_judge_ci_sized(store: Store, tmp_path: Path):
     assert report.n == 240 and -1 <= report.kappa <= 1 and report.accuracy > 0.5
     judged = run_judge(load_judge(str(SMS_JUDGE)), store, run_id, model=model, limit=20)
     assert judged.n == 20 and judged.broken == 0
+
+
+def test_trusted_judge_labels_join_training(store: Store, tmp_path: Path):
+    run_id = _labeled_project(store, tmp_path, 30, humans=12)
+    truth = {c["item_id"]: "pass" if c["parsed"] == c["expected"] else "fail" for c in store.iter_calls(run_id)}
+    good = add_judge_run(store, run_id, truth)
+    data = training_set(store, "sms", judge_run=good)
+    assert data.humans == 12 and len(data.texts) == 30 and data.labels == [truth[i] for i in data.item_ids]
+    sloppy = add_judge_run(store, run_id, dict.fromkeys(truth, "pass"))
+    with pytest.raises(LlmbusError, match=r"not trusted unattended: TNR 0\.000"):
+        training_set(store, "sms", judge_run=sloppy)

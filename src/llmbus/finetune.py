@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from llmbus.agreement import cohen_kappa
+from llmbus.calibrate import calibrate
 from llmbus.embed import embed
 from llmbus.errors import LlmbusError, ModelError
-from llmbus.judge import judge_input
+from llmbus.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
 from llmbus.label import consensus, get_project, label_rows
 from llmbus.providers.base import Completion, Request
 from llmbus.store import Store
@@ -38,10 +39,12 @@ class TrainingSet:
     item_ids: list[str]
     texts: list[str]
     labels: list[str]
+    humans: int = -1  # the first `humans` rows are human labels (cross-validation scores on these); -1: all
 
 
-def training_set(store: Store, project: str) -> TrainingSet:
-    """The project's majority human labels with the item input + answer each annotator saw."""
+def training_set(store: Store, project: str, judge_run: str | None = None) -> TrainingSet:
+    """The project's majority human labels with the item input + answer each annotator saw; with `judge_run`,
+    plus that judge's verdicts on items no human labeled, if calibration trusts the judge unattended."""
     meta = get_project(store, project)
     run = store.get_run(meta["run_id"])
     input_field = json.loads(run["spec_json"]).get("data", {}).get("input", "text")
@@ -51,7 +54,29 @@ def training_set(store: Store, project: str) -> TrainingSet:
         if row["item_id"] in human and row["item_id"] not in seen:
             seen[row["item_id"]] = judge_input(row["fields"], input_field, row["answer"])
     ids = sorted(seen)
-    return TrainingSet(ids, [seen[i] for i in ids], [human[i] for i in ids])
+    data = TrainingSet(ids, [seen[i] for i in ids], [human[i] for i in ids], humans=len(ids))
+    if judge_run:
+        _add_trusted_verdicts(store, project, judge_run, data)
+    return data
+
+
+def _add_trusted_verdicts(store: Store, project: str, judge_run: str, data: TrainingSet) -> None:
+    check = calibrate(store, judge_run, project)
+    if not check.trusted:
+        raise LlmbusError(f"judge run {check.judge_run_id} is {check.reason}: its verdicts cannot join the training "
+                          "labels (train on human labels only, or fix the judge first)")
+    info = judge_run_info(store, judge_run)
+    run = store.get_run(info["target_run_id"])
+    input_field = json.loads(run["spec_json"]).get("data", {}).get("input", "text")
+    fields = run_items(store, run)
+    calls = {c["item_id"]: c for c in store.iter_calls(run["id"])}
+    known = set(data.item_ids)
+    for verdict in load_verdicts(store, info["run_id"]):
+        item_id = verdict["item_id"]
+        if verdict["verdict"] is not None and item_id not in known and item_id in calls:
+            data.item_ids.append(item_id)
+            data.texts.append(judge_input(fields.get(item_id, {}), input_field, answer_text(calls[item_id])))
+            data.labels.append(verdict["verdict"])
 
 
 def head_features(texts: list[str]) -> np.ndarray:
@@ -185,10 +210,13 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
     labels, and its prediction cost (CPU time from text to verdict, measured on each held-out fold)."""
     if kind not in {"head", "finetuned"}:
         raise LlmbusError(f"--kind {kind!r}: use head or finetuned")
-    if len(set(data.labels)) < 2 or len(data.labels) < folds:
+    n_humans = data.humans if data.humans >= 0 else len(data.texts)
+    human_labels = data.labels[:n_humans]
+    if len(set(human_labels)) < 2 or n_humans < folds:
         raise LlmbusError(f"training a judge needs at least {folds} human-labeled items with two different labels "
-                          f"(have {len(data.labels)}: {', '.join(sorted(set(data.labels))) or 'none'})")
-    order = np.random.default_rng(settings.seed).permutation(len(data.texts))
+                          f"(have {n_humans}: {', '.join(sorted(set(human_labels))) or 'none'})")
+    # Folds hold out human labels only; trusted judge labels (rows after the humans) always train.
+    order = np.random.default_rng(settings.seed).permutation(n_humans)
     # The head's features are computed once (embedding dominates its cost) and sliced per fold.
     features = head_features(data.texts) if kind == "head" else None
     kappas, right, train_s, cpu_s, timed = [], 0, 0.0, 0.0, 0
@@ -216,7 +244,7 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
         truth = [data.labels[i] for i in test]
         kappas.append(cohen_kappa(predicted, truth))
         right += sum(p == t for p, t in zip(predicted, truth, strict=True))
-    n = len(data.texts)
+    n = n_humans
     per_judgment = cpu_s / max(1, timed)
     return CrossValidation(kind=kind, folds=folds, n=n, kappa=float(np.nanmean(kappas)), accuracy=right / n,
                            fold_kappas=kappas, train_s=train_s / folds, ms_per_judgment=1000 * per_judgment,
@@ -224,10 +252,11 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
 
 
 def train_judge(store: Store, project: str, out_dir: Path, kind: str = "head", folds: int = 5,
-                settings: TrainSettings = TrainSettings(epochs=1)) -> tuple[CrossValidation, str]:
+                settings: TrainSettings = TrainSettings(epochs=1),
+                judge_run: str | None = None) -> tuple[CrossValidation, str]:
     """Cross-validate a trained judge on the project's human labels, then train it on all of them and save
     it to out_dir; returns the cross-validation and the model reference to judge with."""
-    data = training_set(store, project)
+    data = training_set(store, project, judge_run)
     report = cross_validate(data, kind, folds, settings)
     if kind == "head":
         HeadJudge.fit(head_features(data.texts), data.labels, settings.seed).save(out_dir)

@@ -338,6 +338,8 @@ def judge_train(
     epochs: int = typer.Option(1, "--epochs", min=1, help="finetuned: passes over the labels"),
     max_len: int = typer.Option(64, "--max-len", min=16, help="finetuned: tokens per input"),
     threads: int = typer.Option(2, "--threads", min=1, help="torch threads"),
+    with_judge: str | None = typer.Option(None, "--with-judge", help="Also learn from this judge run's verdicts "
+                                          "on unlabeled items (only if calibration trusts it)"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -349,7 +351,8 @@ def judge_train(
     from llmbus.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
-    report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings)
+    report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings,
+                                judge_run=with_judge)
     if as_json:
         _print_json({**report.as_dict(), "model": model})
         return
