@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.data import Item, load_items, split_items
@@ -28,7 +27,7 @@ from llmbus.fewshot import ExampleSelector
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
-from llmbus.spec import TaskSpec, describe_validation_error, load_spec, render_prompt
+from llmbus.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
 from llmbus.store import CallRecord, Store, calls, now
 
 
@@ -78,13 +77,7 @@ class ServeConfig(_Config):
 def load_serve_config(path: str | Path) -> ServeConfig:
     """Read serve.yaml; errors name file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: serve config not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node, raw = yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+    node, raw = read_yaml(path, "serve config")
     try:
         return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:

@@ -24,11 +24,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import ModelError, SpecError
-from llmbus.spec import describe_validation_error
+from llmbus.spec import describe_validation_error, read_yaml
 
 DEFAULT_MODEL = "local:gemma-3-270m"
 
@@ -80,13 +79,8 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
     entries: dict[str, dict[str, object]] = {name: dict(body) for name, body in BUILTIN.items()}
     node = None
     if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: malformed YAML: {exc}".splitlines()[0]) from None
-        for name, body in (raw.get("models") or {}).items():
+        node, raw = read_yaml(path, "config")
+        for name, body in ((raw or {}).get("models") or {}).items():
             entries[name] = {**entries.get(name, {}), **(body or {})}
     configs = {}
     for name, body in entries.items():

@@ -141,20 +141,24 @@ def render_prompt(spec: TaskSpec, item: dict[str, Any], examples: list[dict[str,
         raise SpecError(f"{spec.source}: prompt: {exc.message} (fields: {', '.join(sorted(item))})") from None
 
 
-def load_spec(path: str | Path) -> TaskSpec:
-    """Read and validate a task spec; every error names the file, line and field."""
-    path = Path(path)
+def read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML document at `path` and its node tree (for line numbers); one-line SpecError otherwise."""
     if not path.is_file():
-        raise SpecError(f"{path}: task spec not found")
+        raise SpecError(f"{path}: {what} not found")
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}{where}: malformed YAML: {problem}") from None
+
+
+def load_spec(path: str | Path) -> TaskSpec:
+    """Read and validate a task spec; every error names the file, line and field."""
+    path = Path(path)
+    node, raw = read_yaml(path, "task spec")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}:1: a task spec is a mapping with name, kind, prompt, data…")
     try:
