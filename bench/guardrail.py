@@ -136,7 +136,7 @@ def main() -> None:
     tick = time.perf_counter()
     try:
         for case in cases:
-            tier1.append(guard.tier1(case.answer, case.sources))
+            tier1.append(guard.tier1(case.answer, case.sources, case.question))
             tier2.append(guard.tier2_check(case.answer, case.sources, provider, tier1[-1].unsupported_terms))
     finally:
         provider.close()

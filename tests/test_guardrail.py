@@ -69,6 +69,18 @@ def test_tier2_runs_only_when_tier1_is_unsure(stub, stub_model):
     assert not no_llm.passed and "failed to be safe" in no_llm.reasons[-1]
 
 
+def test_an_answer_grounded_in_a_source_about_another_question_fails():
+    sources = [Source("computers#2", "Who invented computers? It's a bit ambiguous but British scientist Charles "
+                                     "Babbage is regarded as the father of computers.", 1.0, 0),
+               Source("history#3", "who invented the lightbulb thomas edison.", 0.5, 1)]
+    guard = Guardrail()
+    wrong = guard.tier1("Thomas Edison", sources, "Who invented computers?")
+    assert not wrong.passed and not guard.unsure(wrong) and "another question (history#3" in wrong.reasons[-1]
+    assert guard.tier1("Charles Babbage is regarded as the father of computers.", sources,
+                       "Who invented computers?").passed
+    assert guard.tier1("Thomas Edison", sources).passed  # without the question there is nothing to compare
+
+
 DRAFTS = [INVENTED, INVENTED + " Also 3 more.", FAITHFUL]
 
 

@@ -95,6 +95,7 @@ class Guardrail:
     max_chars: int = 1200
     max_novel: int = 2  # this many content words absent from the sources (or any new number): fail
     min_similarity: float = 0.5  # every claim sentence this close (MiniLM cosine) to some source sentence
+    relevance_margin: float = 0.15  # the source an answer draws on may match the question this much worse
     tier2: bool = True
     tier2_threshold: float = 0.5  # (calibrated) P(supported) at or above this passes
     calibrate: bool = True  # judge: divide out the model's prior measured on a content-free input
@@ -103,8 +104,8 @@ class Guardrail:
     _null_prob: float | None = field(default=None, repr=False)
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # source sentence embeddings
 
-    def tier1(self, answer: str, sources: list[Source]) -> Verdict:
-        """Rules and grounding only; `unsure` marks the answers left to tier 2."""
+    def tier1(self, answer: str, sources: list[Source], question: str = "") -> Verdict:
+        """Rules, grounding and (given the question) relevance; `unsure` marks the answers left to tier 2."""
         tick = time.process_time()
         hard = self._rule_failures(answer)
         if hard:
@@ -123,10 +124,33 @@ class Guardrail:
         verdict.min_similarity = round(min_sentence_similarity(claims, sources, self._vectors), 4)
         if verdict.min_similarity < self.min_similarity:
             verdict.reasons.append(f"a sentence is far from every source (similarity {verdict.min_similarity:.2f})")
-        verdict.passed = not novel and verdict.min_similarity >= self.min_similarity
-        verdict.unsure = not verdict.passed and verdict.min_similarity >= self.min_similarity / 2
+        off_topic = self._off_topic_source(claims, sources, question) if question else None
+        if off_topic:
+            # Grounded, but in a source about another question ("who invented the lightbulb" for computers).
+            verdict.reasons.append(off_topic)
+        verdict.passed = not novel and verdict.min_similarity >= self.min_similarity and not off_topic
+        verdict.unsure = (not verdict.passed and not off_topic
+                          and verdict.min_similarity >= self.min_similarity / 2)
         verdict.cost_usd = self._cpu_cost(tick)
         return verdict
+
+    def _off_topic_source(self, claims: str, sources: list[Source], question: str) -> str | None:
+        """A reason when the source the answer draws on matches the question much worse than the best one."""
+        if len(sources) < 2:
+            return None
+        words = set(tokens(claims))
+        overlap = [len(words & set(tokens(s.text))) for s in sources]
+        texts = [question, *(s.text for s in sources)]
+        missing = [t for t in texts if t not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, embed(missing), strict=True))
+        sims = [float(self._vectors[question] @ self._vectors[s.text]) for s in sources]
+        # Among the sources sharing the most words with the answer, the benefit of the doubt: the best match.
+        used = max((i for i, o in enumerate(overlap) if o == max(overlap)), key=lambda i: sims[i])
+        if max(sims) - sims[used] <= self.relevance_margin:
+            return None
+        return (f"the answer draws on a source about another question ({sources[used].doc}, similarity "
+                f"{sims[used]:.2f} to the question vs {max(sims):.2f} for the best source)")
 
     def unsure(self, verdict: Verdict) -> bool:
         """Whether tier 1 leaves this answer to tier 2."""
@@ -185,7 +209,7 @@ class Guardrail:
     def check(self, answer: str, sources: list[Source], question: str = "",
               provider: Callable[[], Provider] | None = None) -> Verdict:
         """The cascade: tier 1, and tier 2 only when tier 1 is unsure (and a provider is given)."""
-        verdict = self.tier1(answer, sources)
+        verdict = self.tier1(answer, sources, question)
         if not (self.tier2 and provider is not None and self.unsure(verdict)):
             if verdict.tier == 1 and self.unsure(verdict):
                 verdict.reasons.append("tier 1 unsure and no tier 2: failed to be safe")
