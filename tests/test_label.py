@@ -172,3 +172,22 @@ def test_label_cli(store: Store, tiny_task: Path, tmp_path: Path):
     bad = llmbus("select", "--project", "p", "--strategy", "smart")
     assert bad.returncode == 2 and "use one of uncertainty" in bad.stderr
     assert llmbus("create", "q", "--run", run_id, "--labels", "pass").returncode == 2
+
+
+def test_score_and_correction_pages(store: Store, tiny_task: Path):
+    from fastapi.testclient import TestClient
+
+    _project(store, tiny_task, label.LabelSchema(kind="score", correction=True))
+    token = label.add_annotator(store, "p", "carol")
+    client = TestClient(create_app(store, "p"))
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    client.post("/login", data={"token": token})
+    page = client.get("/").text
+    assert all(f'data-key="{k}"' in page for k in range(1, 6)) and 'id="correction"' in page
+    saved = client.post("/label", data={"item_id": "m0", "value": "4", "correction": "it is spam"},
+                        follow_redirects=False)
+    assert saved.status_code == 303
+    wrong = client.post("/label", data={"item_id": "m1", "value": "9"})
+    assert wrong.status_code == 400 and "not one of 1, 2, 3, 4, 5" in wrong.text
+    (row,) = label.label_rows(store, "p")
+    assert (row["label"], row["correction"], row["annotator"]) == ("4", "it is spam", "carol")
