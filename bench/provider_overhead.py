@@ -69,6 +69,12 @@ def throughput(provider: LocalProvider, tokens: int, requests: int, concurrency:
     return sum(c.tokens_out for c in done) / (time.perf_counter() - tick)
 
 
+def concurrency_ratio(provider: LocalProvider, tokens: int, requests: int, rounds: int) -> float:
+    """Median over interleaved rounds of 8-concurrent / sequential throughput (noise hits both sides alike)."""
+    return statistics.median(throughput(provider, tokens, requests, 8) / throughput(provider, tokens, requests, 1)
+                             for _ in range(rounds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
