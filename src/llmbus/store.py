@@ -39,7 +39,7 @@ runs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
-    sa.Column("item_offset", sa.Integer, default=0),  # added by 004: eval items skipped (--offset)
+    sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
 )
 
 calls = sa.Table(
@@ -109,12 +109,18 @@ def _m003_flows(conn: Connection) -> None:
     create_flow_tables(conn)
 
 
+def _add_column_if_missing(conn: Connection, table: str, column: str, ddl_type: str) -> None:
+    # Databases made before a migration lack a column the table definition above now declares.
+    if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
+
+
 def _m004_call_meta(conn: Connection) -> None:
-    # Databases made before this migration lack the columns that the tables now declare.
-    if "meta_json" not in {c["name"] for c in sa.inspect(conn).get_columns("calls")}:
-        conn.execute(sa.text("ALTER TABLE calls ADD COLUMN meta_json TEXT"))
-    if "item_offset" not in {c["name"] for c in sa.inspect(conn).get_columns("runs")}:
-        conn.execute(sa.text("ALTER TABLE runs ADD COLUMN item_offset INTEGER DEFAULT 0"))
+    _add_column_if_missing(conn, "calls", "meta_json", "TEXT")
+
+
+def _m005_run_item_offset(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
 
 
 # Append only: never edit or reorder an entry once it has shipped.
@@ -123,6 +129,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("003_flows", _m003_flows),
     ("002_quality", _m002_quality),
     ("004_call_meta", _m004_call_meta),
+    ("005_run_item_offset", _m005_run_item_offset),
 ]
 
 
