@@ -8,10 +8,10 @@ llmbus() { .venv/bin/llmbus "$@"; }
 TASK=examples/sms_spam/task.yaml
 
 echo
-echo "── Stop 2 · prompt-driven development: the embedded Gemma 3 270M on 200 SMS (8 nearest examples per item)"
+echo "── Stop 2 · prompt-driven development: the embedded Gemma 3 270M on ${DEMO_LIMIT:-200} SMS (8 nearest examples per item)"
 echo "   The exact prompt of the first item (llmbus run --dry-run):"
 llmbus run "$TASK" --dry-run | tail -n 7 | sed 's/^/   │ /'
-llmbus run "$TASK" --model local:gemma-3-270m --limit 200 --concurrency 4
+llmbus run "$TASK" --model local:gemma-3-270m --limit "${DEMO_LIMIT:-200}" --concurrency 4
 
 echo
 echo "── Stop 1 · do you need an LLM? Size tier, cheap baselines on the same data and metric, and the LLM run"
