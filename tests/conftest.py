@@ -135,9 +135,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (no browser download)."""
+    """Debian's Chromium driven by Playwright (no browser download); one per test, so no Playwright event
+    loop outlives the test that started it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -32,6 +33,7 @@ class StubState:
         self.slow_s = slow_s
         self.attempts: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.down = False  # set when the server stops: kept-alive connections must fail too
 
     def attempt(self, key: str) -> int:
         with self.lock:
@@ -68,6 +70,10 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             self._send(200, json.dumps({"object": "list", "data": [{"id": "stub-model"}]}).encode())
 
         def do_POST(self) -> None:
+            if state.down:  # a stopped server: drop the connection without an answer
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
             line = _last_line(body)
@@ -153,5 +159,6 @@ class StubServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.state.down = True
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -4,7 +4,6 @@ chromium driven by Playwright): sign in with a token, label by keyboard, undo, e
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,9 +15,6 @@ from llmbus.label_web import create_app
 from llmbus.llamacpp import free_port
 from llmbus.store import Store
 from quality_helpers import add_run
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def _project(store: Store, tiny_task: Path, schema: label.LabelSchema, n: int = 5) -> str:
@@ -82,16 +78,6 @@ class _Server:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def _sign_in(browser: object, base: str, token: str) -> object:

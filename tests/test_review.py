@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -116,68 +117,62 @@ def review_server(store: Store) -> Iterator[str]:
     thread.join(10)
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
 @pytest.mark.slow
-def test_a_decision_in_the_browser_resumes_the_flow(tmp_path: Path, store: Store, review_server: str):
-    from playwright.sync_api import expect, sync_playwright
+def test_a_decision_in_the_browser_resumes_the_flow(tmp_path: Path, store: Store, review_server: str,
+                                                     browser: Any):
+    from playwright.sync_api import expect
 
     flow_file = tmp_path / "ask.py"
     flow_file.write_text(FLOW_FILE)
     outcome = start(store, load_flow(flow_file), {"question": "My internet is down"})
     assert outcome.status == "waiting_review"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        alice, bob = browser.new_page(), browser.new_context().new_page()
-        alice.goto(review_server + "/")
-        expect(alice.locator("#token")).to_be_visible()  # not signed in: the login page
-        alice.fill("#token", "wrong-token-000")
-        alice.click("text=Sign in")
-        expect(alice.locator(".error")).to_have_text("unknown token")
-        alice.fill("#token", "alice-token-123")
-        alice.click("text=Sign in")
-        expect(alice.locator("#reviewer")).to_have_text("alice")
-        expect(alice.locator("#pending")).to_contain_text("My internet is down")
-        alice.click("#pending a")
-        expect(alice.locator("#draft")).to_have_text('{"answer": "maybe reinstall everything"}')
-        expect(alice.locator(".source")).to_contain_text("Restart your router.")
-        expect(alice.locator(".reason")).to_contain_text("not in the sources")
+    alice, bob = browser.new_page(), browser.new_context().new_page()
+    alice.goto(review_server + "/")
+    expect(alice.locator("#token")).to_be_visible()  # not signed in: the login page
+    alice.fill("#token", "wrong-token-000")
+    alice.click("text=Sign in")
+    expect(alice.locator(".error")).to_have_text("unknown token")
+    alice.fill("#token", "alice-token-123")
+    alice.click("text=Sign in")
+    expect(alice.locator("#reviewer")).to_have_text("alice")
+    expect(alice.locator("#pending")).to_contain_text("My internet is down")
+    alice.click("#pending a")
+    expect(alice.locator("#draft")).to_have_text('{"answer": "maybe reinstall everything"}')
+    expect(alice.locator(".source")).to_contain_text("Restart your router.")
+    expect(alice.locator(".reason")).to_contain_text("not in the sources")
 
-        # A second reviewer opening the same item is told who has it, and gets no form.
-        bob.goto(review_server + "/login")
-        bob.fill("#token", "bob-token-4567")
-        bob.click("text=Sign in")
-        bob.goto(alice.url)
-        expect(bob.locator("#error")).to_contain_text("being reviewed by alice")
-        expect(bob.locator("#answer")).to_have_count(0)
+    # A second reviewer opening the same item is told who has it, and gets no form.
+    bob.goto(review_server + "/login")
+    bob.fill("#token", "bob-token-4567")
+    bob.click("text=Sign in")
+    bob.goto(alice.url)
+    expect(bob.locator("#error")).to_contain_text("being reviewed by alice")
+    expect(bob.locator("#answer")).to_have_count(0)
 
-        # An edit into invalid JSON is refused with the reason; the typed text is still there.
-        alice.fill("#answer", '{"answer": "Restart your router"')
-        alice.fill("#comment", "grounded in the source")
-        alice.click("text=Save edited answer")
-        expect(alice.locator("#error")).to_contain_text("must be JSON")
-        expect(alice.locator("#answer")).to_have_value('{"answer": "Restart your router"')
-        assert FlowLog(store).get_run(outcome.run_id)["status"] == "waiting_review"
+    # An edit into invalid JSON is refused with the reason; the typed text is still there.
+    alice.fill("#answer", '{"answer": "Restart your router"')
+    alice.fill("#comment", "grounded in the source")
+    alice.click("text=Save edited answer")
+    expect(alice.locator("#error")).to_contain_text("must be JSON")
+    expect(alice.locator("#answer")).to_have_value('{"answer": "Restart your router"')
+    assert FlowLog(store).get_run(outcome.run_id)["status"] == "waiting_review"
 
-        alice.fill("#answer", '{"answer": "Restart your router"}')
-        alice.click("text=Save edited answer")
-        expect(alice.locator(".notice")).to_contain_text(f"flow run {outcome.run_id} resumes")
+    alice.fill("#answer", '{"answer": "Restart your router"}')
+    alice.click("text=Save edited answer")
+    expect(alice.locator(".notice")).to_contain_text(f"flow run {outcome.run_id} resumes")
 
-        deadline = time.time() + 30
-        while FlowLog(store).get_run(outcome.run_id)["status"] != "done" and time.time() < deadline:
-            time.sleep(0.1)
-        run = FlowLog(store).get_run(outcome.run_id)
-        assert run["status"] == "done"
-        assert run["output"] == {"answer": '{"answer": "Restart your router"}', "action": "edited", "by": "alice"}
-        alice.goto(f"{review_server}/runs/{outcome.run_id}")
-        expect(alice.locator("#run-status")).to_have_text("done")
-        expect(alice.locator("#run-output")).to_contain_text("Restart your router")
+    deadline = time.time() + 30
+    while FlowLog(store).get_run(outcome.run_id)["status"] != "done" and time.time() < deadline:
+        time.sleep(0.1)
+    run = FlowLog(store).get_run(outcome.run_id)
+    assert run["status"] == "done"
+    assert run["output"] == {"answer": '{"answer": "Restart your router"}', "action": "edited", "by": "alice"}
+    alice.goto(f"{review_server}/runs/{outcome.run_id}")
+    expect(alice.locator("#run-status")).to_have_text("done")
+    expect(alice.locator("#run-output")).to_contain_text("Restart your router")
 
-        # The late reviewer's decision is refused with a clear message; nothing changes.
-        bob.reload()
-        expect(bob.locator("#error")).to_contain_text("already edited by alice")
-        browser.close()
+    # The late reviewer's decision is refused with a clear message; nothing changes.
+    bob.reload()
+    expect(bob.locator("#error")).to_contain_text("already edited by alice")
     [example] = ExamplePool(store, "support").nearest("internet down", k=1)
     assert example["origin"].startswith("review:")
