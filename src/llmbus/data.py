@@ -104,6 +104,13 @@ def _format_from_suffix(path: Path) -> str:
 
 
 def _read_jsonl(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    return read_jsonl(path)
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; malformed lines fail naming file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
     rows = []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from llmbus.agreement import cohen_kappa, fleiss_kappa
+from llmbus.data import read_jsonl
 from llmbus.errors import DataError, LlmbusError
 from llmbus.judge import answer_text, run_items
 from llmbus.quality_store import annotators, label_items, label_projects, labels
@@ -226,24 +227,15 @@ def import_labels(store: Store, project: str, path: Path, annotator: str) -> int
     schema = get_project(store, project)["schema"]
     run_calls = {c["item_id"] for c in store.iter_calls(get_project(store, project)["run_id"])}
     rows = []
-    if not path.is_file():
-        raise DataError(f"{path}: labels file not found")
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line_no}: malformed JSON: {exc.msg}") from None
-            item_id, value = str(row.get("item_id", "")), row.get("label")
-            if item_id not in run_calls:
-                raise DataError(f"{path}:{line_no}: item_id {item_id!r} is not an item of project {project!r} "
-                                f"(run {get_project(store, project)['run_id']}); nothing was imported")
-            if schema.kind != "text" and str(value) not in schema.values:
-                raise DataError(f"{path}:{line_no}: label {value!r} is not one of {', '.join(schema.values)}; "
-                                "nothing was imported")
-            rows.append((item_id, None if value is None else str(value), row.get("correction")))
+    for line_no, row in read_jsonl(path):
+        item_id, value = str(row.get("item_id", "")), row.get("label")
+        if item_id not in run_calls:
+            raise DataError(f"{path}:{line_no}: item_id {item_id!r} is not an item of project {project!r} "
+                            f"(run {get_project(store, project)['run_id']}); nothing was imported")
+        if schema.kind != "text" and str(value) not in schema.values:
+            raise DataError(f"{path}:{line_no}: label {value!r} is not one of {', '.join(schema.values)}; "
+                            "nothing was imported")
+        rows.append((item_id, None if value is None else str(value), row.get("correction")))
     enqueue(store, project, [(item_id, 0.0) for item_id, _, _ in rows], "import")
     for item_id, value, correction in rows:
         save_label(store, project, annotator, item_id, value, correction)
