@@ -156,14 +156,13 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     train_seconds = time.perf_counter() - tick
     student = EncoderStudent.load(student_dir, threads=settings.threads)
     val_answers, val_conf = predict(spec, student, by_split["val"])
-    test_answers, _ = predict(spec, student, by_split["test"])
+    test_answers, test_conf = predict(spec, student, by_split["test"])
     metric = spec.main_metric
     score = lambda pred, gold: metrics.item_score(metric, pred, gold)  # noqa: E731
     threshold, _, _ = pick_threshold(val_conf, [score(a, e.gold) for a, e in zip(val_answers, by_split["val"],
                                                                                     strict=True)],
                                      [score(e.teacher, e.gold) for e in by_split["val"]], target)
     test = by_split["test"]
-    _, test_conf = predict(spec, student, test)
     cascade_answers = [a if c >= threshold else e.teacher for a, c, e in zip(test_answers, test_conf, test,
                                                                              strict=True)]
     teacher_latency = float(np.median([c["latency_s"] for c in store.iter_calls(teacher_run)
