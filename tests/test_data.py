@@ -68,3 +68,34 @@ def test_conll_to_entities(tmp_path: Path):
 def test_bio_decoding_handles_stray_inside_tags():
     assert bio_to_entities(["a", "b", "c"], ["I-x", "I-x", "B-y"]) == [{"text": "a b", "type": "x"},
                                                                       {"text": "c", "type": "y"}]
+
+
+def test_conversations_yaml_gives_question_answer_items(tmp_path: Path):
+    (tmp_path / "qa.yml").write_text("categories: [trivia]\nconversations:\n"
+                                     "- - Who wrote Hamlet?\n  - Shakespeare\n"
+                                     "- A lone statement has no answer\n"
+                                     "- - What is 2+2?\n  - '4'\n  - Are you sure?\n")
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "qa.yml", kind="generate", output={},
+                                data={"path": "qa.yml", "format": "conversations", "input": "question",
+                                      "expected": "answer"}))
+    items = load_items(spec)
+    assert [(i.id, i.fields["question"], i.expected) for i in items] == [
+        ("3", "Who wrote Hamlet?", "Shakespeare"), ("6", "What is 2+2?", "4")]
+    assert items[1].fields["turns"][2] == "Are you sure?"
+
+
+def test_conversations_yaml_errors_name_the_line(tmp_path: Path):
+    (tmp_path / "qa.yml").write_text("conversations:\n- - Who?\n  - - nested\n")
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "qa.yml", kind="generate", output={},
+                                data={"path": "qa.yml", "format": "conversations", "input": "question",
+                                      "expected": "answer"}))
+    with pytest.raises(DataError, match=r"qa.yml:2: a conversation must be a list of text turns"):
+        load_items(spec)
+    (tmp_path / "qa.yml").write_text("topics: []\n")
+    with pytest.raises(DataError, match=r"qa.yml:1: missing field 'conversations'"):
+        load_items(spec)
+
+
+def test_packaged_trivia_example_loads():
+    items = load_items(load_spec(Path(__file__).parent.parent / "examples" / "trivia" / "task.yaml"))
+    assert len(items) >= 250 and all(i.fields["question"] and i.expected for i in items)

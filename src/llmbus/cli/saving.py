@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
 
 
 @app.command()
@@ -14,31 +16,45 @@ from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, ou
 def distill(
     task: str = typer.Argument(..., help="Task spec YAML"),
     teacher: str = typer.Option(..., "--teacher", help="Run id of the teacher's answers"),
-    student: str = typer.Option("encoder", "--student", help="encoder (classify/extract)"),
+    student: str = typer.Option("encoder", "--student", help="encoder (classify/extract) or lora (generate)"),
+    how: str = typer.Option("none", "--filter", help="Teacher answers to learn from: none, judge (verdicts "
+                                                     "that passed) or human (labels and corrections)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Output folder (default out/distill/TASK)"),
-    epochs: int = typer.Option(2, "--epochs", min=1),
-    target: float = typer.Option(0.98, "--target", help="Cascade quality target as a share of the teacher's"),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Passes over the training items (default: "
+                                                                    "encoder 2, lora 3)"),
+    target: float = typer.Option(0.98, "--target", help="Quality target as a share of the reference: the "
+                                                        "teacher's for the cascade, F16's for the quantization"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a small student on a teacher run; evaluate it against teacher and gold on held-out items."""
-    from llmbus.distill import distill as run_distill
     from llmbus.errors import LlmbusError
     from llmbus.spec import load_spec
     from llmbus.store import Store
-    from llmbus.student import TrainSettings
 
-    if student != "encoder":
-        raise LlmbusError(f"unknown student kind {student!r}: use encoder")
+    if student not in ("encoder", "lora"):
+        raise LlmbusError(f"unknown student kind {student!r}: use encoder or lora")
     spec = load_spec(task)
     folder = out_dir or Path("out") / "distill" / spec.name
+    if student == "lora":
+        _distill_lora(spec, Store(db), teacher, folder, epochs, target, how, as_json)
+    else:
+        _distill_encoder(spec, Store(db), teacher, folder, epochs, target, how, as_json)
+
+
+def _distill_encoder(spec: Any, store: Any, teacher: str, folder: Path, epochs: int | None, target: float, how: str,
+                     as_json: bool) -> None:
+    from llmbus.distill import distill as run_distill
+    from llmbus.student import TrainSettings
+
     with out.status(f"training the student on teacher run {teacher}…"):
-        report = run_distill(spec, Store(db), teacher, folder, TrainSettings(epochs=epochs), target=target)
+        report = run_distill(spec, store, teacher, folder, TrainSettings(epochs=epochs or 2), target=target,
+                             how=how)
     if as_json:
         out.print_json(data=report.as_dict())
         return
-    out.print(f"[bold]{report.student}[/] distilled from {report.teacher_model} (run {report.teacher_run}) on "
-              f"{report.n_train} items in {report.train_seconds:.0f}s; held-out test: {report.n_test} items")
+    _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
+                   report.train_seconds, report.n_test)
     out.print(f"  {report.metric}: teacher {fmt(report.teacher_quality)} · student {fmt(report.student_quality)} "
               f"({fmt(report.student_quality / report.teacher_quality if report.teacher_quality else None, '.2f')}× "
               f"teacher) · student agrees with teacher {fmt(report.student_agreement)}")
@@ -49,6 +65,45 @@ def distill(
     out.print(f"  semantic cache: threshold {report.semantic_threshold:.3f} → {report.semantic_hit_rate:.0%} of "
               f"paraphrases hit, {report.semantic_false_hit_rate:.1%} false hits (negations, other answers)")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
+
+
+def _distill_lora(spec: Any, store: Any, teacher: str, folder: Path, epochs: int | None, target: float, how: str,
+                  as_json: bool) -> None:
+    from rich.progress import Progress
+
+    from llmbus.distill import distill_lora
+    from llmbus.lora import LoraSettings
+
+    with Progress(transient=True, console=err) as progress:
+        bar = progress.add_task("LoRA training (loading the base model…)", total=None)
+        report = distill_lora(spec, store, teacher, folder, LoraSettings(epochs=epochs or 3), target=target, how=how,
+                              on_step=lambda step, total, loss: progress.update(
+                                  bar, completed=step, total=total,
+                                  description=f"LoRA training, loss {loss:.3f}" if step < total
+                                  else "merging, quantizing, comparing precisions on held-out items…"))
+    if as_json:
+        out.print_json(data=report.as_dict())
+        return
+    _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
+                   report.train["seconds"], report.n_test)
+    out.print(f"  teacher: {report.metric} {fmt(report.teacher_quality)} · {fmt(report.teacher_latency_ms, '.0f')} "
+              f"ms/item · {fmt(report.teacher_prompt_tokens, '.0f')} prompt tokens · "
+              f"${fmt(report.teacher_cost_per_1k, '.4f')}/1k")
+    table = Table("model", "size MB", report.metric, "vs teacher", "ms/item", "tokens/s", "prompt tok", "$/1k")
+    for v in report.variants:
+        name = "base (no LoRA)" if v["quant"] == "base" else v["quant"] + (" ✓" if v["quant"] == report.chosen else "")
+        table.add_row(name, f"{v['size_mb']:.0f}", fmt(v["quality"]), fmt(v["agreement"]), fmt(v["latency_ms"], ".0f"),
+                      fmt(v["tokens_per_s"], ".0f"), fmt(v["prompt_tokens"], ".0f"), fmt(v["cost_per_1k"], ".4f"))
+    out.print(table)
+    out.print(f"  ✓ = registered as [bold]{report.student}[/] (smallest file within {target:.0%} of F16 on "
+              f"validation); every precision is registered as {report.student}-f16/-q8_0/-q4_k_m")
+    out.print(f"  data: {report.out_dir}/data/*.jsonl · adapter: {report.out_dir}/student/adapter")
+
+
+def _print_heading(student: str, teacher_model: str, teacher_run: str, n_train: int, seconds: float,
+                   n_test: int) -> None:
+    out.print(f"[bold]{student}[/] distilled from {teacher_model} (run {teacher_run}) on {n_train} items in "
+              f"{seconds:.0f}s; held-out test: {n_test} items")
 
 
 @app.command()

@@ -1,0 +1,87 @@
+"""Which teacher answers a student may learn from: judge verdicts and human labels from stop 3.
+
+    --filter judge   keep the items the latest pointwise judge run on the teacher run passed
+    --filter human   use the human labels of label projects on the teacher run: a task label or a free-text
+                     correction replaces the teacher's answer, a pass (or a 1–5 score of 4–5) keeps it, any
+                     other verdict (fail, 1–3) drops the item; unlabeled items are dropped too
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from llmbus.calibrate import binarize
+from llmbus.errors import LlmbusError
+from llmbus.judge import SCORE_LABELS
+from llmbus.label import consensus, label_rows
+from llmbus.output import parse_output
+from llmbus.quality_store import judge_runs, label_projects, verdicts
+from llmbus.spec import TaskSpec
+from llmbus.store import Store, runs
+
+FILTERS = ("none", "judge", "human")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Keep the item or not; `answer` replaces the teacher's when a human corrected it."""
+
+    keep: bool
+    answer: Any = None
+    text: str | None = None
+
+
+def decisions(spec: TaskSpec, store: Store, teacher_run: str, how: str) -> dict[str, Decision] | None:
+    """Per item id, what the filter decided; None for `none` (keep every usable teacher answer)."""
+    if how not in FILTERS:
+        raise LlmbusError(f"--filter {how!r}: use one of {', '.join(FILTERS)}")
+    if how == "none":
+        return None
+    return judge_decisions(store, teacher_run) if how == "judge" else human_decisions(spec, store, teacher_run)
+
+
+def judge_decisions(store: Store, teacher_run: str) -> dict[str, Decision]:
+    """Pass/fail per item from the most recent pointwise judge run on the teacher run."""
+    query = (sa.select(judge_runs.c.run_id, judge_runs.c.positive, judge_runs.c.labels_json)
+             .join(runs, runs.c.id == judge_runs.c.run_id)
+             .where(judge_runs.c.target_run_id == teacher_run, judge_runs.c.mode == "pointwise")
+             .order_by(runs.c.created_at.desc()).limit(1))
+    with store.engine.connect() as conn:
+        judge = conn.execute(query).mappings().first()
+        if judge is None:
+            raise LlmbusError(f"--filter judge: no pointwise judge run on run {teacher_run} "
+                              f"(run `llmbus judge run TASK --target {teacher_run} …` first)")
+        rows = conn.execute(sa.select(verdicts.c.item_id, verdicts.c.verdict)
+                            .where(verdicts.c.judge_run_id == judge["run_id"])).all()
+    labels = list(json.loads(judge["labels_json"]))
+    positive = judge["positive"] or "pass"
+    return {item: Decision(keep=verdict is not None and binarize(verdict, labels, positive) == positive)
+            for item, verdict in rows}
+
+
+def human_decisions(spec: TaskSpec, store: Store, teacher_run: str) -> dict[str, Decision]:
+    """Majority human label (and the latest correction) per item over the label projects on the teacher run."""
+    with store.engine.connect() as conn:
+        projects = conn.scalars(sa.select(label_projects.c.name).where(label_projects.c.run_id == teacher_run)).all()
+    if not projects:
+        raise LlmbusError(f"--filter human: no label project on run {teacher_run} "
+                          f"(create one with `llmbus label create … --run {teacher_run}`)")
+    task_labels = set(spec.output.labels or ())
+    out: dict[str, Decision] = {}
+    for project in projects:
+        corrections = {row["item_id"]: row["correction"] for row in label_rows(store, project) if row["correction"]}
+        majority = consensus(store, project)
+        for item in set(majority) | set(corrections):
+            label = majority.get(item)
+            if item in corrections:
+                text = corrections[item].strip()
+                out[item] = Decision(keep=True, answer=parse_output(spec, text).value, text=text)
+            elif label in task_labels:
+                out[item] = Decision(keep=True, answer=label, text=label)
+            else:
+                out[item] = Decision(keep=label is not None and binarize(label, SCORE_LABELS, "pass") == "pass")
+    return out
