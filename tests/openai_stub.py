@@ -10,6 +10,9 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
+  DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
+With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
+chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -88,7 +91,26 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 time.sleep(state.slow_s)
             if "BADJSON" in line and n == 1:
                 return self._send(200, b"{not json")
+            if body.get("stream"):
+                return self._stream(body, answer(body, line), die="DIE-MIDSTREAM" in line)
             self._send(200, json.dumps(answer(body, line)).encode())
+
+        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")  # so a connection cut short is visibly broken
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for event in [*(f"data: {json.dumps(e)}\n\n" for e in stream_events(body, result)),
+                              "data: [DONE]\n\n"]:
+                    data = event.encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                    if die:  # a backend that dies mid-answer
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                self.wfile.write(b"0\r\n\r\n")
 
     return Handler
 
@@ -109,6 +131,23 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
         text = label
         top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
     return _completion(body, text, top)
+
+
+def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk."""
+    chat = "messages" in body
+    choice = result["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(piece: str, finish: str | None = None) -> dict[str, Any]:
+        part = {"delta": {"content": piece} if piece or not finish else {}} if chat else {"text": piece}
+        return {"id": "stub", "object": kind, "choices": [{"index": 0, **part, "finish_reason": finish}]}
+
+    events = [chunk(text[i:i + 2]) for i in range(0, len(text), 2)] + [chunk("", "stop")]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({"id": "stub", "object": kind, "choices": [], "usage": result["usage"]})
+    return events
 
 
 def agent_turn(prompt: str) -> str:

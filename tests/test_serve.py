@@ -18,6 +18,7 @@ import yaml
 
 from llmbus.gateway import Gateway, load_serve_config
 from llmbus.llamacpp import free_port
+from llmbus.providers import Request
 from llmbus.serve import create_app
 from llmbus.store import Store
 from openai_stub import StubServer
@@ -151,3 +152,80 @@ def test_load_with_backend_killed_midway_falls_back_and_recovers(tmp_path: Path)
     assert rows == 2000  # no lost log rows
     assert done["fallback"] > 0  # fell back while the primary was down
     assert done["backend"] > 1000  # and went back to it once it answered again
+
+
+def test_streaming_through_an_openai_backend_chunk_by_chunk_with_usage(tmp_path: Path):
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url)
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            client = openai.OpenAI(base_url=url, api_key="none")
+            stream = client.chat.completions.create(model="chat", stream=True, stream_options={"include_usage": True},
+                                                    messages=[{"role": "user", "content": "win a spam prize"}])
+            chunks = list(stream)
+            rows = [c for c in gateway.store.iter_calls(gateway.run_ids["chat"])]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert pieces == ["sp", "am"]  # the stub streams two characters at a time: the gateway passes them on
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 1
+    assert len(rows) == 1 and rows[0]["raw_output"] == "spam" and rows[0]["error_kind"] is None
+    assert rows[0]["meta"]["route"] == "backend" and 0 <= rows[0]["meta"]["ttft_s"] <= rows[0]["latency_s"]
+    assert rows[0]["tokens_out"] == 1 and rows[0]["cost_usd"] > 0  # usage from the backend's last chunk
+
+
+def test_stream_falls_back_before_the_first_token_and_fails_cleanly_after_it(tmp_path: Path):
+    primary = StubServer()
+    with primary, StubServer() as backend, StubServer() as spare:
+        config = write_configs(tmp_path, primary.base_url, backend.base_url)
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            primary.__exit__()  # the primary is gone before the request: the fallback streams the answer
+            client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+            streamed = client.completions.create(model="chat", prompt="see you soon", stream=True)
+            assert "".join(c.choices[0].text for c in streamed) == "ham"
+            fallback_rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+        # A backend that dies after its first chunk: the client gets an error event, no fallback is tried.
+        config = write_configs(tmp_path, backend.base_url, spare.base_url)
+        with running_gateway(config, tmp_path / "gw2.db") as (url, gateway):
+            client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+            received = []
+            with pytest.raises(openai.APIError, match="stream broke"):
+                for chunk in client.completions.create(model="chat", prompt="hello DIE-MIDSTREAM", stream=True):
+                    received.append(chunk.choices[0].text)
+            died_rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        assert not spare.state.attempts
+    assert [r["meta"]["route"] for r in fallback_rows] == ["fallback"]
+    assert received == ["ha"]
+    assert len(died_rows) == 1 and died_rows[0]["error_kind"] == "connection"
+    assert died_rows[0]["raw_output"] == "ha" and died_rows[0]["meta"]["route"] == "backend"
+    assert 'llmbus_gateway_requests_total{model="chat",route="none",status="error"} 1.0' in metrics
+    assert "llmbus_gateway_in_flight 0.0" in metrics
+
+
+def test_streaming_from_the_local_model_token_by_token(tmp_path: Path):
+    """The embedded Gemma through the gateway: pieces arrive while the backend is still decoding."""
+    (tmp_path / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"local:gemma-3-270m": {"threads": 1,
+                                                                                           "parallel": 2}}}))
+    serve = tmp_path / "serve.yaml"
+    serve.write_text(yaml.safe_dump({"models": {"gemma": {"model": "local:gemma-3-270m"}}}))
+    prompt = "A shopping list:\n1. apples\n2. bread\n3."
+    with running_gateway(serve, tmp_path / "gw.db") as (url, gateway):
+        client = openai.OpenAI(base_url=url, api_key="none")
+        run_id = gateway.run_ids["gemma"]
+        pieces, rows_at_first_piece = [], None
+        for chunk in client.completions.create(model="gemma", prompt=prompt, max_tokens=48, stream=True):
+            if chunk.choices[0].text:
+                if rows_at_first_piece is None:
+                    rows_at_first_piece = len(list(gateway.store.iter_calls(run_id)))
+                pieces.append(chunk.choices[0].text)
+        rows = list(gateway.store.iter_calls(run_id))
+        # The same request without streaming, straight to the backend (the gateway's cache would answer it).
+        direct = gateway.providers["local:gemma-3-270m"].complete(Request(prompt, max_tokens=48, input=prompt))
+        cached = [c.choices[0].text for c in client.completions.create(model="gemma", prompt=prompt, max_tokens=48,
+                                                                        stream=True)]
+        cached_row = list(gateway.store.iter_calls(run_id))[-1]
+    assert len(pieces) > 1
+    assert rows_at_first_piece == 0  # the first piece was out before the answer was finished and logged
+    assert "".join(pieces) == direct.text  # greedy: streaming changes nothing but the timing
+    assert len(rows) == 1 and rows[0]["raw_output"] == direct.text and rows[0]["meta"]["route"] == "backend"
+    assert rows[0]["tokens_out"] == direct.tokens_out >= len(pieces)
+    assert 0 < rows[0]["meta"]["ttft_s"] < rows[0]["latency_s"] and rows[0]["cost_usd"] > 0
+    assert "".join(cached) == direct.text and cached_row["meta"]["route"] == "cache_exact"

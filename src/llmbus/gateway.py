@@ -2,7 +2,8 @@
 
 `serve.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
 (a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
-backend, or fallback.
+backend, or fallback. `open_stream` answers the same way piece by piece (gateway_stream.py): fallbacks apply
+until the first piece is out, and a streamed call's meta adds its time to first token (`ttft_s`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmbus.data import Item, load_items, split_items
 from llmbus.errors import LlmbusError, ProviderError, SpecError
 from llmbus.fewshot import ExampleSelector
+from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
@@ -203,21 +206,90 @@ class Gateway:
         """Cache, then the model, then its fallbacks; logs the call either way."""
         route = self.config.models[name]
         tick = time.perf_counter()
-        scope = f"{name}:{request.max_tokens}:{request.temperature}"
-        exact_key = request.cache_key(route.model)
-        hit = self._cached(exact_key, scope, request)
+        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
         if hit is not None:
             completion, kind = hit
             answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
         else:
-            completion, used, kind = self._call_with_fallbacks(route, request)
+            try:
+                completion, used, kind = self._call_with_fallbacks(route, request)
+            except GatewayError as exc:
+                self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick),
+                          key, ProviderError("all_failed", str(exc)))
+                raise
             answer = Answer(completion, kind, used, time.perf_counter() - tick)
-            if self.config.cache.exact and request.temperature == 0:
-                self.store.cache_put(exact_key, route.model, completion.cache_dict())
-            if self.semantic is not None and request.temperature == 0 and request.input:
-                self.semantic.add(scope, request.input, completion.cache_dict())
+            self._remember(name, request, completion)
         self._log(name, request, answer, key)
         return answer
+
+    def open_stream(self, name: str, request: Request, key: KeyConfig | None) -> AnswerStream:
+        """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
+        answer) is there, so a backend that fails before it still falls back and a request that nobody can
+        answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
+        route = self.config.models[name]
+        tick = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+        if hit is not None:
+            answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
+            answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
+            self._log(name, request, answer, key)
+            return AnswerStream(_replay(answer), request_id)
+        errors = []
+        for position, ref in enumerate([route.model, *route.fallbacks]):
+            pump = Pump(self._pool, self.providers[ref], request, route.timeout_s)
+            first = pump.next()
+            if first.kind in ("piece", "done"):
+                kind = "backend" if position == 0 else "fallback"
+                return AnswerStream(self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id),
+                                                tick, pump, first), request_id)
+            pump.cancel()
+            errors.append(f"{ref}: {first.failure(route.timeout_s)}")
+        message = "all backends failed: " + "; ".join(errors)
+        self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
+                                        request_id), key, ProviderError("all_failed", message))
+        raise GatewayError(502, message)
+
+    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float, pump: Pump,
+               event: Event) -> Generator[str, None, Answer]:
+        """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure)."""
+        pieces: list[str] = []
+        ttft = None
+        try:
+            while event.kind == "piece":
+                ttft = ttft if ttft is not None else time.perf_counter() - tick
+                pieces.append(event.value)
+                yield event.value
+                event = pump.next()
+        except GeneratorExit:  # the client went away: stop the backend, keep the row
+            event = Event("error", ProviderError("client_closed", "the client closed the stream"))
+            raise
+        finally:
+            answer.latency_s = time.perf_counter() - tick
+            if event.kind != "done":
+                pump.cancel()
+                answer.completion.text = "".join(pieces)
+                self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+        if event.kind != "done":
+            raise event.failure(self.config.models[name].timeout_s)
+        answer.completion = event.value
+        answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
+        self._remember(name, request, answer.completion)
+        self._log(name, request, answer, key)
+        return answer
+
+    def _scope(self, name: str, request: Request) -> str:
+        return f"{name}:{request.max_tokens}:{request.temperature}"
+
+    def _remember(self, name: str, request: Request, completion: Completion) -> None:
+        """Put a fresh greedy answer into the caches."""
+        if request.temperature != 0:
+            return
+        model = self.config.models[name].model
+        if self.config.cache.exact:
+            self.store.cache_put(request.cache_key(model), model, completion.cache_dict())
+        if self.semantic is not None and request.input:
+            self.semantic.add(self._scope(name, request), request.input, completion.cache_dict())
 
     def _cached(self, exact_key: str, scope: str, request: Request) -> tuple[Completion, str] | None:
         if request.temperature != 0:
@@ -252,7 +324,8 @@ class Gateway:
                                      spec_version=spec.version if spec else "-", spec_json="{}", model=route.model,
                                      metric="none", n_planned=0, concurrency=0)
 
-    def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None) -> None:
+    def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
+             error: ProviderError | None = None) -> None:
         completion = answer.completion
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
         meta = {**completion.extra, "route": answer.route, "key": key.name if key else None}
@@ -260,11 +333,18 @@ class Gateway:
         self.store.record_call(CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
             if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=request.prompt,
-            started_at=stamp, finished_at=stamp, raw_output=completion.text, parsed=completion.text,
-            confidence=completion.confidence, label_probs=completion.label_probs, tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out, latency_s=answer.latency_s, cost_usd=cost,
-            cpu_s=completion.cpu_seconds, cache_hit=answer.route.startswith("cache"), meta=meta))
+            started_at=stamp, finished_at=stamp, raw_output=completion.text,
+            parsed=None if error else completion.text, confidence=completion.confidence,
+            label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
+            latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
+            cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
+            error=str(error) if error else None, meta=meta))
         if key is not None:
             with self._lock:
                 self._spent[key.name] += cost
 
+
+def _replay(answer: Answer) -> Generator[str, None, Answer]:
+    """A cached answer as a stream of word-sized pieces."""
+    yield from word_pieces(answer.completion.text)
+    return answer

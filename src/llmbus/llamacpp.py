@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,51 @@ def check_gguf(path: Path) -> None:
         magic = handle.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+
+
+# Speculative-decoding settings → the llama-server flag for each speculation type (from this build's --help).
+SPEC_TYPES = ("ngram-simple", "ngram-map-k", "ngram-mod", "draft-simple")
+SPEC_SETTINGS = {
+    "draft_max": {"draft-simple": "--spec-draft-n-max", "ngram-simple": "--spec-ngram-simple-size-m",
+                  "ngram-map-k": "--spec-ngram-map-k-size-m", "ngram-mod": "--spec-ngram-mod-n-max"},
+    "draft_min": {"draft-simple": "--spec-draft-n-min", "ngram-mod": "--spec-ngram-mod-n-min"},
+    "ngram_size": {"ngram-simple": "--spec-ngram-simple-size-n", "ngram-map-k": "--spec-ngram-map-k-size-n",
+                   "ngram-mod": "--spec-ngram-mod-n-match"},
+}
+
+
+def speculative_args(kind: str | None, draft_gguf: Path | None = None,
+                     **settings: int | None) -> tuple[str, ...]:
+    """llama-server flags for speculative decoding: draft-free n-gram lookup, or a draft model (`-md`)."""
+    if kind is None:
+        if draft_gguf is not None or any(v is not None for v in settings.values()):
+            raise ModelError("speculative decoding settings need `speculative:` (one of " + ", ".join(SPEC_TYPES) + ")")
+        return ()
+    if kind not in SPEC_TYPES:
+        raise ModelError(f"unknown speculative decoding {kind!r} (known: {', '.join(SPEC_TYPES)})")
+    if (kind == "draft-simple") != (draft_gguf is not None):
+        raise ModelError("draft_gguf goes with speculative: draft-simple, and draft-simple needs a draft_gguf")
+    args = ["--spec-type", kind]
+    if draft_gguf is not None:
+        args += ["--model-draft", str(draft_gguf)]
+    for name, value in settings.items():
+        if value is None:
+            continue
+        flag = SPEC_SETTINGS[name].get(kind)
+        if flag is None:
+            raise ModelError(f"{name} does not apply to speculative decoding {kind!r}")
+        args += [flag, str(value)]
+    return tuple(args)
+
+
+def _check_status(response: httpx.Response) -> None:
+    if response.status_code != 200:
+        raise ProviderError(f"http_{response.status_code}",
+                            f"llama-server: HTTP {response.status_code}: {response.text[:200]}")
+
+
+def _connection_error(exc: httpx.TransportError) -> ProviderError:
+    return ProviderError("connection", f"llama-server: {exc.__class__.__name__}: {exc}")
 
 
 def _die_with_parent() -> None:
@@ -163,14 +209,38 @@ class LlamaServer:
             try:
                 response = self.client.post(path, json=body)
             except httpx.TransportError as exc:
-                if attempt == 0 and self.process is not None and self.process.poll() is not None:
-                    continue  # crashed: the loop restarts it
-                raise ProviderError("connection", f"llama-server: {exc.__class__.__name__}: {exc}") from None
-            if response.status_code != 200:
-                raise ProviderError(f"http_{response.status_code}",
-                                    f"llama-server: HTTP {response.status_code}: {response.text[:200]}")
+                if self._crashed(attempt):
+                    continue  # the loop restarts it
+                raise _connection_error(exc) from None
+            _check_status(response)
             return dict(response.json())
         raise ProviderError("connection", "llama-server died twice")
+
+    def stream_lines(self, path: str, body: dict[str, Any]) -> Iterator[str]:
+        """POST JSON and yield the response's lines as they arrive (server-sent events for `"stream": true`).
+        A server found dead before the first line is restarted once; dying later ends with ProviderError."""
+        for attempt in range(2):
+            self.ensure_running()
+            assert self.client is not None
+            started = False
+            try:
+                with self.client.stream("POST", path, json=body) as response:
+                    if response.status_code != 200:
+                        response.read()
+                    _check_status(response)
+                    for line in response.iter_lines():
+                        started = True
+                        yield line
+                return
+            except httpx.TransportError as exc:
+                if not started and self._crashed(attempt):
+                    continue
+                raise _connection_error(exc) from None
+        raise ProviderError("connection", "llama-server died twice")
+
+    def _crashed(self, attempt: int) -> bool:
+        """On a first attempt: did the process die (so a restart and retry may help)?"""
+        return attempt == 0 and self.process is not None and self.process.poll() is not None
 
     def cpu_seconds(self) -> float:
         """User+system CPU time the server process has used so far."""

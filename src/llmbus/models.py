@@ -24,9 +24,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmbus.errors import ModelError, SpecError
+from llmbus.llamacpp import speculative_args
 from llmbus.spec import describe_validation_error, read_yaml
 
 DEFAULT_MODEL = "local:gemma-3-270m"
@@ -46,6 +47,12 @@ class ModelConfig(BaseModel):
     parallel: int = Field(default=8, ge=1)  # server slots: requests decoded together
     ctx_per_slot: int = Field(default=2048, ge=256)
     usd_per_hour: float = Field(default=0.05, ge=0)  # CPU machine price used for local cost
+    # local: speculative decoding (llama-server --spec-type): draft-free n-gram lookup, or a draft GGUF
+    speculative: Literal["ngram-simple", "ngram-map-k", "ngram-mod", "draft-simple"] | None = None
+    draft_gguf: str | None = None  # draft-simple: a smaller GGUF with the same tokenizer
+    draft_max: int | None = Field(default=None, ge=1)  # longest draft verified in one step
+    draft_min: int | None = Field(default=None, ge=0)
+    ngram_size: int | None = Field(default=None, ge=1)  # n-gram lookup: tokens that must match to draft
     # openai: any OpenAI-compatible endpoint
     base_url: str | None = None
     model: str | None = None
@@ -61,6 +68,21 @@ class ModelConfig(BaseModel):
     # prices per 1M tokens (remote); local models are priced from CPU-seconds instead
     usd_per_1m_input: float = Field(default=0.0, ge=0)
     usd_per_1m_output: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _speculation_fits(self) -> ModelConfig:
+        try:
+            self.speculative_args()
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def speculative_args(self, draft: Path | None = None) -> tuple[str, ...]:
+        """llama-server flags for this model's speculative decoding (empty when none is configured);
+        `draft` is the resolved draft GGUF path."""
+        draft = draft or (Path(self.draft_gguf) if self.draft_gguf else None)
+        return speculative_args(self.speculative, draft, draft_max=self.draft_max, draft_min=self.draft_min,
+                                ngram_size=self.ngram_size)
 
 
 BUILTIN: dict[str, dict[str, object]] = {

@@ -1,16 +1,16 @@
 """`llmbus serve`: an OpenAI-compatible HTTP gateway (FastAPI) in front of `gateway.Gateway`.
 
-Endpoints: POST /v1/chat/completions and /v1/completions (with `stream: true` as server-sent events),
-GET /v1/models, /metrics (Prometheus), /health. A served model with a `task` renders the task's prompt around
-the caller's text, so clients send the raw input (an SMS, a tweet) and get the task's answer.
+Endpoints: POST /v1/chat/completions and /v1/completions (with `stream: true` as server-sent events, sent
+as the backend produces them), GET /v1/models, /metrics (Prometheus), /health. A served model with a `task`
+renders the task's prompt around the caller's text, so clients send the raw input (an SMS, a tweet) and get
+the task's answer.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from llmbus.gateway import Answer, Gateway, GatewayError
+from llmbus.errors import ProviderError
+from llmbus.gateway import Answer, Gateway, GatewayError, KeyConfig
+from llmbus.gateway_stream import AnswerStream
 
 
 class GatewayMetrics:
@@ -100,21 +102,31 @@ def create_app(gateway: Gateway) -> FastAPI:
         request = gateway.request_for(name, prompt, raw_input, body)
         metrics.in_flight.inc()
         try:
+            if body.get("stream"):
+                stream = gateway.open_stream(name, request, key)
+                usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                return StreamingResponse(sse_events(name, stream, chat, usage,
+                                                    lambda: observe(name, stream.answer, key)),
+                                         media_type="text/event-stream")
             answer = gateway.answer(name, request, key)
         except GatewayError:
-            metrics.requests.labels(name, "none", "error").inc()
+            observe(name, None, key)
             raise
-        finally:
-            metrics.in_flight.dec()
+        observe(name, answer, key)
+        return completion_body(name, answer, chat)
+
+    def observe(name: str, answer: Answer | None, key: KeyConfig | None) -> None:
+        """Count a finished request (None: it failed, before or during its stream)."""
+        metrics.in_flight.dec()
+        if answer is None:
+            metrics.requests.labels(name, "none", "error").inc()
+            return
         metrics.requests.labels(name, answer.route, "ok").inc()
         metrics.latency.labels(name, answer.route).observe(answer.latency_s)
         metrics.tokens.labels(name, "in").inc(answer.completion.tokens_in)
         metrics.tokens.labels(name, "out").inc(answer.completion.tokens_out)
         if not answer.route.startswith("cache"):
             metrics.cost.labels(name, key.name if key else "").inc(answer.completion.cost_usd)
-        if body.get("stream"):
-            return StreamingResponse(sse_chunks(name, answer, chat), media_type="text/event-stream")
-        return completion_body(name, answer, chat)
 
     @app.post("/v1/chat/completions")
     def chat_completions(body: dict[str, Any], request: Request) -> Any:
@@ -145,40 +157,35 @@ def completion_body(name: str, answer: Answer, chat: bool) -> dict[str, Any]:
                        "label_probs": c.label_probs, "cost_usd": c.cost_usd, "latency_s": answer.latency_s}}
 
 
-def sse_chunks(name: str, answer: Answer, chat: bool) -> Iterator[str]:
-    """Server-sent events in OpenAI's streaming shape: word-sized text chunks, a final chunk, [DONE]."""
-    chunk_id = f"llmbus-{answer.request_id or uuid.uuid4().hex[:16]}"
+def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool, done: Callable[[], None]) -> Iterator[str]:
+    """Server-sent events in OpenAI's streaming shape: one chunk per text piece as it arrives, a final chunk,
+    a usage chunk when asked for, and [DONE]; a backend failing mid-stream ends it with an error event.
+    `done` runs when the stream ends, however it ends."""
+    chunk_id = f"llmbus-{stream.request_id}"
     kind = "chat.completion.chunk" if chat else "text_completion"
-    text = answer.completion.text
-    pieces = [p for p in _pieces(text)] or [""]
-    for position, piece in enumerate(pieces):
-        if chat:
-            delta: dict[str, Any] = {"content": piece}
-            if position == 0:
-                delta["role"] = "assistant"
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
-        else:
-            choice = {"index": 0, "text": piece, "finish_reason": None}
-        yield "data: " + json.dumps({"id": chunk_id, "object": kind, "created": int(time.time()), "model": name,
-                                     "choices": [choice]}) + "\n\n"
-    final: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-    if chat:
-        final["delta"] = {}
-    else:
-        final["text"] = ""
-    yield "data: " + json.dumps({"id": chunk_id, "object": kind, "created": int(time.time()), "model": name,
-                                 "choices": [final]}) + "\n\n"
-    yield "data: [DONE]\n\n"
 
+    def event(choice: dict[str, Any] | None, **extra: Any) -> str:
+        return "data: " + json.dumps({"id": chunk_id, "object": kind, "created": int(time.time()), "model": name,
+                                     "choices": [choice] if choice else [], **extra}) + "\n\n"
 
-def _pieces(text: str) -> list[str]:
-    """Split text into word-sized pieces that concatenate back to it exactly."""
-    pieces, current = [], ""
-    for char in text:
-        current += char
-        if char == " ":
-            pieces.append(current)
-            current = ""
-    if current:
-        pieces.append(current)
-    return pieces
+    first = True
+    try:
+        for piece in stream:
+            if chat:
+                delta: dict[str, Any] = {"content": piece, **({"role": "assistant"} if first else {})}
+                yield event({"index": 0, "delta": delta, "finish_reason": None})
+            else:
+                yield event({"index": 0, "text": piece, "finish_reason": None})
+            first = False
+        yield event({"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})})
+        if usage and stream.answer is not None:
+            c = stream.answer.completion
+            yield event(None, usage={"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out,
+                                     "total_tokens": c.tokens_in + c.tokens_out})
+        yield "data: [DONE]\n\n"
+    except ProviderError as exc:
+        yield "data: " + json.dumps({"error": {"message": str(exc), "type": "llmbus_error",
+                                               "code": exc.kind}}) + "\n\n"
+    finally:
+        stream.close()
+        done()

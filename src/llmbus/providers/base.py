@@ -1,12 +1,19 @@
-"""What every provider takes and returns. A provider is a small class with one `complete` method."""
+"""What every provider takes and returns. A provider is a small class with one `complete` method.
+
+A provider that can hand out text while it is generated also has `stream(request)`: a generator of text pieces
+whose return value is the final Completion. `stream_pieces` gives every provider that shape.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from llmbus.errors import ProviderError
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,37 @@ class Provider(Protocol):
     def check(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def stream_pieces(provider: Provider, request: Request) -> Generator[str, None, Completion]:
+    """Text pieces as the provider produces them, returning the Completion; providers without `stream`
+    (encoders, cascades, label scoring) yield their whole answer once."""
+    stream = getattr(provider, "stream", None)
+    if stream is not None:
+        return (yield from stream(request))
+    return (yield from whole(provider.complete(request)))
+
+
+def whole(completion: Completion) -> Generator[str, None, Completion]:
+    """A finished Completion as a stream: its text as one piece."""
+    if completion.text:
+        yield completion.text
+    return completion
+
+
+def sse_data(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a server-sent event stream's `data:` lines, up to `data: [DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, `event:` lines
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        if payload:
+            try:
+                yield json.loads(payload)
+            except ValueError:
+                raise ProviderError("bad_response", f"stream event is not JSON: {payload[:120]!r}") from None
 
 
 def normalize_probs(scores: dict[str, float]) -> dict[str, float]:

@@ -5,6 +5,8 @@
   The answer is the most likely label; its probability is the confidence the cascade and active learning use.
 - JSON Schemas are enforced by llama.cpp's grammar sampler (`json_schema`).
 - Cost is measured CPU-seconds of the server, shared among the requests in flight, at a $/hour price.
+- `stream` yields generated text as llama-server produces it; with speculative decoding configured, each
+  call records the tokens drafted and accepted (llama-server's `timings.draft_n` / `draft_n_accepted`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from llmbus.errors import ProviderError
 from llmbus.llamacpp import LlamaServer, resolve_gguf
 from llmbus.models import ModelConfig
-from llmbus.providers.base import Completion, Request, normalize_probs
+from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 
 TOP_PROBS = 64  # alternatives llama-server reports per position when scoring labels
 FLOOR_PROB = 1e-9  # a label token outside the reported top alternatives
@@ -64,8 +67,9 @@ class LocalProvider:
         assert config.gguf, "local models need a gguf"
         self.name = config.name
         self.config = config
+        speculation = config.speculative_args(resolve_gguf(config.draft_gguf) if config.draft_gguf else None)
         self.server = LlamaServer(resolve_gguf(config.gguf), threads=config.threads, parallel=config.parallel,
-                                  ctx_per_slot=config.ctx_per_slot, extra_args=extra_args)
+                                  ctx_per_slot=config.ctx_per_slot, extra_args=(*speculation, *extra_args))
         self._cpu: CpuShare | None = None
         self._token_cache: dict[str, list[int]] = {}
 
@@ -84,11 +88,38 @@ class LocalProvider:
             completion = self._score_labels(request) if request.labels else self._generate(request)
         finally:
             cpu = self._cpu.end(handle)
+        return self._priced(completion, cpu)
+
+    def stream(self, request: Request) -> Generator[str, None, Completion]:
+        """Generated text piece by piece as llama-server decodes it; returns the Completion.
+        Label scoring has no text to stream: its one answer comes as one piece."""
+        if request.labels:
+            return (yield from whole(self.complete(request)))
+        self.check()
+        assert self._cpu is not None
+        handle = self._cpu.begin()
+        pieces: list[str] = []
+        final: dict[str, Any] = {}
+        try:
+            for event in sse_data(self.server.stream_lines("/completion", {**self._body(request), "stream": True})):
+                piece = str(event.get("content") or "")
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+                if event.get("stop"):
+                    final = event
+        finally:
+            cpu = self._cpu.end(handle)
+        if not final:
+            raise ProviderError("bad_response", "llama-server's stream ended without its final event")
+        return self._priced(generated("".join(pieces), final), cpu)
+
+    def _priced(self, completion: Completion, cpu: float) -> Completion:
         completion.cpu_seconds = cpu
         completion.cost_usd = cpu * self.config.usd_per_hour / 3600
         return completion
 
-    def _generate(self, request: Request) -> Completion:
+    def _body(self, request: Request) -> dict[str, Any]:
         body: dict[str, Any] = {"prompt": request.prompt, "n_predict": request.max_tokens,
                                 "temperature": request.temperature, "stop": list(request.stop),
                                 "cache_prompt": True}
@@ -98,9 +129,11 @@ class LocalProvider:
             body.update(top_k=1, samplers=["top_k"])
         if request.json_schema is not None:
             body["json_schema"] = request.json_schema
-        data = self.server.post("/completion", body)
-        return Completion(text=str(data.get("content", "")), tokens_in=int(data.get("tokens_evaluated", 0)),
-                          tokens_out=int(data.get("tokens_predicted", 0)))
+        return body
+
+    def _generate(self, request: Request) -> Completion:
+        data = self.server.post("/completion", self._body(request))
+        return generated(str(data.get("content", "")), data)
 
     def _score_labels(self, request: Request) -> Completion:
         assert request.labels is not None
@@ -156,6 +189,42 @@ class LocalProvider:
     def close(self) -> None:
         """Stop the llama-server process."""
         self.server.stop()
+
+
+def generated(text: str, data: dict[str, Any]) -> Completion:
+    """A Completion from llama-server's /completion answer (or a stream's final event)."""
+    completion = Completion(text=text, tokens_in=int(data.get("tokens_evaluated", 0)),
+                            tokens_out=int(data.get("tokens_predicted", 0)))
+    timings = data.get("timings") or {}
+    if "draft_n" in timings:  # present when the server runs speculative decoding
+        completion.extra.update(draft_tokens=int(timings["draft_n"]),
+                                draft_accepted=int(timings.get("draft_n_accepted", 0)))
+    return completion
+
+
+@dataclass(frozen=True)
+class DraftStats:
+    """Speculative decoding over a set of calls: tokens drafted, accepted, and the acceptance rate."""
+
+    calls: int
+    drafted: int
+    accepted: int
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / drafted (None when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else None
+
+
+def draft_stats(metas: Iterable[dict[str, Any] | None]) -> DraftStats:
+    """Sum the draft counts in call metas (e.g. `row["meta"] for row in store.iter_calls(run_id)`)."""
+    calls = drafted = accepted = 0
+    for meta in metas:
+        if meta and "draft_tokens" in meta:
+            calls += 1
+            drafted += int(meta["draft_tokens"])
+            accepted += int(meta["draft_accepted"])
+    return DraftStats(calls, drafted, accepted)
 
 
 def parse_top_probs(entry: dict[str, Any]) -> dict[int, float]:

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible endpoint (vLLM, TGI, llama.cpp server, hosted APIs) over plain HTTP.
 
-Two pure functions translate the wire format; the class adds timeouts, bounded concurrency and retries
-with exponential backoff on 429, 5xx and connection errors, honouring Retry-After.
+Pure functions translate the wire format; the class adds timeouts, bounded concurrency and retries
+with exponential backoff on 429, 5xx and connection errors, honouring Retry-After. `stream` asks the endpoint
+for server-sent events and yields the text as it arrives (retries apply until the stream has started).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import os
 import random
 import threading
 import time
+from collections.abc import Generator
 from typing import Any
 
 import httpx
 
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.models import ModelConfig
-from llmbus.providers.base import Completion, Request, match_label, normalize_probs
+from llmbus.providers.base import Completion, Request, match_label, normalize_probs, sse_data, whole
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -58,6 +60,19 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
         completion.text = label if label is not None else text
         completion.label_probs = label_probs_from_logprobs(api, choice, request.labels, label)
     return completion
+
+
+def stream_piece(api: str, event: dict[str, Any]) -> tuple[str, str | None]:
+    """The text one streamed chunk adds (empty for role-only and usage-only chunks) and its finish reason."""
+    if isinstance(event.get("error"), dict | str):
+        error = event["error"]
+        raise ProviderError("stream_error", str(error.get("message", error) if isinstance(error, dict) else error))
+    choices = event.get("choices") or []
+    if not choices:
+        return "", None
+    choice = choices[0]
+    text = (choice.get("delta") or {}).get("content") if api == "chat" else choice.get("text")
+    return str(text or ""), choice.get("finish_reason")
 
 
 def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],
@@ -121,47 +136,101 @@ class OpenAIProvider:
 
     def complete(self, request: Request) -> Completion:
         """One call with retries; raises ProviderError with a kind once retries are spent."""
-        path = "/chat/completions" if self.config.api == "chat" else "/completions"
         body = to_payload(self.remote_model, self.config.api, request)
         with self._slots:
-            data = self._post_with_retries(path, body)
-        completion = from_response(self.config.api, data, request)
+            data = self._post_with_retries(self._path, body)
+        return self._priced(from_response(self.config.api, data, request))
+
+    def stream(self, request: Request) -> Generator[str, None, Completion]:
+        """Text pieces as the endpoint streams them; returns the Completion (usage from the last chunk).
+        Label sets are answered whole: their probabilities come from the logprobs of a complete answer."""
+        if request.labels:
+            return (yield from whole(self.complete(request)))
+        body = {**to_payload(self.remote_model, self.config.api, request), "stream": True,
+                "stream_options": {"include_usage": True}}
+        pieces: list[str] = []
+        usage: dict[str, Any] = {}
+        finished: str | None = None
+        with self._slots:
+            response = self._post_with_retries(self._path, body, stream=True)
+            try:
+                for event in sse_data(response.iter_lines()):
+                    usage = event.get("usage") or usage
+                    piece, finish = stream_piece(self.config.api, event)
+                    finished = finished or finish
+                    if piece:
+                        pieces.append(piece)
+                        yield piece
+            except httpx.TimeoutException:
+                raise ProviderError("timeout", f"{self.name}: stream stalled for {self.config.timeout_s:g}s") from None
+            except httpx.TransportError as exc:
+                raise ProviderError("connection", f"{self.name}: stream broke: {exc.__class__.__name__}") from None
+            finally:
+                response.close()
+        if finished is None:  # the body ended cleanly but the answer did not
+            raise ProviderError("connection", f"{self.name}: stream ended before the answer was finished")
+        return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
+                                       tokens_out=int(usage.get("completion_tokens") or 0)))
+
+    @property
+    def _path(self) -> str:
+        return "/chat/completions" if self.config.api == "chat" else "/completions"
+
+    def _priced(self, completion: Completion) -> Completion:
         completion.cost_usd = (completion.tokens_in * self.config.usd_per_1m_input
                                + completion.tokens_out * self.config.usd_per_1m_output) / 1e6
         return completion
 
-    def _post_with_retries(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post_with_retries(self, path: str, body: dict[str, Any], stream: bool = False) -> Any:
+        """The JSON answer, or with `stream` the open 200 response (the caller reads and closes it)."""
         last: ProviderError | None = None
         for attempt in range(self.config.max_retries + 1):
-            wait = None
             try:
-                response = self.client.post(path, json=body)
-            except httpx.TimeoutException:
-                last = ProviderError("timeout", f"{self.name}: no answer within {self.config.timeout_s:g}s")
-            except httpx.TransportError as exc:
-                last = ProviderError("connection", f"{self.name}: {exc.__class__.__name__}: {exc}")
-            else:
-                if response.status_code == 200:
-                    try:
-                        return dict(response.json())
-                    except ValueError:
-                        last = ProviderError("bad_response", f"{self.name}: response is not JSON: "
-                                                             f"{response.text[:120]!r}")
-                elif response.status_code in RETRYABLE_STATUS:
-                    kind = "rate_limited" if response.status_code == 429 else f"http_{response.status_code}"
-                    last = ProviderError(kind, f"{self.name}: HTTP {response.status_code}: {response.text[:200]}")
-                    wait = retry_after_seconds(response.headers.get("retry-after"))
-                else:
-                    raise ProviderError(f"http_{response.status_code}",
-                                        f"{self.name}: HTTP {response.status_code}: {response.text[:200]}")
-            if attempt < self.config.max_retries:
-                time.sleep(wait if wait is not None else backoff_seconds(attempt))
+                return self._post_once(path, body, stream)
+            except _Retryable as retry:
+                last = retry.error
+                if attempt < self.config.max_retries:
+                    time.sleep(retry.wait if retry.wait is not None else backoff_seconds(attempt))
         assert last is not None
         raise last
+
+    def _post_once(self, path: str, body: dict[str, Any], stream: bool) -> Any:
+        try:
+            response = self.client.send(self.client.build_request("POST", path, json=body), stream=stream)
+        except httpx.TimeoutException:
+            raise _Retryable(ProviderError("timeout", f"{self.name}: no answer within {self.config.timeout_s:g}s")) \
+                from None
+        except httpx.TransportError as exc:
+            raise _Retryable(ProviderError("connection", f"{self.name}: {exc.__class__.__name__}: {exc}")) from None
+        if response.status_code == 200:
+            if stream:
+                return response
+            try:
+                return dict(response.json())
+            except ValueError:
+                raise _Retryable(ProviderError("bad_response", f"{self.name}: response is not JSON: "
+                                                               f"{response.text[:120]!r}")) from None
+        if stream:
+            response.read()
+            response.close()
+        status = response.status_code
+        error = ProviderError("rate_limited" if status == 429 else f"http_{status}",
+                              f"{self.name}: HTTP {status}: {response.text[:200]}")
+        if status in RETRYABLE_STATUS:
+            raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
+        raise error
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         self.client.close()
+
+
+class _Retryable(Exception):
+    """A failed attempt worth retrying, with the server's Retry-After if it gave one."""
+
+    def __init__(self, error: ProviderError, wait: float | None = None):
+        super().__init__(str(error))
+        self.error, self.wait = error, wait
 
 
 def backoff_seconds(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
