@@ -50,7 +50,7 @@ def test_merged_gguf_holds_base_plus_update_as_f16_and_keeps_metadata(base: Path
 
 def test_update_for_an_unknown_tensor_is_refused_before_writing(base: Path, tmp_path: Path):
     out = tmp_path / "merged.gguf"
-    with pytest.raises(ModelError, match="no tensor named blk.9.attn_q.weight"):
+    with pytest.raises(ModelError, match=r"no tensor named blk\.9\.attn_q\.weight"):
         write_merged_gguf(base, {"blk.9.attn_q.weight": np.zeros((64, 32), np.float32)}, out)
     assert not out.exists() and not out.with_name("merged.gguf.partial").exists()
 
@@ -63,5 +63,5 @@ def test_update_of_the_wrong_shape_is_refused(base: Path, tmp_path: Path):
 def test_quantizer_failure_is_one_error_line(tmp_path: Path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
-    with pytest.raises(ModelError, match="llama-quantize Q8_0 failed on .*broken.gguf"):
+    with pytest.raises(ModelError, match=r"llama-quantize Q8_0 failed on .*broken\.gguf"):
         quantize(broken, "Q8_0", tmp_path / "out.gguf", threads=1)

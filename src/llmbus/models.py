@@ -47,6 +47,9 @@ class ModelConfig(BaseModel):
     parallel: int = Field(default=8, ge=1)  # server slots: requests decoded together
     ctx_per_slot: int = Field(default=2048, ge=256)
     usd_per_hour: float = Field(default=0.05, ge=0)  # CPU machine price used for local cost
+    # local: a distilled student reads the item's raw input through this template ("{input}") instead of the
+    # task's prompt (no instructions, no few-shot block): written by `llmbus distill --student lora`
+    input_template: str | None = None
     # local: speculative decoding (llama-server --spec-type): draft-free n-gram lookup, or a draft GGUF
     speculative: Literal["ngram-simple", "ngram-map-k", "ngram-mod", "draft-simple"] | None = None
     draft_gguf: str | None = None  # draft-simple: a smaller GGUF with the same tokenizer

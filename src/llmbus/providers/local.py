@@ -15,7 +15,7 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmbus.errors import ProviderError
@@ -81,6 +81,7 @@ class LocalProvider:
 
     def complete(self, request: Request) -> Completion:
         """Score labels, or generate (grammar-constrained when a JSON Schema is given)."""
+        request = self._own_prompt(request)
         self.check()
         assert self._cpu is not None
         handle = self._cpu.begin()
@@ -93,6 +94,7 @@ class LocalProvider:
     def stream(self, request: Request) -> Generator[str, None, Completion]:
         """Generated text piece by piece as llama-server decodes it; returns the Completion.
         Label scoring has no text to stream: its one answer comes as one piece."""
+        request = self._own_prompt(request)
         if request.labels:
             return (yield from whole(self.complete(request)))
         self.check()
@@ -113,6 +115,13 @@ class LocalProvider:
         if not final:
             raise ProviderError("bad_response", "llama-server's stream ended without its final event")
         return self._priced(generated("".join(pieces), final), cpu)
+
+    def _own_prompt(self, request: Request) -> Request:
+        """A distilled student reads the item's raw input through its own template, not the task prompt."""
+        template = self.config.input_template
+        if template is None or request.input is None:
+            return request
+        return replace(request, prompt=template.format(input=request.input.strip()))
 
     def _priced(self, completion: Completion, cpu: float) -> Completion:
         completion.cpu_seconds = cpu
