@@ -1,6 +1,9 @@
 """Distillation end to end on packaged SMS data with the embedded teacher (CI-sized)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +83,43 @@ def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
     assert student.meta.kind == "extract" and "O" in student.meta.labels
     entities = student.extract([["Obama", "visited", "Paris", "today"]])[0]
     assert isinstance(entities, list) and all({"text", "type"} <= set(e) for e in entities)
+
+
+TRIVIA_TASK = Path(__file__).parent.parent / "examples" / "trivia" / "task.yaml"
+
+
+@pytest.mark.slow
+def test_lora_student_for_a_generate_task_is_merged_quantized_compared_and_served(tmp_path: Path):
+    """`llmbus distill --student lora` on the packaged trivia task, then the registered student answers a run."""
+    db = str(tmp_path / "trivia.db")
+    teacher = _llmbus("run", str(TRIVIA_TASK), "--limit", "70", "--db", db, "--json")
+    assert teacher.returncode == 0, teacher.stderr
+    run_id = json.loads(teacher.stdout)["run_id"]
+    result = _llmbus("distill", str(TRIVIA_TASK), "--teacher", run_id, "--student", "lora", "--epochs", "1",
+                     "--out", str(tmp_path / "distill"), "--db", db, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {v["quant"]: v for v in report["variants"]}
+    assert list(rows) == ["teacher", "F16", "Q8_0", "Q4_K_M", "base"]
+    assert rows["F16"]["size_mb"] > rows["Q8_0"]["size_mb"] > rows["Q4_K_M"]["size_mb"] > 100
+    for quant in ("F16", "Q8_0", "Q4_K_M"):
+        assert Path(rows[quant]["path"]).is_file() and 0 <= rows[quant]["quality"] <= 1
+        assert rows[quant]["prompt_tokens"] < rows["teacher"]["prompt_tokens"] / 3  # no instructions, no shots
+    assert report["train"]["last_loss"] < report["train"]["first_loss"]
+    assert (tmp_path / "distill" / "student" / "adapter" / "adapter_config.json").is_file()
+    models = yaml.safe_load((tmp_path / "llmbus.yaml").read_text())["models"]
+    student = models[report["student"]]
+    assert student["gguf"] == rows[report["chosen"]]["path"] and "{input}" in student["input_template"]
+    assert {f"local:trivia-student-{q}" for q in ("f16", "q8_0", "q4_k_m")} <= set(models)
+
+    served = _llmbus("run", str(TRIVIA_TASK), "--model", report["student"], "--limit", "3", "--offset", "70",
+                     "--db", db, "--json")
+    assert served.returncode == 0, served.stderr
+    summary = json.loads(served.stdout)
+    assert summary["items"] == 3 and summary["errors"] == 0
+    assert summary["tokens_in"] / 3 < rows["teacher"]["prompt_tokens"] / 3
+
+
+def _llmbus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmbus.cli", *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "LLMBUS_THREADS": "1"})

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.report import ReportRow, build_report, mark_pareto, render_html
+from llmbus.report import ReportRow, build_report, mark_pareto, render_html, row_kind
 from llmbus.spec import load_spec
 from pipeline import Savings
 
@@ -41,3 +41,12 @@ def test_pareto_front():
             row("bad", 0.90, 0.6)]
     mark_pareto(rows)
     assert [r.pareto for r in rows] == [True, True, True, False]
+
+
+def test_distilled_local_students_count_as_students(tmp_path: Path):
+    (tmp_path / "llmbus.yaml").write_text(
+        "models:\n  local:trivia-student:\n    gguf: /models/s.gguf\n    input_template: 'Input: {input}'\n")
+    assert row_kind("local:trivia-student", 0.0) == "student"
+    assert row_kind("local:gemma-3-270m", 0.0) == "teacher"
+    assert row_kind("openai:unknown", 0.0) == "teacher"  # unresolvable references are not students
+    assert row_kind("local:trivia-student", 0.95) == "cached"

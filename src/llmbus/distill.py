@@ -26,9 +26,9 @@ from llmbus.data import Item, load_items
 from llmbus.errors import LlmbusError
 from llmbus.llamacpp import resolve_gguf
 from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
-from llmbus.models import config_path
+from llmbus.models import ModelConfig, config_path, resolve_model
 from llmbus.output import parse_output
-from llmbus.quantize import Variant, build_variants, measure
+from llmbus.quantize import Variant, build_variants, local_model, measure
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
@@ -267,13 +267,10 @@ class LoraDistillReport:
     n_train: int
     n_val: int
     n_test: int
-    teacher_quality: float
-    teacher_latency_ms: float
-    teacher_prompt_tokens: float
-    teacher_cost_per_1k: float
+    teacher_quality: float  # the teacher's logged answers on the test items
     base_quality: float  # the untrained base model with the student's prompt: what LoRA bought
     chosen: str  # precision registered as the student
-    variants: list[dict[str, Any]]
+    variants: list[dict[str, Any]]  # teacher, F16, Q8_0, Q4_K_M, base: each answered the test items one at a time
     train: dict[str, Any]
     out_dir: str
     files: dict[str, str] = field(default_factory=dict)
@@ -299,32 +296,37 @@ def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     peft_model.save_pretrained(student_dir / "adapter")  # the adapter alone, for peft users
     variants = build_variants(base, lora_deltas(peft_model), student_dir, f"{spec.name}-student", settings.threads)
     del peft_model, model
-    reference = Variant(quant="base", path=str(base), size_mb=base.stat().st_size / 1e6)
     val, test = by_split["val"], by_split["test"]
-    scores: dict[str, dict[str, float]] = {}
-    for variant in [*variants, reference]:
-        held_out = test if variant is reference else val + test  # val picks the precision, test reports it
-        measure(variant, [student_prompt(e.input) for e in held_out], spec.params.max_tokens,
-                tuple(spec.params.stop), settings.threads)
+    teacher_model = store.get_run(teacher_run)["model"]
+    teacher_prompts = {c["item_id"]: c["prompt"] for c in store.iter_calls(teacher_run)}
+    reference = Variant(quant="base", path=str(base), size_mb=base.stat().st_size / 1e6)
+    teacher = Variant(quant="teacher", path=teacher_model, size_mb=float("nan"))
+    scores: dict[str, float] = {}
+    for variant in [*variants, reference, teacher]:
+        is_student = variant is not reference and variant is not teacher
+        held_out = val + test if is_student else test  # val picks the precision, test reports it
+        model = teacher_config(teacher_model, settings.threads) if variant is teacher \
+            else local_model(Path(variant.path), settings.threads)
+        prompts = [teacher_prompts[e.id] if variant is teacher else student_prompt(e.input) for e in held_out]
+        measure(variant, model, prompts, spec.params.max_tokens, tuple(spec.params.stop))
         parsed = [parse_output(spec, text).value for text in variant.answers]
-        val_answers, test_answers = parsed[: len(held_out) - len(test)], parsed[len(held_out) - len(test):]
-        scores[variant.quant] = {"val": metrics.compute(spec.main_metric, zip(val_answers, (e.gold for e in val),
-                                                                               strict=True))
-                                 if val_answers else float("nan")}
-        variant.quality = metrics.compute(spec.main_metric, zip(test_answers, (e.gold for e in test), strict=True))
-        variant.agreement = metrics.compute(spec.main_metric, zip(test_answers, (e.teacher for e in test),
+        n_val = len(held_out) - len(test)
+        if n_val:
+            scores[variant.quant] = metrics.compute(spec.main_metric, zip(parsed[:n_val], (e.gold for e in val),
+                                                                          strict=True))
+        variant.quality = metrics.compute(spec.main_metric, zip(parsed[n_val:], (e.gold for e in test), strict=True))
+        variant.agreement = metrics.compute(spec.main_metric, zip(parsed[n_val:], (e.teacher for e in test),
                                                                   strict=True))
     chosen = choose_precision(variants, scores, target)
-    teacher_calls = [c for c in store.iter_calls(teacher_run) if c["error_kind"] is None]
+    if teacher.path.startswith("local:"):
+        teacher.size_mb = resolve_gguf(str(resolve_model(teacher_model).gguf)).stat().st_size / 1e6
     report = LoraDistillReport(
-        task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
-        student=f"local:{spec.name}-student", metric=spec.main_metric, n_train=len(train), n_val=len(val),
-        n_test=len(test), teacher_quality=metrics.compute(spec.main_metric, ((e.teacher, e.gold) for e in test)),
-        teacher_latency_ms=1000 * teacher_latency_s(store, teacher_run),
-        teacher_prompt_tokens=float(np.mean([c["tokens_in"] for c in teacher_calls] or [float("nan")])),
-        teacher_cost_per_1k=1000 * float(np.mean([c["cost_usd"] or 0.0 for c in teacher_calls] or [float("nan")])),
+        task=spec.name, teacher_run=teacher_run, teacher_model=teacher_model, student=f"local:{spec.name}-student",
+        metric=spec.main_metric, n_train=len(train), n_val=len(val), n_test=len(test),
+        teacher_quality=metrics.compute(spec.main_metric, ((e.teacher, e.gold) for e in test)),
         base_quality=reference.quality, chosen=chosen.quant,
-        variants=[v.summary() | {"val_quality": scores[v.quant]["val"]} for v in [*variants, reference]],
+        variants=[v.summary() | {"val_quality": scores.get(v.quant, float("nan"))}
+                  for v in [teacher, *variants, reference]],
         train=asdict(result), out_dir=str(out_dir), files=files)
     (out_dir / "distill.json").write_text(json.dumps(report.as_dict(), indent=2))
     if register:
@@ -332,10 +334,16 @@ def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     return report
 
 
-def choose_precision(variants: list[Variant], scores: dict[str, dict[str, float]], target: float) -> Variant:
+def teacher_config(model: str, threads: int) -> ModelConfig:
+    """The teacher's model config; a local teacher gets one slot, so its latency is measured like the students'."""
+    config = resolve_model(model)
+    return config.model_copy(update={"parallel": 1, "threads": threads}) if config.provider == "local" else config
+
+
+def choose_precision(variants: list[Variant], scores: dict[str, float], target: float) -> Variant:
     """The smallest file whose validation quality reaches `target` × the F16 merge's (F16 when none does)."""
-    full = scores["F16"]["val"]
-    fits = [v for v in variants if not full or scores[v.quant]["val"] >= target * full]
+    full = scores.get("F16", 0.0)
+    fits = [v for v in variants if not full or scores.get(v.quant, 0.0) >= target * full]
     return min(fits or variants[:1], key=lambda v: v.size_mb)
 
 

@@ -84,13 +84,13 @@ def quantize(source: Path, quant_type: str, out: Path, threads: int = 2) -> Path
 class Variant:
     """One GGUF of a student at one precision, with what it scored and cost on held-out items."""
 
-    quant: str  # F16 | Q8_0 | Q4_K_M | base (the untrained model, for reference)
+    quant: str  # F16 | Q8_0 | Q4_K_M, or for reference: base (untrained, student prompt), teacher (its own prompts)
     path: str
     size_mb: float
     quality: float = float("nan")  # metric vs the gold answers
     agreement: float = float("nan")  # metric vs the teacher's answers
     latency_ms: float = float("nan")  # median per item, answered one at a time
-    tokens_per_s: float = float("nan")  # output tokens over generation seconds
+    tokens_per_s: float = float("nan")  # output tokens per second of request time
     prompt_tokens: float = float("nan")  # mean prompt tokens per item
     cost_per_1k: float = float("nan")
     answers: list[str] = field(default_factory=list, repr=False)
@@ -109,11 +109,15 @@ def build_variants(base: Path, deltas: dict[str, np.ndarray], out_dir: Path, nam
     return [Variant(quant=q, path=str(p), size_mb=p.stat().st_size / 1e6) for q, p in paths.items()]
 
 
-def answer_prompts(gguf: Path, prompts: list[str], max_tokens: int, stop: tuple[str, ...],
-                   threads: int = 2) -> tuple[list[Completion], list[float]]:
-    """Greedy answers from a GGUF served by llama-server, one request at a time, with each latency."""
-    provider = open_provider(ModelConfig(name=f"local:{gguf}", provider="local", gguf=str(gguf), threads=threads,
-                                         parallel=1))
+def local_model(gguf: Path, threads: int = 2) -> ModelConfig:
+    """A one-slot local model on a GGUF file: requests answered one at a time, as a latency measurement needs."""
+    return ModelConfig(name=f"local:{gguf}", provider="local", gguf=str(gguf), threads=threads, parallel=1)
+
+
+def answer_prompts(model: ModelConfig, prompts: list[str], max_tokens: int, stop: tuple[str, ...]
+                   ) -> tuple[list[Completion], list[float]]:
+    """Greedy answers, one request at a time, with each latency."""
+    provider = open_provider(model)
     completions, latencies = [], []
     try:
         for prompt in prompts:
@@ -125,13 +129,12 @@ def answer_prompts(gguf: Path, prompts: list[str], max_tokens: int, stop: tuple[
     return completions, latencies
 
 
-def measure(variant: Variant, prompts: list[str], max_tokens: int, stop: tuple[str, ...], threads: int = 2) -> None:
+def measure(variant: Variant, model: ModelConfig, prompts: list[str], max_tokens: int, stop: tuple[str, ...]) -> None:
     """Fill the variant's answers, latency, speed and cost from answering `prompts` (quality is scored by the
     caller, which knows the task's metric)."""
-    completions, latencies = answer_prompts(Path(variant.path), prompts, max_tokens, stop, threads)
+    completions, latencies = answer_prompts(model, prompts, max_tokens, stop)
     variant.answers = [c.text for c in completions]
     variant.latency_ms = 1000 * float(np.median(latencies))
-    tokens = sum(c.tokens_out for c in completions)
-    variant.tokens_per_s = tokens / sum(latencies) if latencies else float("nan")
+    variant.tokens_per_s = sum(c.tokens_out for c in completions) / sum(latencies) if latencies else float("nan")
     variant.prompt_tokens = float(np.mean([c.tokens_in for c in completions]))
     variant.cost_per_1k = 1000 * float(np.mean([c.cost_usd for c in completions]))

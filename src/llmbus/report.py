@@ -12,7 +12,9 @@ from typing import Any
 
 import jinja2
 
+from llmbus.errors import LlmbusError
 from llmbus.evaluate import evaluate
+from llmbus.models import resolve_model
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.summary import summarize
@@ -60,11 +62,19 @@ def row_kind(model: str, cache_hit_rate: float) -> str:
     """What a run is, from its model reference and how much of it came from the cache."""
     if cache_hit_rate >= 0.9:
         return "cached"
-    if model.startswith("encoder:"):
+    if model.startswith("encoder:") or is_lora_student(model):
         return "student"
     if model.startswith("cascade:"):
         return "cascade"
     return "teacher"
+
+
+def is_lora_student(model: str) -> bool:
+    """A `local:` model registered by `llmbus distill --student lora` (it reads the raw input, not the prompt)."""
+    try:
+        return resolve_model(model).input_template is not None
+    except LlmbusError:
+        return False
 
 
 def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,

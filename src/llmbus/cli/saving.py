@@ -86,14 +86,14 @@ def _distill_lora(spec: Any, store: Any, teacher: str, folder: Path, epochs: int
         return
     _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
                    report.train["seconds"], report.n_test)
-    out.print(f"  teacher: {report.metric} {fmt(report.teacher_quality)} · {fmt(report.teacher_latency_ms, '.0f')} "
-              f"ms/item · {fmt(report.teacher_prompt_tokens, '.0f')} prompt tokens · "
-              f"${fmt(report.teacher_cost_per_1k, '.4f')}/1k")
-    table = Table("model", "size MB", report.metric, "vs teacher", "ms/item", "tokens/s", "prompt tok", "$/1k")
+    table = Table("model", "size MB", report.metric, "agrees w/ teacher", "ms/item", "tokens/s", "prompt tok",
+                  "$/1k items", title="held-out test items, answered one at a time")
+    names = {"teacher": f"teacher {report.teacher_model}", "base": "base model, no LoRA"}
     for v in report.variants:
-        name = "base (no LoRA)" if v["quant"] == "base" else v["quant"] + (" ✓" if v["quant"] == report.chosen else "")
-        table.add_row(name, f"{v['size_mb']:.0f}", fmt(v["quality"]), fmt(v["agreement"]), fmt(v["latency_ms"], ".0f"),
-                      fmt(v["tokens_per_s"], ".0f"), fmt(v["prompt_tokens"], ".0f"), fmt(v["cost_per_1k"], ".4f"))
+        name = names.get(v["quant"], f"student {v['quant']}" + (" ✓" if v["quant"] == report.chosen else ""))
+        table.add_row(name, fmt(v["size_mb"], ".0f"), fmt(v["quality"]), fmt(v["agreement"]),
+                      fmt(v["latency_ms"], ".0f"), fmt(v["tokens_per_s"], ".0f"), fmt(v["prompt_tokens"], ".0f"),
+                      fmt(v["cost_per_1k"], ".4f"))
     out.print(table)
     out.print(f"  ✓ = registered as [bold]{report.student}[/] (smallest file within {target:.0%} of F16 on "
               f"validation); every precision is registered as {report.student}-f16/-q8_0/-q4_k_m")
