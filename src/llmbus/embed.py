@@ -6,7 +6,7 @@ import functools
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,15 @@ def quiet_transformers() -> None:
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+
+
+def torch_for_training(threads: int) -> Any:
+    """torch, quiet and with an explicit thread count (sklearn in the same process otherwise halves its speed)."""
+    quiet_transformers()
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
 
 
 @functools.cache

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from llmbus.embed import quiet_transformers
+from llmbus.embed import torch_for_training
 from llmbus.errors import ModelError
 
 STUDENT_TEMPLATE = "Input: {input}\nOutput:"
@@ -63,14 +63,6 @@ def student_prompt(raw_input: str) -> str:
     return STUDENT_TEMPLATE.format(input=raw_input.strip())
 
 
-def _torch(threads: int) -> Any:
-    quiet_transformers()
-    import torch
-
-    torch.set_num_threads(threads)
-    return torch
-
-
 def hf_cache_dir(gguf_path: Path) -> Path:
     """Where the dequantized Hugging Face copy of a GGUF is kept (reloads in seconds instead of ~50 s)."""
     home = Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
@@ -79,7 +71,7 @@ def hf_cache_dir(gguf_path: Path) -> Path:
 
 def load_base(gguf_path: Path, threads: int = 2) -> tuple[Any, Any]:
     """(model, tokenizer) of a GGUF in float32 via transformers; the first load is cached as a HF folder."""
-    torch = _torch(threads)
+    torch = torch_for_training(threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = hf_cache_dir(gguf_path)
@@ -119,7 +111,7 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], setting
     """Fit LoRA adapters on (prompt, answer) pairs; returns the peft model and the loss curve's ends."""
     if not pairs:
         raise ModelError("LoRA training needs at least one (prompt, answer) pair")
-    torch = _torch(settings.threads)
+    torch = torch_for_training(settings.threads)
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(settings.seed)
@@ -196,7 +188,7 @@ def lora_deltas(peft_model: Any) -> dict[str, np.ndarray]:
 
 def generate(peft_model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 32) -> str:
     """Greedy answer from the (unmerged) peft model: the reference the GGUF export is checked against."""
-    torch = _torch(torch_threads())
+    torch = torch_for_training(torch_threads())
     ids = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         out = peft_model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,

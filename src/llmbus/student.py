@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.data import bio_to_entities
-from llmbus.embed import minilm_path, quiet_transformers
+from llmbus.embed import minilm_path, torch_for_training
 from llmbus.errors import ModelError
 
 META = "student.json"
@@ -46,20 +46,12 @@ class StudentMeta:
     max_len: int = 64
 
 
-def _torch(threads: int) -> Any:
-    quiet_transformers()
-    import torch
-
-    torch.set_num_threads(threads)  # explicit: sklearn in the same process otherwise halves torch's speed here
-    return torch
-
-
 def train_classifier(texts: list[str], labels: list[str], val_texts: list[str], val_labels: list[str],
                      out_dir: Path, settings: TrainSettings = TrainSettings()) -> StudentMeta:
     """Fine-tune MiniLM + a linear head on (text, label) pairs, calibrate on validation, save to out_dir."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    torch = _torch(settings.threads)
+    torch = torch_for_training(settings.threads)
     torch.manual_seed(settings.seed)
     classes = sorted(set(labels) | set(val_labels))
     if len(classes) < 2:
@@ -84,7 +76,7 @@ def train_tagger(sentences: list[list[str]], entity_lists: list[list[dict[str, s
     """Fine-tune MiniLM for BIO token classification on teacher entities, save to out_dir."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    torch = _torch(settings.threads)
+    torch = torch_for_training(settings.threads)
     torch.manual_seed(settings.seed)
     tag_lists = [entities_to_bio(tokens, entities) for tokens, entities in zip(sentences, entity_lists, strict=True)]
     tags = sorted({t for seq in tag_lists for t in seq} | {"O"})
@@ -178,7 +170,7 @@ class EncoderStudent:
             raise ModelError(f"{path}: not a student folder (no {META}); train one with `llmbus distill`")
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-        _torch(threads)
+        torch_for_training(threads)
         meta = StudentMeta(**json.loads(meta_path.read_text()))
         auto = AutoModelForSequenceClassification if meta.kind == "classify" else AutoModelForTokenClassification
         model = auto.from_pretrained(str(path))
