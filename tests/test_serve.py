@@ -19,6 +19,7 @@ import yaml
 from llmbus.gateway import Gateway, load_serve_config
 from llmbus.llamacpp import free_port
 from llmbus.providers import Request
+from llmbus.providers.local import LocalProvider
 from llmbus.serve import create_app
 from llmbus.store import Store
 from openai_stub import StubServer
@@ -222,6 +223,21 @@ def test_streaming_from_the_local_model_token_by_token(tmp_path: Path):
         cached = [c.choices[0].text for c in client.completions.create(model="gemma", prompt=prompt, max_tokens=48,
                                                                         stream=True)]
         cached_row = list(gateway.store.iter_calls(run_id))[-1]
+        # A client that hangs up mid-stream: llama-server stops decoding long before max_tokens, the row stays.
+        local = gateway.providers["local:gemma-3-270m"]
+        assert isinstance(local, LocalProvider)
+        server = local.server
+        decoded_before = predicted_tokens(server.base_url)
+        stream = client.completions.create(model="gemma", prompt="Once upon a time", max_tokens=400, stream=True)
+        for _, _chunk in zip(range(3), stream, strict=False):
+            pass
+        stream.close()
+        deadline = time.time() + 60
+        while time.time() < deadline and (len(list(gateway.store.iter_calls(run_id))) < 3 or any(
+                slot["is_processing"] for slot in httpx.get(server.base_url + "/slots").json())):
+            time.sleep(0.1)
+        hung_up = list(gateway.store.iter_calls(run_id))[-1]
+        decoded = predicted_tokens(server.base_url) - decoded_before
     assert len(pieces) > 1
     assert rows_at_first_piece == 0  # the first piece was out before the answer was finished and logged
     assert "".join(pieces) == direct.text  # greedy: streaming changes nothing but the timing
@@ -229,3 +245,13 @@ def test_streaming_from_the_local_model_token_by_token(tmp_path: Path):
     assert rows[0]["tokens_out"] == direct.tokens_out >= len(pieces)
     assert 0 < rows[0]["meta"]["ttft_s"] < rows[0]["latency_s"] and rows[0]["cost_usd"] > 0
     assert "".join(cached) == direct.text and cached_row["meta"]["route"] == "cache_exact"
+    assert hung_up["error_kind"] == "client_closed" and hung_up["raw_output"]
+    assert 3 <= decoded < 400
+
+
+def predicted_tokens(base_url: str) -> float:
+    """Tokens a llama-server has decoded so far (its Prometheus counter)."""
+    for line in httpx.get(base_url + "/metrics").text.splitlines():
+        if line.startswith("llamacpp:tokens_predicted_total "):
+            return float(line.split()[1])
+    raise AssertionError("llama-server /metrics has no tokens_predicted_total")

@@ -241,8 +241,9 @@ class Gateway:
             first = pump.next()
             if first.kind in ("piece", "done"):
                 kind = "backend" if position == 0 else "fallback"
-                return AnswerStream(self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id),
-                                                tick, pump, first), request_id)
+                relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id), tick,
+                                    pump, first)
+                return AnswerStream(relay, request_id, stop_backend=pump.cancel)
             pump.cancel()
             errors.append(f"{ref}: {first.failure(route.timeout_s)}")
         message = "all backends failed: " + "; ".join(errors)

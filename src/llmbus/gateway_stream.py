@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,6 +85,7 @@ class AnswerStream:
     pieces: Generator[str, None, Answer]
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     answer: Answer | None = None
+    stop_backend: Callable[[], None] = lambda: None  # thread-safe: stops the backend after its current piece
 
     def __iter__(self) -> Iterator[str]:
         self.answer = yield from self.pieces

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import iterate_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -105,9 +106,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             if body.get("stream"):
                 stream = gateway.open_stream(name, request, key)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                return StreamingResponse(sse_events(name, stream, chat, usage,
-                                                    lambda: observe(name, stream.answer, key)),
-                                         media_type="text/event-stream")
+                events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key))
+                return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
             answer = gateway.answer(name, request, key)
         except GatewayError:
             observe(name, None, key)
@@ -157,7 +157,19 @@ def completion_body(name: str, answer: Answer, chat: bool) -> dict[str, Any]:
                        "label_probs": c.label_probs, "cost_usd": c.cost_usd, "latency_s": answer.latency_s}}
 
 
-def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool, done: Callable[[], None]) -> Iterator[str]:
+async def stop_when_gone(events: Generator[str, None, None], stream: AnswerStream) -> AsyncIterator[str]:
+    """The events, made in a worker thread. When the client disconnects (this generator is cancelled), the
+    backend stops decoding and the cut-short call is logged now, not when the abandoned generator is collected."""
+    try:
+        async for event in iterate_in_threadpool(events):
+            yield event
+    finally:
+        stream.stop_backend()
+        events.close()  # not running: a cancelled worker-thread step is waited for (one short log write here)
+
+
+def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool,
+               done: Callable[[], None]) -> Generator[str, None, None]:
     """Server-sent events in OpenAI's streaming shape: one chunk per text piece as it arrives, a final chunk,
     a usage chunk when asked for, and [DONE]; a backend failing mid-stream ends it with an error event.
     `done` runs when the stream ends, however it ends."""
