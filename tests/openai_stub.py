@@ -11,6 +11,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
+  STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 """
@@ -92,10 +93,11 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             if "BADJSON" in line and n == 1:
                 return self._send(200, b"{not json")
             if body.get("stream"):
-                return self._stream(body, answer(body, line), die="DIE-MIDSTREAM" in line)
+                return self._stream(body, answer(body, line), die="DIE-MIDSTREAM" in line,
+                                    stall_s=state.slow_s if "STALL-MIDSTREAM" in line else 0.0)
             self._send(200, json.dumps(answer(body, line)).encode())
 
-        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool) -> None:
+        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool, stall_s: float) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")  # so a connection cut short is visibly broken
@@ -110,6 +112,8 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)
                         return
+                    time.sleep(stall_s)
+                    stall_s = 0.0
                 self.wfile.write(b"0\r\n\r\n")
 
     return Handler

@@ -44,10 +44,10 @@ def running_gateway(config_path: Path, db: Path) -> Iterator[tuple[str, Gateway]
 
 
 def write_configs(tmp_path: Path, primary: str, fallback: str | None = None, keys: list[dict] | None = None,
-                  task: Path | None = None) -> Path:
+                  task: Path | None = None, timeout_s: float | None = None) -> Path:
     models = {"openai:primary": {"base_url": primary, "model": "stub-model", "timeout_s": 2.0, "max_retries": 0,
                                  "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0}}
-    route: dict = {"model": "openai:primary"}
+    route: dict = {"model": "openai:primary", **({"timeout_s": timeout_s} if timeout_s else {})}
     if fallback:
         models["openai:fallback"] = {"base_url": fallback, "model": "stub-model", "max_retries": 0}
         route["fallbacks"] = ["openai:fallback"]
@@ -116,6 +116,22 @@ def test_rate_limit_and_budget_per_key(tmp_path: Path):
             poor.completions.create(model="chat", prompt="a long enough prompt to cost something")
             with pytest.raises(openai.RateLimitError, match="budget"):
                 poor.completions.create(model="chat", prompt="one more")
+
+
+def test_stream_keys_and_the_route_timeout_still_apply(tmp_path: Path):
+    with StubServer(slow_s=1.5) as backend:
+        config = write_configs(tmp_path, backend.base_url, keys=[{"key": "sk-a", "name": "team-a"}], timeout_s=0.5)
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=url, api_key="wrong").completions.create(model="chat", prompt="x", stream=True)
+            client = openai.OpenAI(base_url=url, api_key="sk-a", max_retries=0)
+            received = []
+            with pytest.raises(openai.APIError, match=r"no answer within 0\.5s"):
+                for chunk in client.completions.create(model="chat", prompt="hi STALL-MIDSTREAM", stream=True):
+                    received.append(chunk.choices[0].text)
+            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+    assert received == ["ha"]
+    assert len(rows) == 1 and rows[0]["error_kind"] == "timeout" and rows[0]["meta"]["key"] == "team-a"
 
 
 @pytest.mark.slow
