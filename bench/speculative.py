@@ -56,13 +56,14 @@ def variants(threads: int, ngram_size: int | None, draft_model: bool) -> dict[st
     return {name: LocalProvider(ModelConfig.model_validate({**base, **extra})) for name, extra in settings.items()}
 
 
-def decode_counters(provider: LocalProvider) -> tuple[float, float]:
-    """(tokens predicted, seconds spent predicting) so far, from the server's Prometheus counters."""
+def counters(provider: LocalProvider) -> dict[str, float]:
+    """The server's Prometheus counters (llama-server runs with --metrics), e.g. `tokens_predicted_total`."""
     values = {}
     for line in httpx.get(provider.server.base_url + "/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
-        values[name] = value
-    return float(values["llamacpp:tokens_predicted_total"]), float(values["llamacpp:tokens_predicted_seconds_total"])
+        if name.startswith("llamacpp:") and "{" not in name:
+            values[name.removeprefix("llamacpp:")] = float(value)
+    return values
 
 
 def main() -> None:
@@ -81,21 +82,30 @@ def main() -> None:
     rates: dict[tuple[str, str], list[float]] = {}
     walls: dict[tuple[str, str], list[float]] = {}
     done: dict[tuple[str, str], list[Completion]] = {}
+    server_drafts: dict[str, tuple[float, float]] = {}  # (drafted, accepted) by the server's own counters
     try:
         for provider in providers.values():
             provider.check()
             provider.complete(Request("Warm up:", max_tokens=4))
+        start = {name: counters(provider) for name, provider in providers.items()}
         for round_no in range(args.rounds):
             order = names[round_no % len(names):] + names[:round_no % len(names)]
             for set_name, requests in sets.items():
                 for name in order:
                     provider = providers[name]
-                    tokens0, seconds0 = decode_counters(provider)
+                    before = counters(provider)
                     tick = time.perf_counter()
                     done.setdefault((set_name, name), []).extend(provider.complete(r) for r in requests)
                     walls.setdefault((set_name, name), []).append(time.perf_counter() - tick)
-                    tokens1, seconds1 = decode_counters(provider)
-                    rates.setdefault((set_name, name), []).append((tokens1 - tokens0) / (seconds1 - seconds0))
+                    after = counters(provider)
+                    rates.setdefault((set_name, name), []).append(
+                        (after["tokens_predicted_total"] - before["tokens_predicted_total"])
+                        / (after["tokens_predicted_seconds_total"] - before["tokens_predicted_seconds_total"]))
+        for name, provider in providers.items():
+            end = counters(provider)
+            drafted, accepted = (end.get(c, 0.0) - start[name].get(c, 0.0) for c in (
+                "spec_decode_num_draft_tokens_total", "spec_decode_num_accepted_tokens_total"))
+            server_drafts[name] = (drafted, accepted)
     finally:
         for provider in providers.values():
             provider.close()
@@ -116,6 +126,11 @@ def main() -> None:
             rate = f"{stats.acceptance_rate:.3f}" if stats.acceptance_rate is not None else "-"
             print(f"{set_name:6} {name:6} {med(rates[key]):12.1f} {speed:8.3f} {wall:12.3f} "
                   f"{stats.drafted:8d} {stats.accepted:8d} {rate:>10} {same:>4}/{len(plain_texts)}")
+    for name in names:
+        logged = draft_stats(c.extra for (_, n), calls in done.items() if n == name for c in calls)
+        drafted, accepted = server_drafts[name]
+        print(f"{name}: drafted/accepted in the call log {logged.drafted}/{logged.accepted}, "
+              f"by llama-server's /metrics {drafted:.0f}/{accepted:.0f}")
 
 
 if __name__ == "__main__":
