@@ -180,6 +180,8 @@ def test_streaming_through_an_openai_backend_chunk_by_chunk_with_usage(tmp_path:
                                                     messages=[{"role": "user", "content": "win a spam prize"}])
             chunks = list(stream)
             rows = [c for c in gateway.store.iter_calls(gateway.run_ids["chat"])]
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+    assert 'llmbus_gateway_time_to_first_token_seconds_count{model="chat",route="backend"} 1.0' in metrics
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["sp", "am"]  # the stub streams two characters at a time: the gateway passes them on
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 1

@@ -38,6 +38,9 @@ class GatewayMetrics:
                             registry=self.registry)
         self.tokens = Counter("llmbus_gateway_tokens_total", "Tokens by model and direction", ["model", "direction"],
                               registry=self.registry)
+        self.first_token = Histogram("llmbus_gateway_time_to_first_token_seconds", "Streamed requests: time to the "
+                                     "first text piece", ["model", "route"], registry=self.registry,
+                                     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.in_flight = Gauge("llmbus_gateway_in_flight", "Requests being answered", registry=self.registry)
 
 
@@ -123,6 +126,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             return
         metrics.requests.labels(name, answer.route, "ok").inc()
         metrics.latency.labels(name, answer.route).observe(answer.latency_s)
+        if "ttft_s" in answer.completion.extra:
+            metrics.first_token.labels(name, answer.route).observe(answer.completion.extra["ttft_s"])
         metrics.tokens.labels(name, "in").inc(answer.completion.tokens_in)
         metrics.tokens.labels(name, "out").inc(answer.completion.tokens_out)
         if not answer.route.startswith("cache"):
@@ -180,7 +185,7 @@ def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool,
         return "data: " + json.dumps({"id": chunk_id, "object": kind, "created": int(time.time()), "model": name,
                                      "choices": [choice] if choice else [], **extra}) + "\n\n"
 
-    first = True
+    first, failure = True, None
     try:
         for piece in stream:
             if chat:
@@ -189,15 +194,18 @@ def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool,
             else:
                 yield event({"index": 0, "text": piece, "finish_reason": None})
             first = False
-        yield event({"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})})
-        if usage and stream.answer is not None:
-            c = stream.answer.completion
-            yield event(None, usage={"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out,
-                                     "total_tokens": c.tokens_in + c.tokens_out})
-        yield "data: [DONE]\n\n"
     except ProviderError as exc:
-        yield "data: " + json.dumps({"error": {"message": str(exc), "type": "llmbus_error",
-                                               "code": exc.kind}}) + "\n\n"
+        failure = exc
     finally:
         stream.close()
-        done()
+        done()  # before the last events: a client that has seen [DONE] finds the request counted
+    if failure is not None:
+        yield "data: " + json.dumps({"error": {"message": str(failure), "type": "llmbus_error",
+                                               "code": failure.kind}}) + "\n\n"
+        return
+    yield event({"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})})
+    if usage and stream.answer is not None:
+        c = stream.answer.completion
+        yield event(None, usage={"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out,
+                                 "total_tokens": c.tokens_in + c.tokens_out})
+    yield "data: [DONE]\n\n"
