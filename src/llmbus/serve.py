@@ -112,7 +112,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
             answer = gateway.answer(name, request, key)
-        except GatewayError:
+        except Exception:  # refused, every backend failed, or a bug: counted as an error either way
             observe(name, None, key)
             raise
         observe(name, answer, key)
