@@ -129,9 +129,15 @@ def test_stream_keys_and_the_route_timeout_still_apply(tmp_path: Path):
             with pytest.raises(openai.APIError, match=r"no answer within 0\.5s"):
                 for chunk in client.completions.create(model="chat", prompt="hi STALL-MIDSTREAM", stream=True):
                     received.append(chunk.choices[0].text)
+            # Nobody can answer: a plain 502 before any event, streamed or not, and a failure row each.
+            for stream in (True, False):
+                with pytest.raises(openai.InternalServerError, match="all backends failed") as failed:
+                    client.completions.create(model="chat", prompt="hi ALWAYS500", stream=stream)
+                assert failed.value.status_code == 502
             rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
     assert received == ["ha"]
-    assert len(rows) == 1 and rows[0]["error_kind"] == "timeout" and rows[0]["meta"]["key"] == "team-a"
+    assert rows[0]["error_kind"] == "timeout" and rows[0]["meta"]["key"] == "team-a"
+    assert [r["error_kind"] for r in rows[1:]] == ["all_failed", "all_failed"]
 
 
 @pytest.mark.slow
