@@ -6,6 +6,7 @@ The teacher (default: the embedded Gemma 3 270M with 6 nearest few-shot examples
 questions; `distill_lora` teaches the same-size base model those answers with LoRA, reading only the question,
 then merges, converts and quantizes. Printed, all on the same held-out test items, answered one at a time:
   student (chosen precision) vs teacher: quality, latency per item, prompt tokens, cost per item
+  cascade (student, teacher when the student's answer probability is below a threshold picked on validation)
   LoRA vs the untrained base model with the same short prompt (what the training bought)
   Q8_0 and Q4_K_M vs F16: file size, quality, and raw decode / prompt speed from llama-bench (interleaved rounds)
 """
@@ -20,9 +21,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llmbus.distill import distill_lora
 from llmbus.llamacpp import find_binary
 from llmbus.lora import LoraSettings
+from llmbus.lora_distill import distill_lora
 from llmbus.run import run_task
 from llmbus.spec import load_spec
 from llmbus.store import Store
@@ -84,6 +85,9 @@ def main() -> None:
     line("teacher/student prompt tokens", teacher["prompt_tokens"] / student["prompt_tokens"])
     line("student/teacher cost per item", student["cost_per_1k"] / teacher["cost_per_1k"])
     line("student/base quality (what LoRA bought, same prompt)", student["quality"] / max(base["quality"], 1e-9))
+    line(f"cascade/teacher quality ({report.cascade_escalation_rate:.0%} escalated)",
+         report.cascade_quality / teacher["quality"])
+    line("cascade/teacher cost per item", report.cascade_cost_per_1k / teacher["cost_per_1k"])
     paths = {q: rows[q]["path"] for q in ("F16", "Q8_0", "Q4_K_M")}
     speeds = speed_ratios(paths, args.threads, args.rounds)
     for quant in ("Q8_0", "Q4_K_M"):

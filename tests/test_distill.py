@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 from llmbus.distill import pick_threshold, split_of
+from llmbus.providers import Completion, Request
+from llmbus.providers.cascade import escalation_reason
+from llmbus.store import Store
 from llmbus.student import entities_to_bio, fit_temperature, softmax
 from pipeline import Savings
 
@@ -44,6 +47,14 @@ def test_student_and_cascade_runs_log_their_routes(sms_savings: Savings):
     assert all(c["cache_hit"] for c in store.iter_calls(runs["cached"]))
 
 
+def test_free_text_escalates_on_the_answer_probability():
+    asked = Request("Q: who?\nA:", want_confidence=True)
+    assert escalation_reason(Completion(" Ada", answer_prob=0.3), asked, threshold=0.5) == "low_confidence"
+    assert escalation_reason(Completion(" Ada", answer_prob=0.7), asked, threshold=0.5) is None
+    assert escalation_reason(Completion(" Ada"), asked, threshold=0.5) == "low_confidence"  # no probability
+    assert escalation_reason(Completion(" Ada"), Request("Q: who?\nA:"), threshold=0.5) is None
+
+
 def test_pick_threshold_meets_the_target_at_least_escalation():
     confidences = [0.99, 0.95, 0.9, 0.6, 0.55]
     student = [1, 1, 1, 0, 0]
@@ -71,7 +82,6 @@ def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
     from llmbus.distill import distill
     from llmbus.run import run_task
     from llmbus.spec import load_spec
-    from llmbus.store import Store
     from llmbus.student import EncoderStudent, TrainSettings
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
@@ -111,6 +121,9 @@ def test_lora_student_for_a_generate_task_is_merged_quantized_compared_and_serve
     student = models[report["student"]]
     assert student["gguf"] == rows[report["chosen"]]["path"] and "{input}" in student["input_template"]
     assert {f"local:trivia-student-{q}" for q in ("f16", "q8_0", "q4_k_m")} <= set(models)
+    assert models[report["cascade"]] == {"student": report["student"], "teacher": "local:gemma-3-270m",
+                                         "threshold": pytest.approx(report["cascade_threshold"], abs=1e-5)}
+    assert 0 <= report["cascade_escalation_rate"] <= 1 and 0 <= report["cascade_quality"] <= 1
 
     served = _llmbus("run", str(TRIVIA_TASK), "--model", report["student"], "--limit", "3", "--offset", "70",
                      "--db", db, "--json")
@@ -118,6 +131,15 @@ def test_lora_student_for_a_generate_task_is_merged_quantized_compared_and_serve
     summary = json.loads(served.stdout)
     assert summary["items"] == 3 and summary["errors"] == 0
     assert summary["tokens_in"] / 3 < rows["teacher"]["prompt_tokens"] / 3
+
+    routed = _llmbus("run", str(TRIVIA_TASK), "--model", report["cascade"], "--limit", "3", "--offset", "73",
+                     "--db", db, "--json")
+    assert routed.returncode == 0, routed.stderr
+    store = Store(db)
+    for call in store.iter_calls(json.loads(routed.stdout)["run_id"]):
+        meta = call["meta"]
+        assert 0 < meta["student_confidence"] <= 1  # the student's answer probability decided the route
+        assert (meta["route"] == "teacher") == (meta["student_confidence"] < meta["threshold"])
 
 
 def _llmbus(*args: str) -> subprocess.CompletedProcess[str]:

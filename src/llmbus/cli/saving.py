@@ -71,8 +71,8 @@ def _distill_lora(spec: Any, store: Any, teacher: str, folder: Path, epochs: int
                   as_json: bool) -> None:
     from rich.progress import Progress
 
-    from llmbus.distill import distill_lora
     from llmbus.lora import LoraSettings
+    from llmbus.lora_distill import distill_lora
 
     with Progress(transient=True, console=err) as progress:
         bar = progress.add_task("LoRA training (loading the base model…)", total=None)
@@ -95,6 +95,9 @@ def _distill_lora(spec: Any, store: Any, teacher: str, folder: Path, epochs: int
                       fmt(v["latency_ms"], ".0f"), fmt(v["tokens_per_s"], ".0f"), fmt(v["prompt_tokens"], ".0f"),
                       fmt(v["cost_per_1k"], ".4f"))
     out.print(table)
+    out.print(f"  [bold]{report.cascade}[/]: answer probability threshold {report.cascade_threshold:.3f} → "
+              f"{report.metric} {fmt(report.cascade_quality)} (teacher {fmt(report.teacher_quality)}), "
+              f"{report.cascade_escalation_rate:.0%} escalated, ${fmt(report.cascade_cost_per_1k, '.4f')}/1k items")
     out.print(f"  ✓ = registered as [bold]{report.student}[/] (smallest file within {target:.0%} of F16 on "
               f"validation); every precision is registered as {report.student}-f16/-q8_0/-q4_k_m")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · adapter: {report.out_dir}/student/adapter")

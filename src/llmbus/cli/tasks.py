@@ -103,6 +103,9 @@ def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None =
             cells += [fmt(s.usd_per_month, ",.2f"), fmt(s.needed_items_per_s, ".2f"), str(s.replicas_needed or "–")]
         table.add_row(*cells)
     out.print(table)
+    for s in summaries:
+        if s.draft_acceptance is not None:
+            out.print(f"  {s.run_id}: speculative decoding accepted {s.draft_acceptance:.0%} of drafted tokens")
 
 
 @app.command()

@@ -27,6 +27,9 @@ class Request:
     labels: tuple[str, ...] | None = None  # classify: answer with one of these, with its probability
     json_schema: dict[str, Any] | None = None  # extract: answer is JSON valid under this schema
     input: str | None = None  # the item's raw input: what small students read instead of the prompt
+    # generate: also report how sure the model was of its answer (a cascade's escalation signal); costs a
+    # softmax over the vocabulary per generated token, so only asked for when needed
+    want_confidence: bool = False
 
     def cache_key(self, model: str) -> str:
         """Response-cache key: model + rendered prompt + every parameter."""
@@ -42,6 +45,7 @@ class Completion:
     tokens_in: int = 0
     tokens_out: int = 0
     label_probs: dict[str, float] | None = None
+    answer_prob: float | None = None  # generate: geometric mean probability of the generated tokens
     cost_usd: float = 0.0
     cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -49,13 +53,13 @@ class Completion:
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""
         return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "label_probs": self.label_probs}
+                "label_probs": self.label_probs, "answer_prob": self.answer_prob}
 
     @property
     def confidence(self) -> float | None:
-        """Probability of the chosen label (None when the backend gave no probabilities)."""
+        """Probability of the chosen label, or of a generated answer (None when the backend gave none)."""
         if not self.label_probs:
-            return None
+            return self.answer_prob
         return self.label_probs.get(self.text.strip())
 
 

@@ -1,11 +1,14 @@
 """A cascade (`cascade:NAME`): the student answers first; the teacher only when the student is unsure.
 
 Escalation signals: the student's confidence below the threshold (picked on validation data by
-`llmbus.cascade.pick_threshold`), or a student answer that breaks the JSON Schema (a cheap guardrail).
+`llmbus.distill.pick_threshold`; a label's probability, or a generated answer's geometric mean token
+probability), or a student answer that breaks the JSON Schema (a cheap guardrail).
 Both decisions land in the call's meta: route, student answer and confidence, reason.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from llmbus.errors import ModelError
 from llmbus.models import ModelConfig
@@ -32,6 +35,8 @@ class CascadeProvider:
 
     def complete(self, request: Request) -> Completion:
         """The student's answer, or the teacher's with the student's cost added."""
+        if request.labels is None and request.json_schema is None:
+            request = replace(request, want_confidence=True)  # free text: the answer's probability decides
         first = self.student.complete(request)
         reason = escalation_reason(first, request, self.threshold)
         decision = {"student_answer": first.text, "student_confidence": first.confidence,
@@ -59,6 +64,6 @@ def escalation_reason(completion: Completion, request: Request, threshold: float
     if request.json_schema is not None and parse_json(completion.text, request.json_schema).error_kind:
         return "schema"
     confidence = completion.confidence
-    if request.labels and (confidence is None or confidence < threshold):
+    if (request.labels or request.want_confidence) and (confidence is None or confidence < threshold):
         return "low_confidence"
     return None

@@ -138,6 +138,8 @@ class LocalProvider:
             body.update(top_k=1, samplers=["top_k"])
         if request.json_schema is not None:
             body["json_schema"] = request.json_schema
+        if request.want_confidence:
+            body["n_probs"] = 1  # each generated token's probability under the model (before sampling)
         return body
 
     def _generate(self, request: Request) -> Completion:
@@ -203,12 +205,19 @@ class LocalProvider:
 def generated(text: str, data: dict[str, Any]) -> Completion:
     """A Completion from llama-server's /completion answer (or a stream's final event)."""
     completion = Completion(text=text, tokens_in=int(data.get("tokens_evaluated", 0)),
-                            tokens_out=int(data.get("tokens_predicted", 0)))
+                            tokens_out=int(data.get("tokens_predicted", 0)),
+                            answer_prob=answer_probability(data.get("completion_probabilities") or []))
     timings = data.get("timings") or {}
     if "draft_n" in timings:  # present when the server runs speculative decoding
         completion.extra.update(draft_tokens=int(timings["draft_n"]),
                                 draft_accepted=int(timings.get("draft_n_accepted", 0)))
     return completion
+
+
+def answer_probability(entries: list[dict[str, Any]]) -> float | None:
+    """Geometric mean probability of the generated tokens (None when the server sent no probabilities)."""
+    logprobs = [float(e["logprob"]) for e in entries if "logprob" in e]
+    return math.exp(sum(logprobs) / len(logprobs)) if logprobs else None
 
 
 @dataclass(frozen=True)
