@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,8 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], setting
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(settings.seed)
+    # peft calls a transformers property that transformers 5 marks deprecated: noise on the user's console
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=list(settings.targets),
                         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
