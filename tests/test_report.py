@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.report import ReportRow, build_report, mark_pareto, render_html, row_kind
+from llmbus.report import Report, ReportRow, build_report, mark_pareto, render_html, row_kind
 from llmbus.spec import load_spec
 from pipeline import Savings
 
@@ -50,3 +50,13 @@ def test_distilled_local_students_count_as_students(tmp_path: Path):
     assert row_kind("local:gemma-3-270m", 0.0) == "teacher"
     assert row_kind("openai:unknown", 0.0) == "teacher"  # unresolvable references are not students
     assert row_kind("local:trivia-student", 0.95) == "cached"
+
+
+def test_page_shows_draft_acceptance_only_when_a_model_drafted():
+    plain = ReportRow("teacher", "r1", "local:gemma", 10, 0.9, 0.8, 1.0, 100, 200, 0.01, 10.0)
+    report = Report(task="t", metric="accuracy", traffic=1000, rows=[plain])
+    assert "drafts accepted" not in render_html(report)
+    report.rows.append(ReportRow("teacher", "r2", "local:gemma-ngram", 10, 0.9, 0.8, 1.0, 80, 150, 0.008, 8.0,
+                                 draft_acceptance=0.715))
+    page = render_html(report)
+    assert "drafts accepted" in page and "72%" in page

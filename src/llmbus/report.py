@@ -37,6 +37,7 @@ class ReportRow:
     usd_per_month: float
     escalation_rate: float | None = None
     cache_hit_rate: float = 0.0
+    draft_acceptance: float | None = None  # speculative decoding: accepted / drafted tokens
     pareto: bool = False
 
 
@@ -50,6 +51,11 @@ class Report:
     rows: list[ReportRow] = field(default_factory=list)
     headline: str = ""
     plot_png_base64: str = ""
+
+    @property
+    def speculative(self) -> bool:
+        """Whether any row's model drafted tokens (the page then shows their acceptance rate)."""
+        return any(row.draft_acceptance is not None for row in self.rows)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json (without the image)."""
@@ -96,7 +102,7 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
             quality=interval.value, quality_lo=interval.lo, quality_hi=interval.hi,
             p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
             usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
-            cache_hit_rate=hit_rate))
+            cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance))
     mark_pareto(report.rows)
     report.headline = headline(report)
     if report.rows:
