@@ -10,6 +10,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
+  UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
@@ -133,7 +134,8 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
         if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
         text = label
-        top = {label: math.log(0.8), other: math.log(0.15), "\n": math.log(0.05)}
+        sure = 0.3 if "UNSURE" in line else 0.8
+        top = {label: math.log(sure), other: math.log((1 - sure) * 0.75), "\n": math.log((1 - sure) * 0.25)}
     return _completion(body, text, top)
 
 
@@ -174,12 +176,13 @@ def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[
         message = {"role": "assistant", "content": text}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
         if body.get("logprobs") and top:
-            choice["logprobs"] = {"content": [{"token": text, "logprob": max(top.values()),
+            choice["logprobs"] = {"content": [{"token": text, "logprob": top.get(text, max(top.values())),
                                                "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top.items()]}]}
     else:
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
         if body.get("logprobs") and top:
-            choice["logprobs"] = {"tokens": [text], "top_logprobs": [top]}
+            choice["logprobs"] = {"tokens": [text], "token_logprobs": [top.get(text, max(top.values()))],
+                                  "top_logprobs": [top]}
     return {"id": "stub", "object": "chat.completion" if chat else "text_completion", "choices": [choice],
             "usage": usage}
 

@@ -7,9 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from conftest import write_items, write_spec
+from llmbus.models import resolve_model
+from llmbus.providers import Request, open_provider
 from llmbus.run import eval_items, run_task
 from llmbus.spec import load_spec
 from llmbus.store import Store
@@ -95,3 +98,15 @@ def test_resume_after_kill_9_answers_only_missing_items(tmp_path: Path, stub, st
 def _last(prompt: str) -> str:
     lines = [ln for ln in prompt.strip().splitlines() if ln.strip()]
     return " ".join(lines[-2:])
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_remote_free_text_reports_its_probability_when_asked(stub, stub_model: str, api: str):
+    provider = open_provider(resolve_model(stub_model).model_copy(update={"api": api}))
+    try:
+        assert provider.complete(Request("Q: hi\nA:")).answer_prob is None  # not asked: no logprobs requested
+        sure = provider.complete(Request("Q: hi\nA:", want_confidence=True))
+        unsure = provider.complete(Request("Q: hi UNSURE\nA:", want_confidence=True))
+        assert sure.confidence == pytest.approx(0.8) and unsure.confidence == pytest.approx(0.3)
+    finally:
+        provider.close()

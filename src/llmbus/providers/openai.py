@@ -31,13 +31,14 @@ def to_payload(model: str, api: str, request: Request) -> dict[str, Any]:
         body["stop"] = list(request.stop)
     if api == "chat":
         body["messages"] = [{"role": "user", "content": request.prompt}]
-        if request.labels:
+        if request.labels or request.want_confidence:
             body["logprobs"] = True
+        if request.labels:
             body["top_logprobs"] = 20
     else:
         body["prompt"] = request.prompt
-        if request.labels:
-            body["logprobs"] = 20
+        if request.labels or request.want_confidence:
+            body["logprobs"] = 20 if request.labels else 1
     if request.json_schema is not None:
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "answer", "schema": request.json_schema}}
@@ -59,7 +60,18 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
         label = match_label(text, request.labels)
         completion.text = label if label is not None else text
         completion.label_probs = label_probs_from_logprobs(api, choice, request.labels, label)
+    elif request.want_confidence:
+        completion.answer_prob = answer_prob_from_logprobs(api, choice)
     return completion
+
+
+def answer_prob_from_logprobs(api: str, choice: dict[str, Any]) -> float | None:
+    """Geometric mean probability of the generated tokens, from either API's logprobs shape."""
+    logprobs = choice.get("logprobs") or {}
+    values = [e.get("logprob") for e in logprobs.get("content") or []] if api == "chat" \
+        else logprobs.get("token_logprobs") or []
+    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return math.exp(sum(finite) / len(finite)) if finite else None
 
 
 def stream_piece(api: str, event: dict[str, Any]) -> tuple[str, str | None]:
