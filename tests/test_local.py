@@ -76,6 +76,13 @@ def test_generated_answer_probability_only_when_asked(local: LocalProvider):
     assert sure.text == plain.text and 0 < sure.answer_prob <= 1 and sure.confidence == sure.answer_prob
     unsure = local.complete(Request("Zq7 vlorp kex", max_tokens=4, want_confidence=True))
     assert unsure.answer_prob < sure.answer_prob
+    streamed = local.stream(Request("The capital of France is", max_tokens=4, want_confidence=True))
+    while True:
+        try:
+            next(streamed)
+        except StopIteration as end:
+            assert end.value.text == sure.text and end.value.answer_prob == pytest.approx(sure.answer_prob, rel=1e-3)
+            break
 
 
 def test_distilled_student_reads_the_raw_input_through_its_template(local: LocalProvider):

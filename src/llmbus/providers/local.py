@@ -101,9 +101,11 @@ class LocalProvider:
         assert self._cpu is not None
         handle = self._cpu.begin()
         pieces: list[str] = []
+        probs: list[dict[str, Any]] = []  # with want_confidence each event carries its tokens' probabilities
         final: dict[str, Any] = {}
         try:
             for event in sse_data(self.server.stream_lines("/completion", {**self._body(request), "stream": True})):
+                probs.extend(event.get("completion_probabilities") or [])
                 piece = str(event.get("content") or "")
                 if piece:
                     pieces.append(piece)
@@ -114,7 +116,7 @@ class LocalProvider:
             cpu = self._cpu.end(handle)
         if not final:
             raise ProviderError("bad_response", "llama-server's stream ended without its final event")
-        return self._priced(generated("".join(pieces), final), cpu)
+        return self._priced(generated("".join(pieces), {**final, "completion_probabilities": probs}), cpu)
 
     def _own_prompt(self, request: Request) -> Request:
         """A distilled student reads the item's raw input through its own template, not the task prompt."""
