@@ -60,3 +60,12 @@ def test_page_shows_draft_acceptance_only_when_a_model_drafted():
                                  draft_acceptance=0.715))
     page = render_html(report)
     assert "drafts accepted" in page and "72%" in page
+
+
+def test_a_given_run_without_answers_is_one_clear_error(tiny_task: Path, store):
+    from llmbus.errors import LlmbusError
+    from quality_helpers import add_run
+
+    empty = add_run(store, [], task="tiny", labels=["ham", "spam"])
+    with pytest.raises(LlmbusError, match=f"run {empty} has no answers"):
+        build_report(load_spec(tiny_task), store, run_ids=[empty])

@@ -17,7 +17,7 @@ from llmbus.evaluate import evaluate
 from llmbus.models import resolve_model
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
-from llmbus.summary import summarize
+from llmbus.summary import RunSummary, summarize
 
 
 @dataclass
@@ -88,8 +88,7 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
     """Rows for the given runs, or the latest run of each kind of the task's current spec version; then the
     Pareto front and the headline."""
     report = Report(task=spec.name, metric=spec.main_metric, traffic=traffic)
-    for run in pick_runs(spec, store, run_ids):
-        summary = summarize(store, run, traffic)
+    for run, summary in pick_runs(spec, store, run_ids):
         interval = evaluate(store, run["id"], rounds=500).values[spec.main_metric]
         calls = list(store.iter_calls(run["id"]))
         routes = [(c["meta"] or {}).get("route") for c in calls]
@@ -110,17 +109,22 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
     return report
 
 
-def pick_runs(spec: TaskSpec, store: Store, run_ids: list[str] | None) -> list[dict[str, Any]]:
-    """The runs to compare: as given, else the newest non-empty run of each kind (same spec version)."""
+def pick_runs(spec: TaskSpec, store: Store, run_ids: list[str] | None) -> list[tuple[dict[str, Any], RunSummary]]:
+    """The runs to compare with their summaries: as given, else the newest non-empty run of each kind (same
+    spec version)."""
     if run_ids:
-        return [store.get_run(run_id) for run_id in run_ids]
-    latest: dict[str, dict[str, Any]] = {}
+        picked = [(run, summarize(store, run)) for run in map(store.get_run, run_ids)]
+        empty = [run["id"] for run, summary in picked if not summary.items]
+        if empty:
+            raise LlmbusError(f"run {empty[0]} has no answers to report")
+        return picked
+    latest: dict[str, tuple[dict[str, Any], RunSummary]] = {}
     for run in store.list_runs(spec.name):  # oldest first: later runs replace earlier ones
         if run["spec_version"] != spec.version:
             continue
         summary = summarize(store, run)
         if summary.items:
-            latest[row_kind(run["model"], summary.cache_hits / summary.items)] = run
+            latest[row_kind(run["model"], summary.cache_hits / summary.items)] = (run, summary)
     return list(latest.values())
 
 
