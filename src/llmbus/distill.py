@@ -90,7 +90,7 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = 
     run = store.get_run(teacher_run)
     if run["task"] != spec.name:
         raise LlmbusError(f"run {run['id']} is of task {run['task']}, not {spec.name}")
-    verdicts = decisions(spec, store, run["id"], how)
+    decided = decisions(spec, store, run["id"], how)
     items: dict[str, Item] = {item.id: item for item in load_items(spec)}
     examples = []
     for call in store.iter_calls(run["id"]):
@@ -100,12 +100,12 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = 
         teacher = call["parsed"]["entities"] if spec.kind == "extract" and isinstance(call["parsed"], dict) \
             else call["parsed"]
         text = (call["raw_output"] or "").strip() or None
-        if verdicts is not None:
-            verdict = verdicts.get(item.id)
-            if verdict is None or not verdict.keep:
+        if decided is not None:
+            decision = decided.get(item.id)
+            if decision is None or not decision.keep:
                 continue
-            if verdict.text is not None:
-                teacher, text = verdict.answer, verdict.text
+            if decision.text is not None:
+                teacher, text = decision.answer, decision.text
         tokens = item.fields.get("tokens") if spec.kind == "extract" else None
         examples.append(Example(id=item.id, input=item.text(spec.data.input), teacher=teacher, gold=item.expected,
                                 teacher_confidence=call["confidence"], split=split_of(item.id), tokens=tokens,

@@ -54,7 +54,7 @@ def judge_decisions(store: Store, teacher_run: str) -> dict[str, Decision]:
         judge = conn.execute(query).mappings().first()
         if judge is None:
             raise LlmbusError(f"--filter judge: no pointwise judge run on run {teacher_run} "
-                              f"(run `llmbus judge run TASK --target {teacher_run} …` first)")
+                              f"(run `llmbus judge run JUDGE.yaml --on {teacher_run}` first)")
         rows = conn.execute(sa.select(verdicts.c.item_id, verdicts.c.verdict)
                             .where(verdicts.c.judge_run_id == judge["run_id"])).all()
     labels = list(json.loads(judge["labels_json"]))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
+
+if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
+    from llmbus.spec import TaskSpec
+    from llmbus.store import Store
 
 
 @app.command()
@@ -42,8 +46,8 @@ def distill(
         _distill_encoder(spec, Store(db), teacher, folder, epochs, target, how, as_json)
 
 
-def _distill_encoder(spec: Any, store: Any, teacher: str, folder: Path, epochs: int | None, target: float, how: str,
-                     as_json: bool) -> None:
+def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
+                     how: str, as_json: bool) -> None:
     from llmbus.distill import distill as run_distill
     from llmbus.student import TrainSettings
 
@@ -67,8 +71,8 @@ def _distill_encoder(spec: Any, store: Any, teacher: str, folder: Path, epochs: 
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
 
 
-def _distill_lora(spec: Any, store: Any, teacher: str, folder: Path, epochs: int | None, target: float, how: str,
-                  as_json: bool) -> None:
+def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
+                  how: str, as_json: bool) -> None:
     from rich.progress import Progress
 
     from llmbus.lora import LoraSettings
