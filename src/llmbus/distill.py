@@ -162,6 +162,32 @@ def pick_threshold(confidences: list[float], student_scores: list[float], teache
     return best
 
 
+@dataclass
+class Scored:
+    """A student's answers and confidences on the validation and test items."""
+
+    val: list[Any]
+    test: list[Any]
+    val_confidence: list[float]
+    test_confidence: list[float]
+
+
+def cascade_on(spec: TaskSpec, student: Scored, val: list[Example], test: list[Example],
+               target: float) -> tuple[float, float, float]:
+    """(threshold picked on validation, cascade quality on test, test escalation rate): the student's answer
+    when its confidence reaches the threshold, else the teacher's."""
+    def item_scores(answers: list[Any], examples: list[Example]) -> list[float]:
+        return [metrics.item_score(spec.main_metric, a, e.gold) for a, e in zip(answers, examples, strict=True)]
+
+    threshold, _, _ = pick_threshold(student.val_confidence, item_scores(student.val, val),
+                                     item_scores([e.teacher for e in val], val), target)
+    routed = [a if c >= threshold else e.teacher for a, c, e in zip(student.test, student.test_confidence, test,
+                                                                     strict=True)]
+    escalated = float(np.mean([c < threshold for c in student.test_confidence])) if test else 0.0
+    quality = metrics.compute(spec.main_metric, ((a, e.gold) for a, e in zip(routed, test, strict=True)))
+    return threshold, quality, escalated
+
+
 def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
             settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True,
             how: str = "none") -> DistillReport:
@@ -185,13 +211,9 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     val_answers, val_conf = predict(spec, student, by_split["val"])
     test_answers, test_conf = predict(spec, student, by_split["test"])
     metric = spec.main_metric
-    score = lambda pred, gold: metrics.item_score(metric, pred, gold)  # noqa: E731
-    threshold, _, _ = pick_threshold(val_conf, [score(a, e.gold) for a, e in zip(val_answers, by_split["val"],
-                                                                                    strict=True)],
-                                     [score(e.teacher, e.gold) for e in by_split["val"]], target)
     test = by_split["test"]
-    cascade_answers = [a if c >= threshold else e.teacher for a, c, e in zip(test_answers, test_conf, test,
-                                                                             strict=True)]
+    threshold, cascade_quality, escalated = cascade_on(spec, Scored(val_answers, test_answers, val_conf, test_conf),
+                                                       by_split["val"], test, target)
     teacher_latency = teacher_latency_s(store, teacher_run)
     report = DistillReport(
         task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
@@ -200,9 +222,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
         teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in test)),
         student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
         student_agreement=metrics.compute(metric, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
-        cascade_threshold=threshold,
-        cascade_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(cascade_answers, test, strict=True))),
-        cascade_escalation_rate=float(np.mean([c < threshold for c in test_conf])) if test_conf else 0.0,
+        cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
     )

@@ -42,13 +42,17 @@ def cpu_key() -> str:
     return hashlib.sha256(line.encode()).hexdigest()[:12]
 
 
+def llmbus_home() -> Path:
+    """Where llmbus keeps built tools and converted models: $LLMBUS_HOME, default ~/.cache/llmbus."""
+    return Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
+
+
 def find_binary(name: str) -> Path:
     """A llama.cpp tool: $LLMBUS_LLAMA_BIN/NAME, our build cache, then PATH."""
     candidates = []
     if os.environ.get("LLMBUS_LLAMA_BIN"):
         candidates.append(Path(os.environ["LLMBUS_LLAMA_BIN"]) / name)
-    home = Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
-    candidates.append(home / "llama.cpp" / f"{LLAMA_CPP_VERSION}-{cpu_key()}" / "bin" / name)
+    candidates.append(llmbus_home() / "llama.cpp" / f"{LLAMA_CPP_VERSION}-{cpu_key()}" / "bin" / name)
     on_path = shutil.which(name)
     if on_path:
         candidates.append(Path(on_path))

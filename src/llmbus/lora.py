@@ -24,6 +24,7 @@ import numpy as np
 
 from llmbus.embed import torch_for_training
 from llmbus.errors import ModelError
+from llmbus.llamacpp import llmbus_home
 
 STUDENT_TEMPLATE = "Input: {input}\nOutput:"
 
@@ -66,8 +67,7 @@ def student_prompt(raw_input: str) -> str:
 
 def hf_cache_dir(gguf_path: Path) -> Path:
     """Where the dequantized Hugging Face copy of a GGUF is kept (reloads in seconds instead of ~50 s)."""
-    home = Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
-    return home / "hf" / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
+    return llmbus_home() / "hf" / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
 
 
 def load_base(gguf_path: Path, threads: int = 2) -> tuple[Any, Any]:

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from llmbus import metrics
-from llmbus.distill import Example, cascade_entry, distillation_data, pick_threshold
+from llmbus.distill import Scored, cascade_entry, cascade_on, distillation_data
 from llmbus.llamacpp import resolve_gguf
 from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.models import ModelConfig, config_path, resolve_model
@@ -58,16 +57,6 @@ class LoraDistillReport:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json."""
         return asdict(self)
-
-
-@dataclass
-class Scored:
-    """One model's parsed answers and confidences on the validation and test items."""
-
-    val: list[Any]
-    test: list[Any]
-    val_confidence: list[float]
-    test_confidence: list[float]
 
 
 def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
@@ -127,21 +116,6 @@ def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
 
 def _quality(spec: TaskSpec, answers: list[Any], references: list[Any]) -> float:
     return metrics.compute(spec.main_metric, zip(answers, references, strict=True))
-
-
-def cascade_on(spec: TaskSpec, student: Scored, val: list[Example], test: list[Example],
-               target: float) -> tuple[float, float, float]:
-    """(threshold picked on validation, cascade quality on test, test escalation rate): the student's answer
-    when its confidence reaches the threshold, else the teacher's."""
-    def item_scores(answers: list[Any], examples: list[Example]) -> list[float]:
-        return [metrics.item_score(spec.main_metric, a, e.gold) for a, e in zip(answers, examples, strict=True)]
-
-    threshold, _, _ = pick_threshold(student.val_confidence, item_scores(student.val, val),
-                                     item_scores([e.teacher for e in val], val), target)
-    routed = [a if c >= threshold else e.teacher for a, c, e in zip(student.test, student.test_confidence, test,
-                                                                     strict=True)]
-    escalated = float(np.mean([c < threshold for c in student.test_confidence])) if test else 0.0
-    return threshold, _quality(spec, routed, [e.gold for e in test]), escalated
 
 
 def teacher_config(model: str, threads: int) -> ModelConfig:
