@@ -23,11 +23,12 @@ from llmbus.spec import TaskSpec
 
 @dataclass(frozen=True)
 class Item:
-    """One dataset row: its id, all its fields, and the expected answer."""
+    """One dataset row: its id, all its fields, the expected answer, and where it came from (file:line)."""
 
     id: str
     fields: dict[str, Any]
     expected: Any
+    where: str = ""
 
     def text(self, field: str) -> str:
         """The named field as text (the input baselines and retrieval read)."""
@@ -36,15 +37,18 @@ class Item:
 
 @dataclass(frozen=True)
 class Split:
-    """The pool the few-shot examples and baselines draw from, and the items runs are scored on."""
+    """The pool the few-shot examples and baselines draw from, and the items runs are scored on.
+
+    `eval` is in sample order: a deterministic shuffle, so any prefix (`--limit N`) is a representative sample."""
 
     pool: list[Item]
     eval: list[Item]
 
 
-def resolve_data_path(spec: TaskSpec) -> Path:
-    """The dataset's file: relative to the spec, absolute, or inside an installed package."""
-    raw = spec.data.path
+def resolve_data_path(spec: TaskSpec, raw: str | None = None) -> Path:
+    """A dataset file (data.path, or `raw`): relative to the spec, absolute, or inside an installed package."""
+    if raw is None:
+        raw = spec.data.path if isinstance(spec.data.path, str) else spec.data.path[0]
     if raw.startswith("package:"):
         dist_name, _, inner = raw.removeprefix("package:").partition("/")
         try:
@@ -60,41 +64,100 @@ def resolve_data_path(spec: TaskSpec) -> Path:
     return path
 
 
-def load_items(spec: TaskSpec) -> list[Item]:
-    """All items of the spec's dataset, in file order; errors name file, line and field."""
-    path = resolve_data_path(spec)
-    fmt = spec.data.format or _format_from_suffix(path)
+def data_paths(spec: TaskSpec) -> list[Path]:
+    """Every file of the dataset, in the order data.path lists them."""
+    raws = [spec.data.path] if isinstance(spec.data.path, str) else spec.data.path
+    return [resolve_data_path(spec, raw) for raw in raws]
+
+
+def load_items(spec: TaskSpec, paths: list[Path] | None = None) -> list[Item]:
+    """All items of the spec's dataset (or of `paths`), in file order; errors name file, line and field.
+
+    Expected answers of a classify task must be among output.labels: a value outside the label set fails here,
+    naming it, instead of being scored as a silent miss."""
+    paths = paths if paths is not None else data_paths(spec)
     readers = {"jsonl": _read_jsonl, "csv": _read_delimited, "tsv": _read_delimited, "conll": _read_conll,
                "conversations": _read_conversations}
-    rows = readers[fmt](path, spec, fmt)
+    labels = set(spec.output.labels or []) if spec.kind == "classify" else None
     items: list[Item] = []
     seen: set[str] = set()
-    for line, row in rows:
-        if spec.data.expected not in row:
-            raise DataError(f"{path}:{line}: missing field {spec.data.expected!r} (data.expected)")
-        if spec.data.input not in row:
-            raise DataError(f"{path}:{line}: missing field {spec.data.input!r} (data.input)")
-        item_id = str(row[spec.data.id]) if spec.data.id and spec.data.id in row else str(line)
-        if spec.data.id and spec.data.id not in row:
-            raise DataError(f"{path}:{line}: missing field {spec.data.id!r} (data.id)")
-        if item_id in seen:
-            raise DataError(f"{path}:{line}: duplicate id {item_id!r}")
-        seen.add(item_id)
-        items.append(Item(id=item_id, fields=row, expected=row[spec.data.expected]))
+    seen_inputs: set[str] = set()
+    for path in paths:
+        fmt = spec.data.format or _format_from_suffix(path)
+        for line, row in readers[fmt](path, spec, fmt):
+            item = _row_item(spec, path, line, row, prefix=f"{path.stem}:" if len(paths) > 1 else "")
+            if labels is not None and str(item.expected) not in labels:
+                raise DataError(f"{path}:{line}: {spec.data.expected} {item.expected!r} is not one of the task's "
+                                f"labels ({', '.join(spec.output.labels or [])}): add it to output.labels or "
+                                "fix the row")
+            if item.id in seen:
+                raise DataError(f"{path}:{line}: duplicate id {item.id!r}")
+            if spec.data.dedupe:
+                key = " ".join(item.text(spec.data.input).split()).lower()
+                if key in seen_inputs:
+                    continue
+                seen_inputs.add(key)
+            seen.add(item.id)
+            items.append(item)
     if not items:
-        raise DataError(f"{path}: dataset is empty")
+        raise DataError(f"{paths[0]}: dataset is empty")
     return items
 
 
+def _row_item(spec: TaskSpec, path: Path, line: int, row: dict[str, Any], prefix: str) -> Item:
+    for name, what in ((spec.data.expected, "data.expected"), (spec.data.input, "data.input"),
+                       (spec.data.id, "data.id")):
+        if name is not None and name not in row:
+            raise DataError(f"{path}:{line}: missing field {name!r} ({what})")
+    item_id = str(row[spec.data.id]) if spec.data.id else f"{prefix}{line}"
+    return Item(id=item_id, fields=row, expected=row[spec.data.expected], where=f"{path}:{line}")
+
+
 def split_items(spec: TaskSpec, items: list[Item]) -> Split:
-    """Deterministic pool/eval split by a hash of each item's id."""
+    """Pool/eval split by a hash of each item's id (or the fewshot.pool file as the pool), eval in sample order."""
+    if spec.fewshot.pool:
+        pool = load_items(spec, [resolve_data_path(spec, spec.fewshot.pool)])
+        pool_ids = {p.id for p in pool}
+        # Rows of both files are numbered from 1: the pool's own ids must not shadow eval items.
+        pool = [Item(f"pool:{p.id}", p.fields, p.expected, p.where) for p in pool] if pool_ids & {
+            i.id for i in items} else pool
+        return Split(pool=pool, eval=sample_order(spec, items))
     cut = int(spec.fewshot.pool_fraction * 10_000)
     pool: list[Item] = []
     evaluation: list[Item] = []
     for item in items:
-        digest = hashlib.sha256(f"{spec.fewshot.seed}:{item.id}".encode()).hexdigest()
-        (pool if int(digest, 16) % 10_000 < cut else evaluation).append(item)
-    return Split(pool=pool, eval=evaluation)
+        (pool if _hash(spec, "split", item.id) % 10_000 < cut else evaluation).append(item)
+    return Split(pool=pool, eval=sample_order(spec, evaluation))
+
+
+def _hash(spec: TaskSpec, purpose: str, item_id: str) -> int:
+    # The split keeps its historical key ("seed:id") so pools of existing tasks do not move.
+    key = f"{spec.fewshot.seed}:{item_id}" if purpose == "split" else f"{purpose}:{spec.fewshot.seed}:{item_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16)
+
+
+def sample_order(spec: TaskSpec, items: list[Item], balanced: bool = False) -> list[Item]:
+    """Items in a deterministic shuffled order whose every prefix is a representative sample.
+
+    Items are shuffled by a hash of their id (not file order, which is often sorted by label). Classify tasks are
+    stratified: each class's items, in hash order, are spread evenly over the sequence, so a prefix of N holds each
+    class at its share of the items (±1). `balanced` interleaves the classes round-robin instead, so a prefix holds
+    every class equally (until a class runs out): `--stratify`."""
+    shuffled = sorted(items, key=lambda item: _hash(spec, "order", item.id))
+    if spec.kind != "classify":
+        return shuffled
+    by_class: dict[str, list[Item]] = {}
+    for item in shuffled:
+        by_class.setdefault(str(item.expected), []).append(item)
+    keyed: list[tuple[float, int, Item]] = []
+    for members in by_class.values():
+        for rank, item in enumerate(members):
+            jitter = (_hash(spec, "jitter", item.id) % 1_000_000) / 1_000_000
+            # Balanced: rank r of every class lands in round r. Proportional: at the quantile (r + u) / n_c.
+            keyed.append((rank + jitter if balanced else (rank + jitter) / len(members),
+                          _hash(spec, "order", item.id), item))
+    keyed.sort(key=lambda entry: entry[:2])
+    return [item for *_, item in keyed]
 
 
 def _format_from_suffix(path: Path) -> str:
@@ -174,7 +237,8 @@ def _read_conll(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[st
 
 
 def _read_conversations(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
-    """ChatterBot corpus YAML: each conversation's first turn is the `question`, its second the `answer`."""
+    """ChatterBot corpus YAML: each conversation's first turn is the `question`, its second the `answer`; `topic`
+    is the file's name (ai.yml → "ai"), a label for topic classification over several files."""
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -193,7 +257,7 @@ def _read_conversations(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int,
         if not isinstance(conversation, yaml.SequenceNode) or len(turns) != len(conversation.value):
             raise DataError(f"{path}:{line}: a conversation must be a list of text turns")
         if len(turns) >= 2:
-            rows.append((line, {"question": turns[0], "answer": turns[1], "turns": turns}))
+            rows.append((line, {"question": turns[0], "answer": turns[1], "turns": turns, "topic": path.stem}))
     return rows
 
 

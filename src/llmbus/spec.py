@@ -50,13 +50,15 @@ class OutputSpec(_Strict):
 class DataSpec(_Strict):
     """Where the items come from and which fields matter."""
 
-    path: str  # relative to the spec file, absolute, or "package:DIST/path/inside/it"
+    # relative to the spec file, absolute, or "package:DIST/path/inside/it"; a list reads several files in order
+    path: str | list[str]
     # conversations: ChatterBot-style YAML (`conversations:` lists; turn 1 → question, turn 2 → answer)
     format: Literal["jsonl", "csv", "tsv", "conll", "conversations"] | None = None  # default: from the extension
     columns: list[str] | None = None  # csv/tsv without a header row
     input: str = "text"  # the field baselines and nearest-example retrieval read
     expected: str  # the field holding the right answer
-    id: str | None = None  # a stable id field; default: the row number
+    id: str | None = None  # a stable id field; default: the row number (FILE_STEM:row with several files)
+    dedupe: bool = False  # drop rows whose input repeats an earlier row's (the first is kept): no pool/eval leak
 
 
 class FewShotSpec(_Strict):
@@ -65,6 +67,9 @@ class FewShotSpec(_Strict):
     k: int = Field(default=0, ge=0, le=64)
     strategy: Literal["fixed", "random", "nearest"] = "nearest"
     pool_fraction: float = Field(default=0.2, gt=0, lt=1)  # share of the dataset held out as the pool
+    # A separate file of solved examples (same format and fields as data): then every row of data.path is an
+    # eval item and the pool comes from this file instead of the hash split.
+    pool: str | None = None
     seed: int = 0
 
 
