@@ -97,7 +97,8 @@ def score_baseline(spec: TaskSpec, baseline: Baseline, pool: list[Item], evaluat
         tick = time.perf_counter()
         model.predict([item])
         ticks.append(time.perf_counter() - tick)
-    value = metrics.compute(spec.main_metric, zip(predicted, (i.expected for i in evaluation), strict=True))
+    value = metrics.compute(spec.main_metric, zip(predicted, (i.expected for i in evaluation), strict=True),
+                            spec.output.labels or ())
     row = AdviceRow(system=baseline.name, kind="baseline", value=value, n_items=len(evaluation),
                     latency_ms=1000 * float(np.median(ticks)) if ticks else float("nan"),
                     usd_per_1k=1000 * cpu_per_item * usd_per_hour / 3600)
@@ -115,7 +116,8 @@ def llm_rows(spec: TaskSpec, store: Store, evaluation: list[Item],
             continue
         summary = summarize(store, run)
         item_ids = [c["item_id"] for c in store.iter_calls(run["id"]) if c["item_id"] in expected]
-        same = metrics.compute(spec.main_metric, ((first_baseline.get(i), expected[i]) for i in item_ids)) \
+        same = metrics.compute(spec.main_metric, ((first_baseline.get(i), expected[i]) for i in item_ids),
+                               spec.output.labels or ()) \
             if first_baseline and item_ids else None
         rows.append(AdviceRow(system=f"{run['model']} (run {run['id']})", kind="llm", value=summary.value,
                               n_items=summary.items, latency_ms=1000 * summary.latency_p50_s,
