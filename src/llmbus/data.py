@@ -116,12 +116,11 @@ def _row_item(spec: TaskSpec, path: Path, line: int, row: dict[str, Any], prefix
 def split_items(spec: TaskSpec, items: list[Item]) -> Split:
     """Pool/eval split by a hash of each item's id (or the fewshot.pool file as the pool), eval in sample order."""
     if spec.fewshot.pool:
-        pool = load_items(spec, [resolve_data_path(spec, spec.fewshot.pool)])
-        pool_ids = {p.id for p in pool}
+        given = load_items(spec, [resolve_data_path(spec, spec.fewshot.pool)])
         # Rows of both files are numbered from 1: the pool's own ids must not shadow eval items.
-        pool = [Item(f"pool:{p.id}", p.fields, p.expected, p.where) for p in pool] if pool_ids & {
-            i.id for i in items} else pool
-        return Split(pool=pool, eval=sample_order(spec, items))
+        if {p.id for p in given} & {i.id for i in items}:
+            given = [Item(f"pool:{p.id}", p.fields, p.expected, p.where) for p in given]
+        return Split(pool=given, eval=sample_order(spec, items))
     cut = int(spec.fewshot.pool_fraction * 10_000)
     pool: list[Item] = []
     evaluation: list[Item] = []

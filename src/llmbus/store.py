@@ -40,6 +40,8 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
     sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
+    # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
+    sa.Column("sampling", sa.String(20)),
 )
 
 calls = sa.Table(
@@ -123,6 +125,12 @@ def _m005_run_item_offset(conn: Connection) -> None:
     _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
 
 
+def _m006_run_sampling(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "sampling", "VARCHAR(20)")
+    # Runs made before 006 took their items in file order: resuming one must pick the same items again.
+    conn.execute(sa.text("UPDATE runs SET sampling = 'file' WHERE sampling IS NULL"))
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -130,6 +138,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_quality", _m002_quality),
     ("004_call_meta", _m004_call_meta),
     ("005_run_item_offset", _m005_run_item_offset),
+    ("006_run_sampling", _m006_run_sampling),
 ]
 
 
@@ -221,14 +230,15 @@ class Store:
 
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
-                   metric: str, n_planned: int, concurrency: int, item_offset: int = 0) -> str:
+                   metric: str, n_planned: int, concurrency: int, item_offset: int = 0,
+                   sampling: str | None = None) -> str:
         """Insert a new run and return its id."""
         run_id = secrets.token_hex(4)
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
                 model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
-                created_at=now(), wall_s=0.0, item_offset=item_offset))
+                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling))
         return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:

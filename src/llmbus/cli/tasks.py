@@ -21,8 +21,13 @@ from llmbus.models import DEFAULT_MODEL
 def run(
     task: str = typer.Argument(..., help="Task spec YAML"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model reference, e.g. local:gemma-3-270m"),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Answer only the first N eval items"),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N eval items (e.g. held-out ones)"),
+    limit: int | None = typer.Option(None, "--limit", "-n",
+                                     help="Answer N eval items: a representative sample (each class at its share), "
+                                          "the same items for every model"),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N eval items of that order (e.g. "
+                                                          "those another run answered)"),
+    stratify: bool = typer.Option(False, "--stratify", help="Classify: give every class equal room in the "
+                                                            "sample instead of its share"),
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
@@ -43,10 +48,12 @@ def run(
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _progress_bar(disable=as_json) as (_, on_progress):
+    bar = _progress_bar(disable=as_json)
+    with bar as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
-                          use_cache=not no_cache,
-                          resume=resume, on_progress=on_progress)
+                          use_cache=not no_cache, resume=resume, on_progress=on_progress,
+                          sampling="balanced" if stratify else "representative", on_stage=bar.stage,
+                          on_warning=warn)
     summary = summarize(store, store.get_run(run_id))
     if as_json:
         out.print_json(data=summary.as_dict())
@@ -56,6 +63,11 @@ def run(
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
+
+
+def warn(text: str) -> None:
+    """One warning line on stderr, printed as is (no markup)."""
+    err.print(f"warning: {text}", style="yellow", markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 class _progress_bar:
@@ -74,16 +86,26 @@ class _progress_bar:
     def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
         return self.progress, self.update
 
-    def update(self, p: Any) -> None:
+    def _start(self) -> None:
         if not self.started:
             self.progress.start()
             self.started = True
-        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
-        self.progress.update(self.task_id, completed=p.done, total=p.total, rate=f"{rate:.1f}", errors=p.errors,
-                             metric=f"{p.metric_name} {fmt(p.metric_value)}")
 
-    def __exit__(self, *exc: Any) -> None:
+    def stage(self, text: str) -> None:
+        """Show what is being prepared before the first answer (starting the model, embedding the pool)."""
+        self._start()
+        self.progress.update(self.task_id, description=f"{text}…")
+
+    def update(self, p: Any) -> None:
+        self._start()
+        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
+        self.progress.update(self.task_id, description="answering", completed=p.done, total=p.total,
+                             rate=f"{rate:.1f}", errors=p.errors, metric=f"{p.metric_name} {fmt(p.metric_value)}")
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self.started:
+            # On an error the bar goes away, so the error stays the one line the user reads.
+            self.progress.live.transient = exc_type is not None
             self.progress.stop()
 
 
@@ -104,6 +126,8 @@ def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None =
         table.add_row(*cells)
     out.print(table)
     for s in summaries:
+        for warning in s.warnings:
+            warn(f"run {s.run_id}: {warning}")
         if s.draft_acceptance is not None:
             out.print(f"  {s.run_id}: speculative decoding accepted {s.draft_acceptance:.0%} of drafted tokens")
 
