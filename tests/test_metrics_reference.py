@@ -126,3 +126,14 @@ def test_failed_answer_scores_as_an_empty_text():
     pairs = [("the cat", "the cat"), (None, "a dog")]
     expected = sacrebleu.corpus_chrf(["the cat", ""], [["the cat", "a dog"]]).score / 100
     assert metrics.compute("chrf", pairs) == pytest.approx(expected, abs=1e-9)
+
+
+def test_eval_names_labels_the_sample_never_expects(store: Store):
+    labels = ["a", "b", "c", "d", "e"]
+    report = evaluate(store, add_run(store, classify_rows(["a"] * 40, ["a"] * 40), labels=labels, task="one"),
+                      rounds=20)
+    assert report.values["macro_f1"].value == pytest.approx(0.2)
+    assert any("cover 1 of 5 labels; never expected: b, c, d, e" in w for w in report.warnings)
+    fine = evaluate(store, add_run(store, classify_rows(labels * 8, labels * 8), labels=labels, task="all"),
+                    rounds=20)
+    assert fine.warnings == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,6 +78,7 @@ class EvalReport:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # rows expected, columns predicted (+ failed)
+    warnings: list[str] = field(default_factory=list)  # what makes these figures weak (labels never expected…)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json output."""
@@ -223,7 +225,27 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS) -> EvalR
         report.confusion = np.bincount(sample.gold * (k + 1) + sample.pred,
                                        minlength=k * (k + 1)).reshape(k, k + 1).tolist()
         report.per_class = metrics.per_class_scores(report.confusion, sample.classes)
+        report.warnings = classify_warnings(run, report)
+    if 0 < sample.n < 30:
+        report.warnings.append(f"only {sample.n} items: the intervals are wide")
     return report
+
+
+def classify_warnings(run: dict[str, Any], report: EvalReport) -> list[str]:
+    """Labels the run's expected answers never hold, and expected values outside the spec's label set."""
+    declared = [str(c) for c in (json.loads(run["spec_json"]).get("output") or {}).get("labels") or []]
+    support = {cls: int(report.per_class[cls]["support"]) for cls in report.classes}
+    if not any(support.values()):  # judge runs: nothing is expected
+        return []
+    warnings = []
+    found = metrics.coverage_warning(declared, Counter(support), f"the {report.n} items' expected answers")
+    if found:
+        warnings.append(found)
+    outside = [cls for cls in report.classes if cls not in declared and support[cls]]
+    if outside:
+        warnings.append(f"expected answers outside output.labels: {', '.join(outside)} (scored as their own "
+                        "classes; fix the data or the label set)")
+    return warnings
 
 
 def compare(store: Store, run_a: str, run_b: str, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Comparison:

@@ -41,6 +41,11 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def warn(text: str) -> None:
+    """One warning line on stderr, printed as is (no markup, no emoji codes)."""
+    err.print(f"warning: {text}", style="yellow", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
 def fmt(value: float | None, spec: str = ".3f") -> str:
     """A number for a table cell ('–' for missing)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

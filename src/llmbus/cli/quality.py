@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, warn
 
 
 def _print_json(data: Any) -> None:
@@ -79,6 +79,8 @@ def _print_report(report: Any) -> None:
             classes.add_row(cls, fmt(s["precision"]), fmt(s["recall"]), fmt(s["f1"]), str(int(s["support"])),
                             *(str(c) for c in row))
         out.print(classes)
+    for warning in report.warnings:
+        warn(f"run {report.run_id}: {warning}")
 
 
 def _print_comparison(c: Any) -> None:

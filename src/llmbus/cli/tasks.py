@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, warn
 from llmbus.models import DEFAULT_MODEL
 
 
@@ -63,11 +63,6 @@ def run(
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
-
-
-def warn(text: str) -> None:
-    """One warning line on stderr, printed as is (no markup)."""
-    err.print(f"warning: {text}", style="yellow", markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 class _progress_bar:
