@@ -3,8 +3,8 @@
 The items are a prefix of the eval split in sample order (a stratified shuffle, see `data.sample_order`), so
 `--limit N` answers a representative sample, the same items for every model. Every item's prompt is rendered
 once before the first call, so a row missing a field the prompt uses stops the run before anything is spent.
-Each answer is committed to the call log as soon as it arrives; on Ctrl-C, SIGTERM or an error the calls in
-flight are given a grace period and logged, and the run is marked `interrupted` or `failed` (never left
+Answers are committed to the call log in small batches (at most FLUSH_EVERY answers or FLUSH_S seconds, so kill -9
+loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period and logged, and the run is marked `interrupted` or `failed` (never left
 `running`); `resume` finishes only the items still missing (or that failed for a transient reason).
 """
 
@@ -32,6 +32,7 @@ TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreacha
                               "http_500", "http_502", "http_503", "http_504", "http_408", "http_409", "http_425"})
 # On a stop, calls already in flight get this long to finish and be logged (they may already be paid for).
 GRACE_S = 10.0
+FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most this many, or this often
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
 
@@ -179,11 +180,22 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
     pending: set[Future[CallRecord]] = set()
     executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-call")
 
+    batch: list[CallRecord] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        store.record_calls(batch)
+        store.cache_put_many([record.extra.pop("cache_put") for record in batch if "cache_put" in record.extra])
+        batch.clear()
+        last_flush = time.monotonic()
+
     def log(record: CallRecord) -> None:
         nonlocal done, errors
-        store.record_call(record)
-        if "cache_put" in record.extra:
-            store.cache_put(*record.extra.pop("cache_put"))
+        batch.append(record)
+        # One transaction per batch, not per answer: at most FLUSH_EVERY answers or FLUSH_S seconds unwritten.
+        if len(batch) >= FLUSH_EVERY or time.monotonic() - last_flush >= FLUSH_S:
+            flush()
         done += 1
         errors += record.error_kind is not None
         tally.add(record.parsed if record.error_kind is None else None, record.expected)
@@ -211,6 +223,7 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
     finally:
         if status != "done":
             _log_in_flight(pending, log)
+        flush()
         executor.shutdown(wait=status == "done", cancel_futures=True)
         _close_session(store, run_id, started, status)
 

@@ -265,10 +265,19 @@ class Store:
     # calls -----------------------------------------------------------------------------------------
     def record_call(self, record: CallRecord) -> None:
         """Write one call, replacing an earlier attempt at the same item of the same run."""
-        row = record.to_row()
+        self.record_calls([record])
+
+    def record_calls(self, records: list[CallRecord]) -> None:
+        """Write calls in one transaction, each replacing an earlier attempt at its item of its run."""
+        if not records:
+            return
+        by_run: dict[str, list[str]] = {}
+        for record in records:
+            by_run.setdefault(record.run_id, []).append(record.item_id)
         with self.engine.begin() as conn:
-            conn.execute(calls.delete().where(calls.c.run_id == record.run_id, calls.c.item_id == record.item_id))
-            conn.execute(calls.insert().values(**row))
+            for run_id, item_ids in by_run.items():
+                conn.execute(calls.delete().where(calls.c.run_id == run_id, calls.c.item_id.in_(item_ids)))
+            conn.execute(sa.insert(calls), [record.to_row() for record in records])
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
@@ -292,10 +301,19 @@ class Store:
 
     def cache_put(self, key: str, model: str, completion: dict[str, Any]) -> None:
         """Store a completion under its cache key (first writer wins)."""
+        self.cache_put_many([(key, model, completion)])
+
+    def cache_put_many(self, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Store (key, model, completion) entries in one transaction; keys already cached keep their value."""
+        fresh = {key: (model, completion) for key, model, completion in entries}
+        if not fresh:
+            return
         with self.engine.begin() as conn:
-            if conn.scalar(sa.select(cache.c.key).where(cache.c.key == key)) is None:
-                conn.execute(cache.insert().values(key=key, model=model, created_at=now(),
-                                                   completion_json=json.dumps(completion)))
+            taken = set(conn.scalars(sa.select(cache.c.key).where(cache.c.key.in_(list(fresh)))))
+            rows = [{"key": key, "model": model, "created_at": now(), "completion_json": json.dumps(completion)}
+                    for key, (model, completion) in fresh.items() if key not in taken]
+            if rows:
+                conn.execute(sa.insert(cache), rows)
 
     def close(self) -> None:
         """Release pooled connections."""
