@@ -3,9 +3,10 @@
 The items are a prefix of the eval split in sample order (a stratified shuffle, see `data.sample_order`), so
 `--limit N` answers a representative sample, the same items for every model. Every item's prompt is rendered
 once before the first call, so a row missing a field the prompt uses stops the run before anything is spent.
-Answers are committed to the call log in small batches (at most FLUSH_EVERY answers or FLUSH_S seconds, so kill -9
-loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period and logged, and the run is marked `interrupted` or `failed` (never left
-`running`); `resume` finishes only the items still missing (or that failed for a transient reason).
+Answers are committed to the call log in small batches (at most FLUSH_EVERY answers or FLUSH_S seconds, so
+kill -9 loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period
+and logged, and the run is marked `interrupted` or `failed` (never left `running`); `resume` finishes only the
+items still missing (or that failed for a transient reason).
 """
 
 from __future__ import annotations
@@ -149,9 +150,9 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
         if on_warning:
             on_warning(warning)
     owned = provider is None
-    stage(f"starting {model}")
-    provider = provider or open_provider(model)
+    provider = provider or open_provider(model)  # an unknown model fails here, before any progress line
     try:
+        stage(f"starting {model}")
         provider.check()
         if resume:
             run_id = run["id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from llmbus.errors import LlmbusError
+from llmbus.redact import masked_url
 
 DEFAULT_DB = "llmbus.db"
 
@@ -214,8 +216,9 @@ class Store:
     """Access to one database; safe to share between threads."""
 
     def __init__(self, db: str | None = None):
-        self.url = database_url(db)
-        self.engine = _make_engine(self.url)
+        url = database_url(db)
+        self.url = masked_url(url)  # for messages: never the password (the engine holds the real URL)
+        self.engine = _make_engine(url)
         self.migrate()
 
     def migrate(self) -> None:
@@ -322,15 +325,11 @@ class Store:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10)
-        try:
-            with engine.connect():
-                pass
-        except sa.exc.OperationalError as exc:
-            raise LlmbusError(f"cannot connect to database {engine.url.render_as_string(hide_password=True)}: "
-                              f"{str(exc.orig).strip().splitlines()[0]}") from None
-        return engine
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        return _connected(_create_engine(url, pool_pre_ping=True, pool_size=10), url)
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        _check_sqlite_path(Path(path))
+    engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -340,4 +339,34 @@ def _make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    return _connected(engine, url)
+
+
+def _create_engine(url: str, **options: Any) -> Engine:
+    try:
+        return sa.create_engine(url, **options)
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # bad URL, unknown dialect or driver
+        raise LlmbusError(f"--db {masked_url(url)}: not a database URL llmbus can open ({exc})") from None
+
+
+def _check_sqlite_path(path: Path) -> None:
+    """A SQLite --db must be a file (or not exist yet) in a folder that exists."""
+    if path.is_dir():
+        raise LlmbusError(f"--db {path}: is a folder; give a database file such as {path / DEFAULT_DB}")
+    if not path.parent.is_dir():
+        raise LlmbusError(f"--db {path}: folder {path.parent} does not exist (create it, or give another path)")
+
+
+def _connected(engine: Engine, url: str) -> Engine:
+    """`engine` once one connection opened and read the schema; one clear error otherwise."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA schema_version")  # a file of garbage fails here, not at open
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+        engine.dispose()
+        orig = getattr(exc, "orig", exc)
+        reason = str(orig).strip().splitlines()[0] if str(orig).strip() else orig.__class__.__name__
+        what = "open SQLite database" if engine.dialect.name == "sqlite" else "connect to database"
+        raise LlmbusError(f"cannot {what} {masked_url(url).removeprefix('sqlite:///')}: {reason}") from None
     return engine

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, warn
 
 
 def _print_json(data: Any) -> None:
@@ -129,7 +129,7 @@ def judge_run(
     out.print(f"judge cost ${report.cost_usd:.6f} · ${fmt(report.cost_per_1k, '.4f')} per 1k judgments",
               highlight=False)
     if report.broken:
-        out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {report.example_error}[/]")
+        out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {plain(report.example_error)}[/]")
 
 
 @judge_app.command("calibrate")
@@ -171,9 +171,9 @@ def judge_calibrate(
                 rows.add_column(column)
             for d in report.disagreements[:30]:
                 rows.add_row(d["item_id"], d["human"], str(d["judge"]), fmt(d["confidence"], ".2f"),
-                             str(d["answer"])[:60])
+                             plain(str(d["answer"])[:60]))
             out.print(rows)
-        out.print(("[green]" if report.trusted else "[bold red]") + report.reason + "[/]", highlight=False)
+        out.print(("[green]" if report.trusted else "[bold red]") + plain(report.reason) + "[/]", highlight=False)
     if gate and not report.trusted:
         raise typer.Exit(1)
 

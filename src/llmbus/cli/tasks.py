@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, warn
 from llmbus.models import DEFAULT_MODEL
 
 
@@ -89,7 +89,7 @@ class _progress_bar:
     def stage(self, text: str) -> None:
         """Show what is being prepared before the first answer (starting the model, embedding the pool)."""
         self._start()
-        self.progress.update(self.task_id, description=f"{text}…")
+        self.progress.update(self.task_id, description=f"{plain(text)}…")
 
     def update(self, p: Any) -> None:
         self._start()
@@ -163,12 +163,12 @@ def show(
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
         return
-    table = Table(title=f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}",
+    table = Table(title=plain(f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}"),
                   title_justify="left")
     for column in ("item", "answer", "expected", "conf", "score", "latency s", "cost $", "cache", "error"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["item_id"], _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
+        table.add_row(plain(r["item_id"]), _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
                       _short(r["expected"]), fmt(r["confidence"], ".2f"), fmt(r["score"], ".2f"),
                       fmt(r["latency_s"], ".3f"), fmt(r["cost_usd"], ".6f"), "hit" if r["cache_hit"] else "",
                       r["error_kind"] or "")
@@ -178,7 +178,7 @@ def show(
 def _short(value: Any, width: int = 40) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return plain(text if len(text) <= width else text[: width - 1] + "…")  # model text may hold `[/INST]`
 
 
 @app.command()
