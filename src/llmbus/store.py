@@ -123,6 +123,10 @@ def _m005_run_item_offset(conn: Connection) -> None:
     _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
 
 
+def _m006_label_show_fields(conn: Connection) -> None:
+    _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -130,6 +134,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_quality", _m002_quality),
     ("004_call_meta", _m004_call_meta),
     ("005_run_item_offset", _m005_run_item_offset),
+    ("006_label_show_fields", _m006_label_show_fields),
 ]
 
 

@@ -190,6 +190,9 @@ def label_create(
     correction: bool = typer.Option(False, "--correction", help="Also ask for an optional free-text correction"),
     instructions: str | None = typer.Option(None, "--instructions", help="Markdown file shown to annotators"),
     queue: int = typer.Option(0, "--queue", min=0, help="Queue the run's first N items now"),
+    show_fields: str | None = typer.Option(None, "--show-fields", help="Item fields annotators see besides the "
+                                           "answer, e.g. text,label; 'confidence' adds the model's (default: the "
+                                           "input field only: no gold answer, no confidence)"),
     db: str | None = DB_OPTION,
 ) -> None:
     """Create a labeling project over a run's calls."""
@@ -206,10 +209,30 @@ def label_create(
             raise DataError(f"{instructions}: instructions file not found")
         text = Path(instructions).read_text(encoding="utf-8")
     store = Store(db)
-    label.create_project(store, name, run_id, parsed, text)
+    label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
     added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
                           "initial") if queue else 0
-    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued", highlight=False)
+    shown = ", ".join(label.get_project(store, name)["show_fields"])
+    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued; annotators see "
+              f"{shown} and the answer", highlight=False)
+
+
+@label_app.command("show-fields")
+@friendly_errors
+def label_show_fields(
+    fields: str | None = typer.Argument(None, help="Comma-separated item fields (and 'confidence') annotators see "
+                                        "besides the answer; omit to go back to the default (the input field)"),
+    project: str = typer.Option(..., "--project"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Change what a project's annotators see (the gold answer and confidence only when listed)."""
+    from llmbus import label
+    from llmbus.store import Store
+
+    store = Store(db)
+    label.set_show_fields(store, project, label.parse_show_fields(fields))
+    shown = ", ".join(label.get_project(store, project)["show_fields"])
+    out.print(f"project {project}: annotators see {shown} and the answer", highlight=False)
 
 
 def _first(rows: Any, n: int) -> list[Any]:
