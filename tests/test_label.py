@@ -201,7 +201,8 @@ def test_annotators_see_no_gold_or_confidence_unless_listed(store: Store, tiny_t
                                                             tmp_path: Path):
     _blind_project(store, tiny_task)
     assert label.get_project(store, "p")["show_fields"] == ("text",)  # default: the task's input field
-    alice, bob = label.add_annotator(store, "p", "alice"), label.add_annotator(store, "p", "bob")
+    alice = label.add_annotator(store, "p", "alice")
+    label.add_annotator(store, "p", "bob")
     label.save_label(store, "p", "bob", "m2", "fail")  # another annotator's label: not alice's to see
     with _Server(create_app(store, "p")) as base:
         page = _sign_in(browser, base, alice)
@@ -233,8 +234,8 @@ def test_annotators_see_no_gold_or_confidence_unless_listed(store: Store, tiny_t
 def test_show_fields_are_checked_and_stored(store: Store, tiny_task: Path):
     from fastapi.testclient import TestClient
 
-    with pytest.raises(label.LabelError, match="--show-fields gold: not a field of run .* use some of confidence, "
-                                               "id, label, text"):
+    with pytest.raises(label.LabelError, match=r"--show-fields gold: not a field of run .*; "
+                                               r"use some of confidence, id, label, text"):
         _blind_project(store, tiny_task, ("text", "gold"))
     _blind_project(store, tiny_task, label.parse_show_fields("label, confidence"))
     assert label.get_project(store, "p")["show_fields"] == ("label", "confidence")

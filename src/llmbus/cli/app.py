@@ -1,7 +1,8 @@
-"""What every command module shares: the typer app, consoles, one-line errors, number formatting."""
+"""What every command module shares: the typer app, consoles, one-line errors, number formatting, --json."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -39,6 +40,11 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(130 if isinstance(exc, RunInterrupted) else 2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_json(data: Any) -> None:
+    """--json output: one plain JSON document on stdout (never colored, even where a terminal is forced)."""
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
