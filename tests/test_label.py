@@ -158,6 +158,15 @@ def test_label_cli(store: Store, tiny_task: Path, tmp_path: Path):
     bad = llmbus("select", "--project", "p", "--strategy", "smart")
     assert bad.returncode == 2 and "use one of uncertainty" in bad.stderr
     assert llmbus("create", "q", "--run", run_id, "--labels", "pass").returncode == 2
+    assert "annotators see text and the answer" in made.stdout  # the default: no gold, no confidence
+    shown = llmbus("create", "r", "--run", run_id, "--labels", "pass,fail", "--show-fields", "text,label,confidence")
+    assert shown.returncode == 0 and "annotators see text, label, confidence and the answer" in shown.stdout
+    assert label.get_project(store, "r")["show_fields"] == ("text", "label", "confidence")
+    wrong = llmbus("show-fields", "--project", "r", "text,gold")
+    assert wrong.returncode == 2 and "--show-fields gold: not a field of run" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    back = llmbus("show-fields", "--project", "r")
+    assert back.returncode == 0 and label.get_project(store, "r")["show_fields"] == ("text",)
 
 
 def test_score_and_correction_pages(store: Store, tiny_task: Path):
