@@ -133,6 +133,10 @@ def _m006_run_sampling(conn: Connection) -> None:
     conn.execute(sa.text("UPDATE runs SET sampling = 'file' WHERE sampling IS NULL"))
 
 
+def _m007_label_show_fields(conn: Connection) -> None:
+    _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -141,6 +145,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("004_call_meta", _m004_call_meta),
     ("005_run_item_offset", _m005_run_item_offset),
     ("006_run_sampling", _m006_run_sampling),
+    ("007_label_show_fields", _m007_label_show_fields),
 ]
 
 

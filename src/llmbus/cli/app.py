@@ -1,7 +1,8 @@
-"""What every command module shares: the typer app, consoles, one-line errors, number formatting."""
+"""What every command module shares: the typer app, consoles, one-line errors, number formatting, --json."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -53,6 +54,11 @@ def warn(text: str) -> None:
 def plain(value: Any) -> str:
     """User or model text for a rich string or table cell: `[...]` shown as written, never read as markup."""
     return escape(str(value))
+
+
+def print_json(data: Any) -> None:
+    """--json output: one plain JSON document on stdout (never colored, even where a terminal is forced)."""
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 from llmbus.models import DEFAULT_MODEL
 
 
@@ -191,13 +191,15 @@ def advise(
 ) -> None:
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
     from llmbus.advise import advise as run_advice
+    from llmbus.cli.progress import stage_progress
     from llmbus.spec import load_spec
     from llmbus.store import Store
 
     spec = load_spec(task)
-    advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour)
+    with stage_progress(disable=as_json) as progress:
+        advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour, progress=progress)
     if as_json:
-        out.print_json(data=advice.as_dict())
+        print_json(advice.as_dict())
         return
     out.print(f"[bold]{spec.name}[/] · kind {spec.kind} → tier [bold]{advice.tier}[/] ({advice.tier_params})")
     out.print(advice.reason, highlight=False)
