@@ -2,13 +2,20 @@
 
 `serve.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
 (a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
-backend, or fallback. `open_stream` answers the same way piece by piece (gateway_stream.py): fallbacks apply
-until the first piece is out, and a streamed call's meta adds its time to first token (`ttft_s`).
+backend, fallback or failed; a refused request (bad key, body or model, rate limit, budget) is a row of the
+start's `gateway:refused` run, with the refusal as its error_kind. `open_stream` answers the same way piece by
+piece (gateway_stream.py): fallbacks apply until the first piece is out, and a streamed call's meta adds its
+time to first token (`ttft_s`).
+
+A key's budget holds each request's estimated cost while it runs (`estimate_cost`, an upper bound) and settles
+to the real cost once the call is logged, so concurrent requests cannot overspend it by more than the one
+admitted last; spend per key lives in the store's `key_spend` table (read at start, so it survives restarts).
 """
 
 from __future__ import annotations
 
 import collections
+import hmac
 import os
 import threading
 import time
@@ -20,18 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.data import Item, load_items, split_items
 from llmbus.errors import LlmbusError, ProviderError, SpecError
 from llmbus.fewshot import ExampleSelector
 from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
+from llmbus.models import ModelConfig, load_model_configs, resolve_model
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
 from llmbus.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
-from llmbus.store import CallRecord, Store, calls, now
+from llmbus.store import CallRecord, Store, now
 
 
 class _Config(BaseModel):
@@ -57,7 +64,12 @@ class KeyConfig(_Config):
 
     def secret(self) -> str:
         """The key's value, read from the environment for `env:NAME`."""
-        return os.environ.get(self.key[4:], "") if self.key.startswith("env:") else self.key
+        return secret_value(self.key)
+
+
+def secret_value(ref: str) -> str:
+    """A literal secret, or for `env:NAME` the environment variable's value ('' when it is unset)."""
+    return os.environ.get(ref[4:], "") if ref.startswith("env:") else ref
 
 
 class CacheConfig(_Config):
@@ -74,6 +86,8 @@ class ServeConfig(_Config):
     models: dict[str, RouteConfig]
     keys: list[KeyConfig] = Field(default_factory=list)
     cache: CacheConfig = CacheConfig()
+    metrics_key: str | None = None  # literal or env:NAME: /metrics then needs `Authorization: Bearer KEY`
+    log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
     source: Path | None = Field(default=None, exclude=True)
 
 
@@ -87,12 +101,60 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         raise SpecError(describe_validation_error(path, node, exc)) from None
 
 
-class GatewayError(LlmbusError):
-    """A request the gateway refuses: carries the HTTP status and headers to answer with."""
+def check_secrets(config: ServeConfig) -> None:
+    """Every key (and the metrics key) must have a value: an unset `env:NAME` would quietly lock a team out,
+    or with no key left, open the gateway to everyone."""
+    where = config.source or "serve config"
+    refs = [(f"keys[{i}] ({k.name})", k.key) for i, k in enumerate(config.keys)]
+    for field_name, ref in [*refs, *([("metrics_key", config.metrics_key)] if config.metrics_key is not None else [])]:
+        if not secret_value(ref):
+            reason = f"environment variable {ref[4:]} is not set" if ref.startswith("env:") else "it is empty"
+            raise SpecError(f"{where}: {field_name}: {reason}")
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+
+# The refusal kind of each status: the log's error_kind, the refusal counter's label, the error body's code.
+STATUS_KINDS = {400: "invalid_request", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded",
+                502: "all_failed"}
+
+
+class GatewayError(LlmbusError):
+    """A request the gateway refuses (4xx) or cannot answer (502): the HTTP status and headers to answer with,
+    its kind, and the body field at fault (if one is)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, kind: str | None = None,
+                 param: str | None = None):
         super().__init__(message)
-        self.status, self.headers = status, headers or {}
+        self.status, self.headers, self.param = status, headers or {}, param
+        self.kind = kind or STATUS_KINDS.get(status, f"http_{status}")
+
+    @property
+    def refusal(self) -> bool:
+        """The request was turned away before any backend saw it (logged as a refusal)."""
+        return self.status < 500
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header (any case of the scheme; a bare token as is)."""
+    header = (header or "").strip()
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else header
+
+
+# An upper bound of a prompt's tokens is one per UTF-8 byte (byte-level BPE), plus the chat template's own.
+PROMPT_OVERHEAD_TOKENS = 16
+
+
+def estimate_cost(config: ModelConfig, request: Request, timeout_s: float, configs: dict[str, ModelConfig]) -> float:
+    """An upper estimate of one call's cost, held against a key's budget while the call runs: token-priced
+    models at one input token per prompt byte and `max_tokens` out; CPU-priced ones (local, encoder) at all
+    their threads busy for the route's timeout; a cascade at both its models."""
+    if config.provider == "cascade":
+        return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs)
+                   for ref in (config.student, config.teacher) if ref)
+    if config.provider == "openai":
+        tokens_in = len(request.prompt.encode()) + PROMPT_OVERHEAD_TOKENS
+        return (tokens_in * config.usd_per_1m_input + request.max_tokens * config.usd_per_1m_output) / 1e6
+    return timeout_s * config.threads * config.usd_per_hour / 3600
 
 
 @dataclass
@@ -121,15 +183,23 @@ class Gateway:
                 self.specs[name] = load_spec(task_path)
                 self.selectors[name] = ExampleSelector(self.specs[name],
                                                        split_items(self.specs[name], load_items(self.specs[name])).pool)
+        check_secrets(config)
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
-        self.providers: dict[str, Provider] = {ref: open_provider(ref) for ref in sorted(refs)}
+        self._model_configs = load_model_configs()
+        self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
+        self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
-        self.keys = {k.secret(): k for k in config.keys if k.secret()}
+        self.keys = {k.secret(): k for k in config.keys}
+        self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
         self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._spent: dict[str, float] = {k.name: self._spent_so_far(k.name) for k in config.keys}
+        self._spent = store.open_key_spend([k.name for k in config.keys])  # logged, per key
+        self._held: dict[str, float] = dict.fromkeys(self._spent, 0.0)  # estimates of the requests in flight
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
-        self.run_ids = {name: self._open_run(name, route) for name, route in config.models.items()}
+        self.run_ids = {name: self._open_run(f"gateway:{name}", str(route.task or ""), route.model,
+                                             self.specs[name].version if name in self.specs else "-")
+                        for name, route in config.models.items()}
+        self.refusal_run_id: str | None = None  # made with the first refusal
 
     def start(self) -> None:
         """Start every backend now (load errors surface at startup, not on the first request)."""
@@ -141,21 +211,37 @@ class Gateway:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for provider in self.providers.values():
             provider.close()
-        for run_id in self.run_ids.values():
+        for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
             self.store.update_run(run_id, status="done", finished_at=now())
 
+    def open_warning(self) -> str | None:
+        """The line to print at startup when anyone who can reach the gateway may use it."""
+        if self.keys:
+            return None
+        return "llmbus gateway: warning: serve.yaml has no `keys:`, so the gateway is open to anyone who can reach it"
+
     # --- admission ---------------------------------------------------------------------------------------
-    def authorize(self, header: str | None) -> KeyConfig | None:
-        """The caller's key (None when the gateway has no keys); enforces rate limit and budget."""
+    def caller(self, header: str | None) -> KeyConfig | None:
+        """The key an Authorization header names (None when the gateway has no keys); 401 for any other."""
         if not self.keys:
             return None
-        token = (header or "").removeprefix("Bearer ").strip()
-        key = self.keys.get(token)
+        key = self.keys.get(bearer_token(header))
         if key is None:
             raise GatewayError(401, "missing or unknown API key")
+        return key
+
+    def check_metrics_key(self, header: str | None) -> None:
+        """401 unless /metrics is open or the header carries the metrics key."""
+        if self.metrics_secret and not hmac.compare_digest(bearer_token(header).encode(), self.metrics_secret.encode()):
+            raise GatewayError(401, "/metrics needs the metrics key (Authorization: Bearer …)")
+
+    def authorize(self, header: str | None) -> KeyConfig | None:
+        """The caller's key (None when the gateway has no keys); enforces rate limit and budget."""
+        key = self.caller(header)
+        if key is None:
+            return None
         with self._lock:
-            if key.budget_usd is not None and self._spent[key.name] >= key.budget_usd:
-                raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent")
+            self._check_budget(key)
             if key.requests_per_minute is not None:
                 window = self._recent[key.name]
                 cutoff = time.monotonic() - 60
@@ -168,11 +254,32 @@ class Gateway:
                 window.append(time.monotonic())
         return key
 
-    def _spent_so_far(self, key_name: str) -> float:
-        pattern = f'%"key": "{key_name}"%'
-        with self.store.engine.connect() as conn:
-            return float(conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0))
-                                     .where(calls.c.meta_json.like(pattern))) or 0.0)
+    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> float:
+        """Hold the request's estimated cost against its key's budget until it is logged (429 once the spent
+        and held amounts reach the budget); returns the amount held, for `answer`/`open_stream` to settle."""
+        if key is None or key.budget_usd is None:
+            return 0.0
+        route = self.config.models[name]
+        estimate = max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
+                       for ref in [route.model, *route.fallbacks])
+        with self._lock:
+            self._check_budget(key)
+            self._held[key.name] += estimate
+        return estimate
+
+    def _check_budget(self, key: KeyConfig) -> None:
+        """Called under the lock."""
+        spent, held = self._spent[key.name], self._held[key.name]
+        if key.budget_usd is not None and spent + held >= key.budget_usd:
+            in_flight = f", ${held:.4g} more held by requests in flight" if held > 0 else ""
+            raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent (${spent:.4g}"
+                                    f"{in_flight})", kind="budget_exceeded")
+
+    def _release(self, key: KeyConfig | None, held_usd: float) -> None:
+        """Drop a request's hold once its real cost is logged (or it failed before any call)."""
+        if key is not None and held_usd:
+            with self._lock:
+                self._held[key.name] -= held_usd
 
     # --- answering ---------------------------------------------------------------------------------------
     def prompt_for(self, name: str, raw_input: str) -> str | None:
@@ -202,58 +309,70 @@ class Gateway:
                        json_schema=spec.output.json_schema if spec and spec.kind == "extract" else None,
                        input=raw_input)
 
-    def answer(self, name: str, request: Request, key: KeyConfig | None) -> Answer:
-        """Cache, then the model, then its fallbacks; logs the call either way."""
+    def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
+        """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
+        released once the real cost is logged."""
         route = self.config.models[name]
         tick = time.perf_counter()
-        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
-        if hit is not None:
-            completion, kind = hit
-            answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
-        else:
-            try:
-                completion, used, kind = self._call_with_fallbacks(route, request)
-            except GatewayError as exc:
-                self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick),
-                          key, ProviderError("all_failed", str(exc)))
-                raise
-            answer = Answer(completion, kind, used, time.perf_counter() - tick)
-            self._remember(name, request, completion)
-        self._log(name, request, answer, key)
-        return answer
+        try:
+            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            if hit is not None:
+                completion, kind = hit
+                answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
+            else:
+                try:
+                    completion, used, kind = self._call_with_fallbacks(route, request)
+                except GatewayError as exc:
+                    self._log(name, request, Answer(Completion(""), "failed", route.model,
+                                                    time.perf_counter() - tick), key, ProviderError("all_failed",
+                                                                                                    str(exc)))
+                    raise
+                answer = Answer(completion, kind, used, time.perf_counter() - tick)
+                self._remember(name, request, completion)
+            self._log(name, request, answer, key)
+            return answer
+        finally:
+            self._release(key, held_usd)
 
-    def open_stream(self, name: str, request: Request, key: KeyConfig | None) -> AnswerStream:
+    def open_stream(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> AnswerStream:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
         answer) is there, so a backend that fails before it still falls back and a request that nobody can
         answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
         route = self.config.models[name]
         tick = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
-        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
-        if hit is not None:
-            answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
-            answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
-            self._log(name, request, answer, key)
-            return AnswerStream(_replay(answer), request_id)
-        errors = []
-        for position, ref in enumerate([route.model, *route.fallbacks]):
-            pump = Pump(self._pool, self.providers[ref], request, route.timeout_s)
-            first = pump.next()
-            if first.kind in ("piece", "done"):
-                kind = "backend" if position == 0 else "fallback"
-                relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id), tick,
-                                    pump, first)
-                return AnswerStream(relay, request_id, stop_backend=pump.cancel)
-            pump.cancel()
-            errors.append(f"{ref}: {first.failure(route.timeout_s)}")
-        message = "all backends failed: " + "; ".join(errors)
-        self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
-                                        request_id), key, ProviderError("all_failed", message))
-        raise GatewayError(502, message)
+        relayed = False  # the relay logs the answer and releases the hold
+        try:
+            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            if hit is not None:
+                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
+                answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
+                self._log(name, request, answer, key)
+                return AnswerStream(_replay(answer), request_id)
+            errors = []
+            for position, ref in enumerate([route.model, *route.fallbacks]):
+                pump = Pump(self._pool, self.providers[ref], request, route.timeout_s)
+                first = pump.next()
+                if first.kind in ("piece", "done"):
+                    kind = "backend" if position == 0 else "fallback"
+                    relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id),
+                                        tick, held_usd, pump, first)
+                    relayed = True
+                    return AnswerStream(relay, request_id, stop_backend=pump.cancel)
+                pump.cancel()
+                errors.append(f"{ref}: {first.failure(route.timeout_s)}")
+            message = "all backends failed: " + "; ".join(errors)
+            self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
+                                            request_id), key, ProviderError("all_failed", message))
+            raise GatewayError(502, message)
+        finally:
+            if not relayed:
+                self._release(key, held_usd)
 
-    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float, pump: Pump,
-               event: Event) -> Generator[str, None, Answer]:
-        """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure)."""
+    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float,
+               held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
+        """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
+        release the request's budget hold."""
         pieces: list[str] = []
         ttft = None
         try:
@@ -267,16 +386,20 @@ class Gateway:
             raise
         finally:
             answer.latency_s = time.perf_counter() - tick
-            if event.kind != "done":
-                pump.cancel()
-                answer.completion.text = "".join(pieces)
-                self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+            try:
+                if event.kind == "done":
+                    answer.completion = event.value
+                    answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
+                    self._remember(name, request, answer.completion)
+                    self._log(name, request, answer, key)
+                else:
+                    pump.cancel()
+                    answer.completion.text = "".join(pieces)
+                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+            finally:
+                self._release(key, held_usd)
         if event.kind != "done":
             raise event.failure(self.config.models[name].timeout_s)
-        answer.completion = event.value
-        answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
-        self._remember(name, request, answer.completion)
-        self._log(name, request, answer, key)
         return answer
 
     def _scope(self, name: str, request: Request) -> str:
@@ -319,30 +442,50 @@ class Gateway:
                 errors.append(f"{ref}: {exc}")
         raise GatewayError(502, "all backends failed: " + "; ".join(errors))
 
-    def _open_run(self, name: str, route: RouteConfig) -> str:
-        spec = self.specs.get(name)
-        return self.store.create_run(task=f"gateway:{name}", task_path=str(route.task or ""),
-                                     spec_version=spec.version if spec else "-", spec_json="{}", model=route.model,
-                                     metric="none", n_planned=0, concurrency=0)
+    def _open_run(self, task: str, task_path: str, model: str, spec_version: str) -> str:
+        return self.store.create_run(task=task, task_path=task_path, spec_version=spec_version, spec_json="{}",
+                                     model=model, metric="none", n_planned=0, concurrency=0)
+
+    def _kept_prompt(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        """The prompt as the call log keeps it (cut to `log_prompt_chars`), and meta saying how long it was."""
+        limit = self.config.log_prompt_chars
+        if limit is None or len(prompt) <= limit:
+            return prompt, {}
+        return prompt[:limit], {"prompt_chars": len(prompt)}
 
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
              error: ProviderError | None = None) -> None:
         completion = answer.completion
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
-        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None}
+        prompt, cut = self._kept_prompt(request.prompt)
+        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None, **cut}
         stamp = now()
         self.store.record_call(CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
-            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=request.prompt,
+            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
             started_at=stamp, finished_at=stamp, raw_output=completion.text,
             parsed=None if error else completion.text, confidence=completion.confidence,
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta))
+            error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
         if key is not None:
             with self._lock:
                 self._spent[key.name] += cost
+
+    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
+        """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
+        with self._lock:
+            if self.refusal_run_id is None:
+                self.refusal_run_id = self._open_run("gateway:refused", "", "-", "-")
+        kept, cut = self._kept_prompt(prompt)
+        meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
+                **({"param": error.param} if error.param else {}), **cut}
+        stamp = now()
+        self.store.record_call(CallRecord(
+            run_id=self.refusal_run_id, task="gateway:refused", spec_version="-", item_id=uuid.uuid4().hex[:16],
+            model=name[:200] or "-", prompt=kept, started_at=stamp, finished_at=stamp, error_kind=error.kind,
+            error=str(error)[:2000], meta=meta))
 
 
 def _replay(answer: Answer) -> Generator[str, None, Answer]:

@@ -79,6 +79,13 @@ cache = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+key_spend = sa.Table(
+    "key_spend", metadata,  # added by 006: the gateway's spend per API key, kept with each logged call
+    sa.Column("key_name", sa.String(200), primary_key=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
+)
+
 migrations_table = sa.Table(
     "migrations", metadata,
     sa.Column("name", sa.String(100), primary_key=True),
@@ -123,6 +130,22 @@ def _m005_run_item_offset(conn: Connection) -> None:
     _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
 
 
+def _m006_key_spend(conn: Connection) -> None:
+    key_spend.create(conn, checkfirst=True)
+    # Backfill from the keys gateway calls carry in their meta (once; the gateway reads this table from now on).
+    cost: dict[str, float] = {}
+    count: dict[str, int] = {}
+    query = sa.select(calls.c.meta_json, calls.c.cost_usd).where(calls.c.task.startswith("gateway:"),
+                                                                 calls.c.meta_json.is_not(None))
+    for meta_json, call_cost in conn.execute(query):
+        name = json.loads(meta_json).get("key")
+        if isinstance(name, str):
+            cost[name] = cost.get(name, 0.0) + (call_cost or 0.0)
+            count[name] = count.get(name, 0) + 1
+    for name in cost:
+        conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -130,6 +153,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_quality", _m002_quality),
     ("004_call_meta", _m004_call_meta),
     ("005_run_item_offset", _m005_run_item_offset),
+    ("006_key_spend", _m006_key_spend),
 ]
 
 
@@ -253,12 +277,31 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     # calls -----------------------------------------------------------------------------------------
-    def record_call(self, record: CallRecord) -> None:
-        """Write one call, replacing an earlier attempt at the same item of the same run."""
+    def record_call(self, record: CallRecord, spend_key: str | None = None) -> None:
+        """Write one call, replacing an earlier attempt at the same item of the same run; with `spend_key`
+        (a gateway key opened by `open_key_spend`, items never retried) its cost is added to that key's spend."""
         row = record.to_row()
         with self.engine.begin() as conn:
             conn.execute(calls.delete().where(calls.c.run_id == record.run_id, calls.c.item_id == record.item_id))
             conn.execute(calls.insert().values(**row))
+            if spend_key is not None:
+                conn.execute(key_spend.update().where(key_spend.c.key_name == spend_key).values(
+                    cost_usd=key_spend.c.cost_usd + record.cost_usd, calls=key_spend.c.calls + 1))
+
+    # gateway spend per key --------------------------------------------------------------------------
+    def open_key_spend(self, names: list[str]) -> dict[str, float]:
+        """Each key's spend so far (a row is made for a new key, so later calls only add to it)."""
+        for name in names:
+            try:
+                with self.engine.begin() as conn:
+                    if conn.scalar(sa.select(key_spend.c.key_name).where(key_spend.c.key_name == name)) is None:
+                        conn.execute(key_spend.insert().values(key_name=name, cost_usd=0.0, calls=0))
+            except sa.exc.IntegrityError:
+                pass  # another gateway on this database made it first
+        with self.engine.connect() as conn:
+            query = sa.select(key_spend.c.key_name, key_spend.c.cost_usd).where(key_spend.c.key_name.in_(names))
+            spent = {name: cost for name, cost in conn.execute(query)}
+        return {name: float(spent.get(name, 0.0)) for name in names}
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
