@@ -7,16 +7,12 @@ start's `gateway:refused` run, with the refusal as its error_kind. `open_stream`
 piece (gateway_stream.py): fallbacks apply until the first piece is out, and a streamed call's meta adds its
 time to first token (`ttft_s`).
 
-A key's budget holds each request's estimated cost while it runs (`estimate_cost`, an upper bound) and settles
-to the real cost once the call is logged, so concurrent requests cannot overspend it by more than the one
-admitted last; spend per key lives in the store's `key_spend` table (read at start, so it survives restarts).
+Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py.
 """
 
 from __future__ import annotations
 
-import collections
 import hmac
-import os
 import threading
 import time
 import uuid
@@ -30,10 +26,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.data import Item, load_items, split_items
-from llmbus.errors import LlmbusError, ProviderError, SpecError
+from llmbus.errors import ProviderError, SpecError
 from llmbus.fewshot import ExampleSelector
+from llmbus.gateway_keys import GatewayError, KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
-from llmbus.models import ModelConfig, load_model_configs, resolve_model
+from llmbus.models import load_model_configs, resolve_model
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
@@ -54,24 +51,6 @@ class RouteConfig(_Config):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
-class KeyConfig(_Config):
-    """An API key (literal, or `env:NAME`) with its limits."""
-
-    key: str
-    name: str
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
-
-    def secret(self) -> str:
-        """The key's value, read from the environment for `env:NAME`."""
-        return secret_value(self.key)
-
-
-def secret_value(ref: str) -> str:
-    """A literal secret, or for `env:NAME` the environment variable's value ('' when it is unset)."""
-    return os.environ.get(ref[4:], "") if ref.startswith("env:") else ref
-
-
 class CacheConfig(_Config):
     """Response caches: exact (call log) and semantic (MiniLM, per served model)."""
 
@@ -90,6 +69,11 @@ class ServeConfig(_Config):
     log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
     source: Path | None = Field(default=None, exclude=True)
 
+    def secret_refs(self) -> list[tuple[str, str]]:
+        """(field, literal or env:NAME) of every API key and of the metrics key."""
+        refs = [(f"keys[{i}] ({k.name})", k.key) for i, k in enumerate(self.keys)]
+        return refs + ([("metrics_key", self.metrics_key)] if self.metrics_key is not None else [])
+
 
 def load_serve_config(path: str | Path) -> ServeConfig:
     """Read serve.yaml; errors name file, line and field."""
@@ -99,62 +83,6 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
-
-
-def check_secrets(config: ServeConfig) -> None:
-    """Every key (and the metrics key) must have a value: an unset `env:NAME` would quietly lock a team out,
-    or with no key left, open the gateway to everyone."""
-    where = config.source or "serve config"
-    refs = [(f"keys[{i}] ({k.name})", k.key) for i, k in enumerate(config.keys)]
-    for field_name, ref in [*refs, *([("metrics_key", config.metrics_key)] if config.metrics_key is not None else [])]:
-        if not secret_value(ref):
-            reason = f"environment variable {ref[4:]} is not set" if ref.startswith("env:") else "it is empty"
-            raise SpecError(f"{where}: {field_name}: {reason}")
-
-
-# The refusal kind of each status: the log's error_kind, the refusal counter's label, the error body's code.
-STATUS_KINDS = {400: "invalid_request", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded",
-                502: "all_failed"}
-
-
-class GatewayError(LlmbusError):
-    """A request the gateway refuses (4xx) or cannot answer (502): the HTTP status and headers to answer with,
-    its kind, and the body field at fault (if one is)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, kind: str | None = None,
-                 param: str | None = None):
-        super().__init__(message)
-        self.status, self.headers, self.param = status, headers or {}, param
-        self.kind = kind or STATUS_KINDS.get(status, f"http_{status}")
-
-    @property
-    def refusal(self) -> bool:
-        """The request was turned away before any backend saw it (logged as a refusal)."""
-        return self.status < 500
-
-
-def bearer_token(header: str | None) -> str:
-    """The token of an `Authorization: Bearer TOKEN` header (any case of the scheme; a bare token as is)."""
-    header = (header or "").strip()
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else header
-
-
-# An upper bound of a prompt's tokens is one per UTF-8 byte (byte-level BPE), plus the chat template's own.
-PROMPT_OVERHEAD_TOKENS = 16
-
-
-def estimate_cost(config: ModelConfig, request: Request, timeout_s: float, configs: dict[str, ModelConfig]) -> float:
-    """An upper estimate of one call's cost, held against a key's budget while the call runs: token-priced
-    models at one input token per prompt byte and `max_tokens` out; CPU-priced ones (local, encoder) at all
-    their threads busy for the route's timeout; a cascade at both its models."""
-    if config.provider == "cascade":
-        return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs)
-                   for ref in (config.student, config.teacher) if ref)
-    if config.provider == "openai":
-        tokens_in = len(request.prompt.encode()) + PROMPT_OVERHEAD_TOKENS
-        return (tokens_in * config.usd_per_1m_input + request.max_tokens * config.usd_per_1m_output) / 1e6
-    return timeout_s * config.threads * config.usd_per_hour / 3600
 
 
 @dataclass
@@ -172,6 +100,7 @@ class Gateway:
     """Shared state of a running gateway; thread-safe (FastAPI runs sync handlers in a thread pool)."""
 
     def __init__(self, config: ServeConfig, store: Store):
+        check_secrets(config.source or "serve config", config.secret_refs())
         self.config, self.store = config, store
         self.specs: dict[str, TaskSpec] = {}
         self.selectors: dict[str, ExampleSelector] = {}
@@ -183,17 +112,13 @@ class Gateway:
                 self.specs[name] = load_spec(task_path)
                 self.selectors[name] = ExampleSelector(self.specs[name],
                                                        split_items(self.specs[name], load_items(self.specs[name])).pool)
-        check_secrets(config)
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
         self._model_configs = load_model_configs()
         self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
-        self.keys = {k.secret(): k for k in config.keys}
+        self.keys = Keys(config.keys, store.open_key_spend([k.name for k in config.keys]))
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
-        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._spent = store.open_key_spend([k.name for k in config.keys])  # logged, per key
-        self._held: dict[str, float] = dict.fromkeys(self._spent, 0.0)  # estimates of the requests in flight
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
         self.run_ids = {name: self._open_run(f"gateway:{name}", str(route.task or ""), route.model,
@@ -216,70 +141,24 @@ class Gateway:
 
     def open_warning(self) -> str | None:
         """The line to print at startup when anyone who can reach the gateway may use it."""
-        if self.keys:
+        if self.keys.by_secret:
             return None
         return "llmbus gateway: warning: serve.yaml has no `keys:`, so the gateway is open to anyone who can reach it"
 
-    # --- admission ---------------------------------------------------------------------------------------
-    def caller(self, header: str | None) -> KeyConfig | None:
-        """The key an Authorization header names (None when the gateway has no keys); 401 for any other."""
-        if not self.keys:
-            return None
-        key = self.keys.get(bearer_token(header))
-        if key is None:
-            raise GatewayError(401, "missing or unknown API key")
-        return key
-
+    # --- admission (the keys themselves: gateway_keys.Keys) -----------------------------------------------
     def check_metrics_key(self, header: str | None) -> None:
         """401 unless /metrics is open or the header carries the metrics key."""
         if self.metrics_secret and not hmac.compare_digest(bearer_token(header).encode(), self.metrics_secret.encode()):
             raise GatewayError(401, "/metrics needs the metrics key (Authorization: Bearer …)")
 
-    def authorize(self, header: str | None) -> KeyConfig | None:
-        """The caller's key (None when the gateway has no keys); enforces rate limit and budget."""
-        key = self.caller(header)
-        if key is None:
-            return None
-        with self._lock:
-            self._check_budget(key)
-            if key.requests_per_minute is not None:
-                window = self._recent[key.name]
-                cutoff = time.monotonic() - 60
-                while window and window[0] < cutoff:
-                    window.popleft()
-                if len(window) >= key.requests_per_minute:
-                    wait = max(1, int(window[0] - cutoff) + 1)
-                    raise GatewayError(429, f"rate limit of {key.requests_per_minute}/min for key {key.name}",
-                                       {"Retry-After": str(wait)})
-                window.append(time.monotonic())
-        return key
-
     def reserve(self, name: str, request: Request, key: KeyConfig | None) -> float:
-        """Hold the request's estimated cost against its key's budget until it is logged (429 once the spent
-        and held amounts reach the budget); returns the amount held, for `answer`/`open_stream` to settle."""
+        """Hold the request's estimated cost against its key's budget (the most any of the route's models
+        could charge); returns the amount held, for `answer`/`open_stream` to release once the call is logged."""
         if key is None or key.budget_usd is None:
             return 0.0
         route = self.config.models[name]
-        estimate = max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
-                       for ref in [route.model, *route.fallbacks])
-        with self._lock:
-            self._check_budget(key)
-            self._held[key.name] += estimate
-        return estimate
-
-    def _check_budget(self, key: KeyConfig) -> None:
-        """Called under the lock."""
-        spent, held = self._spent[key.name], self._held[key.name]
-        if key.budget_usd is not None and spent + held >= key.budget_usd:
-            in_flight = f", ${held:.4g} more held by requests in flight" if held > 0 else ""
-            raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent (${spent:.4g}"
-                                    f"{in_flight})", kind="budget_exceeded")
-
-    def _release(self, key: KeyConfig | None, held_usd: float) -> None:
-        """Drop a request's hold once its real cost is logged (or it failed before any call)."""
-        if key is not None and held_usd:
-            with self._lock:
-                self._held[key.name] -= held_usd
+        return self.keys.hold(key, max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
+                                       for ref in [route.model, *route.fallbacks]))
 
     # --- answering ---------------------------------------------------------------------------------------
     def prompt_for(self, name: str, raw_input: str) -> str | None:
@@ -323,16 +202,15 @@ class Gateway:
                 try:
                     completion, used, kind = self._call_with_fallbacks(route, request)
                 except GatewayError as exc:
-                    self._log(name, request, Answer(Completion(""), "failed", route.model,
-                                                    time.perf_counter() - tick), key, ProviderError("all_failed",
-                                                                                                    str(exc)))
+                    failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick)
+                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)))
                     raise
                 answer = Answer(completion, kind, used, time.perf_counter() - tick)
                 self._remember(name, request, completion)
             self._log(name, request, answer, key)
             return answer
         finally:
-            self._release(key, held_usd)
+            self.keys.release(key, held_usd)
 
     def open_stream(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> AnswerStream:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
@@ -367,7 +245,7 @@ class Gateway:
             raise GatewayError(502, message)
         finally:
             if not relayed:
-                self._release(key, held_usd)
+                self.keys.release(key, held_usd)
 
     def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float,
                held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
@@ -397,7 +275,7 @@ class Gateway:
                     answer.completion.text = "".join(pieces)
                     self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
             finally:
-                self._release(key, held_usd)
+                self.keys.release(key, held_usd)
         if event.kind != "done":
             raise event.failure(self.config.models[name].timeout_s)
         return answer
@@ -469,9 +347,7 @@ class Gateway:
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
             error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
-        if key is not None:
-            with self._lock:
-                self._spent[key.name] += cost
+        self.keys.spend(key, cost)
 
     def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""

@@ -25,7 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import ProviderError
-from llmbus.gateway import Answer, Gateway, GatewayError, KeyConfig
+from llmbus.gateway import Answer, Gateway
+from llmbus.gateway_keys import GatewayError, KeyConfig
 from llmbus.gateway_stream import AnswerStream
 
 
@@ -183,7 +184,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         """A body that is not a JSON object (FastAPI says 422; OpenAI says 400). The key is checked first."""
         name, key = "", None
         try:
-            key = gateway.caller(request.headers.get("authorization"))
+            key = gateway.keys.caller(request.headers.get("authorization"))
             error = GatewayError(400, "We could not parse the JSON body of your request: it must be a JSON object.")
         except GatewayError as exc:
             error = exc
@@ -218,7 +219,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         name = given_name if isinstance(given_name, str) else ""
         key, prompt = None, ""
         try:
-            key = gateway.authorize(authorization)
+            key = gateway.keys.authorize(authorization)
             check_body(body, chat)
             if chat:
                 prompt, raw_input = chat_to_prompt(body["messages"])
