@@ -83,6 +83,13 @@ cache = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+key_spend = sa.Table(
+    "key_spend", metadata,  # added by 008: the gateway's spend per API key, kept with each logged call
+    sa.Column("key_name", sa.String(200), primary_key=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
+)
+
 migrations_table = sa.Table(
     "migrations", metadata,
     sa.Column("name", sa.String(100), primary_key=True),
@@ -137,6 +144,22 @@ def _m007_label_show_fields(conn: Connection) -> None:
     _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
 
 
+def _m008_key_spend(conn: Connection) -> None:
+    key_spend.create(conn, checkfirst=True)
+    # Backfill from the keys gateway calls carry in their meta (once; the gateway reads this table from now on).
+    cost: dict[str, float] = {}
+    count: dict[str, int] = {}
+    query = sa.select(calls.c.meta_json, calls.c.cost_usd).where(calls.c.task.startswith("gateway:"),
+                                                                 calls.c.meta_json.is_not(None))
+    for meta_json, call_cost in conn.execute(query):
+        name = json.loads(meta_json).get("key")
+        if isinstance(name, str):
+            cost[name] = cost.get(name, 0.0) + (call_cost or 0.0)
+            count[name] = count.get(name, 0) + 1
+    for name in cost:
+        conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -146,6 +169,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("005_run_item_offset", _m005_run_item_offset),
     ("006_run_sampling", _m006_run_sampling),
     ("007_label_show_fields", _m007_label_show_fields),
+    ("008_key_spend", _m008_key_spend),
 ]
 
 
@@ -271,12 +295,14 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     # calls -----------------------------------------------------------------------------------------
-    def record_call(self, record: CallRecord) -> None:
-        """Write one call, replacing an earlier attempt at the same item of the same run."""
-        self.record_calls([record])
+    def record_call(self, record: CallRecord, spend_key: str | None = None) -> None:
+        """Write one call, replacing an earlier attempt at the same item of the same run; with `spend_key`
+        (a gateway key opened by `open_key_spend`, items never retried) its cost is added to that key's spend."""
+        self.record_calls([record], spend_key)
 
-    def record_calls(self, records: list[CallRecord]) -> None:
-        """Write calls in one transaction, each replacing an earlier attempt at its item of its run."""
+    def record_calls(self, records: list[CallRecord], spend_key: str | None = None) -> None:
+        """Write calls in one transaction, each replacing an earlier attempt at its item of its run (and adding
+        their cost to `spend_key`'s spend)."""
         if not records:
             return
         by_run: dict[str, list[str]] = {}
@@ -286,6 +312,25 @@ class Store:
             for run_id, item_ids in by_run.items():
                 conn.execute(calls.delete().where(calls.c.run_id == run_id, calls.c.item_id.in_(item_ids)))
             conn.execute(sa.insert(calls), [record.to_row() for record in records])
+            if spend_key is not None:
+                conn.execute(key_spend.update().where(key_spend.c.key_name == spend_key).values(
+                    cost_usd=key_spend.c.cost_usd + sum(r.cost_usd for r in records),
+                    calls=key_spend.c.calls + len(records)))
+
+    # gateway spend per key --------------------------------------------------------------------------
+    def open_key_spend(self, names: list[str]) -> dict[str, float]:
+        """Each key's spend so far (a row is made for a new key, so later calls only add to it)."""
+        for name in names:
+            try:
+                with self.engine.begin() as conn:
+                    if conn.scalar(sa.select(key_spend.c.key_name).where(key_spend.c.key_name == name)) is None:
+                        conn.execute(key_spend.insert().values(key_name=name, cost_usd=0.0, calls=0))
+            except sa.exc.IntegrityError:
+                pass  # another gateway on this database made it first
+        with self.engine.connect() as conn:
+            query = sa.select(key_spend.c.key_name, key_spend.c.cost_usd).where(key_spend.c.key_name.in_(names))
+            spent = {name: cost for name, cost in conn.execute(query)}
+        return {name: float(spent.get(name, 0.0)) for name in names}
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
