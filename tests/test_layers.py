@@ -212,4 +212,4 @@ def test_every_module_has_a_layer():
 
 def test_the_checker_sees_function_level_and_relative_imports():
     source = "def f():\n    from ..cli import app\n    import llmbus.serve.gateway\n    from . import spec\n"
-    assert imports(source, "llmbus.task") == {"llmbus.cli.app", "llmbus.serve.gateway", "llmbus.task.spec"}
+    assert imports(source, "llmbus.providers") == {"llmbus.cli.app", "llmbus.serve.gateway", "llmbus.providers.base"}
