@@ -211,5 +211,5 @@ def test_every_module_has_a_layer():
 
 
 def test_the_checker_sees_function_level_and_relative_imports():
-    source = "def f():\n    from ..cli import app\n    import llmbus.serve.gateway\n    from . import spec\n"
+    source = "def f():\n    from ..cli import app\n    import llmbus.serve.gateway\n    from . import base\n"
     assert imports(source, "llmbus.providers") == {"llmbus.cli.app", "llmbus.serve.gateway", "llmbus.providers.base"}
