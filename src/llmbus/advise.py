@@ -13,6 +13,7 @@ from llmbus import metrics
 from llmbus.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.data import Item, load_items, split_items
 from llmbus.embed import StageCallback
+from llmbus.settings import USD_PER_HOUR
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.summary import summarize
@@ -66,7 +67,7 @@ class Advice:
         return asdict(self)
 
 
-def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.05,
+def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD_PER_HOUR,
            progress: StageCallback | None = None) -> Advice:
     """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs; each
     baseline's training and scoring (and MiniLM's embedding) is reported to `progress`."""

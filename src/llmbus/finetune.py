@@ -25,11 +25,11 @@ from llmbus.errors import LlmbusError, ModelError
 from llmbus.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
 from llmbus.label import consensus, get_project, label_rows
 from llmbus.providers.base import Completion, Request
+from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier
 
 HEAD_FILE = "head.json"
-DEFAULT_USD_PER_HOUR = 0.05  # the CPU price local models use
 
 
 @dataclass
@@ -145,7 +145,7 @@ class HeadJudge:
 class HeadProvider:
     """`head:DIR` as a provider: label probabilities for `request.input`, in-process."""
 
-    def __init__(self, path: str, usd_per_hour: float = DEFAULT_USD_PER_HOUR):
+    def __init__(self, path: str, usd_per_hour: float = USD_PER_HOUR):
         self.name = f"head:{path}"
         self.path = Path(path).expanduser()
         self.usd_per_hour = usd_per_hour
@@ -218,7 +218,7 @@ def _check_trainable(data: TrainingSet, kind: str, folds: int) -> int:
 
 
 def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: TrainSettings = TrainSettings(),
-                   usd_per_hour: float = DEFAULT_USD_PER_HOUR, progress: StageCallback | None = None,
+                   usd_per_hour: float = USD_PER_HOUR, progress: StageCallback | None = None,
                    features: np.ndarray | None = None) -> CrossValidation:
     """k-fold agreement (Cohen's kappa, accuracy) of a trained judge (head | finetuned) with the held-out human
     labels, and its prediction cost (CPU time from text to verdict, measured on each held-out fold); the

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmbus.errors import DataError, LlmbusError, ProviderError
 from llmbus.flowstore import FlowLog, dumps, process_id
-from llmbus.models import DEFAULT_MODEL
 from llmbus.providers import Provider, Request, open_provider
+from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Store, now
 from llmbus.tools import Tool, call_tool, tool
 

@@ -22,6 +22,7 @@ from llmbus.embed import embed
 from llmbus.output import parse_json
 from llmbus.providers import Provider, Request
 from llmbus.retrieval import STOPWORDS, Source, tokens
+from llmbus.settings import USD_PER_HOUR
 
 if TYPE_CHECKING:
     from llmbus.flow import FlowContext
@@ -100,7 +101,7 @@ class Guardrail:
     tier2_threshold: float = 0.5  # (calibrated) P(supported) at or above this passes
     calibrate: bool = True  # judge: divide out the model's prior measured on a content-free input
     cloze_candidates: int = 7  # cloze: source words competing with the answer's new word
-    usd_per_hour: float = 0.05  # tier-1 CPU time is priced like local inference
+    usd_per_hour: float = USD_PER_HOUR  # tier-1 CPU time is priced like local inference
     _null_prob: float | None = field(default=None, repr=False)
     _vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # source sentence embeddings
 

