@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from llmbus.active import head_probs, uncertainty_order
-from llmbus.data import load_items
-from llmbus.spec import load_spec
+from llmbus.task.data import load_items
+from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -29,7 +29,7 @@ from llmbus.llamacpp import free_port
 from llmbus.providers.base import Request
 from llmbus.providers.openai import to_payload
 from llmbus.run import build_request, eval_items, render_items
-from llmbus.spec import load_spec
+from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 STUB = f"""

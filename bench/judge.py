@@ -26,9 +26,9 @@ from llmbus.judge import load_judge, load_verdicts, run_judge
 from llmbus.models import resolve_model
 from llmbus.providers.local import LocalProvider
 from llmbus.run import run_task
-from llmbus.spec import load_spec
 from llmbus.store import CallRecord, Store, now
 from llmbus.student import TrainSettings
+from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, JUDGE = ROOT / "examples" / "sms_spam" / "task.yaml", ROOT / "examples" / "sms_spam" / "judge.yaml"

@@ -25,8 +25,8 @@ from llmbus.llamacpp import find_binary
 from llmbus.lora import LoraSettings
 from llmbus.lora_distill import distill_lora
 from llmbus.run import run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
+from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "examples" / "trivia" / "task.yaml"

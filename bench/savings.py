@@ -36,9 +36,9 @@ from llmbus.providers import Request
 from llmbus.providers.local import LocalProvider
 from llmbus.run import run_task
 from llmbus.serve import create_app
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.summary import summarize
+from llmbus.task.spec import load_spec
 from provider_overhead import concurrency_ratio
 
 ROOT = Path(__file__).resolve().parents[1]

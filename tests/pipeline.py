@@ -16,9 +16,9 @@ import pytest
 from conftest import SMS_TASK
 from llmbus.distill import DistillReport, distill
 from llmbus.run import run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.student import TrainSettings
+from llmbus.task.spec import load_spec
 
 
 @dataclass

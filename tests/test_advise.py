@@ -6,8 +6,8 @@ import pytest
 from conftest import SMS_TASK
 from llmbus.advise import advise
 from llmbus.run import run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
+from llmbus.task.spec import load_spec
 
 
 def test_tier_baselines_and_llm_rows_on_a_small_task(tiny_task: Path, stub, stub_model: str, store: Store):
@@ -71,7 +71,7 @@ def test_embedding_reports_its_batches_and_keeps_its_vectors():
 
 def test_advise_reports_each_stage(tmp_path: Path):
     from conftest import write_items, write_spec
-    from llmbus.data import load_items, split_items
+    from llmbus.task.data import load_items, split_items
 
     write_items(tmp_path / "many.jsonl", 200)
     spec = load_spec(write_spec(tmp_path / "many.yaml", "many.jsonl",

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK, write_items, write_spec
-from llmbus.data import bio_to_entities, load_items, split_items
 from llmbus.errors import DataError
-from llmbus.spec import load_spec
+from llmbus.task.data import bio_to_entities, load_items, split_items
+from llmbus.task.spec import load_spec
 
 
 def test_packaged_sms_dataset_loads_and_splits_deterministically():

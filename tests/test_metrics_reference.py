@@ -7,10 +7,10 @@ import sacrebleu
 from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from llmbus import metrics
-from llmbus.data import bio_to_entities
 from llmbus.evaluate import evaluate
 from llmbus.store import Store
+from llmbus.task import metrics
+from llmbus.task.data import bio_to_entities
 from quality_helpers import add_run, classify_rows
 
 FAILED = "<failed>"  # how a failed call reaches scikit-learn: a prediction outside every label

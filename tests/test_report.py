@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SMS_TASK
 from llmbus.report import Report, ReportRow, build_report, mark_pareto, render_html, row_kind
-from llmbus.spec import load_spec
+from llmbus.task.spec import load_spec
 from pipeline import Savings
 
 

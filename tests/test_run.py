@@ -14,9 +14,9 @@ from conftest import write_items, write_spec
 from llmbus.models import resolve_model
 from llmbus.providers import Request, open_provider
 from llmbus.run import eval_items, run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.summary import summarize
+from llmbus.task.spec import load_spec
 
 
 def test_faults_are_retried_or_logged_and_no_item_is_lost(tmp_path: Path, stub, stub_model: str, store: Store):

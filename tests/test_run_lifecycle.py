@@ -19,9 +19,9 @@ from llmbus.models import resolve_model
 from llmbus.providers import Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.run import eval_items, run_task
-from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.summary import summarize
+from llmbus.task.spec import load_spec
 from test_cli import assert_one_line_error, llmbus
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_spec
-from llmbus.data import load_items, sample_order, split_items
 from llmbus.errors import DataError
-from llmbus.spec import load_spec
+from llmbus.task.data import load_items, sample_order, split_items
+from llmbus.task.spec import load_spec
 
 TOPICS = ROOT / "examples" / "topics" / "task.yaml"
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SMS_TASK, write_spec
 from llmbus.errors import SpecError
-from llmbus.spec import load_spec, render_prompt
+from llmbus.task.spec import load_spec, render_prompt
 
 
 def test_example_spec_loads_and_has_a_stable_version():
@@ -78,10 +78,10 @@ def yaml_with_fault_at_line_3(fault: str) -> str:
 @pytest.mark.parametrize("fault", YAML_FAULTS)
 @pytest.mark.parametrize("reader", ["task spec", "llmbus.yaml", "serve.yaml", "conversations dataset"])
 def test_yaml_syntax_errors_name_the_faulty_line(tmp_path: Path, reader: str, fault: str):
-    from llmbus.data import load_items
     from llmbus.errors import LlmbusError
     from llmbus.gateway import load_serve_config
     from llmbus.models import load_model_configs
+    from llmbus.task.data import load_items
 
     text = yaml_with_fault_at_line_3(YAML_FAULTS[fault])
     assert len(text.splitlines()) == 20

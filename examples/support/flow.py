@@ -21,8 +21,8 @@ from llmbus.flow import FlowContext, flow
 from llmbus.guardrail import Guardrail, Rule, guarded_answer
 from llmbus.icl import ExamplePool
 from llmbus.retrieval import Doc, build_index
-from llmbus.spec import load_spec
 from llmbus.store import Store
+from llmbus.task.spec import load_spec
 
 HERE = Path(__file__).resolve().parent
 CORPUS_PACKAGE = "chatterbot-corpus"

@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from llmbus import metrics
 from llmbus.baselines import BASELINES_BY_KIND, Baseline
-from llmbus.data import Item, load_items, split_items
 from llmbus.embed import StageCallback
 from llmbus.settings import USD_PER_HOUR
-from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.summary import summarize
+from llmbus.task import metrics
+from llmbus.task.data import Item, load_items, split_items
+from llmbus.task.spec import TaskSpec
 
 # (tier, parameters, why) by task type; the talk's rule of thumb.
 TIERS: dict[str, tuple[str, str, str]] = {

@@ -17,10 +17,10 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from llmbus.data import Item, bio_to_entities
 from llmbus.embed import StageCallback, embed, load_minilm
 from llmbus.errors import DataError
-from llmbus.spec import TaskSpec
+from llmbus.task.data import Item, bio_to_entities
+from llmbus.task.spec import TaskSpec
 
 
 class Fitted(Protocol):

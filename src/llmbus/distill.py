@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from llmbus import metrics
-from llmbus.data import Item, load_items
 from llmbus.errors import LlmbusError
 from llmbus.models import config_path
 from llmbus.semantic_cache import choose_threshold, validation_pairs
-from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger
+from llmbus.task import metrics
+from llmbus.task.data import Item, load_items
+from llmbus.task.spec import TaskSpec
 from llmbus.teacher_filter import decisions
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from llmbus import metrics
 from llmbus.errors import LlmbusError
 from llmbus.store import Store
+from llmbus.task import metrics
 
 BOOTSTRAP_ROUNDS = 1000
 GENERATE_METRICS = ("exact_match", "numeric_match", "chrf")

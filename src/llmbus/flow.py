@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from llmbus.icl import ExamplePool
     from llmbus.retrieval import Index, Source
     from llmbus.review import Decision
-    from llmbus.spec import TaskSpec
+    from llmbus.task.spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -199,9 +199,9 @@ class FlowContext:
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
-        from llmbus.output import parse_output
         from llmbus.run import build_request
-        from llmbus.spec import render_prompt
+        from llmbus.task.output import parse_output
+        from llmbus.task.spec import render_prompt
 
         prompt = render_prompt(spec, fields, examples or [])
         request = build_request(spec, prompt)

@@ -25,17 +25,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmbus.data import Item, load_items, split_items
 from llmbus.errors import ProviderError, SpecError
-from llmbus.fewshot import ExampleSelector
 from llmbus.gateway_keys import GatewayError, KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
 from llmbus.models import load_model_configs, resolve_model
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
-from llmbus.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
 from llmbus.store import CallRecord, Store, now
+from llmbus.task.data import Item, load_items, split_items
+from llmbus.task.fewshot import ExampleSelector
+from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
 
 
 class _Config(BaseModel):

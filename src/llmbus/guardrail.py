@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmbus.embed import embed
-from llmbus.output import parse_json
 from llmbus.providers import Provider, Request
 from llmbus.retrieval import STOPWORDS, Source, tokens
 from llmbus.settings import USD_PER_HOUR
+from llmbus.task.output import parse_json
 
 if TYPE_CHECKING:
     from llmbus.flow import FlowContext

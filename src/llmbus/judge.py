@@ -26,14 +26,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llmbus.data import Item, load_items, split_items
 from llmbus.errors import LlmbusError, SpecError
-from llmbus.fewshot import ExampleSelector
 from llmbus.providers import Provider, open_provider
 from llmbus.quality_store import judge_runs, verdicts
 from llmbus.run import answer_item
-from llmbus.spec import TaskSpec, load_spec, render_prompt
 from llmbus.store import CallRecord, Store, calls, now
+from llmbus.task.data import Item, load_items, split_items
+from llmbus.task.fewshot import ExampleSelector
+from llmbus.task.spec import TaskSpec, load_spec, render_prompt
 
 PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")

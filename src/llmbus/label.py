@@ -18,11 +18,11 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from llmbus.agreement import cohen_kappa, fleiss_kappa
-from llmbus.data import read_jsonl
 from llmbus.errors import DataError, LlmbusError
 from llmbus.judge import answer_text, run_items
 from llmbus.quality_store import annotators, label_items, label_projects, labels
 from llmbus.store import Store, calls, now, runs
+from llmbus.task.data import read_jsonl
 
 SCORE_VALUES = ["1", "2", "3", "4", "5"]
 CONFIDENCE = "confidence"  # in show_fields: the model's confidence in its answer, from the call log

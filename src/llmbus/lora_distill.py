@@ -18,15 +18,15 @@ from typing import Any
 
 import yaml
 
-from llmbus import metrics
 from llmbus.distill import Scored, cascade_entry, cascade_on, distillation_data
 from llmbus.llamacpp import resolve_gguf
 from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.models import ModelConfig, config_path, resolve_model
-from llmbus.output import parse_output
 from llmbus.quantize import Variant, build_variants, local_model, measure
-from llmbus.spec import TaskSpec
 from llmbus.store import Store
+from llmbus.task import metrics
+from llmbus.task.output import parse_output
+from llmbus.task.spec import TaskSpec
 
 
 @dataclass

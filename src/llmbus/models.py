@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llmbus.errors import ModelError, SpecError
 from llmbus.llamacpp import speculative_args
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR, config_path
-from llmbus.spec import describe_validation_error, read_yaml, yaml_line
+from llmbus.task.spec import describe_validation_error, read_yaml, yaml_line
 
 
 class ModelConfig(BaseModel):

@@ -18,15 +18,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 
-from llmbus import metrics
-from llmbus.data import Item, load_items, sample_order, split_items
 from llmbus.errors import DataError, LlmbusError, ProviderError, SpecError
-from llmbus.fewshot import ExampleSelector
-from llmbus.output import parse_output
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
-from llmbus.spec import TaskSpec, render_prompt
 from llmbus.store import CallRecord, Store, now
+from llmbus.task import metrics
+from llmbus.task.data import Item, load_items, sample_order, split_items
+from llmbus.task.fewshot import ExampleSelector
+from llmbus.task.output import parse_output
+from llmbus.task.spec import TaskSpec, render_prompt
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",

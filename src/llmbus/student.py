@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from llmbus.data import bio_to_entities
 from llmbus.embed import minilm_path, torch_for_training
 from llmbus.errors import ModelError
+from llmbus.task.data import bio_to_entities
 
 META = "student.json"
 

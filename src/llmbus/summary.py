@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from llmbus import metrics
 from llmbus.providers.local import draft_stats
 from llmbus.store import Store
+from llmbus.task import metrics
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
 

@@ -18,10 +18,10 @@ from llmbus.calibrate import binarize
 from llmbus.errors import LlmbusError
 from llmbus.judge import SCORE_LABELS
 from llmbus.label import consensus, label_rows
-from llmbus.output import parse_output
 from llmbus.quality_store import judge_runs, label_projects, verdicts
-from llmbus.spec import TaskSpec
 from llmbus.store import Store, runs
+from llmbus.task.output import parse_output
+from llmbus.task.spec import TaskSpec
 
 FILTERS = ("none", "judge", "human")
 

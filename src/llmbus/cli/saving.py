@@ -11,8 +11,8 @@ from rich.table import Table
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, warn
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
-    from llmbus.spec import TaskSpec
     from llmbus.store import Store
+    from llmbus.task.spec import TaskSpec
 
 
 @app.command()
@@ -33,8 +33,8 @@ def distill(
 ) -> None:
     """Train a small student on a teacher run; evaluate it against teacher and gold on held-out items."""
     from llmbus.errors import LlmbusError
-    from llmbus.spec import load_spec
     from llmbus.store import Store
+    from llmbus.task.spec import load_spec
 
     if student not in ("encoder", "lora"):
         raise LlmbusError(f"unknown student kind {student!r}: use encoder or lora")
@@ -145,8 +145,8 @@ def report(
 ) -> None:
     """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
     from llmbus.report import build_report, render_html
-    from llmbus.spec import load_spec
     from llmbus.store import Store
+    from llmbus.task.spec import load_spec
 
     result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None)
     output.write_text(render_html(result), encoding="utf-8")

@@ -37,9 +37,9 @@ def run(
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
     from llmbus.run import eval_items, render_items, run_task
-    from llmbus.spec import load_spec
     from llmbus.store import Store
     from llmbus.summary import summarize
+    from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
     if dry_run:
@@ -192,8 +192,8 @@ def advise(
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
     from llmbus.advise import advise as run_advice
     from llmbus.cli.progress import stage_progress
-    from llmbus.spec import load_spec
     from llmbus.store import Store
+    from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
     with stage_progress(disable=as_json) as progress:

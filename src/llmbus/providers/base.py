@@ -112,16 +112,3 @@ def normalize_probs(scores: dict[str, float]) -> dict[str, float]:
     if total <= 0 or not math.isfinite(total):
         return {k: 1 / len(scores) for k in scores}
     return {k: v / total for k, v in scores.items()}
-
-
-def match_label(text: str, labels: tuple[str, ...]) -> str | None:
-    """The label a model's answer names: exact, case-insensitive, or the first word; None if none fits."""
-    cleaned = text.strip().strip(".\"'`*:").strip()
-    for label in labels:
-        if cleaned == label:
-            return label
-    lowered = {label.lower(): label for label in labels}
-    if cleaned.lower() in lowered:
-        return lowered[cleaned.lower()]
-    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
-    return lowered.get(first)

@@ -59,7 +59,7 @@ class CascadeProvider:
 
 def escalation_reason(completion: Completion, request: Request, threshold: float) -> str | None:
     """Why the student's answer should go to the teacher, or None to keep it."""
-    from llmbus.output import parse_json  # output.py imports the providers package: import late
+    from llmbus.task.output import parse_json  # output.py imports the providers package: import late
 
     if request.json_schema is not None and parse_json(completion.text, request.json_schema).error_kind:
         return "schema"

@@ -19,8 +19,9 @@ import httpx
 
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.models import ModelConfig
-from llmbus.providers.base import Completion, Request, match_label, normalize_probs, sse_data, whole
+from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 from llmbus.redact import masked_url
+from llmbus.task.output import match_label
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

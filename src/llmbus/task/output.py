@@ -9,8 +9,7 @@ from typing import Any
 
 import jsonschema
 
-from llmbus.providers.base import match_label
-from llmbus.spec import TaskSpec
+from llmbus.task.spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -60,3 +59,16 @@ def parse_json(text: str, schema: dict[str, Any]) -> Parsed:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         return Parsed(value, error_kind="schema_violation", error=f"{where}: {exc.message[:120]}")
     return Parsed(value)
+
+
+def match_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """The label a model's answer names: exact, case-insensitive, or the first word; None if none fits."""
+    cleaned = text.strip().strip(".\"'`*:").strip()
+    for label in labels:
+        if cleaned == label:
+            return label
+    lowered = {label.lower(): label for label in labels}
+    if cleaned.lower() in lowered:
+        return lowered[cleaned.lower()]
+    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
+    return lowered.get(first)

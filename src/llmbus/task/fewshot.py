@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from llmbus.data import Item
 from llmbus.embed import embed
-from llmbus.spec import TaskSpec
+from llmbus.task.data import Item
+from llmbus.task.spec import TaskSpec
 
 
 class ExampleSelector:

@@ -21,7 +21,7 @@ from typing import IO, Any
 import yaml
 
 from llmbus.errors import DataError
-from llmbus.spec import TaskSpec, describe_decode_error, describe_yaml_error
+from llmbus.task.spec import TaskSpec, describe_decode_error, describe_yaml_error
 
 
 @dataclass(frozen=True)
