@@ -185,3 +185,11 @@ def test_endpoint_key_in_the_url_is_never_printed(tiny_task: Path, tmp_path: Pat
     result = llmbus("run", str(tiny_task), "--model", "openai:dead")
     assert_one_line_error(result, "cannot reach http://bob:***@127.0.0.1:", "/v1?api-key=***&api-version=1")
     assert "sk-secret-7" not in result.stderr and "pw-7" not in result.stderr
+
+
+def test_version_is_the_installed_package_version():
+    from importlib.metadata import version
+
+    result = llmbus("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"llmbus {version('llmbus')}"

@@ -4,6 +4,9 @@ too) imports only from its own layer or the layers below it; quality/ and flows/
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmbus"
@@ -207,3 +210,16 @@ def test_every_module_has_a_layer():
 def test_the_checker_sees_function_level_and_relative_imports():
     source = "def f():\n    from ..cli import app\n    import llmbus.serve.gateway\n    from . import base\n"
     assert imports(source, "llmbus.providers") == {"llmbus.cli.app", "llmbus.serve.gateway", "llmbus.providers.base"}
+
+
+def test_the_package_root_is_a_lazy_public_api():
+    code = ("import sys, llmbus; heavy = {'sqlalchemy', 'torch', 'llmbus.store'} & set(sys.modules); "
+            "print(sorted(heavy)); from llmbus.store import Store; from llmbus.task.spec import load_spec; "
+            "assert llmbus.Store is Store and llmbus.load_spec is load_spec; print(sorted(llmbus.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert done.returncode == 0, done.stderr
+    loaded, names = done.stdout.splitlines()
+    assert loaded == "[]"  # `import llmbus` loads none of the stops
+    assert "run_task" in names and "open_provider" in names and "__version__" in names
+    assert (PACKAGE / "py.typed").is_file()

@@ -137,7 +137,8 @@ def minilm_word_vectors(sentences: list[list[str]], progress: StageCallback | No
     import torch
 
     model = load_minilm()
-    tokenizer, encoder = model.tokenizer, model[0].auto_model
+    tokenizer = model.tokenizer
+    encoder: Any = model[0].auto_model  # a transformers model; its stubs type the attribute as a Tensor
     rows: list[np.ndarray] = []
     report = progress if progress and len(sentences) > 32 else None
     stage = f"embedding the words of {len(sentences):,} sentences"

@@ -29,6 +29,20 @@ DB_OPTION = typer.Option(None, "--db", help="SQLite file or database URL (defaul
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from llmbus import __version__
+
+        out.print(f"llmbus {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Show the version and exit")) -> None:
+    pass
+
+
 def friendly_errors(func: F) -> F:
     """Turn LlmbusError into one red line on stderr and exit code 2 (no traceback)."""
 

@@ -1,0 +1,43 @@
+"""llmbus: carry one LLM feature from prompt to production.
+
+The package reads as the five stops, each importing only from the ones below it (tests/test_layers.py):
+task/ → providers/ → store/ → run/ → advise/ (stop 1) → quality/ (stop 3) | flows/ (stop 4) → distill/
+(stop 5) → serve/ → web/ → cli/. The names below load on first use, so `import llmbus` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("llmbus")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "LlmbusError": "llmbus.errors",
+    "load_spec": "llmbus.task.spec",
+    "TaskSpec": "llmbus.task.spec",
+    "load_items": "llmbus.task.data",
+    "open_provider": "llmbus.providers",
+    "Store": "llmbus.store",
+    "run_task": "llmbus.run",
+    "advise": "llmbus.advise",
+    "evaluate": "llmbus.evaluate",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llmbus' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
