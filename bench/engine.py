@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from llmbus.llamacpp import free_port
 from llmbus.providers.base import Request
+from llmbus.providers.llamacpp import free_port
 from llmbus.providers.openai import to_payload
 from llmbus.run import build_request, eval_items, render_items
 from llmbus.task.spec import load_spec

@@ -30,8 +30,8 @@ from typing import Any
 
 from llmbus.embed import embed
 from llmbus.guardrail import Guardrail
-from llmbus.models import resolve_model
 from llmbus.providers import open_provider
+from llmbus.providers.config import resolve_model
 from llmbus.retrieval import Doc, Source, build_index
 from llmbus.store import Store
 

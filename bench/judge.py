@@ -23,7 +23,7 @@ from llmbus import label
 from llmbus.agreement import binary_agreement
 from llmbus.finetune import TrainingSet, cross_validate, training_set
 from llmbus.judge import load_judge, load_verdicts, run_judge
-from llmbus.models import resolve_model
+from llmbus.providers.config import resolve_model
 from llmbus.providers.local import LocalProvider
 from llmbus.run import run_task
 from llmbus.store import CallRecord, Store, now

@@ -21,9 +21,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llmbus.llamacpp import find_binary
 from llmbus.lora import LoraSettings
 from llmbus.lora_distill import distill_lora
+from llmbus.providers.llamacpp import find_binary
 from llmbus.run import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec

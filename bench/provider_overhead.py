@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from llmbus.llamacpp import find_binary, resolve_gguf
-from llmbus.models import resolve_model
 from llmbus.providers import Request
+from llmbus.providers.config import resolve_model
+from llmbus.providers.llamacpp import find_binary, resolve_gguf
 from llmbus.providers.local import LocalProvider
 
 PROMPTS = [f"Write a long story about a {thing}. Once upon a time," for thing in

@@ -30,9 +30,9 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).parent))
 from llmbus.distill import distill
 from llmbus.gateway import CacheConfig, Gateway, RouteConfig, ServeConfig
-from llmbus.llamacpp import free_port
-from llmbus.models import resolve_model
 from llmbus.providers import Request
+from llmbus.providers.config import resolve_model
+from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
 from llmbus.run import run_task
 from llmbus.serve import create_app

@@ -23,8 +23,8 @@ import time
 
 import httpx
 
-from llmbus.models import ModelConfig, resolve_model
 from llmbus.providers import Completion, Request
+from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.local import LocalProvider, draft_stats
 
 TEXTS = [

@@ -108,7 +108,7 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    from llmbus.llamacpp import free_port
+    from llmbus.providers.llamacpp import free_port
 
     port = free_port()
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "llmbus"],

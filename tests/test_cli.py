@@ -59,7 +59,7 @@ def test_unknown_model(tiny_task: Path):
 
 
 def test_unreachable_endpoint_loses_nothing(tiny_task: Path, tmp_path: Path):
-    from llmbus.llamacpp import free_port
+    from llmbus.providers.llamacpp import free_port
 
     config = tmp_path / "llmbus.yaml"
     config.write_text(f"models:\n  openai:dead:\n    base_url: http://127.0.0.1:{free_port()}/v1\n")
@@ -178,7 +178,7 @@ def test_database_password_is_never_printed(postgres_url: str, tiny_task: Path):
 
 
 def test_endpoint_key_in_the_url_is_never_printed(tiny_task: Path, tmp_path: Path):
-    from llmbus.llamacpp import free_port
+    from llmbus.providers.llamacpp import free_port
 
     base = f"http://bob:pw-7@127.0.0.1:{free_port()}/v1?api-key=sk-secret-7&api-version=1"
     (tmp_path / "llmbus.yaml").write_text(f"models:\n  openai:dead:\n    base_url: '{base}'\n")

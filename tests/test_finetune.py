@@ -10,8 +10,9 @@ from conftest import SMS_TASK
 from llmbus import label
 from llmbus.calibrate import calibrate
 from llmbus.errors import LlmbusError
-from llmbus.finetune import HeadJudge, cross_validate, train_judge, training_set
+from llmbus.finetune import cross_validate, train_judge, training_set
 from llmbus.judge import load_judge, load_verdicts, run_judge
+from llmbus.providers.head import HeadJudge
 from llmbus.store import Store
 from llmbus.student import TrainSettings
 from llmbus.task.data import load_items

@@ -12,7 +12,7 @@ import uvicorn
 
 from llmbus import label
 from llmbus.label_web import create_app
-from llmbus.llamacpp import free_port
+from llmbus.providers.llamacpp import free_port
 from llmbus.store import Store
 from quality_helpers import add_run
 

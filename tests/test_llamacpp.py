@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from llmbus.errors import SpecError
-from llmbus.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, find_binary, resolve_gguf
-from llmbus.models import ModelConfig, load_model_configs
+from llmbus.providers.config import ModelConfig, load_model_configs
+from llmbus.providers.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, find_binary, resolve_gguf
 from llmbus.providers.local import draft_stats
 from llmbus.run import run_task
 from llmbus.store import Store

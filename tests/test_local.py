@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.models import resolve_model
 from llmbus.providers import Request
+from llmbus.providers.config import resolve_model
 from llmbus.providers.local import LocalProvider
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import uvicorn
 from llmbus.flow import load_flow, start
 from llmbus.flowstore import FlowLog
 from llmbus.icl import ExamplePool
-from llmbus.llamacpp import free_port
+from llmbus.providers.llamacpp import free_port
 from llmbus.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.review_web import create_app, parse_reviewers
 from llmbus.store import Store

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import write_items, write_spec
-from llmbus.models import resolve_model
 from llmbus.providers import Request, open_provider
+from llmbus.providers.config import resolve_model
 from llmbus.run import eval_items, run_task
 from llmbus.store import Store
 from llmbus.summary import summarize

@@ -19,8 +19,8 @@ import yaml
 
 from llmbus.errors import SpecError
 from llmbus.gateway import Gateway, load_serve_config
-from llmbus.llamacpp import free_port
 from llmbus.providers import Request
+from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
 from llmbus.serve import create_app
 from llmbus.store import CallRecord, Store, now

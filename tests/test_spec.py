@@ -80,7 +80,7 @@ def yaml_with_fault_at_line_3(fault: str) -> str:
 def test_yaml_syntax_errors_name_the_faulty_line(tmp_path: Path, reader: str, fault: str):
     from llmbus.errors import LlmbusError
     from llmbus.gateway import load_serve_config
-    from llmbus.models import load_model_configs
+    from llmbus.providers.config import load_model_configs
     from llmbus.task.data import load_items
 
     text = yaml_with_fault_at_line_3(YAML_FAULTS[fault])

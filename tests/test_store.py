@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError
-from llmbus.llamacpp import free_port
+from llmbus.providers.llamacpp import free_port
 from llmbus.store import MIGRATIONS, CallRecord, Store, database_url
 
 

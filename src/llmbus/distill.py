@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from llmbus.errors import LlmbusError
-from llmbus.models import config_path
+from llmbus.providers.config import config_path
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger

@@ -28,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmbus.errors import ProviderError, SpecError
 from llmbus.gateway_keys import GatewayError, KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
-from llmbus.models import load_model_configs, resolve_model
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
+from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.semantic_cache import SemanticCache
 from llmbus.store import CallRecord, Store, now
 from llmbus.task.data import Item, load_items, split_items

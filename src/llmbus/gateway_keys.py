@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmbus.errors import LlmbusError, SpecError
-from llmbus.models import ModelConfig, resolve_model
 from llmbus.providers import Request
+from llmbus.providers.config import ModelConfig, resolve_model
 
 # The kind of each status: the call log's error_kind, the refusal counter's label, the error body's code.
 STATUS_KINDS = {400: "invalid_request", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded",

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
+from llmbus.providers.head import HeadProvider
 from llmbus.quality_store import judge_runs, verdicts
 from llmbus.run import answer_item
 from llmbus.store import CallRecord, Store, calls, now
@@ -149,8 +150,6 @@ def judge_input(fields: dict[str, Any], input_field: str, *answers: str) -> str:
 def open_judge_provider(model: str) -> Provider:
     """A provider for a judge model: any model reference, or `head:DIR` (an embedding-head judge)."""
     if model.startswith("head:"):
-        from llmbus.finetune import HeadProvider
-
         return HeadProvider(model.removeprefix("head:"))
     return open_provider(model)
 

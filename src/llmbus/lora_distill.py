@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from llmbus.distill import Scored, cascade_entry, cascade_on, distillation_data
-from llmbus.llamacpp import resolve_gguf
 from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
-from llmbus.models import ModelConfig, config_path, resolve_model
+from llmbus.providers.config import ModelConfig, config_path, resolve_model
+from llmbus.providers.llamacpp import resolve_gguf
 from llmbus.quantize import Variant, build_variants, local_model, measure
 from llmbus.store import Store
 from llmbus.task import metrics

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from llmbus.errors import ModelError
-from llmbus.llamacpp import find_binary
-from llmbus.models import ModelConfig
 from llmbus.providers import Completion, Request, open_provider
+from llmbus.providers.config import ModelConfig
+from llmbus.providers.llamacpp import find_binary
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
 

@@ -14,7 +14,7 @@ import jinja2
 
 from llmbus.errors import LlmbusError
 from llmbus.evaluate import evaluate
-from llmbus.models import resolve_model
+from llmbus.providers.config import resolve_model
 from llmbus.store import Store
 from llmbus.summary import RunSummary, summarize
 from llmbus.task.spec import TaskSpec

@@ -8,19 +8,20 @@ Both decisions land in the call's meta: route, student answer and confidence, re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from llmbus.errors import ModelError
-from llmbus.models import ModelConfig
 from llmbus.providers.base import Completion, Provider, Request
+from llmbus.providers.config import ModelConfig
+from llmbus.task.output import parse_json
 
 
 class CascadeProvider:
     """Student first, teacher on low confidence or a schema violation."""
 
-    def __init__(self, config: ModelConfig):
-        from llmbus.providers import open_provider  # the registry imports this module
-
+    def __init__(self, config: ModelConfig, open_provider: Callable[[str], Provider]):
+        """`open_provider` opens the student and the teacher (the registry passes itself in)."""
         if not config.student or not config.teacher:
             raise ModelError(f"{config.name}: a cascade needs `student` and `teacher` in llmbus.yaml")
         self.name = config.name
@@ -59,8 +60,6 @@ class CascadeProvider:
 
 def escalation_reason(completion: Completion, request: Request, threshold: float) -> str | None:
     """Why the student's answer should go to the teacher, or None to keep it."""
-    from llmbus.task.output import parse_json  # output.py imports the providers package: import late
-
     if request.json_schema is not None and parse_json(completion.text, request.json_schema).error_kind:
         return "schema"
     confidence = completion.confidence

@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from llmbus.models import ModelConfig
 from llmbus.providers.base import Completion, Request
+from llmbus.providers.config import ModelConfig
 from llmbus.student import EncoderStudent
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from llmbus.errors import ProviderError
-from llmbus.llamacpp import LlamaServer, resolve_gguf
-from llmbus.models import ModelConfig
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
+from llmbus.providers.config import ModelConfig
+from llmbus.providers.llamacpp import LlamaServer, resolve_gguf
 
 TOP_PROBS = 64  # alternatives llama-server reports per position when scoring labels
 FLOOR_PROB = 1e-9  # a label token outside the reported top alternatives

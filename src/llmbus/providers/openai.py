@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 
 from llmbus.errors import ProviderError, Unreachable
-from llmbus.models import ModelConfig
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
+from llmbus.providers.config import ModelConfig
 from llmbus.redact import masked_url
 from llmbus.task.output import match_label
 

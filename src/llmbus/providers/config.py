@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmbus.errors import ModelError, SpecError
-from llmbus.llamacpp import speculative_args
+from llmbus.providers.llamacpp import speculative_args
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR, config_path
 from llmbus.task.spec import describe_validation_error, read_yaml, yaml_line
 

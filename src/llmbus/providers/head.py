@@ -1,0 +1,115 @@
+"""`head:DIR`: an embedding-head judge (logistic regression on MiniLM features of the input and the
+answer) served in-process as a provider. Trained by `quality/finetune.py`; read wherever a judge runs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmbus.embed import StageCallback, embed
+from llmbus.errors import ModelError
+from llmbus.providers.base import Completion, Request
+from llmbus.settings import USD_PER_HOUR
+
+HEAD_FILE = "head.json"
+
+
+def head_features(texts: list[str], progress: StageCallback | None = None) -> np.ndarray:
+    """MiniLM features of judge inputs: the input's embedding, and for each answer its embedding and its
+    elementwise product with the input's (a linear head then learns "right for this input", not only
+    "spam-like input" or "answer is spam")."""
+    parts = [t.split(" [SEP] ") for t in texts]
+    width = max((len(p) for p in parts), default=1)
+    parts = [p + [""] * (width - len(p)) for p in parts]
+    columns = [embed([p[k] for p in parts], progress=progress, what="answers" if k else "inputs")
+               for k in range(width)]
+    features = [columns[0]]
+    # Products of unit-vector components are ~1/dim: rescale so the regularizer treats them like the rest.
+    scale = np.sqrt(columns[0].shape[1])
+    for answer in columns[1:]:
+        features += [answer, scale * columns[0] * answer]
+    return np.hstack(features)
+
+
+class HeadJudge:
+    """Logistic regression on MiniLM features of the input and the answer."""
+
+    def __init__(self, classes: list[str], coef: np.ndarray, intercept: np.ndarray):
+        self.classes, self.coef, self.intercept = classes, coef, intercept
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: list[str], seed: int = 0) -> HeadJudge:
+        """Fit on head_features rows and their labels."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced", random_state=seed)
+        model.fit(features, labels)
+        coef, intercept = model.coef_, model.intercept_
+        if len(model.classes_) == 2:  # sklearn keeps one row for binary problems: make it a softmax pair
+            coef, intercept = np.vstack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        return cls([str(c) for c in model.classes_], coef, intercept)
+
+    def predict_features(self, features: np.ndarray) -> list[dict[str, float]]:
+        """Label probabilities per head_features row."""
+        logits = features @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return [dict(zip(self.classes, map(float, row), strict=True)) for row in probs]
+
+    def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
+        """Label probabilities per judge input text."""
+        return self.predict_features(head_features(texts)) if texts else []
+
+    def save(self, path: Path) -> None:
+        """Write head.json into a folder."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / HEAD_FILE).write_text(json.dumps({"classes": self.classes, "coef": self.coef.tolist(),
+                                                  "intercept": self.intercept.tolist()}))
+
+    @classmethod
+    def load(cls, path: Path) -> HeadJudge:
+        """Read a folder written by save."""
+        if not (path / HEAD_FILE).is_file():
+            raise ModelError(f"{path}: not an embedding-head judge (no {HEAD_FILE}); train one with "
+                             "`llmbus judge train --kind head`")
+        raw = json.loads((path / HEAD_FILE).read_text())
+        return cls(raw["classes"], np.array(raw["coef"]), np.array(raw["intercept"]))
+
+
+class HeadProvider:
+    """`head:DIR` as a provider: label probabilities for `request.input`, in-process."""
+
+    def __init__(self, path: str, usd_per_hour: float = USD_PER_HOUR):
+        self.name = f"head:{path}"
+        self.path = Path(path).expanduser()
+        self.usd_per_hour = usd_per_hour
+        self._head: HeadJudge | None = None
+        self._lock = threading.Lock()  # one embedding batch at a time: torch already uses every thread
+
+    def check(self) -> None:
+        """Load the head now (a bad folder fails before the judge run starts)."""
+        if self._head is None:
+            self._head = HeadJudge.load(self.path)
+
+    def complete(self, request: Request) -> Completion:
+        """The most likely label and the label distribution."""
+        self.check()
+        assert self._head is not None
+        text = request.input if request.input is not None else request.prompt
+        with self._lock:
+            tick = time.process_time()
+            probs = self._head.predict_proba([text])[0]
+            cpu = time.process_time() - tick
+        if request.labels:
+            probs = {label: probs.get(label, 0.0) for label in request.labels}
+        return Completion(text=max(probs, key=lambda k: probs[k]), tokens_in=len(text.split()), tokens_out=1,
+                          label_probs=probs, cpu_seconds=cpu, cost_usd=cpu * self.usd_per_hour / 3600)
+
+    def close(self) -> None:
+        """Drop the head."""
+        self._head = None
