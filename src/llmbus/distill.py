@@ -1,7 +1,12 @@
 """Distill a teacher run into a small student: data from the call log, training, held-out evaluation, and a
 cascade threshold picked on validation data.
 
-    llmbus distill TASK --teacher RUN_ID [--student encoder] [--filter none|judge|human]
+    llmbus distill TASK --teacher RUN_ID [--student encoder] [--filter none|judge|human] [--allow-missing-labels]
+
+Teacher answers that cannot teach (one label, or a label with fewer than MIN_LABEL_EXAMPLES answers on the
+training split) are refused before any training. A classify student's recipe is picked on validation items: a
+logistic head on frozen MiniLM embeddings, or MiniLM fine-tuned for 1..epochs epochs (a tie goes to the cheaper).
+When it falls short of TARGET_SHARE × the teacher, a learning curve says how many teacher answers would close it.
 
 Writes OUT/data/{train,val,test}.jsonl (no lock-in), the student folder OUT/student, OUT/distill.json, and
 registers `encoder:<task>-student` and `cascade:<task>` in llmbus.yaml so `llmbus run … --model cascade:<task>`
@@ -12,7 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +31,26 @@ import yaml
 
 from llmbus import metrics
 from llmbus.data import Item, load_items
+from llmbus.embed import embed
 from llmbus.errors import LlmbusError
+from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
 from llmbus.models import config_path
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
-from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger
+from llmbus.student import (
+    HeadStudent,
+    StageCallback,
+    Student,
+    TrainSettings,
+    load_student,
+    train_classifier,
+    train_head,
+    train_tagger,
+)
 from llmbus.teacher_filter import decisions
+
+MIN_LABEL_EXAMPLES = 3  # teacher answers a label needs on the training split before a student can learn it
 
 
 @dataclass
@@ -58,9 +80,12 @@ class DistillReport:
     n_train: int
     n_val: int
     n_test: int
-    teacher_quality: float
-    student_quality: float
-    student_agreement: float  # student vs teacher on test items
+    teacher_quality: float  # the teacher's answers vs gold, on the test items
+    student_quality: float  # the student's answers vs gold, on the test items
+    # The main metric with the teacher's answers in place of gold, on the test items (kept for compatibility;
+    # for accuracy it equals student_vs_teacher_agreement).
+    student_agreement: float
+    student_vs_teacher_agreement: float  # share of test items where the student's answer is the teacher's
     cascade_threshold: float
     cascade_quality: float
     cascade_escalation_rate: float
@@ -71,6 +96,14 @@ class DistillReport:
     semantic_threshold: float = 1.0  # for the gateway's semantic cache, chosen on this task's inputs
     semantic_hit_rate: float = 0.0
     semantic_false_hit_rate: float = 0.0
+    recipe: str = "finetune"  # the student recipe picked on validation: head, or finetune-<k>ep
+    recipe_scores: dict[str, float] = field(default_factory=dict)  # each candidate's validation quality vs gold
+    val_teacher_quality: float = float("nan")
+    val_student_quality: float = float("nan")
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)  # {n, quality, share} on validation
+    learning_curve_message: str = ""
+    projected_teacher_answers: int | None = None  # usable teacher answers the curve projects for the target
+    warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,45 +221,199 @@ def cascade_on(spec: TaskSpec, student: Scored, val: list[Example], test: list[E
     return threshold, quality, escalated
 
 
+def label_counts(spec: TaskSpec, examples: list[Example]) -> Counter[str]:
+    """Teacher answers per label (classify) or entity mentions per type (extract)."""
+    if spec.kind == "classify":
+        return Counter(str(e.teacher) for e in examples)
+    return Counter(str(entity.get("type", "")).strip() for e in examples for entity in (e.teacher or [])
+                   if isinstance(entity, dict))
+
+
+def declared_labels(spec: TaskSpec) -> list[str]:
+    """The labels the spec declares: output.labels, or an extract schema's entity-type enum (if it has one)."""
+    if spec.output.labels:
+        return list(spec.output.labels)
+    entity = (((spec.output.json_schema or {}).get("properties") or {}).get("entities") or {}).get("items") or {}
+    return [str(t) for t in ((entity.get("properties") or {}).get("type") or {}).get("enum") or []]
+
+
+def coverage_problems(spec: TaskSpec, train: list[Example]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the teacher's training answers: problems make distillation refuse (a student
+    cannot learn from them, and its scores would look fine on the same skew); warnings name labels it lacks."""
+    counts = label_counts(spec, train)
+    plural = {True: "answers", False: "entity mentions"}[spec.kind == "classify"]
+    problems = []
+    if spec.kind == "classify" and len(counts) < 2:
+        problems.append(f"the teacher's {len(train)} answers on the training split are all "
+                        f"{next(iter(counts), 'missing')!r}: a student can learn nothing from one label")
+    elif spec.kind == "extract" and sum(counts.values()) < MIN_LABEL_EXAMPLES:
+        problems.append(f"the teacher found {sum(counts.values())} entities in the {len(train)} training items: "
+                        "nothing for a tagger to learn")
+    rare = [f"{label} ({n})" for label, n in sorted(counts.items()) if n < MIN_LABEL_EXAMPLES]
+    rare_line = (f"{', '.join(rare)} {'has' if len(rare) == 1 else 'have'} fewer than {MIN_LABEL_EXAMPLES} teacher "
+                 f"{plural} on the training split")
+    warnings = []
+    if rare and spec.kind == "classify":
+        problems.append(f"label {rare_line}: too few to learn or to score")
+    elif rare:
+        warnings.append(f"entity type {rare_line}: the student will rarely find them")
+    declared = declared_labels(spec)
+    missing = [label for label in declared if label not in counts]
+    if missing:
+        warnings.append(f"the teacher's {plural} on the training split cover {len(declared) - len(missing)} of the "
+                        f"{len(declared)} labels the spec declares; missing: {', '.join(missing)} (the student will "
+                        "never give them)")
+    return problems, warnings
+
+
+def check_coverage(spec: TaskSpec, teacher_run: str, train: list[Example], allow_missing_labels: bool) -> list[str]:
+    """Refuse teacher answers a student cannot learn from (unless allowed); the warnings to report."""
+    problems, warnings = coverage_problems(spec, train)
+    if problems and not allow_missing_labels:
+        raise LlmbusError(f"teacher run {teacher_run}: {'; '.join(problems)}. Run the teacher on more, representative "
+                          "items (`llmbus run TASK --limit N` samples every class), or pass --allow-missing-labels "
+                          "to train anyway")
+    return [f"{p} (--allow-missing-labels)" for p in problems] + warnings
+
+
+@dataclass
+class RecipeChoice:
+    """The classify recipe picked on validation, every candidate's score, and how to retrain it on some rows."""
+
+    recipe: str  # head | finetune-<k>ep
+    scores: dict[str, float]
+    retrain: Callable[[list[int]], float] | None  # training rows → validation quality of the same recipe
+
+
+def pick_recipe(scores: dict[str, float]) -> str:
+    """The best validation score; candidates come cheapest first, and a tie (or nan) keeps the cheaper."""
+    best = next(iter(scores))
+    for name, score in scores.items():
+        if score > scores[best] or (scores[best] != scores[best] and score == score):
+            best = name
+    return best
+
+
+def choose_classifier(spec: TaskSpec, by_split: dict[str, list[Example]], student_dir: Path,
+                      settings: TrainSettings, progress: StageCallback | None = None) -> RecipeChoice:
+    """Train the head and fine-tune MiniLM for 1..settings.epochs epochs, score each on the validation items
+    against gold, and save the best to student_dir (a tie goes to the cheaper: head, then fewer epochs)."""
+    train, val = by_split["train"], by_split["val"]
+    texts, labels = [e.input for e in train], [str(e.teacher) for e in train]
+    val_texts, val_labels = [e.input for e in val], [str(e.teacher) for e in val]
+
+    def score(predicted: list[str]) -> float:
+        return metrics.compute(spec.main_metric, zip(predicted, [e.gold for e in val], strict=True))
+
+    scores: dict[str, float] = {}
+    head: HeadStudent | None = None
+    features = np.zeros((0, 384))
+    if len(set(labels)) >= 2 and val:
+        features = embed_with_progress(texts + val_texts, progress)
+        head = train_head(features[:len(texts)], labels, features[len(texts):], val_labels, settings.seed)
+        scores["head"] = score(argmax(head.head.predict_features(features[len(texts):])))
+    meta = train_classifier(texts, labels, val_texts, val_labels, student_dir, settings,
+                            classes=spec.output.labels, score=score if val else None, progress=progress)
+    scores |= {f"finetune-{k}ep": s for k, s in enumerate(meta.epoch_scores, 1)}
+    if not scores:  # no validation items: nothing to choose on
+        return RecipeChoice(f"finetune-{meta.epochs}ep", {}, None)
+    chosen = pick_recipe(scores)
+    if head is not None and chosen == "head":
+        shutil.rmtree(student_dir)
+        head.save(student_dir)
+
+        def retrain_head(rows: list[int]) -> float:
+            fitted = train_head(features[rows], [labels[r] for r in rows], features[len(texts):], val_labels)
+            return score(argmax(fitted.head.predict_features(features[len(texts):])))
+
+        return RecipeChoice(chosen, scores, retrain_head)
+
+    def retrain_finetune(rows: list[int]) -> float:
+        with tempfile.TemporaryDirectory(prefix="llmbus-curve-") as scratch:
+            train_classifier([texts[r] for r in rows], [labels[r] for r in rows], [], [], Path(scratch), settings,
+                             classes=spec.output.labels, stop_after=meta.epochs)
+            answers, _ = predict(spec, load_student(Path(scratch), settings.threads), val)
+        return score([str(a) for a in answers])
+
+    return RecipeChoice(chosen, scores, retrain_finetune)
+
+
+def argmax(probs: list[dict[str, float]]) -> list[str]:
+    """The most likely label of each probability dict."""
+    return [max(p, key=lambda k: p[k]) for p in probs]
+
+
+def embed_with_progress(texts: list[str], progress: StageCallback | None, chunk: int = 128) -> np.ndarray:
+    """MiniLM embeddings of texts, reporting progress chunk by chunk."""
+    rows = []
+    for start in range(0, len(texts), chunk):
+        if progress:
+            progress("embedding inputs", start, len(texts))
+        rows.append(embed(texts[start:start + chunk]))
+    if progress:
+        progress("embedding inputs", len(texts), len(texts))
+    return np.vstack(rows) if rows else np.zeros((0, 384), dtype=np.float32)
+
+
+def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
+    """Whether two answers are identical (entity lists: the same entities, in any order)."""
+    if spec.kind == "extract":
+        _, fp, fn = metrics.entity_counts(a, b)
+        return fp == 0 and fn == 0
+    return str(a) == str(b)
+
+
 def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
             settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True,
-            how: str = "none") -> DistillReport:
-    """Train an encoder student on a teacher run and evaluate it on held-out items."""
+            how: str = "none", allow_missing_labels: bool = False,
+            progress: StageCallback | None = None) -> DistillReport:
+    """Train an encoder student on a teacher run and evaluate it on held-out items; `settings.epochs` is the
+    most fine-tuning epochs a classify student tries."""
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
-    _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
+    examples, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
+    warnings = check_coverage(spec, teacher_run, by_split["train"], allow_missing_labels)
     student_dir = out_dir / "student"
     tick = time.perf_counter()
+    train, val, test = by_split["train"], by_split["val"], by_split["test"]
     if spec.kind == "classify":
-        train_classifier([e.input for e in by_split["train"]], [str(e.teacher) for e in by_split["train"]],
-                         [e.input for e in by_split["val"]], [str(e.teacher) for e in by_split["val"]],
-                         student_dir, settings)
+        choice = choose_classifier(spec, by_split, student_dir, settings, progress)
     else:
-        train = by_split["train"]
         train_tagger([e.tokens or e.input.split() for e in train], [e.teacher for e in train], student_dir,
-                     settings)
+                     settings, progress)
+        choice = RecipeChoice(f"finetune-{settings.epochs}ep", {}, None)
     train_seconds = time.perf_counter() - tick
-    student = EncoderStudent.load(student_dir, threads=settings.threads)
-    val_answers, val_conf = predict(spec, student, by_split["val"])
-    test_answers, test_conf = predict(spec, student, by_split["test"])
+    student = load_student(student_dir, threads=settings.threads)
+    if progress:
+        progress("answering the held-out items", 0, None)
+    val_answers, val_conf = predict(spec, student, val)
+    test_answers, test_conf = predict(spec, student, test)
     metric = spec.main_metric
-    test = by_split["test"]
     threshold, cascade_quality, escalated = cascade_on(spec, Scored(val_answers, test_answers, val_conf, test_conf),
-                                                       by_split["val"], test, target)
+                                                       val, test, target)
     teacher_latency = teacher_latency_s(store, teacher_run)
     report = DistillReport(
         task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
         student=f"encoder:{spec.name}-student", cascade=f"cascade:{spec.name}", metric=metric,
-        n_train=len(by_split["train"]), n_val=len(by_split["val"]), n_test=len(test),
+        n_train=len(train), n_val=len(val), n_test=len(test),
         teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in test)),
         student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
         student_agreement=metrics.compute(metric, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
+        student_vs_teacher_agreement=float(np.mean([same_answer(spec, a, e.teacher)
+                                                    for a, e in zip(test_answers, test, strict=True)])),
         cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
+        recipe=choice.recipe, recipe_scores=choice.scores, warnings=warnings,
+        val_teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in val)),
+        val_student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(val_answers, val, strict=True))),
     )
-    pool = by_split["train"] + by_split["val"]
+    answers_per_item = len(examples) / max(1, run_items(store, teacher_run))
+    add_learning_curve(report, choice, [str(e.teacher) for e in train], answers_per_item, progress)
+    pool = train + val
+    if progress:
+        progress("semantic-cache threshold", 0, None)
     positives, negatives = validation_pairs([e.input for e in pool], [e.teacher for e in pool], n=150)
     semantic = choose_threshold(positives, negatives)
     report.semantic_threshold, report.semantic_hit_rate = semantic.threshold, semantic.hit_rate
@@ -237,7 +424,35 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     return report
 
 
-def predict(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) -> tuple[list[Any], list[float]]:
+def run_items(store: Store, run_id: str) -> int:
+    """Calls a run made (one per item)."""
+    return sum(1 for _ in store.iter_calls(run_id))
+
+
+def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels: list[str], answers_per_item: float,
+                       progress: StageCallback | None = None) -> None:
+    """The student's validation share of the teacher; below TARGET_SHARE, the curve over train fractions and its
+    projection of the teacher answers needed (classify students only: the tagger keeps one recipe)."""
+    teacher, student = report.val_teacher_quality, report.val_student_quality
+    if not (teacher > 0 and student == student):
+        report.learning_curve_message = (f"no validation share: the teacher scores {teacher:.3f} {report.metric} on "
+                                         f"{report.n_val} validation items")
+        return
+    share = student / teacher
+    n_answers = report.n_train + report.n_val + report.n_test
+    full = CurvePoint(report.n_train, student, share)
+    projection = None
+    if share < TARGET_SHARE and choice.retrain is not None:
+        points = measure_curve(train_labels, choice.retrain, teacher, full, progress)
+        report.learning_curve = [p.as_dict() for p in points]
+        projection = project(points)
+        if projection.n_needed is not None:
+            report.projected_teacher_answers = round(projection.n_needed * n_answers / report.n_train)
+    report.learning_curve_message = curve_message(share, report.n_train, n_answers, 1 / answers_per_item,
+                                                  projection, report.n_val)
+
+
+def predict(spec: TaskSpec, student: Student, examples: list[Example]) -> tuple[list[Any], list[float]]:
     """Student answers and confidences (1.0 for extraction, which has no single confidence)."""
     if not examples:
         return [], []
@@ -248,7 +463,7 @@ def predict(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) ->
     return answers, [p[a] for p, a in zip(probs, answers, strict=True)]
 
 
-def single_item_latency(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) -> float:
+def single_item_latency(spec: TaskSpec, student: Student, examples: list[Example]) -> float:
     """Median seconds to answer one item at a time (what a request sees)."""
     ticks = []
     for example in examples:
