@@ -386,9 +386,13 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     train_seconds = time.perf_counter() - tick
     student = load_student(student_dir, threads=settings.threads)
     if progress:
-        progress("answering the held-out items", 0, None)
+        progress("answering the held-out items", 0, len(val) + len(test))
     val_answers, val_conf = predict(spec, student, val)
+    if progress:
+        progress("answering the held-out items", len(val), len(val) + len(test))
     test_answers, test_conf = predict(spec, student, test)
+    if progress:
+        progress("answering the held-out items", len(val) + len(test), len(val) + len(test))
     metric = spec.main_metric
     threshold, cascade_quality, escalated = cascade_on(spec, Scored(val_answers, test_answers, val_conf, test_conf),
                                                        val, test, target)
