@@ -12,7 +12,16 @@ import yaml
 
 from conftest import write_items, write_spec
 from llmbus.data import load_items
-from llmbus.distill import Example, coverage_problems, distill, pick_recipe, pick_threshold, split_of
+from llmbus.distill import (
+    Example,
+    coverage_problems,
+    distill,
+    one_answer_warning,
+    pick_recipe,
+    pick_threshold,
+    selection_score,
+    split_of,
+)
 from llmbus.learning_curve import CurvePoint, curve_message, project, stratified_order
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
@@ -252,6 +261,19 @@ def test_the_recipe_is_picked_on_validation_and_a_head_student_serves_as_encoder
     assert all(sum(c["label_probs"].values()) == pytest.approx(1.0) for c in calls)
 
 
+def test_a_majority_label_candidate_ranks_below_one_that_learned_and_is_warned_about(tmp_path: Path):
+    """SMS from 100 teacher answers: a 4-step fine-tune answered 'ham' on all 21 validation items (0.952, one
+    spam missed) and beat a head that learned (0.905); it must rank last, and a collapsed student is warned."""
+    teacher = ["ham"] * 19 + ["spam"] * 2
+    assert selection_score(0.952, ["ham"] * 21, teacher) < selection_score(0.905, ["ham"] * 19 + ["spam"] * 2,
+                                                                            teacher)
+    assert selection_score(0.9, ["ham"] * 21, ["ham"] * 21) == 0.9  # the teacher gave one label there too
+    spec = load_spec(_tiny(tmp_path))
+    warning = one_answer_warning(spec, ["ham"] * 38, teacher + ["ham"] * 17)
+    assert len(warning) == 1 and "answers 'ham' on all 38 held-out items" in warning[0]
+    assert one_answer_warning(spec, ["ham"] * 37 + ["spam"], teacher + ["ham"] * 17) == []
+
+
 def test_pick_recipe_takes_the_best_validation_score_and_the_cheaper_on_a_tie():
     assert pick_recipe({"head": 0.7, "finetune-1ep": 0.9, "finetune-2ep": 0.9}) == "finetune-1ep"
     assert pick_recipe({"head": 0.9, "finetune-1ep": 0.9}) == "head"
@@ -268,7 +290,7 @@ def test_a_student_short_of_the_teacher_gets_a_learning_curve(tmp_path: Path, st
     task = write_spec(tmp_path / "task.yaml", "items.jsonl")
     report = distill(load_spec(task), store, _teacher(store, task), tmp_path / "out",
                      TrainSettings(epochs=1, threads=1))
-    assert report.val_student_quality / report.val_teacher_quality < 0.9
+    assert report.heldout_student_quality / report.heldout_teacher_quality < 0.9
     sizes = [p["n"] for p in report.learning_curve]
     assert len(sizes) == 4 and sizes == sorted(sizes) and sizes[-1] == report.n_train
     assert "learning curve" in report.learning_curve_message
@@ -281,10 +303,13 @@ def test_learning_curve_projection_on_synthetic_points():
     assert projection.gain_per_doubling == pytest.approx(0.1 * np.log(2))
     assert projection.n_needed == pytest.approx(np.exp(6), rel=1e-6)  # 0.3 + 0.1·ln n = 0.9 at n = 403
     message = curve_message(points[-1].share, 140, 200, 1.0, projection, 30)
-    assert "0.79× the teacher on 30 validation items from 140 training answers (of 200" in message
+    assert "0.79× the teacher on the 30 held-out items from 140 training answers (of 200" in message
     # 403 training answers are 70% of ~576 teacher answers: 376 more, rounded up
     assert "projects ~580 teacher answers for 0.9×: run the teacher on ~380 more items" in message
     assert "~760 more items" in curve_message(points[-1].share, 140, 200, 2.0, projection, 30)  # half fail
+    assert "the dataset has 300 eval items the teacher has not answered: add data" in curve_message(
+        points[-1].share, 140, 200, 1.0, projection, 30, items_left=300)
+    assert "add data" not in curve_message(points[-1].share, 140, 200, 1.0, projection, 30, items_left=400)
     slow = project([CurvePoint(n, 0.0, 0.5 + 0.05 * np.log(n)) for n in (35, 70, 105, 140)])
     assert "more data alone is unlikely" in curve_message(0.75, 140, 200, 1.0, slow, 30)  # ~4300 answers
     flat = project([CurvePoint(n, 0.0, 0.6 + 0.001 * np.log(n)) for n in (35, 70, 105, 140)])

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from llmbus import metrics
-from llmbus.data import Item, load_items
+from llmbus.data import Item, load_items, split_items
 from llmbus.embed import embed
 from llmbus.errors import LlmbusError
 from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
@@ -98,9 +98,11 @@ class DistillReport:
     semantic_false_hit_rate: float = 0.0
     recipe: str = "finetune"  # the student recipe picked on validation: head, or finetune-<k>ep
     recipe_scores: dict[str, float] = field(default_factory=dict)  # each candidate's validation quality vs gold
-    val_teacher_quality: float = float("nan")
-    val_student_quality: float = float("nan")
-    learning_curve: list[dict[str, Any]] = field(default_factory=list)  # {n, quality, share} on validation
+    recipe_one_label: list[str] = field(default_factory=list)  # candidates ranked last: one label on every item
+    # On all held-out items (validation + test): the share of the teacher the learning curve starts from.
+    heldout_teacher_quality: float = float("nan")
+    heldout_student_quality: float = float("nan")
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)  # {n, quality, share} on held-out items
     learning_curve_message: str = ""
     projected_teacher_answers: int | None = None  # usable teacher answers the curve projects for the target
     warnings: list[str] = field(default_factory=list)
@@ -282,7 +284,8 @@ class RecipeChoice:
 
     recipe: str  # head | finetune-<k>ep
     scores: dict[str, float]
-    retrain: Callable[[list[int]], float] | None  # training rows → validation quality of the same recipe
+    retrain: Callable[[list[int]], float] | None  # training rows → held-out quality of the same recipe
+    one_label: list[str] = field(default_factory=list)  # candidates that gave one label on every validation item
 
 
 def pick_recipe(scores: dict[str, float]) -> str:
@@ -297,45 +300,78 @@ def pick_recipe(scores: dict[str, float]) -> str:
 def choose_classifier(spec: TaskSpec, by_split: dict[str, list[Example]], student_dir: Path,
                       settings: TrainSettings, progress: StageCallback | None = None) -> RecipeChoice:
     """Train the head and fine-tune MiniLM for 1..settings.epochs epochs, score each on the validation items
-    against gold, and save the best to student_dir (a tie goes to the cheaper: head, then fewer epochs)."""
-    train, val = by_split["train"], by_split["val"]
+    against gold, and save the best to student_dir (a tie goes to the cheaper: head, then fewer epochs).
+
+    A candidate answering one label on every validation item, where the teacher gives several, ranks below every
+    other (selection_score): on skewed labels a majority-label student scores well on a few items and has
+    learned nothing."""
+    train, val, held_out = by_split["train"], by_split["val"], by_split["val"] + by_split["test"]
     texts, labels = [e.input for e in train], [str(e.teacher) for e in train]
     val_texts, val_labels = [e.input for e in val], [str(e.teacher) for e in val]
+    qualities: list[float] = []  # every ranked candidate's validation quality, in ranking order
+
+    def quality(predicted: list[str], examples: list[Example]) -> float:
+        return metrics.compute(spec.main_metric, zip(predicted, [e.gold for e in examples], strict=True))
 
     def score(predicted: list[str]) -> float:
-        return metrics.compute(spec.main_metric, zip(predicted, [e.gold for e in val], strict=True))
+        qualities.append(quality(predicted, val))
+        return selection_score(qualities[-1], predicted, val_labels)
 
-    scores: dict[str, float] = {}
+    ranks: dict[str, float] = {}
     head: HeadStudent | None = None
     features = np.zeros((0, 384))
     if len(set(labels)) >= 2 and val:
-        features = embed_with_progress(texts + val_texts, progress)
-        head = train_head(features[:len(texts)], labels, features[len(texts):], val_labels, settings.seed)
-        scores["head"] = score(argmax(head.head.predict_features(features[len(texts):])))
+        features = embed_with_progress(texts + [e.input for e in held_out], progress)  # train, val, test rows
+        val_rows = features[len(texts):len(texts) + len(val)]
+        head = train_head(features[:len(texts)], labels, val_rows, val_labels, settings.seed)
+        ranks["head"] = score(argmax(head.head.predict_features(val_rows)))
     meta = train_classifier(texts, labels, val_texts, val_labels, student_dir, settings,
                             classes=spec.output.labels, score=score if val else None, progress=progress)
-    scores |= {f"finetune-{k}ep": s for k, s in enumerate(meta.epoch_scores, 1)}
-    if not scores:  # no validation items: nothing to choose on
+    ranks |= {f"finetune-{k}ep": s for k, s in enumerate(meta.epoch_scores, 1)}
+    scores = dict(zip(ranks, qualities, strict=True))
+    one_label = [name for name in ranks if ranks[name] < scores[name]]
+    if not ranks:  # no validation items: nothing to choose on
         return RecipeChoice(f"finetune-{meta.epochs}ep", {}, None)
-    chosen = pick_recipe(scores)
+    chosen = pick_recipe(ranks)
     if head is not None and chosen == "head":
         shutil.rmtree(student_dir)
         head.save(student_dir)
 
         def retrain_head(rows: list[int]) -> float:
-            fitted = train_head(features[rows], [labels[r] for r in rows], features[len(texts):], val_labels)
-            return score(argmax(fitted.head.predict_features(features[len(texts):])))
+            fitted = train_head(features[rows], [labels[r] for r in rows], val_rows, val_labels)
+            return quality(argmax(fitted.head.predict_features(features[len(texts):])), held_out)
 
-        return RecipeChoice(chosen, scores, retrain_head)
+        return RecipeChoice(chosen, scores, retrain_head, one_label)
 
     def retrain_finetune(rows: list[int]) -> float:
         with tempfile.TemporaryDirectory(prefix="llmbus-curve-") as scratch:
             train_classifier([texts[r] for r in rows], [labels[r] for r in rows], [], [], Path(scratch), settings,
                              classes=spec.output.labels, stop_after=meta.epochs)
-            answers, _ = predict(spec, load_student(Path(scratch), settings.threads), val)
-        return score([str(a) for a in answers])
+            answers, _ = predict(spec, load_student(Path(scratch), settings.threads), held_out)
+        return quality([str(a) for a in answers], held_out)
 
-    return RecipeChoice(chosen, scores, retrain_finetune)
+    return RecipeChoice(chosen, scores, retrain_finetune, one_label)
+
+
+def selection_score(quality: float, predicted: list[str], teacher: list[str]) -> float:
+    """A candidate's rank on validation: its quality, less 1 (below every other) when it gives one label on
+    every item where the teacher gives several."""
+    return quality - (1.0 if len(set(predicted)) < 2 <= len(set(teacher)) else 0.0)
+
+
+def one_answer_warning(spec: TaskSpec, answers: list[Any], teacher: list[Any]) -> list[str]:
+    """A warning when the student gives one answer (or, extracting, no entity) on every held-out item where the
+    teacher gives several: its scores there measure the majority answer, not learning."""
+    if spec.kind == "extract":
+        found = sum(len(a or []) for a in answers)
+        return [] if found or not any(teacher) else [
+            f"the student found no entity on any of the {len(answers)} held-out items (the teacher found "
+            f"{sum(len(t or []) for t in teacher)}): it learned to tag nothing"]
+    if len({str(a) for a in answers}) > 1 or len({str(t) for t in teacher}) < 2:
+        return []
+    return [f"the student answers {answers[0]!r} on all {len(answers)} held-out items (the teacher gives "
+            f"{len({str(t) for t in teacher})} labels there): it learned the majority label only; run the teacher "
+            "on more items"]
 
 
 def argmax(probs: list[dict[str, float]]) -> list[str]:
@@ -409,12 +445,16 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
         cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
-        recipe=choice.recipe, recipe_scores=choice.scores, warnings=warnings,
-        val_teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in val)),
-        val_student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(val_answers, val, strict=True))),
+        recipe=choice.recipe, recipe_scores=choice.scores, recipe_one_label=choice.one_label,
+        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test]),
+        heldout_teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in val + test)),
+        heldout_student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(val_answers + test_answers,
+                                                                                     val + test, strict=True))),
     )
-    answers_per_item = len(examples) / max(1, run_items(store, teacher_run))
-    add_learning_curve(report, choice, [str(e.teacher) for e in train], answers_per_item, progress)
+    answered = {c["item_id"] for c in store.iter_calls(teacher_run)}
+    left = sum(1 for item in split_items(spec, load_items(spec)).eval if item.id not in answered)
+    add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, len(answered)), left,
+                       progress)
     pool = train + val
     if progress:
         progress("semantic-cache threshold", 0, None)
@@ -428,19 +468,15 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     return report
 
 
-def run_items(store: Store, run_id: str) -> int:
-    """Calls a run made (one per item)."""
-    return sum(1 for _ in store.iter_calls(run_id))
-
-
 def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels: list[str], answers_per_item: float,
-                       progress: StageCallback | None = None) -> None:
-    """The student's validation share of the teacher; below TARGET_SHARE, the curve over train fractions and its
-    projection of the teacher answers needed (classify students only: the tagger keeps one recipe)."""
-    teacher, student = report.val_teacher_quality, report.val_student_quality
+                       items_left: int | None = None, progress: StageCallback | None = None) -> None:
+    """The student's share of the teacher on the held-out items; below TARGET_SHARE, the curve over train
+    fractions and its projection of the teacher answers needed (classify students only: the tagger keeps one
+    recipe). The curve's students are never served, so scoring them on the test items too halves the noise."""
+    teacher, student = report.heldout_teacher_quality, report.heldout_student_quality
     if not (teacher > 0 and student == student):
-        report.learning_curve_message = (f"no validation share: the teacher scores {teacher:.3f} {report.metric} on "
-                                         f"{report.n_val} validation items")
+        report.learning_curve_message = (f"no share of the teacher: it scores {teacher:.3f} {report.metric} on "
+                                         f"the {report.n_val + report.n_test} held-out items")
         return
     share = student / teacher
     n_answers = report.n_train + report.n_val + report.n_test
@@ -453,7 +489,7 @@ def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels
         if projection.n_needed is not None:
             report.projected_teacher_answers = round(projection.n_needed * n_answers / report.n_train)
     report.learning_curve_message = curve_message(share, report.n_train, n_answers, 1 / answers_per_item,
-                                                  projection, report.n_val)
+                                                  projection, report.n_val + report.n_test, items_left)
 
 
 def predict(spec: TaskSpec, student: Student, examples: list[Example]) -> tuple[list[Any], list[float]]:

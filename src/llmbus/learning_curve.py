@@ -1,8 +1,8 @@
 """How many teacher answers a student needs: a learning curve over train fractions and its log-linear trend.
 
-A student trained on 25/50/75/100% of the teacher's training answers is scored on validation items; the
-share of the teacher's validation quality it reaches is fitted as `share = a + b·ln(n)`, and the fit says where
-it crosses the target share (or that it is flat, and more answers won't help).
+A student trained on 25/50/75/100% of the teacher's training answers is scored on the held-out items; the
+share of the teacher's quality there it reaches is fitted as `share = a + b·ln(n)`, and the fit says where it
+crosses the target share (or that it is flat, and more answers won't help).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ FAR = 20  # projections beyond this many times the present answers are out of re
 
 @dataclass
 class CurvePoint:
-    """The student trained on `n` training answers, scored on validation items."""
+    """The student trained on `n` training answers, scored on the held-out items."""
 
     n: int
     quality: float
-    share: float  # quality / the teacher's validation quality
+    share: float  # quality / the teacher's quality on the same items
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json."""
@@ -58,7 +58,7 @@ def stratified_order(labels: list[str], seed: int = 0) -> list[int]:
 def measure_curve(labels: list[str], score_rows: Callable[[list[int]], float], teacher_quality: float,
                   full: CurvePoint, progress: Callable[[str, int | None, int | None], None] | None = None,
                   seed: int = 0) -> list[CurvePoint]:
-    """The student retrained (by `score_rows`: training rows → validation quality) on nested, stratified
+    """The student retrained (by `score_rows`: training rows → held-out quality) on nested, stratified
     fractions of the training answers; `full` is the point already measured on all of them."""
     order = stratified_order(labels, seed)
     points = []
@@ -96,12 +96,14 @@ def about(n: float) -> int:
 
 
 def curve_message(share: float, n_train: int, n_answers: int, items_per_answer: float,
-                  projection: Projection | None, n_val: int, target: float = TARGET_SHARE) -> str:
-    """One sentence: where the student stands against the teacher on validation, and what more answers buy.
+                  projection: Projection | None, n_held_out: int, items_left: int | None = None,
+                  target: float = TARGET_SHARE) -> str:
+    """One sentence: where the student stands against the teacher on held-out items, and what more answers buy.
 
-    `n_answers` are the teacher's usable answers (all splits), `items_per_answer` the items run per usable answer."""
-    head = (f"the student reached {share:.2f}× the teacher on {n_val} validation items from {n_train} training "
-            f"answers (of {n_answers} teacher answers)")
+    `n_answers` are the teacher's usable answers (all splits), `items_per_answer` the items run per usable answer,
+    `items_left` the dataset's eval items the teacher has not answered."""
+    head = (f"the student reached {share:.2f}× the teacher on the {n_held_out} held-out items from {n_train} "
+            f"training answers (of {n_answers} teacher answers)")
     if share >= target:
         return f"{head}: at or above the {target}× target"
     if projection is None:
@@ -113,12 +115,14 @@ def curve_message(share: float, n_train: int, n_answers: int, items_per_answer: 
     total = projection.n_needed * n_answers / n_train
     if total <= n_answers:
         return (f"{head}; the fitted curve reaches {target}× at about this size, so the gap is within the noise of "
-                f"{n_val} validation items: run the teacher on ~{about(n_answers * items_per_answer)} more items "
-                "to measure it")
+                f"{n_held_out} items: run the teacher on ~{about(n_answers * items_per_answer)} more items to "
+                "measure it")
     more = about((total - n_answers) * items_per_answer)
     if total > FAR * n_answers:
         return (f"{head}; the learning curve projects ~{about(total)} teacher answers for {target}× (over {FAR}× "
                 f"what it has, {projection.gain_per_doubling:+.2f}× per doubling): more data alone is unlikely to "
                 "get there")
+    left = "" if items_left is None or items_left >= more else (
+        f" (the dataset has {items_left} eval items the teacher has not answered: add data)")
     return (f"{head}; the learning curve projects ~{about(total)} teacher answers for {target}×: run the teacher on "
-            f"~{more} more items")
+            f"~{more} more items{left}")

@@ -72,13 +72,15 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
               f"student {fmt(report.student_quality)} ({fmt(share, '.2f')}× the teacher) · agreement with teacher "
               f"(share of identical answers) {fmt(report.student_vs_teacher_agreement, '.2f')}")
     if report.recipe_scores:
-        scores = ", ".join(f"{name} {fmt(score)}" for name, score in report.recipe_scores.items())
+        scores = ", ".join(f"{name} {fmt(score)}" + (" (one label on every item: ranked last)"
+                                                      if name in report.recipe_one_label else "")
+                           for name, score in report.recipe_scores.items())
         out.print(f"  recipe: {report.recipe}, picked on the {report.n_val} validation items by {report.metric} vs "
                   f"gold ({scores})")
     out.print(f"  {report.learning_curve_message}")
     if report.learning_curve:
         points = ", ".join(f"{p['n']} → {p['share']:.2f}×" for p in report.learning_curve)
-        out.print(f"  learning curve (training answers → share of the teacher on validation): {points}")
+        out.print(f"  learning curve (training answers → share of the teacher on the held-out items): {points}")
     out.print(f"  latency per item: student {fmt(report.student_latency_ms, '.1f')} ms · teacher "
               f"{fmt(report.teacher_latency_ms, '.0f')} ms (median of its logged calls)")
     out.print(f"  [bold]{report.cascade}[/]: confidence threshold {report.cascade_threshold:.3f} (picked on "
