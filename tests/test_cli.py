@@ -102,3 +102,86 @@ def test_run_show_runs_and_traffic(tiny_task: Path, stub_model: str):
 def test_dry_run_prints_the_prompt(tiny_task: Path):
     result = llmbus("run", str(tiny_task), "--dry-run")
     assert result.returncode == 0 and result.stdout.strip().endswith("Label:")
+
+
+@pytest.mark.parametrize(("kind", "needle"), [("folder", "is a folder"), ("missing folder", "does not exist"),
+                                              ("garbage file", "file is not a database")])
+def test_a_db_that_cannot_be_opened_is_one_line(tmp_path: Path, kind: str, needle: str):
+    db = {"folder": tmp_path, "missing folder": tmp_path / "nowhere" / "x.db",
+          "garbage file": tmp_path / "junk.db"}[kind]
+    garbage = bytes(range(256)) * 16
+    if kind == "garbage file":
+        db.write_bytes(garbage)
+    assert_one_line_error(llmbus("runs", "--db", str(db)), str(db), needle)
+    assert kind != "garbage file" or db.read_bytes() == garbage  # looked at, never written
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("- models\n", "llmbus.yaml:1: the config is a mapping with a `models:` section, not a list"),
+    ("models:\n  - openai:x\n", "llmbus.yaml:2: models: must be a mapping of PROVIDER:NAME to settings, not a list"),
+    ("models:\n  openai:x:\n    - base_url\n", "llmbus.yaml:3: models.openai:x: must be a mapping of settings"),
+    ("models:\n  openai:x: http://h\n", "models.openai:x: must be a mapping of settings (base_url, gguf, …), "
+                                        "not the text 'http://h'"),
+    ("models:\n  gpt4: {base_url: 'http://h'}\n", "llmbus.yaml:2: models: 'gpt4' is not a model name"),
+])
+def test_config_of_the_wrong_shape_is_one_line(tiny_task: Path, tmp_path: Path, text: str, needle: str):
+    (tmp_path / "llmbus.yaml").write_text(text)
+    assert_one_line_error(llmbus("run", str(tiny_task), "--model", "openai:x"), needle)
+
+
+def test_error_lines_print_user_text_as_written(tiny_task: Path):
+    """Model names and paths are not rich markup or emoji codes: `openai:x:` stays, `[/x]` does not crash."""
+    assert_one_line_error(llmbus("run", str(tiny_task), "--model", "openai:x:"), "unknown model 'openai:x:'")
+    assert_one_line_error(llmbus("run", str(tiny_task), "--model", "local:[/x]/[bold]m.gguf"),
+                          "[/x]/[bold]m.gguf: GGUF file not found")
+    colored = subprocess.run([sys.executable, "-m", "llmbus.cli", "run", str(tiny_task), "--model", "openai:x:"],
+                             capture_output=True, text=True, env={**os.environ, "FORCE_COLOR": "1"}, timeout=120)
+    assert colored.returncode == 2 and colored.stderr.startswith("\x1b[1;31merror:\x1b[0m unknown model 'openai:x:'")
+
+
+def test_show_prints_model_answers_as_written(tmp_path: Path):
+    from datetime import UTC, datetime
+
+    from llmbus.store import CallRecord, Store
+
+    store = Store(str(tmp_path / "s.db"))
+    run_id = store.create_run(task="t", task_path="t.yaml", spec_version="v1", spec_json="{}", model="openai:x:",
+                              metric="accuracy", n_planned=1, concurrency=1)
+    stamp = datetime.now(UTC)
+    store.record_call(CallRecord(run_id=run_id, task="t", spec_version="v1", item_id="[i1]", model="openai:x:",
+                                 prompt="p", started_at=stamp, finished_at=stamp, raw_output="[/INST] :x: [bold]spam"))
+    store.close()
+    result = llmbus("show", run_id, "--db", str(tmp_path / "s.db"))
+    assert result.returncode == 0, result.stderr
+    assert "[/INST] :x: [bold]spam" in result.stdout and "[i1]" in result.stdout and "openai:x:" in result.stdout
+
+
+def test_non_utf8_spec_and_dataset_are_one_line(tmp_path: Path):
+    (tmp_path / "items.jsonl").write_bytes('{"id": "a", "text": "caf\u00e9", "label": "ham"}\n'.encode("latin-1"))
+    task = write_spec(tmp_path / "t.yaml", "items.jsonl")
+    assert_one_line_error(llmbus("run", str(task), "--dry-run"), "items.jsonl:1: not utf-8 text: byte 0xe9 at byte "
+                                                                 "offset 24", "data.encoding")
+    task.write_bytes(task.read_bytes() + "description: caf\u00e9\n".encode("latin-1"))
+    assert_one_line_error(llmbus("run", str(task), "--dry-run"), "t.yaml:", "not utf-8 text: byte 0xe9")
+
+
+@pytest.mark.slow
+def test_database_password_is_never_printed(postgres_url: str, tiny_task: Path):
+    """The server trusts every login, so a password in the URL is accepted: it must never reach the screen."""
+    secret = "pw-s3cret-41"
+    url = postgres_url.replace("://llmbus@", f"://llmbus:{secret}@")
+    for args in (["show", "deadbeef"], ["run", str(tiny_task), "--resume", "deadbeef"], ["eval", "deadbeef"],
+                 ["label", "serve", "--project", "nope"], ["flow", "show", "deadbeef"]):
+        result = llmbus(*args, "--db", url)
+        assert_one_line_error(result, "not found in postgresql+psycopg://llmbus:***@127.0.0.1:")
+        assert secret not in result.stderr + result.stdout
+
+
+def test_endpoint_key_in_the_url_is_never_printed(tiny_task: Path, tmp_path: Path):
+    from llmbus.llamacpp import free_port
+
+    base = f"http://bob:pw-7@127.0.0.1:{free_port()}/v1?api-key=sk-secret-7&api-version=1"
+    (tmp_path / "llmbus.yaml").write_text(f"models:\n  openai:dead:\n    base_url: '{base}'\n")
+    result = llmbus("run", str(tiny_task), "--model", "openai:dead")
+    assert_one_line_error(result, "cannot reach http://bob:***@127.0.0.1:", "/v1?api-key=***&api-version=1")
+    assert "sk-secret-7" not in result.stderr and "pw-7" not in result.stderr

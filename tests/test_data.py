@@ -99,3 +99,50 @@ def test_conversations_yaml_errors_name_the_line(tmp_path: Path):
 def test_packaged_trivia_example_loads():
     items = load_items(load_spec(Path(__file__).parent.parent / "examples" / "trivia" / "task.yaml"))
     assert len(items) >= 250 and all(i.fields["question"] and i.expected for i in items)
+
+
+# Line 3 of each file holds "café" as Latin-1 saves it (the byte 0xe9, never valid alone in UTF-8).
+ENCODED_DATASETS = {
+    "items.jsonl": ('{"id": "a", "text": "tea", "label": "ham"}\n{"id": "b", "text": "milk", "label": "ham"}\n'
+                    '{"id": "c", "text": "caf\u00e9", "label": "spam"}\n'),
+    "items.csv": "id,text,label\na,tea,ham\nc,caf\u00e9,spam\n",
+    "items.tsv": "id\ttext\tlabel\na\ttea\tham\nc\tcaf\u00e9\tspam\n",
+    "items.conll": "I\tO\nlike\tO\ncaf\u00e9\tB-food\n",
+    "qa.yml": "conversations:\n- - What is this?\n  - caf\u00e9\n",
+}
+
+
+def _encoded_spec(tmp_path: Path, name: str, encoding: str | None) -> Path:
+    data: dict[str, object] = {"path": name, "expected": "label", "id": "id"}
+    overrides: dict[str, object] = {}
+    if name.endswith(".conll"):
+        data = {"path": name, "expected": "entities"}
+        overrides = {"kind": "extract", "output": {"schema": {"type": "object"}}, "metric": "entity_f1"}
+    if name.endswith(".yml"):
+        data = {"path": name, "format": "conversations", "input": "question", "expected": "answer"}
+        overrides = {"kind": "generate", "output": {}}
+    if encoding:
+        data["encoding"] = encoding
+    return write_spec(tmp_path / f"{name}.task.yaml", name, data=data, **overrides)
+
+
+@pytest.mark.parametrize("name", ENCODED_DATASETS)
+def test_non_utf8_dataset_names_file_line_and_byte_offset_and_reads_with_its_encoding(tmp_path: Path, name: str):
+    text = ENCODED_DATASETS[name]
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    offset = text.encode("latin-1").index(b"\xe9")
+    with pytest.raises(DataError) as info:
+        load_items(load_spec(_encoded_spec(tmp_path, name, None)))
+    assert str(info.value).startswith(f"{tmp_path / name}:3: not utf-8 text: byte 0xe9 at byte offset {offset} ")
+    assert "data.encoding" in str(info.value) and "\n" not in str(info.value)
+    items = load_items(load_spec(_encoded_spec(tmp_path, name, "latin-1")))
+    assert any("caf\u00e9" in str(item.fields) for item in items)
+
+
+def test_utf8_byte_order_mark_is_not_part_of_the_first_field(tmp_path: Path):
+    """Spreadsheets save CSV as UTF-8 with a BOM; the first header must still read `id`."""
+    (tmp_path / "d.csv").write_bytes("id,text,label\n1,caf\u00e9,ham\n".encode("utf-8-sig"))
+    (tmp_path / "d.jsonl").write_bytes('{"id": "1", "text": "x", "label": "ham"}\n'.encode("utf-8-sig"))
+    for name in ("d.csv", "d.jsonl"):
+        items = load_items(load_spec(write_spec(tmp_path / f"{name}.yaml", name)))
+        assert [(i.id, i.expected) for i in items] == [("1", "ham")]

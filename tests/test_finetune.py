@@ -84,3 +84,38 @@ def test_trusted_judge_labels_join_training(store: Store, tmp_path: Path):
     sloppy = add_judge_run(store, run_id, dict.fromkeys(truth, "pass"))
     with pytest.raises(LlmbusError, match=r"not trusted unattended: TNR 0\.000"):
         training_set(store, "sms", judge_run=sloppy)
+
+
+@pytest.mark.slow
+def test_judge_training_reports_its_stages_and_json_stays_plain(store: Store, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    _labeled_project(store, tmp_path, 90)
+    stages: list[tuple[str, int | None, int | None]] = []
+    train_judge(store, "sms", tmp_path / "head", kind="head", folds=3,
+                progress=lambda stage, done, total: stages.append((stage, done, total)))
+    folds = [(done, total) for stage, done, total in stages if stage == "cross-validating the head judge: folds"]
+    assert folds == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    for what in ("inputs", "answers"):  # once: the folds and the final head share the features
+        assert [(d, t) for s, d, t in stages if s == f"embedding 90 {what}"] == [(0, 90), (90, 90)]
+    final = [(d, t) for s, d, t in stages if s == "training the MiniLM head on all 90 labels"]
+    assert final == [(0, 1), (1, 1)] and stages[-1][0] == "training the MiniLM head on all 90 labels"
+
+    # FORCE_COLOR: rich draws as on a terminal, so a progress line not turned off by --json would show.
+    env = {**os.environ, "FORCE_COLOR": "1", "LLMBUS_THREADS": "1", "LLMBUS_DB": store.url.removeprefix("sqlite:///")}
+
+    def judge_train(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmbus.cli", "judge", "train", "--project", "sms", "--folds", "3",
+                               "--threads", "1", "--out", str(tmp_path / "cli"), *extra], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    shown = judge_train()
+    assert shown.returncode == 0, shown.stderr
+    assert "cross-validating the head judge" in shown.stderr and "embedding 90 inputs" in shown.stderr
+    quiet = judge_train("--json")
+    assert quiet.returncode == 0, quiet.stderr
+    report = json.loads(quiet.stdout)
+    assert report["n"] == 90 and report["model"] == f"head:{tmp_path / 'cli'}"
+    assert "cross-validating" not in quiet.stderr + quiet.stdout and "embedding" not in quiet.stderr

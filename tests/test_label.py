@@ -158,6 +158,15 @@ def test_label_cli(store: Store, tiny_task: Path, tmp_path: Path):
     bad = llmbus("select", "--project", "p", "--strategy", "smart")
     assert bad.returncode == 2 and "use one of uncertainty" in bad.stderr
     assert llmbus("create", "q", "--run", run_id, "--labels", "pass").returncode == 2
+    assert "annotators see text and the answer" in made.stdout  # the default: no gold, no confidence
+    shown = llmbus("create", "r", "--run", run_id, "--labels", "pass,fail", "--show-fields", "text,label,confidence")
+    assert shown.returncode == 0 and "annotators see text, label, confidence and the answer" in shown.stdout
+    assert label.get_project(store, "r")["show_fields"] == ("text", "label", "confidence")
+    wrong = llmbus("show-fields", "--project", "r", "text,gold")
+    assert wrong.returncode == 2 and "--show-fields gold: not a field of run" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    back = llmbus("show-fields", "--project", "r")
+    assert back.returncode == 0 and label.get_project(store, "r")["show_fields"] == ("text",)
 
 
 def test_score_and_correction_pages(store: Store, tiny_task: Path):
@@ -177,3 +186,90 @@ def test_score_and_correction_pages(store: Store, tiny_task: Path):
     assert wrong.status_code == 400 and "not one of 1, 2, 3, 4, 5" in wrong.text
     (row,) = label.label_rows(store, "p")
     assert (row["label"], row["correction"], row["annotator"]) == ("4", "it is spam", "carol")
+
+
+def _blind_project(store: Store, tiny_task: Path, show_fields: tuple[str, ...] | None = None) -> str:
+    """Items m1, m2 are gold "ham" (tiny data) answered "spam" with confidence 0.8765: the page may show the
+    answer "spam", so the word "ham" or "0.88" on it can only come from the gold field or the confidence."""
+    rows = [{"item_id": f"m{i}", "parsed": "spam", "expected": "ham", "confidence": 0.8765} for i in (1, 2)]
+    run_id = add_run(store, rows, task="tiny", labels=["ham", "spam"], task_path=str(tiny_task))
+    label.create_project(store, "p", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")),
+                         "Pass when the answer is right.", show_fields)
+    label.enqueue(store, "p", [("m1", 2.0), ("m2", 1.0)], "initial")
+    return run_id
+
+
+def _gold_or_confidence(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\bham\b|0\.88|0\.8765|<b>label</b>|\blabel: ", text)
+
+
+@pytest.mark.slow
+def test_annotators_see_no_gold_or_confidence_unless_listed(store: Store, tiny_task: Path, browser: object,
+                                                            tmp_path: Path):
+    _blind_project(store, tiny_task)
+    assert label.get_project(store, "p")["show_fields"] == ("text",)  # default: the task's input field
+    alice = label.add_annotator(store, "p", "alice")
+    label.add_annotator(store, "p", "bob")
+    label.save_label(store, "p", "bob", "m2", "fail")  # another annotator's label: not alice's to see
+    with _Server(create_app(store, "p")) as base:
+        page = _sign_in(browser, base, alice)
+        assert page.get_attribute("#item", "data-item-id") == "m1" and page.inner_text("#answer") == "spam"
+        assert "see you at lunch 1" in page.inner_text("#item")  # the input is there
+        assert _gold_or_confidence(page.content()) == [] and page.query_selector("#confidence") is None
+        page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
+        _press(page, "1")  # alice: pass m1
+        exported = [json.loads(line) for line in page.request.get(base + "/export").text().splitlines()]
+        assert exported == [{**exported[0], "item_id": "m1", "annotator": "alice", "label": "pass",
+                             "answer": "spam", "fields": {"text": "see you at lunch 1"}}]
+        assert "confidence" not in exported[0] and "expected" not in exported[0]
+        _press(page, "u")
+        # The owner lists the gold field and the confidence: the same page now shows them.
+        label.set_show_fields(store, "p", ("text", "label", "confidence"))
+        page.reload()
+        assert page.inner_text("#confidence") == "model confidence 0.88"
+        assert "ham" in page.inner_text("#item") and "<b>label</b>" in page.inner_html("#item")
+        page.screenshot(path=str(tmp_path / "shown.png"), full_page=True)
+        _press(page, "2")
+        (row,) = [json.loads(line) for line in page.request.get(base + "/export").text().splitlines()]
+        assert row["fields"] == {"text": "see you at lunch 1", "label": "ham"} and row["confidence"] == 0.8765
+    # The owner's export keeps everything, for every annotator.
+    owner = [json.loads(line) for line in label.export_jsonl(store, "p")]
+    assert {(r["annotator"], r["fields"]["label"], r["confidence"]) for r in owner} == {("bob", "ham", 0.8765),
+                                                                                      ("alice", "ham", 0.8765)}
+
+
+def test_show_fields_are_checked_and_stored(store: Store, tiny_task: Path):
+    from fastapi.testclient import TestClient
+
+    with pytest.raises(label.LabelError, match=r"--show-fields gold: not a field of run .*; "
+                                               r"use some of confidence, id, label, text"):
+        _blind_project(store, tiny_task, ("text", "gold"))
+    _blind_project(store, tiny_task, label.parse_show_fields("label, confidence"))
+    assert label.get_project(store, "p")["show_fields"] == ("label", "confidence")
+    client = TestClient(create_app(store, "p"))
+    client.post("/login", data={"token": label.add_annotator(store, "p", "ann")})
+    page = client.get("/").text
+    assert "<b>label</b> ham" in page and "<b>model confidence</b> 0.88" in page
+    assert "see you at lunch" not in page  # only what is listed: here not even the input
+    label.set_show_fields(store, "p", None)
+    page = client.get("/").text
+    assert _gold_or_confidence(page) == [] and "see you at lunch 1" in page
+
+
+def test_label_projects_of_an_older_database_open_with_the_default(tmp_path: Path, tiny_task: Path):
+    import sqlalchemy as sa
+
+    path = str(tmp_path / "old.db")
+    store = Store(path)
+    _blind_project(store, tiny_task)
+    with store.engine.begin() as conn:  # what a database from before migration 007 looks like
+        conn.execute(sa.text("ALTER TABLE label_projects DROP COLUMN show_fields_json"))
+        conn.execute(sa.text("DELETE FROM migrations WHERE name = '007_label_show_fields'"))
+    store.close()
+    reopened = Store(path)
+    assert label.get_project(reopened, "p")["show_fields"] == ("text",)
+    label.set_show_fields(reopened, "p", ("text", "label"))
+    assert label.get_project(reopened, "p")["show_fields"] == ("text", "label")
+    reopened.close()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from llmbus.errors import SpecError
-from llmbus.llamacpp import SPEC_SETTINGS, SPEC_TYPES, find_binary
+from llmbus.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, find_binary, resolve_gguf
 from llmbus.models import ModelConfig, load_model_configs
 from llmbus.providers.local import draft_stats
 from llmbus.run import run_task
@@ -95,3 +98,45 @@ def test_ngram_speculation_keeps_greedy_answers_and_logs_draft_counts(tmp_path: 
     assert summarize(store, runs["local:ngram"]).draft_acceptance == pytest.approx(stats.acceptance_rate)
     assert summarize(store, runs["local:plain"]).draft_acceptance is None  # `llmbus runs` shows it per run
     store.close()
+
+
+def test_server_log_is_private_under_llmbus_home_and_goes_with_its_server(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """A log can quote prompts: 0600 in $LLMBUS_HOME/logs (0700), removed on a clean stop, kept (bounded) when
+    the server died, so a crash can still be read."""
+    monkeypatch.setenv("LLMBUS_LLAMA_BIN", str(find_binary("llama-server").parent))
+    monkeypatch.setenv("LLMBUS_HOME", str(tmp_path / "home"))
+    logs = tmp_path / "home" / "logs"
+    gguf = resolve_gguf(GEMMA)
+
+    clean = LlamaServer(gguf, threads=1, parallel=1, ctx_per_slot=256)
+    clean.ensure_running()
+    assert clean.log_path.parent == logs and stat.S_IMODE(logs.stat().st_mode) == 0o700
+    assert stat.S_IMODE(clean.log_path.stat().st_mode) == 0o600 and clean.log_path.stat().st_size > 0
+    clean.stop()
+    assert list(logs.iterdir()) == []
+
+    crashed = LlamaServer(gguf, threads=1, parallel=1, ctx_per_slot=256)
+    crashed.ensure_running()
+    assert crashed.process is not None
+    crashed.process.kill()
+    crashed.process.wait()
+    crashed.post("/tokenize", {"content": "hello"})  # restarted: the dead server's log is the previous one
+    previous = crashed.log_path.with_name(crashed.log_path.name + ".1")
+    assert b"llama" in previous.read_bytes() and stat.S_IMODE(previous.stat().st_mode) == 0o600
+    crashed.stop()
+    assert crashed.log_path.exists() and previous.exists()  # a server that died keeps its logs
+
+    # Logs left by llmbus processes that are gone are pruned to the newest LOG_KEEP when a server starts.
+    now = time.time()
+    for i in range(LOG_KEEP + 3):
+        stale = logs / f"llama-server-{99_999_990 + i}-ab.log"  # no such pid (above Linux's pid_max)
+        stale.write_text("old")
+        os.utime(stale, (now - 1000 + i, now - 1000 + i))
+    third = LlamaServer(gguf, threads=1, parallel=1, ctx_per_slot=256)
+    third.ensure_running()
+    stale_left = sorted(p.name for p in logs.glob("llama-server-9999999*"))
+    assert stale_left == [f"llama-server-{99_999_990 + i}-ab.log" for i in range(3, LOG_KEEP + 3)]
+    assert crashed.log_path.exists() and previous.exists()  # this live process's logs are not another's to prune
+    third.stop()
+    assert not third.log_path.exists()

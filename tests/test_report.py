@@ -69,3 +69,14 @@ def test_a_given_run_without_answers_is_one_clear_error(tiny_task: Path, store):
     empty = add_run(store, [], task="tiny", labels=["ham", "spam"])
     with pytest.raises(LlmbusError, match=f"run {empty} has no answers"):
         build_report(load_spec(tiny_task), store, run_ids=[empty])
+
+
+def test_a_one_class_run_is_flagged_on_the_page(tiny_task: Path, store):
+    from quality_helpers import add_run, classify_rows
+
+    one_class = add_run(store, classify_rows(["ham"] * 30, ["ham"] * 30), task="tiny", labels=["ham", "spam"])
+    report = build_report(load_spec(tiny_task), store, run_ids=[one_class])
+    assert report.rows[0].quality == 1.0  # accuracy looks perfect: only the warning tells the sample is one class
+    assert any("never expected: spam" in w for w in report.warnings)
+    page = render_html(report)
+    assert 'class="warning"' in page and "never expected: spam" in page

@@ -13,15 +13,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import sqlalchemy as sa
 import uvicorn
 import yaml
 
+from llmbus.errors import SpecError
 from llmbus.gateway import Gateway, load_serve_config
 from llmbus.llamacpp import free_port
 from llmbus.providers import Request
 from llmbus.providers.local import LocalProvider
 from llmbus.serve import create_app
-from llmbus.store import Store
+from llmbus.store import CallRecord, Store, now
 from openai_stub import StubServer
 
 
@@ -44,15 +46,18 @@ def running_gateway(config_path: Path, db: Path) -> Iterator[tuple[str, Gateway]
 
 
 def write_configs(tmp_path: Path, primary: str, fallback: str | None = None, keys: list[dict] | None = None,
-                  task: Path | None = None, timeout_s: float | None = None) -> Path:
+                  task: Path | None = None, timeout_s: float | None = None, prices: tuple[float, float] = (1.0, 2.0),
+                  extra: dict | None = None) -> Path:
+    """llmbus.yaml with the stub backends and serve.yaml serving them as `chat` (and the task as `sms`);
+    `prices` are $ per 1M input and output tokens, `extra` adds top-level serve.yaml fields."""
     models = {"openai:primary": {"base_url": primary, "model": "stub-model", "timeout_s": 2.0, "max_retries": 0,
-                                 "usd_per_1m_input": 1.0, "usd_per_1m_output": 2.0}}
+                                 "usd_per_1m_input": prices[0], "usd_per_1m_output": prices[1]}}
     route: dict = {"model": "openai:primary", **({"timeout_s": timeout_s} if timeout_s else {})}
     if fallback:
         models["openai:fallback"] = {"base_url": fallback, "model": "stub-model", "max_retries": 0}
         route["fallbacks"] = ["openai:fallback"]
     (tmp_path / "llmbus.yaml").write_text(yaml.safe_dump({"models": models}))
-    serve: dict = {"models": {"chat": route}, "keys": keys or []}
+    serve: dict = {"models": {"chat": route}, "keys": keys or [], **(extra or {})}
     if task:
         serve["models"]["sms"] = {**route, "task": str(task)}
     path = tmp_path / "serve.yaml"
@@ -279,3 +284,208 @@ def predicted_tokens(base_url: str) -> float:
         if line.startswith("llamacpp:tokens_predicted_total "):
             return float(line.split()[1])
     raise AssertionError("llama-server /metrics has no tokens_predicted_total")
+
+
+# One output token at $10,000 per 1M tokens (input free): every stub answer costs exactly this.
+PER_CALL_USD = 0.01
+
+
+def post(url: str, path: str, body: dict, key: str | None = None, **headers: str) -> httpx.Response:
+    """One POST to the gateway (httpx: the openai client would refuse to send the malformed bodies)."""
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/{path}", json=body, headers={**auth, **headers}, timeout=30)
+
+
+def refused_rows(store: Store) -> list[dict]:
+    """The rows of every `gateway:refused` run in the store."""
+    return [row for run in store.list_runs("gateway:refused") for row in store.iter_calls(run["id"])]
+
+
+def test_budget_holds_each_estimate_so_50_concurrent_requests_cannot_overspend(tmp_path: Path):
+    with StubServer(delay_s=0.3) as backend:  # slow enough that all 50 are in flight together
+        config = write_configs(tmp_path, backend.base_url, prices=(0.0, 10_000.0), keys=[
+            {"key": "sk-b", "name": "team-b", "budget_usd": 0.05}, {"key": "sk-c", "name": "team-c",
+                                                                     "budget_usd": 0.05}])
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            def one(i: int) -> httpx.Response:
+                return post(url, "completions", {"model": "chat", "prompt": f"message {i}", "max_tokens": 1,
+                                                 "stream": i % 2 == 1}, "sk-b")
+
+            with ThreadPoolExecutor(50) as pool:
+                responses = list(pool.map(one, range(50)))
+            late = one(50)
+            # Holds settle to the real cost, streamed or not: estimates of 3 tokens for 1-token answers let 5 in.
+            sequential = [post(url, "completions", {"model": "chat", "prompt": f"note {i}", "max_tokens": 3,
+                                                    "stream": i % 2 == 1}, "sk-c").status_code for i in range(6)]
+            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            refusals = refused_rows(gateway.store)
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+    answered = [r for r in responses if r.status_code == 200]
+    spent = sum(r["cost_usd"] for r in rows if r["meta"]["key"] == "team-b")
+    assert spent == pytest.approx(PER_CALL_USD * len(answered))
+    assert 0.05 - 1e-9 <= spent <= 0.05 + PER_CALL_USD + 1e-9  # used up, overshot by at most one request
+    assert {r.status_code for r in responses if r.status_code != 200} == {429}
+    assert all("budget of $0.05 for key team-b" in r.json()["error"]["message"] for r in responses
+               if r.status_code == 429)
+    assert late.status_code == 429 and late.json()["error"]["code"] == "budget_exceeded"
+    assert sequential == [200] * 5 + [429]
+    refused_b = 50 - len(answered) + 1
+    assert Counter(r["error_kind"] for r in refusals) == {"budget_exceeded": refused_b + 1}
+    assert f'llmbus_gateway_refused_total{{kind="budget_exceeded"}} {refused_b + 1}.0' in metrics
+
+
+def test_key_spend_is_kept_per_key_name_and_survives_a_restart(tmp_path: Path):
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url, prices=(0.0, 10_000.0), keys=[
+            {"key": "sk-dash", "name": "team-a"}, {"key": "sk-under", "name": "team_a", "budget_usd": 0.015}])
+        db = tmp_path / "gw.db"
+        with running_gateway(config, db) as (url, _):
+            for i in range(3):
+                assert post(url, "completions", {"model": "chat", "prompt": f"a {i}", "max_tokens": 1},
+                            "sk-dash").status_code == 200
+            assert post(url, "completions", {"model": "chat", "prompt": "b 0", "max_tokens": 1},
+                        "sk-under").status_code == 200
+        with running_gateway(config, db) as (url, _):
+            # team_a has spent $0.01 of $0.015 (team-a's $0.03 is not its spend): one more request, then 429.
+            codes = [post(url, "completions", {"model": "chat", "prompt": f"b {i}", "max_tokens": 1},
+                          "sk-under").status_code for i in (1, 2)]
+    assert codes == [200, 429]
+    assert Store(str(db)).open_key_spend(["team-a", "team_a"]) == pytest.approx({"team-a": 0.03, "team_a": 0.02})
+
+
+def test_migration_008_backfills_key_spend_from_the_gateway_call_log(tmp_path: Path):
+    db = str(tmp_path / "old.db")
+    store = Store(db)
+    with store.engine.begin() as conn:  # as a database made before 008
+        conn.execute(sa.text("DROP TABLE key_spend"))
+        conn.execute(sa.text("DELETE FROM migrations WHERE name = '008_key_spend'"))
+    for task in ("gateway:chat", "tiny"):
+        run_id = store.create_run(task=task, task_path="", spec_version="-", spec_json="{}", model="m",
+                                  metric="none", n_planned=0, concurrency=0)
+        for i, (key, cost) in enumerate([("team_a", 0.25), ("team-a", 1.0), ("team_a", 0.5), (None, 9.0)]):
+            store.record_call(CallRecord(run_id=run_id, task=task, spec_version="-", item_id=str(i), model="m",
+                                         prompt="p", started_at=now(), finished_at=now(), cost_usd=cost,
+                                         meta={"route": "backend", "key": key}))
+    store.close()
+    migrated = Store(db)
+    assert migrated.open_key_spend(["team_a", "team-a", "new"]) == {"team_a": 0.75, "team-a": 1.0, "new": 0.0}
+
+
+BAD_BODIES = [
+    ("chat/completions", {"model": "chat", "messages": "hello"}, "messages", "Invalid type for 'messages': "
+     "expected an array of message objects, but got a string instead."),
+    ("chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "abc"},
+     "max_tokens", "Invalid type for 'max_tokens': expected an integer, but got a string instead."),
+    ("chat/completions", {"model": "chat", "messages": [{"role": "user", "content": 5}]}, "messages.0.content",
+     "Invalid type for 'messages.0.content': expected a string or an array of content parts, but got an integer "
+     "instead."),
+    ("completions", {"model": "chat", "prompt": "hi", "stop": 5}, "stop",
+     "Invalid type for 'stop': expected a string or an array of strings, but got an integer instead."),
+    ("completions", {"model": "chat", "prompt": "hi", "stream": True, "stream_options": "yes"}, "stream_options",
+     "Invalid type for 'stream_options': expected an object, but got a string instead."),
+    ("completions", {"model": "chat", "prompt": [1, 2, 3]}, "prompt",
+     "Invalid type for 'prompt': expected a string or an array of strings, but got an array of integers instead."),
+    ("completions", {"model": "chat"}, "prompt", "Missing required parameter: 'prompt'."),
+    ("completions", {"model": "chat", "prompt": "hi", "max_tokens": 0}, "max_tokens",
+     "Invalid value for 'max_tokens': Input should be greater than or equal to 1."),
+]
+
+
+def test_bad_requests_are_400s_in_openai_shape_and_every_refusal_is_counted_and_logged(tmp_path: Path):
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url, keys=[
+            {"key": "sk-a", "name": "team-a"}, {"key": "sk-slow", "name": "slow", "requests_per_minute": 1}])
+        with running_gateway(config, tmp_path / "gw.db") as (url, gateway):
+            bad = [post(url, path, body, "sk-a") for path, body, _, _ in BAD_BODIES]
+            unparsable = httpx.post(f"{url}/completions", content=b"{not json", timeout=30,
+                                    headers={"Authorization": "Bearer sk-a", "Content-Type": "application/json"})
+            not_an_object = post(url, "completions", [1, 2], "sk-a")  # type: ignore[arg-type]
+            with pytest.raises(openai.BadRequestError, match="array of integers"):
+                openai.OpenAI(base_url=url, api_key="sk-a", max_retries=0).completions.create(model="chat",
+                                                                                              prompt=[1, 2, 3])
+            # The scheme is case-insensitive; a bad key is 401 before the body is looked at.
+            schemes = [post(url, "completions", {"model": "chat", "prompt": "hi"}, Authorization=f"{s} sk-a")
+                       .status_code for s in ("bearer", "BEARER", "Bearer")]
+            unknown_key = post(url, "completions", {"model": "chat", "messages": "x"}, "sk-wrong")
+            garbage_no_key = httpx.post(f"{url}/completions", content=b"[", timeout=30,
+                                        headers={"Content-Type": "application/json"})
+            unknown_model = post(url, "completions", {"model": "nope", "prompt": "what is this"}, "sk-a")
+            limited = [post(url, "completions", {"model": "chat", "prompt": f"slow {i}"}, "sk-slow").status_code
+                       for i in range(2)]
+            refusals = refused_rows(gateway.store)
+            answered = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+    for response, (_, _, param, message) in zip(bad, BAD_BODIES, strict=True):
+        assert response.status_code == 400, response.text
+        assert response.json() == {"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                             "code": "invalid_request"}}
+    assert unparsable.status_code == not_an_object.status_code == 400
+    assert unparsable.json()["error"]["code"] == "invalid_request"
+    assert schemes == [200, 200, 200]
+    assert unknown_key.status_code == garbage_no_key.status_code == 401
+    assert unknown_key.json()["error"] == {"message": "missing or unknown API key", "type": "authentication_error",
+                                           "param": None, "code": "invalid_api_key"}
+    assert unknown_model.status_code == 404 and unknown_model.json()["error"]["code"] == "model_not_found"
+    assert limited == [200, 429]
+    # the scheme checks (the last two from the cache) and the first "slow" request; a missing prompt is no call
+    assert Counter(r["meta"]["route"] for r in answered) == {"backend": 2, "cache_exact": 2}
+    assert backend.state.attempts[""] == 0
+    kinds = {"invalid_request": len(BAD_BODIES) + 3, "invalid_api_key": 2, "model_not_found": 1,
+             "rate_limit_exceeded": 1}
+    assert Counter(r["error_kind"] for r in refusals) == kinds
+    for kind, count in kinds.items():
+        assert f'llmbus_gateway_refused_total{{kind="{kind}"}} {count}.0' in metrics
+    assert all(r["meta"]["route"] == "refused" for r in refusals)
+    missing_prompt = next(r for r in refusals if r["error"] == "Missing required parameter: 'prompt'.")
+    assert missing_prompt["meta"] == {"route": "refused", "key": "team-a", "status": 400, "param": "prompt"}
+    nope = next(r for r in refusals if r["error_kind"] == "model_not_found")
+    assert nope["model"] == "nope" and nope["prompt"] == "what is this"
+    assert {r["meta"]["key"] for r in refusals if r["error_kind"] == "invalid_api_key"} == {None}
+
+
+def test_an_open_gateway_warns_and_metrics_can_need_their_own_key(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    with StubServer() as backend:
+        with running_gateway(write_configs(tmp_path, backend.base_url), tmp_path / "open.db"):
+            pass
+        warned = capsys.readouterr().err.splitlines()
+        monkeypatch.setenv("TEST_METRICS_KEY", "m-secret")
+        config = write_configs(tmp_path, backend.base_url, keys=[{"key": "sk-a", "name": "team-a"}],
+                               extra={"metrics_key": "env:TEST_METRICS_KEY"})
+        with running_gateway(config, tmp_path / "gw.db") as (url, _):
+            scrape = url.removesuffix("/v1") + "/metrics"
+            refused = [httpx.get(scrape, headers=h).status_code for h in ({}, {"Authorization": "Bearer sk-a"})]
+            scraped = httpx.get(scrape, headers={"Authorization": "bearer m-secret"})
+        assert not [line for line in capsys.readouterr().err.splitlines() if "open" in line]
+        monkeypatch.delenv("TEST_METRICS_KEY")
+        with pytest.raises(SpecError, match="metrics_key: environment variable TEST_METRICS_KEY is not set"):
+            Gateway(load_serve_config(config), Store(str(tmp_path / "x.db")))
+        # An unset key variable would have opened the gateway to everyone: it is an error instead.
+        config = write_configs(tmp_path, backend.base_url, keys=[{"key": "env:TEST_TEAM_KEY", "name": "team-a"}])
+        with pytest.raises(SpecError, match=r"keys\[0\] \(team-a\): environment variable TEST_TEAM_KEY is not set"):
+            Gateway(load_serve_config(config), Store(str(tmp_path / "y.db")))
+    assert [line for line in warned if "warning" in line] == [
+        "llmbus gateway: warning: serve.yaml has no `keys:`, so the gateway is open to anyone who can reach it"]
+    assert refused == [401, 401]
+    assert scraped.status_code == 200
+    assert 'llmbus_gateway_refused_total{kind="invalid_api_key"} 2.0' in scraped.text
+
+
+def test_log_prompt_chars_caps_the_prompts_the_call_log_keeps(tmp_path: Path):
+    big = "lorem ipsum dolor " * 300_000  # 5.4 MB
+    with StubServer() as backend:
+        config = write_configs(tmp_path, backend.base_url, extra={"log_prompt_chars": 2000})
+        db = tmp_path / "gw.db"
+        with running_gateway(config, db) as (url, gateway):
+            codes = [post(url, "completions", {"model": "chat", "prompt": big, "max_tokens": 1}).status_code
+                     for _ in range(3)]
+            refused = post(url, "completions", {"model": "nope", "prompt": big}).status_code
+            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"])) + refused_rows(gateway.store)
+            with gateway.store.engine.connect() as conn:
+                stored = conn.scalar(sa.text("SELECT sum(length(prompt)) FROM calls"))
+        size = sum(path.stat().st_size for path in tmp_path.glob("gw.db*"))
+    assert codes == [200, 200, 200] and refused == 404
+    assert [r["meta"]["route"] for r in rows] == ["backend", "cache_exact", "cache_exact", "refused"]
+    assert all(r["prompt"] == big[:2000] and r["meta"]["prompt_chars"] == len(big) for r in rows)
+    assert stored == 4 * 2000
+    assert size < 1_000_000  # four uncapped rows would be over 21 MB

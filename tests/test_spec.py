@@ -35,7 +35,7 @@ def test_missing_template_field_names_it(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("name: x\nkind: classify\nprompt: [unclosed\n", "t.yaml:4: malformed YAML"),
+    ("name: x\nkind: classify\nprompt: [unclosed\n", "t.yaml:3: malformed YAML"),  # where the [ opens
     ("name: x\nkind: summarize\nprompt: p\ndata: {path: a.jsonl, expected: y}\n", "t.yaml:2: kind: Input should be"),
     ("name: x\nkind: classify\nprompt: p\ndata:\n  path: a.jsonl\n", "t.yaml:5: data.expected: missing required"),
     ("name: x\nkind: classify\nprompt: p\ncolour: red\ndata: {path: a, expected: y}\n"
@@ -57,3 +57,64 @@ def test_bad_specs_name_file_line_and_field(tmp_path: Path, text: str, expected:
 def test_missing_spec_file(tmp_path: Path):
     with pytest.raises(SpecError, match="task spec not found"):
         load_spec(tmp_path / "nope.yaml")
+
+
+# A fault on line 3 of a 20-line file. PyYAML notices an unclosed quote only at the end of the file and a key
+# without its colon one line later; the error must still name line 3.
+YAML_FAULTS = {
+    "unclosed double quote": 'description: "hello\n',
+    "unclosed single quote": "description: 'hello\n",
+    "key without colon": "description hello\n",
+    "unclosed bracket": "labels: [a, b\n",
+    "tab indent": "\tdescription: hello\n",
+    "bad indent": "  description: hello\n",
+}
+
+
+def yaml_with_fault_at_line_3(fault: str) -> str:
+    return "name: x\nkind: classify\n" + fault + "".join(f"key{i}: value {i}\n" for i in range(17))
+
+
+@pytest.mark.parametrize("fault", YAML_FAULTS)
+@pytest.mark.parametrize("reader", ["task spec", "llmbus.yaml", "serve.yaml", "conversations dataset"])
+def test_yaml_syntax_errors_name_the_faulty_line(tmp_path: Path, reader: str, fault: str):
+    from llmbus.data import load_items
+    from llmbus.errors import LlmbusError
+    from llmbus.gateway import load_serve_config
+    from llmbus.models import load_model_configs
+
+    text = yaml_with_fault_at_line_3(YAML_FAULTS[fault])
+    assert len(text.splitlines()) == 20
+    path = tmp_path / ("qa.yml" if reader == "conversations dataset" else "file.yaml")
+    path.write_text(text)
+    read = {"task spec": load_spec, "llmbus.yaml": load_model_configs, "serve.yaml": load_serve_config}.get(reader)
+    if read is None:
+        spec = load_spec(write_spec(tmp_path / "task.yaml", "qa.yml", kind="generate", output={},
+                                    data={"path": "qa.yml", "format": "conversations", "input": "question",
+                                          "expected": "answer"}))
+        read = lambda _path: load_items(spec)  # noqa: E731
+    with pytest.raises(LlmbusError) as info:
+        read(path)
+    assert str(info.value).startswith(f"{path}:3: malformed YAML: "), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_non_utf8_spec_names_file_line_and_byte_offset(tmp_path: Path):
+    path = write_spec(tmp_path / "t.yaml", "x.jsonl")
+    text = path.read_text(encoding="utf-8").replace("kind: classify\n", "kind: classify\ndescription: caf\u00e9\n")
+    path.write_bytes(text.encode("latin-1"))  # what an editor set to Latin-1 saves
+    offset = text.encode("latin-1").index(b"\xe9")
+    line = text[: text.index("\u00e9")].count("\n") + 1
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == (f"{path}:{line}: not utf-8 text: byte 0xe9 at byte offset {offset} "
+                               "(save the file as UTF-8)")
+
+
+def test_data_encoding_must_be_a_known_codec(tmp_path: Path):
+    path = write_spec(tmp_path / "t.yaml", "x.jsonl", data={"path": "x.jsonl", "expected": "label",
+                                                             "encoding": "latin-42"})
+    with pytest.raises(SpecError, match=r"t.yaml:\d+: data.encoding: unknown encoding 'latin-42'"):
+        load_spec(path)
+    assert load_spec(write_spec(tmp_path / "u.yaml", "x.jsonl", data={
+        "path": "x.jsonl", "expected": "label", "encoding": "latin-1"})).data.encoding == "latin-1"

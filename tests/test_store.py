@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from llmbus.errors import LlmbusError
+from llmbus.llamacpp import free_port
 from llmbus.store import MIGRATIONS, CallRecord, Store, database_url
 
 
@@ -56,7 +58,21 @@ def test_database_url_forms(tmp_path, monkeypatch):
 
 
 def test_unreachable_database_is_one_clear_error():
-    from llmbus.errors import LlmbusError
-
     with pytest.raises(LlmbusError, match="cannot connect to database"):
         Store("postgresql://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.slow
+def test_postgres_password_stays_out_of_messages(postgres_url: str):
+    url = postgres_url.replace("://llmbus@", "://llmbus:pw-s3cret-42@")
+    store = Store(url)  # trust auth: the password is accepted and ignored
+    assert "pw-s3cret-42" not in store.url and store.url.startswith("postgresql+psycopg://llmbus:***@")
+    with pytest.raises(LlmbusError) as info:
+        store.get_run("deadbeef")
+    assert "pw-s3cret-42" not in str(info.value)
+    assert str(info.value).startswith("run 'deadbeef' not found in postgresql+psycopg://llmbus:***@127.0.0.1:")
+    store.close()
+    dead = url.rsplit(":", 1)[0] + f":{free_port()}/postgres"
+    with pytest.raises(LlmbusError, match=r"cannot connect to database postgresql\+psycopg://llmbus:\*\*\*@") as info:
+        Store(dead)
+    assert "pw-s3cret-42" not in str(info.value)

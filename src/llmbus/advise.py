@@ -12,6 +12,7 @@ import numpy as np
 from llmbus import metrics
 from llmbus.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.data import Item, load_items, split_items
+from llmbus.embed import StageCallback
 from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.summary import summarize
@@ -65,8 +66,10 @@ class Advice:
         return asdict(self)
 
 
-def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.05) -> Advice:
-    """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs."""
+def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.05,
+           progress: StageCallback | None = None) -> Advice:
+    """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs; each
+    baseline's training and scoring (and MiniLM's embedding) is reported to `progress`."""
     task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
     tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
     split = split_items(spec, load_items(spec))
@@ -75,7 +78,7 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.0
                     n_eval=len(split.eval))
     predictions: dict[str, dict[str, Any]] = {}
     for baseline in BASELINES_BY_KIND[spec.kind]:
-        row, by_item = score_baseline(spec, baseline, split.pool, split.eval, usd_per_hour)
+        row, by_item = score_baseline(spec, baseline, split.pool, split.eval, usd_per_hour, progress)
         advice.rows.append(row)
         predictions[row.system] = by_item
     if store is not None:
@@ -85,23 +88,35 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = 0.0
 
 
 def score_baseline(spec: TaskSpec, baseline: Baseline, pool: list[Item], evaluation: list[Item],
-                   usd_per_hour: float) -> tuple[AdviceRow, dict[str, Any]]:
+                   usd_per_hour: float, progress: StageCallback | None = None) -> tuple[AdviceRow, dict[str, Any]]:
     """Train on the pool, predict the eval items; latency is single-item, cost is batch CPU-seconds."""
-    model = baseline.train(spec, pool)
+    report = progress or _no_progress
+    stage = f"training {baseline.name} on {len(pool):,} pool items"
+    report(stage, 0, 1)
+    model = baseline.train(spec, pool, progress)
+    report(stage, 1, 1)
+    stage = f"scoring {baseline.name} on {len(evaluation):,} eval items"
+    report(stage, 0, 1)
     cpu_start = time.process_time()
     predicted = model.predict(evaluation)
     cpu_per_item = (time.process_time() - cpu_start) / max(1, len(evaluation))
+    report(stage, 1, 1)
     sample = evaluation[:30]
     ticks = []
     for item in sample:
         tick = time.perf_counter()
         model.predict([item])
         ticks.append(time.perf_counter() - tick)
-    value = metrics.compute(spec.main_metric, zip(predicted, (i.expected for i in evaluation), strict=True))
+    value = metrics.compute(spec.main_metric, zip(predicted, (i.expected for i in evaluation), strict=True),
+                            spec.output.labels or ())
     row = AdviceRow(system=baseline.name, kind="baseline", value=value, n_items=len(evaluation),
                     latency_ms=1000 * float(np.median(ticks)) if ticks else float("nan"),
                     usd_per_1k=1000 * cpu_per_item * usd_per_hour / 3600)
     return row, {item.id: p for item, p in zip(evaluation, predicted, strict=True)}
+
+
+def _no_progress(stage: str, done: int | None, total: int | None) -> None:
+    pass
 
 
 def llm_rows(spec: TaskSpec, store: Store, evaluation: list[Item],
@@ -115,7 +130,8 @@ def llm_rows(spec: TaskSpec, store: Store, evaluation: list[Item],
             continue
         summary = summarize(store, run)
         item_ids = [c["item_id"] for c in store.iter_calls(run["id"]) if c["item_id"] in expected]
-        same = metrics.compute(spec.main_metric, ((first_baseline.get(i), expected[i]) for i in item_ids)) \
+        same = metrics.compute(spec.main_metric, ((first_baseline.get(i), expected[i]) for i in item_ids),
+                               spec.output.labels or ()) \
             if first_baseline and item_ids else None
         rows.append(AdviceRow(system=f"{run['model']} (run {run['id']})", kind="llm", value=summary.value,
                               n_items=summary.items, latency_ms=1000 * summary.latency_p50_s,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from llmbus.data import Item, bio_to_entities
-from llmbus.embed import embed, load_minilm
+from llmbus.embed import StageCallback, embed, load_minilm
 from llmbus.errors import DataError
 from llmbus.spec import TaskSpec
 
@@ -30,10 +31,11 @@ class Fitted(Protocol):
 
 @dataclass(frozen=True)
 class Baseline:
-    """A named way to train a cheap model for a task."""
+    """A named way to train a cheap model for a task (`train(spec, pool, progress)`; MiniLM ones report their
+    embedding to `progress`, in training and in bulk predictions)."""
 
     name: str
-    train: Callable[[TaskSpec, list[Item]], Fitted]
+    train: Callable[[TaskSpec, list[Item], StageCallback | None], Fitted]
 
 
 @dataclass
@@ -58,16 +60,16 @@ def _fit_classifier(featurize: Callable[[list[str]], Any], spec: TaskSpec, pool:
     return TextClassifier(featurize, model, spec.data.input)
 
 
-def train_tfidf_classifier(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_tfidf_classifier(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """TF-IDF word 1–2-grams + logistic regression."""
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
     vectorizer.fit([i.text(spec.data.input) for i in pool])
     return _fit_classifier(vectorizer.transform, spec, pool)
 
 
-def train_minilm_classifier(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_minilm_classifier(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """Frozen MiniLM sentence embeddings + logistic regression."""
-    return _fit_classifier(embed, spec, pool)
+    return _fit_classifier(partial(embed, progress=progress), spec, pool)
 
 
 # --- token tagging (NER) ------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def _fit_tagger(featurize: Callable[[list[list[str]]], Any], pool: list[Item]) -
     return TokenTagger(featurize, model)
 
 
-def train_feature_tagger(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_feature_tagger(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """Sparse word features + logistic regression per token."""
     vectorizer = DictVectorizer()
     vectorizer.fit([word_features(s, i) for s in (_tokens(p) for p in pool) for i in range(len(s))])
@@ -129,14 +131,19 @@ def train_feature_tagger(spec: TaskSpec, pool: list[Item]) -> Fitted:
     return _fit_tagger(featurize, pool)
 
 
-def minilm_word_vectors(sentences: list[list[str]]) -> np.ndarray:
-    """One contextual MiniLM vector per word (mean of its word pieces), all sentences stacked."""
+def minilm_word_vectors(sentences: list[list[str]], progress: StageCallback | None = None) -> np.ndarray:
+    """One contextual MiniLM vector per word (mean of its word pieces), all sentences stacked; with
+    `progress`, reported per batch when there is more than one."""
     import torch
 
     model = load_minilm()
     tokenizer, encoder = model.tokenizer, model[0].auto_model
     rows: list[np.ndarray] = []
+    report = progress if progress and len(sentences) > 32 else None
+    stage = f"embedding the words of {len(sentences):,} sentences"
     for start in range(0, len(sentences), 32):
+        if report:
+            report(stage, start, len(sentences))
         batch = sentences[start:start + 32]
         encoded = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=128, padding=True,
                             return_tensors="pt")
@@ -151,12 +158,14 @@ def minilm_word_vectors(sentences: list[list[str]]) -> np.ndarray:
                     vectors[word] += hidden[b, position].numpy()
                     counts[word] += 1
             rows.append(vectors / np.maximum(counts, 1)[:, None])
+    if report:
+        report(stage, len(sentences), len(sentences))
     return np.vstack(rows) if rows else np.zeros((0, 384), dtype=np.float32)
 
 
-def train_minilm_tagger(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_minilm_tagger(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """Contextual MiniLM word vectors + logistic regression per token."""
-    return _fit_tagger(minilm_word_vectors, pool)
+    return _fit_tagger(partial(minilm_word_vectors, progress=progress), pool)
 
 
 # --- retrieval for generation -------------------------------------------------------------------------
@@ -178,17 +187,18 @@ class NearestAnswer:
         return [self.answers[int(b)] for b in best.ravel()]
 
 
-def train_tfidf_retrieval(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_tfidf_retrieval(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """TF-IDF nearest neighbour's answer."""
     vectorizer = TfidfVectorizer(sublinear_tf=True).fit([i.text(spec.data.input) for i in pool])
     vectors = vectorizer.transform([i.text(spec.data.input) for i in pool])
     return NearestAnswer(vectorizer.transform, vectors, [i.expected for i in pool], spec.data.input)
 
 
-def train_minilm_retrieval(spec: TaskSpec, pool: list[Item]) -> Fitted:
+def train_minilm_retrieval(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """MiniLM nearest neighbour's answer."""
-    vectors = embed([i.text(spec.data.input) for i in pool])
-    return NearestAnswer(embed, vectors, [i.expected for i in pool], spec.data.input)
+    vectorize = partial(embed, progress=progress)
+    return NearestAnswer(vectorize, vectorize([i.text(spec.data.input) for i in pool]), [i.expected for i in pool],
+                         spec.data.input)
 
 
 BASELINES_BY_KIND: dict[str, list[Baseline]] = {

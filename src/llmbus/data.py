@@ -7,18 +7,21 @@ run, baseline and comparison of a task sees the same items.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import importlib.metadata
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from llmbus.errors import DataError
-from llmbus.spec import TaskSpec
+from llmbus.spec import TaskSpec, describe_decode_error, describe_yaml_error
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,11 @@ def _row_item(spec: TaskSpec, path: Path, line: int, row: dict[str, Any], prefix
 def split_items(spec: TaskSpec, items: list[Item]) -> Split:
     """Pool/eval split by a hash of each item's id (or the fewshot.pool file as the pool), eval in sample order."""
     if spec.fewshot.pool:
-        pool = load_items(spec, [resolve_data_path(spec, spec.fewshot.pool)])
-        pool_ids = {p.id for p in pool}
+        given = load_items(spec, [resolve_data_path(spec, spec.fewshot.pool)])
         # Rows of both files are numbered from 1: the pool's own ids must not shadow eval items.
-        pool = [Item(f"pool:{p.id}", p.fields, p.expected, p.where) for p in pool] if pool_ids & {
-            i.id for i in items} else pool
-        return Split(pool=pool, eval=sample_order(spec, items))
+        if {p.id for p in given} & {i.id for i in items}:
+            given = [Item(f"pool:{p.id}", p.fields, p.expected, p.where) for p in given]
+        return Split(pool=given, eval=sample_order(spec, items))
     cut = int(spec.fewshot.pool_fraction * 10_000)
     pool: list[Item] = []
     evaluation: list[Item] = []
@@ -169,16 +171,29 @@ def _format_from_suffix(path: Path) -> str:
     raise DataError(f"{path}: cannot tell the format from the extension; set data.format")
 
 
+@contextmanager
+def open_text(path: Path, encoding: str = "utf-8", newline: str | None = None) -> Iterator[IO[str]]:
+    """`path` opened as text; a byte that is not `encoding` fails as one DataError naming line and offset."""
+    # utf-8-sig reads plain UTF-8 the same and drops the byte-order mark spreadsheet exports start with.
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        with path.open(encoding=codec, newline=newline) as handle:
+            yield handle
+    except UnicodeDecodeError:
+        raise DataError(f"{describe_decode_error(path, encoding)} (save it as UTF-8, or for a task's "
+                        "dataset set data.encoding, e.g. latin-1)") from None
+
+
 def _read_jsonl(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
-    return read_jsonl(path)
+    return read_jsonl(path, spec.data.encoding)
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path, encoding: str = "utf-8") -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; malformed lines fail naming file and line."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with open_text(path, encoding) as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -195,7 +210,7 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _read_delimited(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if fmt == "tsv" else ","
     rows = []
-    with path.open(encoding="utf-8", newline="") as handle:
+    with open_text(path, spec.data.encoding, newline="") as handle:
         # QUOTE_NONE for TSV: SMS texts contain bare quotes that are not CSV quoting.
         reader = csv.reader(handle, delimiter=delimiter,
                             quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
@@ -219,7 +234,7 @@ def _read_conll(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[st
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
-    with path.open(encoding="utf-8") as handle:
+    with open_text(path, spec.data.encoding) as handle:
         for line_no, line in enumerate(handle, start=1):
             parts = line.rstrip("\n").split("\t") if line.strip() else []
             if not parts:
@@ -239,12 +254,12 @@ def _read_conll(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[st
 def _read_conversations(path: Path, spec: TaskSpec, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     """ChatterBot corpus YAML: each conversation's first turn is the `question`, its second the `answer`; `topic`
     is the file's name (ai.yml → "ai"), a label for topic classification over several files."""
+    with open_text(path, spec.data.encoding) as handle:
+        text = handle.read()
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
+        root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise DataError(f"{path}:{mark.line + 1 if mark else 1}: malformed YAML: "
-                        f"{getattr(exc, 'problem', None) or exc}") from None
+        raise DataError(describe_yaml_error(path, exc)) from None
     node = next((value for key, value in getattr(root, "value", []) if key.value == "conversations"), None)
     if not isinstance(node, yaml.SequenceNode):
         raise DataError(f"{path}:1: missing field 'conversations' (a list of conversations)")

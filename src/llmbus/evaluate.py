@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class Sample:
     gold: np.ndarray | None = None
     counts: np.ndarray | None = None  # extract: (tp, fp, fn) per item
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # generate: per-item score per metric
+    chrf_stats: np.ndarray | None = None  # generate: sacrebleu's chrF statistics per item (corpus chrF sums them)
     errors: int = 0
 
     @property
@@ -76,6 +78,7 @@ class EvalReport:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # rows expected, columns predicted (+ failed)
+    warnings: list[str] = field(default_factory=list)  # what makes these figures weak (labels never expected…)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json output."""
@@ -118,6 +121,7 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
     ids, a, b = array("Q"), array("i"), array("i")
     counts, errors = array("q"), 0
     scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
+    chrf_stats = array("d")
     for call in store.iter_calls(run["id"]):
         failed = call["error_kind"] is not None
         errors += failed
@@ -134,8 +138,11 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
             counts.extend(metrics.entity_counts(predicted, expected) if predicted is not None
                           else metrics.entity_counts([], expected))
         else:
+            stats = metrics.chrf_statistics("" if predicted is None else str(predicted), str(expected))
+            chrf_stats.extend(stats)
             for name, column_scores in scores.items():
-                column_scores.append(metrics.item_score(name, predicted, expected))
+                column_scores.append(metrics.chrf_from_statistics(stats) if name == "chrf"
+                                     else metrics.item_score(name, predicted, expected))
     sample = Sample(run["id"], kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors)
     if kind == "classify":
         pred = np.frombuffer(a, dtype=np.int32).copy()
@@ -145,6 +152,7 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
         sample.counts = np.frombuffer(counts, dtype=np.int64).reshape(-1, 3).copy()
     else:
         sample.scores = {m: np.frombuffer(v, dtype=np.float64).copy() for m, v in scores.items()}
+        sample.chrf_stats = np.frombuffer(chrf_stats, dtype=np.float64).reshape(-1, 18).copy()
     return sample
 
 
@@ -161,8 +169,12 @@ def values_at(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]
         exact = float(np.mean((counts[:, 1] == 0) & (counts[:, 2] == 0))) if len(counts) else float("nan")
         return {"entity_f1": metrics.f1(tp, fp, fn), "entity_precision": tp / (tp + fp) if tp + fp else 0.0,
                 "entity_recall": tp / (tp + fn) if tp + fn else 0.0, "exact_match": exact}
-    return {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
-            for m, v in sample.scores.items()}
+    values = {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
+              for m, v in sample.scores.items()}
+    if sample.chrf_stats is not None and len(sample.chrf_stats):
+        stats = sample.chrf_stats if idx is None else sample.chrf_stats[idx]
+        values["chrf"] = metrics.chrf_from_statistics(stats.sum(axis=0))
+    return values
 
 
 def _classify_values(pred: np.ndarray, gold: np.ndarray, k: int) -> dict[str, float]:
@@ -172,10 +184,11 @@ def _classify_values(pred: np.ndarray, gold: np.ndarray, k: int) -> dict[str, fl
     tp = np.diag(confusion[:, :k])
     fp = confusion[:, :k].sum(axis=0) - tp
     fn = confusion.sum(axis=1) - tp
-    present = confusion.sum(axis=1) > 0  # macro over the classes that occur in the expected answers
     denom = 2 * tp + fp + fn
+    # Macro over every class (the label set plus any other value seen), like scikit-learn's f1_score: a class the
+    # sample never expects still costs its wrong predictions, and scores 0 when never expected nor predicted.
     f1s = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-    return {"accuracy": float(tp.sum() / len(pred)), "macro_f1": float(f1s[present].mean())}
+    return {"accuracy": float(tp.sum() / len(pred)), "macro_f1": float(f1s.mean())}
 
 
 def bootstrap(sample: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, Interval]:
@@ -212,7 +225,27 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS) -> EvalR
         report.confusion = np.bincount(sample.gold * (k + 1) + sample.pred,
                                        minlength=k * (k + 1)).reshape(k, k + 1).tolist()
         report.per_class = metrics.per_class_scores(report.confusion, sample.classes)
+        report.warnings = classify_warnings(run, report)
+    if 0 < sample.n < 30:
+        report.warnings.append(f"only {sample.n} items: the intervals are wide")
     return report
+
+
+def classify_warnings(run: dict[str, Any], report: EvalReport) -> list[str]:
+    """Labels the run's expected answers never hold, and expected values outside the spec's label set."""
+    declared = [str(c) for c in (json.loads(run["spec_json"]).get("output") or {}).get("labels") or []]
+    support = {cls: int(report.per_class[cls]["support"]) for cls in report.classes}
+    if not any(support.values()):  # judge runs: nothing is expected
+        return []
+    warnings = []
+    found = metrics.coverage_warning(declared, Counter(support), f"the {report.n} items' expected answers")
+    if found:
+        warnings.append(found)
+    outside = [cls for cls in report.classes if cls not in declared and support[cls]]
+    if outside:
+        warnings.append(f"expected answers outside output.labels: {', '.join(outside)} (scored as their own "
+                        "classes; fix the data or the label set)")
+    return warnings
 
 
 def compare(store: Store, run_a: str, run_b: str, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Comparison:
@@ -257,7 +290,8 @@ def _paired(a: Sample, b: Sample) -> tuple[Sample, Sample]:
 def _take(s: Sample, idx: np.ndarray) -> Sample:
     return Sample(s.run_id, s.kind, s.metric, s.ids[idx], s.classes,
                   None if s.pred is None else s.pred[idx], None if s.gold is None else s.gold[idx],
-                  None if s.counts is None else s.counts[idx], {m: v[idx] for m, v in s.scores.items()}, s.errors)
+                  None if s.counts is None else s.counts[idx], {m: v[idx] for m, v in s.scores.items()},
+                  None if s.chrf_stats is None else s.chrf_stats[idx], s.errors)
 
 
 def _right_or_wrong(s: Sample) -> np.ndarray | None:

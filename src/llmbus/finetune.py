@@ -20,7 +20,7 @@ import numpy as np
 
 from llmbus.agreement import cohen_kappa
 from llmbus.calibrate import calibrate
-from llmbus.embed import embed
+from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError, ModelError
 from llmbus.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
 from llmbus.label import consensus, get_project, label_rows
@@ -78,14 +78,15 @@ def _add_trusted_verdicts(store: Store, project: str, judge_run: str, data: Trai
             data.labels.append(verdict["verdict"])
 
 
-def head_features(texts: list[str]) -> np.ndarray:
+def head_features(texts: list[str], progress: StageCallback | None = None) -> np.ndarray:
     """MiniLM features of judge inputs: the input's embedding, and for each answer its embedding and its
     elementwise product with the input's (a linear head then learns "right for this input", not only
     "spam-like input" or "answer is spam")."""
     parts = [t.split(" [SEP] ") for t in texts]
     width = max((len(p) for p in parts), default=1)
     parts = [p + [""] * (width - len(p)) for p in parts]
-    columns = [embed([p[k] for p in parts]) for k in range(width)]
+    columns = [embed([p[k] for p in parts], progress=progress, what="answers" if k else "inputs")
+               for k in range(width)]
     features = [columns[0]]
     # Products of unit-vector components are ~1/dim: rescale so the regularizer treats them like the rest.
     scale = np.sqrt(columns[0].shape[1])
@@ -173,10 +174,8 @@ def _subset(data: TrainingSet, rows: list[int]) -> TrainingSet:
     return TrainingSet([data.item_ids[i] for i in rows], [data.texts[i] for i in rows], [data.labels[i] for i in rows])
 
 
-def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: TrainSettings = TrainSettings(),
-                   usd_per_hour: float = DEFAULT_USD_PER_HOUR) -> CrossValidation:
-    """k-fold agreement (Cohen's kappa, accuracy) of a trained judge (head | finetuned) with the held-out human
-    labels, and its prediction cost (CPU time from text to verdict, measured on each held-out fold)."""
+def _check_trainable(data: TrainingSet, kind: str, folds: int) -> int:
+    """The number of human labels, once they can train and cross-validate a judge of this kind."""
     if kind not in {"head", "finetuned"}:
         raise LlmbusError(f"--kind {kind!r}: use head or finetuned")
     n_humans = data.humans if data.humans >= 0 else len(data.texts)
@@ -184,12 +183,28 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
     if len(set(human_labels)) < 2 or n_humans < folds:
         raise LlmbusError(f"training a judge needs at least {folds} human-labeled items with two different labels "
                           f"(have {n_humans}: {', '.join(sorted(set(human_labels))) or 'none'})")
+    return n_humans
+
+
+def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: TrainSettings = TrainSettings(),
+                   usd_per_hour: float = DEFAULT_USD_PER_HOUR, progress: StageCallback | None = None,
+                   features: np.ndarray | None = None) -> CrossValidation:
+    """k-fold agreement (Cohen's kappa, accuracy) of a trained judge (head | finetuned) with the held-out human
+    labels, and its prediction cost (CPU time from text to verdict, measured on each held-out fold); the
+    embedding and each fold are reported to `progress`. `features`: the head's, when already computed."""
+    n_humans = _check_trainable(data, kind, folds)
     # Folds hold out human labels only; trusted judge labels (rows after the humans) always train.
     order = np.random.default_rng(settings.seed).permutation(n_humans)
     # The head's features are computed once (embedding dominates its cost) and sliced per fold.
-    features = head_features(data.texts) if kind == "head" else None
+    if kind != "head":
+        features = None
+    elif features is None:
+        features = head_features(data.texts, progress)
     kappas, right, train_s, cpu_s, timed = [], 0, 0.0, 0.0, 0
+    stage = f"cross-validating the {kind} judge: folds"
     for k in range(folds):
+        if progress:
+            progress(stage, k, folds)
         test = sorted(order[k::folds].tolist())
         train_rows = sorted(set(range(len(data.texts))) - set(test))
         tick = time.perf_counter()
@@ -213,6 +228,8 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
         truth = [data.labels[i] for i in test]
         kappas.append(cohen_kappa(predicted, truth))
         right += sum(p == t for p, t in zip(predicted, truth, strict=True))
+    if progress:
+        progress(stage, folds, folds)
     n = n_humans
     per_judgment = cpu_s / max(1, timed)
     return CrossValidation(kind=kind, folds=folds, n=n, kappa=float(np.nanmean(kappas)), accuracy=right / n,
@@ -221,14 +238,25 @@ def cross_validate(data: TrainingSet, kind: str, folds: int = 5, settings: Train
 
 
 def train_judge(store: Store, project: str, out_dir: Path, kind: str = "head", folds: int = 5,
-                settings: TrainSettings = TrainSettings(epochs=1),
-                judge_run: str | None = None) -> tuple[CrossValidation, str]:
+                settings: TrainSettings = TrainSettings(epochs=1), judge_run: str | None = None,
+                progress: StageCallback | None = None) -> tuple[CrossValidation, str]:
     """Cross-validate a trained judge on the project's human labels, then train it on all of them and save
-    it to out_dir; returns the cross-validation and the model reference to judge with."""
+    it to out_dir; returns the cross-validation and the model reference to judge with. Each stage (embedding,
+    folds, the final training) is reported to `progress`."""
     data = training_set(store, project, judge_run)
-    report = cross_validate(data, kind, folds, settings)
-    if kind == "head":
-        HeadJudge.fit(head_features(data.texts), data.labels, settings.seed).save(out_dir)
-        return report, f"head:{out_dir}"
-    fine_tune(data, out_dir, settings)
-    return report, f"encoder:{out_dir}"
+    _check_trainable(data, kind, folds)  # before the embedding, not after it
+    # The head's features serve both the folds and the final head: embedded once.
+    features = head_features(data.texts, progress) if kind == "head" else None
+    report = cross_validate(data, kind, folds, settings, progress=progress, features=features)
+    stage = f"training the {'MiniLM head' if kind == 'head' else 'fine-tuned MiniLM'} on all {len(data.texts):,} labels"
+    if progress:
+        progress(stage, 0, 1)
+    if features is not None:
+        HeadJudge.fit(features, data.labels, settings.seed).save(out_dir)
+        model = f"head:{out_dir}"
+    else:
+        fine_tune(data, out_dir, settings)
+        model = f"encoder:{out_dir}"
+    if progress:
+        progress(stage, 1, 1)
+    return report, model

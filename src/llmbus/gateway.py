@@ -2,14 +2,17 @@
 
 `serve.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
 (a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
-backend, or fallback. `open_stream` answers the same way piece by piece (gateway_stream.py): fallbacks apply
-until the first piece is out, and a streamed call's meta adds its time to first token (`ttft_s`).
+backend, fallback or failed; a refused request (bad key, body or model, rate limit, budget) is a row of the
+start's `gateway:refused` run, with the refusal as its error_kind. `open_stream` answers the same way piece by
+piece (gateway_stream.py): fallbacks apply until the first piece is out, and a streamed call's meta adds its
+time to first token (`ttft_s`).
+
+Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py.
 """
 
 from __future__ import annotations
 
-import collections
-import os
+import hmac
 import threading
 import time
 import uuid
@@ -20,18 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.data import Item, load_items, split_items
-from llmbus.errors import LlmbusError, ProviderError, SpecError
+from llmbus.errors import ProviderError, SpecError
 from llmbus.fewshot import ExampleSelector
+from llmbus.gateway_keys import GatewayError, KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
+from llmbus.models import load_model_configs, resolve_model
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.semantic_cache import SemanticCache
 from llmbus.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
-from llmbus.store import CallRecord, Store, calls, now
+from llmbus.store import CallRecord, Store, now
 
 
 class _Config(BaseModel):
@@ -45,19 +49,6 @@ class RouteConfig(_Config):
     task: str | None = None  # a task spec: gives the label set / schema, and scopes the semantic cache
     fallbacks: list[str] = Field(default_factory=list)
     timeout_s: float = Field(default=120.0, gt=0)
-
-
-class KeyConfig(_Config):
-    """An API key (literal, or `env:NAME`) with its limits."""
-
-    key: str
-    name: str
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
-
-    def secret(self) -> str:
-        """The key's value, read from the environment for `env:NAME`."""
-        return os.environ.get(self.key[4:], "") if self.key.startswith("env:") else self.key
 
 
 class CacheConfig(_Config):
@@ -74,7 +65,14 @@ class ServeConfig(_Config):
     models: dict[str, RouteConfig]
     keys: list[KeyConfig] = Field(default_factory=list)
     cache: CacheConfig = CacheConfig()
+    metrics_key: str | None = None  # literal or env:NAME: /metrics then needs `Authorization: Bearer KEY`
+    log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
     source: Path | None = Field(default=None, exclude=True)
+
+    def secret_refs(self) -> list[tuple[str, str]]:
+        """(field, literal or env:NAME) of every API key and of the metrics key."""
+        refs = [(f"keys[{i}] ({k.name})", k.key) for i, k in enumerate(self.keys)]
+        return refs + ([("metrics_key", self.metrics_key)] if self.metrics_key is not None else [])
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:
@@ -85,14 +83,6 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
-
-
-class GatewayError(LlmbusError):
-    """A request the gateway refuses: carries the HTTP status and headers to answer with."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
 
 
 @dataclass
@@ -110,6 +100,7 @@ class Gateway:
     """Shared state of a running gateway; thread-safe (FastAPI runs sync handlers in a thread pool)."""
 
     def __init__(self, config: ServeConfig, store: Store):
+        check_secrets(config.source or "serve config", config.secret_refs())
         self.config, self.store = config, store
         self.specs: dict[str, TaskSpec] = {}
         self.selectors: dict[str, ExampleSelector] = {}
@@ -122,14 +113,18 @@ class Gateway:
                 self.selectors[name] = ExampleSelector(self.specs[name],
                                                        split_items(self.specs[name], load_items(self.specs[name])).pool)
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
-        self.providers: dict[str, Provider] = {ref: open_provider(ref) for ref in sorted(refs)}
+        self._model_configs = load_model_configs()
+        self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
+        self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
-        self.keys = {k.secret(): k for k in config.keys if k.secret()}
-        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._spent: dict[str, float] = {k.name: self._spent_so_far(k.name) for k in config.keys}
+        self.keys = Keys(config.keys, store.open_key_spend([k.name for k in config.keys]))
+        self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
-        self.run_ids = {name: self._open_run(name, route) for name, route in config.models.items()}
+        self.run_ids = {name: self._open_run(f"gateway:{name}", str(route.task or ""), route.model,
+                                             self.specs[name].version if name in self.specs else "-")
+                        for name, route in config.models.items()}
+        self.refusal_run_id: str | None = None  # made with the first refusal
 
     def start(self) -> None:
         """Start every backend now (load errors surface at startup, not on the first request)."""
@@ -141,38 +136,29 @@ class Gateway:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for provider in self.providers.values():
             provider.close()
-        for run_id in self.run_ids.values():
+        for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
             self.store.update_run(run_id, status="done", finished_at=now())
 
-    # --- admission ---------------------------------------------------------------------------------------
-    def authorize(self, header: str | None) -> KeyConfig | None:
-        """The caller's key (None when the gateway has no keys); enforces rate limit and budget."""
-        if not self.keys:
+    def open_warning(self) -> str | None:
+        """The line to print at startup when anyone who can reach the gateway may use it."""
+        if self.keys.by_secret:
             return None
-        token = (header or "").removeprefix("Bearer ").strip()
-        key = self.keys.get(token)
-        if key is None:
-            raise GatewayError(401, "missing or unknown API key")
-        with self._lock:
-            if key.budget_usd is not None and self._spent[key.name] >= key.budget_usd:
-                raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent")
-            if key.requests_per_minute is not None:
-                window = self._recent[key.name]
-                cutoff = time.monotonic() - 60
-                while window and window[0] < cutoff:
-                    window.popleft()
-                if len(window) >= key.requests_per_minute:
-                    wait = max(1, int(window[0] - cutoff) + 1)
-                    raise GatewayError(429, f"rate limit of {key.requests_per_minute}/min for key {key.name}",
-                                       {"Retry-After": str(wait)})
-                window.append(time.monotonic())
-        return key
+        return "llmbus gateway: warning: serve.yaml has no `keys:`, so the gateway is open to anyone who can reach it"
 
-    def _spent_so_far(self, key_name: str) -> float:
-        pattern = f'%"key": "{key_name}"%'
-        with self.store.engine.connect() as conn:
-            return float(conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0))
-                                     .where(calls.c.meta_json.like(pattern))) or 0.0)
+    # --- admission (the keys themselves: gateway_keys.Keys) -----------------------------------------------
+    def check_metrics_key(self, header: str | None) -> None:
+        """401 unless /metrics is open or the header carries the metrics key."""
+        if self.metrics_secret and not hmac.compare_digest(bearer_token(header).encode(), self.metrics_secret.encode()):
+            raise GatewayError(401, "/metrics needs the metrics key (Authorization: Bearer …)")
+
+    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> float:
+        """Hold the request's estimated cost against its key's budget (the most any of the route's models
+        could charge); returns the amount held, for `answer`/`open_stream` to release once the call is logged."""
+        if key is None or key.budget_usd is None:
+            return 0.0
+        route = self.config.models[name]
+        return self.keys.hold(key, max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
+                                       for ref in [route.model, *route.fallbacks]))
 
     # --- answering ---------------------------------------------------------------------------------------
     def prompt_for(self, name: str, raw_input: str) -> str | None:
@@ -202,58 +188,69 @@ class Gateway:
                        json_schema=spec.output.json_schema if spec and spec.kind == "extract" else None,
                        input=raw_input)
 
-    def answer(self, name: str, request: Request, key: KeyConfig | None) -> Answer:
-        """Cache, then the model, then its fallbacks; logs the call either way."""
+    def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
+        """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
+        released once the real cost is logged."""
         route = self.config.models[name]
         tick = time.perf_counter()
-        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
-        if hit is not None:
-            completion, kind = hit
-            answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
-        else:
-            try:
-                completion, used, kind = self._call_with_fallbacks(route, request)
-            except GatewayError as exc:
-                self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick),
-                          key, ProviderError("all_failed", str(exc)))
-                raise
-            answer = Answer(completion, kind, used, time.perf_counter() - tick)
-            self._remember(name, request, completion)
-        self._log(name, request, answer, key)
-        return answer
+        try:
+            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            if hit is not None:
+                completion, kind = hit
+                answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
+            else:
+                try:
+                    completion, used, kind = self._call_with_fallbacks(route, request)
+                except GatewayError as exc:
+                    failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick)
+                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)))
+                    raise
+                answer = Answer(completion, kind, used, time.perf_counter() - tick)
+                self._remember(name, request, completion)
+            self._log(name, request, answer, key)
+            return answer
+        finally:
+            self.keys.release(key, held_usd)
 
-    def open_stream(self, name: str, request: Request, key: KeyConfig | None) -> AnswerStream:
+    def open_stream(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> AnswerStream:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
         answer) is there, so a backend that fails before it still falls back and a request that nobody can
         answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
         route = self.config.models[name]
         tick = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
-        hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
-        if hit is not None:
-            answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
-            answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
-            self._log(name, request, answer, key)
-            return AnswerStream(_replay(answer), request_id)
-        errors = []
-        for position, ref in enumerate([route.model, *route.fallbacks]):
-            pump = Pump(self._pool, self.providers[ref], request, route.timeout_s)
-            first = pump.next()
-            if first.kind in ("piece", "done"):
-                kind = "backend" if position == 0 else "fallback"
-                relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id), tick,
-                                    pump, first)
-                return AnswerStream(relay, request_id, stop_backend=pump.cancel)
-            pump.cancel()
-            errors.append(f"{ref}: {first.failure(route.timeout_s)}")
-        message = "all backends failed: " + "; ".join(errors)
-        self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
-                                        request_id), key, ProviderError("all_failed", message))
-        raise GatewayError(502, message)
+        relayed = False  # the relay logs the answer and releases the hold
+        try:
+            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            if hit is not None:
+                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
+                answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
+                self._log(name, request, answer, key)
+                return AnswerStream(_replay(answer), request_id)
+            errors = []
+            for position, ref in enumerate([route.model, *route.fallbacks]):
+                pump = Pump(self._pool, self.providers[ref], request, route.timeout_s)
+                first = pump.next()
+                if first.kind in ("piece", "done"):
+                    kind = "backend" if position == 0 else "fallback"
+                    relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id),
+                                        tick, held_usd, pump, first)
+                    relayed = True
+                    return AnswerStream(relay, request_id, stop_backend=pump.cancel)
+                pump.cancel()
+                errors.append(f"{ref}: {first.failure(route.timeout_s)}")
+            message = "all backends failed: " + "; ".join(errors)
+            self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
+                                            request_id), key, ProviderError("all_failed", message))
+            raise GatewayError(502, message)
+        finally:
+            if not relayed:
+                self.keys.release(key, held_usd)
 
-    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float, pump: Pump,
-               event: Event) -> Generator[str, None, Answer]:
-        """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure)."""
+    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float,
+               held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
+        """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
+        release the request's budget hold."""
         pieces: list[str] = []
         ttft = None
         try:
@@ -267,16 +264,20 @@ class Gateway:
             raise
         finally:
             answer.latency_s = time.perf_counter() - tick
-            if event.kind != "done":
-                pump.cancel()
-                answer.completion.text = "".join(pieces)
-                self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+            try:
+                if event.kind == "done":
+                    answer.completion = event.value
+                    answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
+                    self._remember(name, request, answer.completion)
+                    self._log(name, request, answer, key)
+                else:
+                    pump.cancel()
+                    answer.completion.text = "".join(pieces)
+                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+            finally:
+                self.keys.release(key, held_usd)
         if event.kind != "done":
             raise event.failure(self.config.models[name].timeout_s)
-        answer.completion = event.value
-        answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
-        self._remember(name, request, answer.completion)
-        self._log(name, request, answer, key)
         return answer
 
     def _scope(self, name: str, request: Request) -> str:
@@ -319,30 +320,48 @@ class Gateway:
                 errors.append(f"{ref}: {exc}")
         raise GatewayError(502, "all backends failed: " + "; ".join(errors))
 
-    def _open_run(self, name: str, route: RouteConfig) -> str:
-        spec = self.specs.get(name)
-        return self.store.create_run(task=f"gateway:{name}", task_path=str(route.task or ""),
-                                     spec_version=spec.version if spec else "-", spec_json="{}", model=route.model,
-                                     metric="none", n_planned=0, concurrency=0)
+    def _open_run(self, task: str, task_path: str, model: str, spec_version: str) -> str:
+        return self.store.create_run(task=task, task_path=task_path, spec_version=spec_version, spec_json="{}",
+                                     model=model, metric="none", n_planned=0, concurrency=0)
+
+    def _kept_prompt(self, prompt: str) -> tuple[str, dict[str, Any]]:
+        """The prompt as the call log keeps it (cut to `log_prompt_chars`), and meta saying how long it was."""
+        limit = self.config.log_prompt_chars
+        if limit is None or len(prompt) <= limit:
+            return prompt, {}
+        return prompt[:limit], {"prompt_chars": len(prompt)}
 
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
              error: ProviderError | None = None) -> None:
         completion = answer.completion
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
-        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None}
+        prompt, cut = self._kept_prompt(request.prompt)
+        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None, **cut}
         stamp = now()
         self.store.record_call(CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
-            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=request.prompt,
+            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
             started_at=stamp, finished_at=stamp, raw_output=completion.text,
             parsed=None if error else completion.text, confidence=completion.confidence,
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta))
-        if key is not None:
-            with self._lock:
-                self._spent[key.name] += cost
+            error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
+        self.keys.spend(key, cost)
+
+    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
+        """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
+        with self._lock:
+            if self.refusal_run_id is None:
+                self.refusal_run_id = self._open_run("gateway:refused", "", "-", "-")
+        kept, cut = self._kept_prompt(prompt)
+        meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
+                **({"param": error.param} if error.param else {}), **cut}
+        stamp = now()
+        self.store.record_call(CallRecord(
+            run_id=self.refusal_run_id, task="gateway:refused", spec_version="-", item_id=uuid.uuid4().hex[:16],
+            model=name[:200] or "-", prompt=kept, started_at=stamp, finished_at=stamp, error_kind=error.kind,
+            error=str(error)[:2000], meta=meta))
 
 
 def _replay(answer: Answer) -> Generator[str, None, Answer]:

@@ -22,9 +22,10 @@ from llmbus.data import read_jsonl
 from llmbus.errors import DataError, LlmbusError
 from llmbus.judge import answer_text, run_items
 from llmbus.quality_store import annotators, label_items, label_projects, labels
-from llmbus.store import Store, now
+from llmbus.store import Store, calls, now, runs
 
 SCORE_VALUES = ["1", "2", "3", "4", "5"]
+CONFIDENCE = "confidence"  # in show_fields: the model's confidence in its answer, from the call log
 
 
 class LabelError(LlmbusError):
@@ -60,25 +61,59 @@ def parse_schema(kind: str, label_list: str | None, correction: bool) -> LabelSc
     return LabelSchema(kind=kind, labels=values if kind == "labels" else (), correction=correction or kind == "text")  # type: ignore[arg-type]
 
 
-def create_project(store: Store, name: str, run_id: str, schema: LabelSchema, instructions: str = "") -> None:
-    """A new labeling project over the calls of `run_id`."""
+def parse_show_fields(text: str | None) -> tuple[str, ...] | None:
+    """`--show-fields text,label` → ("text", "label"); None (not given) keeps the default."""
+    if text is None:
+        return None
+    return tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+
+
+def _check_show_fields(store: Store, run: dict[str, Any], show_fields: tuple[str, ...]) -> None:
+    known = {name for fields in run_items(store, run).values() for name in fields} | {CONFIDENCE}
+    unknown = [name for name in show_fields if name not in known]
+    if unknown:
+        raise LabelError(f"--show-fields {', '.join(unknown)}: not a field of run {run['id']}'s items; "
+                         f"use some of {', '.join(sorted(known))}")
+
+
+def create_project(store: Store, name: str, run_id: str, schema: LabelSchema, instructions: str = "",
+                   show_fields: tuple[str, ...] | None = None) -> None:
+    """A new labeling project over the calls of `run_id`; `show_fields` are the item fields (and "confidence")
+    annotators see besides the answer (None: the task's input field only, so no gold and no confidence)."""
     run = store.get_run(run_id)
+    if show_fields is not None:
+        _check_show_fields(store, run, show_fields)
     with store.engine.begin() as conn:
         if conn.scalar(sa.select(label_projects.c.name).where(label_projects.c.name == name)) is not None:
             raise LabelError(f"label project {name!r} already exists")
-        conn.execute(label_projects.insert().values(name=name, run_id=run["id"], instructions=instructions,
-                                                    schema_json=json.dumps(schema.as_dict()), created_at=now()))
+        conn.execute(label_projects.insert().values(
+            name=name, run_id=run["id"], instructions=instructions, schema_json=json.dumps(schema.as_dict()),
+            show_fields_json=None if show_fields is None else json.dumps(list(show_fields)), created_at=now()))
+
+
+def set_show_fields(store: Store, name: str, show_fields: tuple[str, ...] | None) -> None:
+    """Change what a project's annotators see (None: back to the default, the input field only)."""
+    meta = get_project(store, name)
+    if show_fields is not None:
+        _check_show_fields(store, store.get_run(meta["run_id"]), show_fields)
+    with store.engine.begin() as conn:
+        conn.execute(label_projects.update().where(label_projects.c.name == name).values(
+            show_fields_json=None if show_fields is None else json.dumps(list(show_fields))))
 
 
 def get_project(store: Store, name: str) -> dict[str, Any]:
-    """A project's row with its schema decoded."""
+    """A project's row with its schema decoded and `show_fields` (what annotators see besides the answer)."""
     with store.engine.connect() as conn:
-        row = conn.execute(sa.select(label_projects).where(label_projects.c.name == name)).mappings().first()
+        row = conn.execute(sa.select(label_projects, runs.c.spec_json).join(runs, runs.c.id == label_projects.c.run_id)
+                           .where(label_projects.c.name == name)).mappings().first()
     if row is None:
         raise LabelError(f"label project {name!r} not found in {store.url} (create it with: llmbus label create)")
     project = dict(row)
     raw = json.loads(project.pop("schema_json"))
     project["schema"] = LabelSchema(kind=raw["kind"], labels=tuple(raw["labels"]), correction=raw["correction"])
+    stored = project.pop("show_fields_json")
+    input_field = json.loads(project.pop("spec_json")).get("data", {}).get("input", "text")
+    project["show_fields"] = tuple(json.loads(stored)) if stored is not None else (input_field,)
     return project
 
 
@@ -141,12 +176,24 @@ def enqueue(store: Store, project: str, chosen: list[tuple[str, float]], strateg
 
 
 def _item(store: Store, project: str, item_id: str) -> dict[str, Any]:
+    query = (sa.select(label_items, calls.c.confidence).outerjoin(calls, calls.c.id == label_items.c.call_id)
+             .where(label_items.c.project == project, label_items.c.item_id == item_id))
     with store.engine.connect() as conn:
-        row = conn.execute(sa.select(label_items).where(label_items.c.project == project,
-                                                        label_items.c.item_id == item_id)).mappings().first()
+        row = conn.execute(query).mappings().first()
     if row is None:
         raise LabelError(f"item {item_id!r} is not in the queue of project {project!r}")
     return {**dict(row), **json.loads(row["fields_json"])}
+
+
+def annotator_view(item: dict[str, Any], show_fields: tuple[str, ...]) -> dict[str, Any]:
+    """What an annotator may see of a queued item or label: its id, the answer, and only the `show_fields`
+    (so neither the gold answer nor the model's confidence unless the project lists them)."""
+    fields = item.get("fields") or {}
+    view = {"item_id": item["item_id"], "answer": item["answer"],
+            "fields": {name: fields[name] for name in show_fields if name in fields and name != CONFIDENCE}}
+    if CONFIDENCE in show_fields:
+        view[CONFIDENCE] = item.get(CONFIDENCE)
+    return view
 
 
 def next_item(store: Store, project: str, annotator: str) -> dict[str, Any] | None:
@@ -200,10 +247,12 @@ def undo(store: Store, project: str, annotator: str) -> str | None:
 
 
 def label_rows(store: Store, project: str) -> Iterator[dict[str, Any]]:
-    """Every label of a project (not skips), oldest first, with the item and answer shown to the annotator."""
-    query = (sa.select(labels, label_items.c.fields_json)
+    """Every label of a project (not skips), oldest first, with the item's fields, the answer and the model's
+    confidence (all of them: for the project owner; annotators get `annotator_view` of these)."""
+    query = (sa.select(labels, label_items.c.fields_json, calls.c.confidence)
              .join(label_items, sa.and_(label_items.c.project == labels.c.project,
                                         label_items.c.item_id == labels.c.item_id))
+             .outerjoin(calls, calls.c.id == labels.c.call_id)
              .where(labels.c.project == project, labels.c.skipped.is_(False)).order_by(labels.c.id))
     with store.engine.connect() as conn:
         for row in conn.execute(query).mappings():
@@ -211,13 +260,17 @@ def label_rows(store: Store, project: str) -> Iterator[dict[str, Any]]:
             yield {"project": project, "item_id": row["item_id"], "call_id": row["call_id"],
                    "annotator": row["annotator"], "label": row["value"], "correction": row["correction"],
                    "created_at": row["created_at"].isoformat() if row["created_at"] else None,
-                   "answer": shown["answer"], "fields": shown["fields"]}
+                   "answer": shown["answer"], "fields": shown["fields"], CONFIDENCE: row["confidence"]}
 
 
-def export_jsonl(store: Store, project: str) -> Iterator[str]:
-    """The project's labels as JSONL lines."""
-    get_project(store, project)
+def export_jsonl(store: Store, project: str, annotator: str | None = None) -> Iterator[str]:
+    """The project's labels as JSONL lines; with `annotator`, only theirs and only what they may see."""
+    show_fields = get_project(store, project)["show_fields"]
     for row in label_rows(store, project):
+        if annotator is not None:
+            if row["annotator"] != annotator:
+                continue
+            row = {k: v for k, v in row.items() if k not in ("fields", CONFIDENCE)} | annotator_view(row, show_fields)
         yield json.dumps(row, ensure_ascii=False, default=str) + "\n"
 
 

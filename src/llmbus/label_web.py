@@ -2,8 +2,9 @@
 
 Annotators sign in with their token (a cookie keeps it), see the project's markdown instructions and the next
 queued item with the run's answer, and label it with a click or a key: 1–9 for labels (or scores), S to skip,
-U to undo the last label, Ctrl+Enter to submit a correction. Export gives the labels as JSONL; /agreement
-shows Cohen's and Fleiss' kappa.
+U to undo the last label, Ctrl+Enter to submit a correction. The page shows only the project's `show_fields`
+(default: the input field) besides the answer, so annotators label without the gold answer or the model's
+confidence. Export gives the annotator's own labels as JSONL; /agreement shows Cohen's and Fleiss' kappa.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def create_app(store: Store, project: str) -> FastAPI:
             return RedirectResponse("/login", status_code=303)
         done, total = label.progress(store, project, annotator)
         item = label.next_item(store, project, annotator)
-        return page(request, "item.html", annotator=annotator, item=item, schema=meta["schema"], done=done,
+        # Only what the project shows reaches the page: no gold answer or confidence unless listed.
+        shown = label.annotator_view(item, label.get_project(store, project)["show_fields"]) if item else None
+        return page(request, "item.html", annotator=annotator, item=shown, schema=meta["schema"], done=done,
                     total=total, note=note, instructions=instructions_html)
 
     @app.post("/label", response_model=None)
@@ -92,9 +95,11 @@ def create_app(store: Store, project: str) -> FastAPI:
 
     @app.get("/export", response_model=None)
     def export(request: Request) -> Response:
-        if who(request) is None:
+        annotator = who(request)
+        if annotator is None:
             return RedirectResponse("/login", status_code=303)
-        return StreamingResponse(label.export_jsonl(store, project), media_type="application/x-ndjson",
+        # An annotator's own labels with only the fields they were shown (the owner exports all: the CLI).
+        return StreamingResponse(label.export_jsonl(store, project, annotator), media_type="application/x-ndjson",
                                  headers={"Content-Disposition": f'attachment; filename="{project}.jsonl"'})
 
     @app.get("/agreement", response_class=HTMLResponse, response_model=None)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +44,33 @@ def cpu_key() -> str:
 def llmbus_home() -> Path:
     """Where llmbus keeps built tools and converted models: $LLMBUS_HOME, default ~/.cache/llmbus."""
     return Path(os.environ.get("LLMBUS_HOME", Path.home() / ".cache" / "llmbus"))
+
+
+# Logs of servers that crashed or failed to start stay for a look, this many at most; a cleanly stopped
+# server's log is removed with it.
+LOG_KEEP = 5
+
+
+def log_dir() -> Path:
+    """Where llama-server logs go: $LLMBUS_HOME/logs, private to the user (a log can quote prompts)."""
+    path = llmbus_home() / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def prune_logs(directory: Path, keep: int = LOG_KEEP) -> None:
+    """Delete all but the newest `keep` logs whose llmbus process is gone (live processes' logs stay)."""
+    dead = []
+    for path in directory.glob("llama-server-*.log*"):
+        owner = path.name.split("-")[2]
+        if owner.isdigit() and psutil.pid_exists(int(owner)):
+            continue
+        with contextlib.suppress(OSError):
+            dead.append((path.stat().st_mtime, path))
+    for _, path in sorted(dead, reverse=True)[keep:]:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def find_binary(name: str) -> Path:
@@ -166,8 +192,13 @@ class LlamaServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.client: httpx.Client | None = None
-        self.log_path = Path(tempfile.gettempdir()) / f"llmbus-llama-server-{os.getpid()}-{id(self)}.log"
+        self.log_path = log_dir() / f"llama-server-{os.getpid()}-{id(self):x}.log"
+        self._failed = False  # a start failed or the server died: its log is kept (see LOG_KEEP)
         self._lock = threading.Lock()
+
+    @property
+    def _previous_log(self) -> Path:
+        return self.log_path.with_name(self.log_path.name + ".1")
 
     @property
     def base_url(self) -> str:
@@ -184,10 +215,19 @@ class LlamaServer:
     def _start(self) -> None:
         binary = find_binary("llama-server")
         self.port = free_port()
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen([str(binary), *self.args, "--port", str(self.port)],
-                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)
+        if self.process is not None:  # it died
+            self._failed = True
+        if self.log_path.exists():  # an earlier start's log (it died or failed): kept as the one before
+            os.replace(self.log_path, self._previous_log)
+        prune_logs(self.log_path.parent)
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(log, 0o600)  # also when an older file of this name was created with wider rights
+            self.process = subprocess.Popen([str(binary), *self.args, "--port", str(self.port)],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
+        finally:
+            os.close(log)  # the child holds its own copy
         if self.client is not None:
             self.client.close()
         self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(600.0, connect=5.0),
@@ -195,15 +235,19 @@ class LlamaServer:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ModelError(f"llama-server exited while loading {self.gguf}: {self.log_tail()}")
+                self._failed = True
+                raise ModelError(f"llama-server exited while loading {self.gguf}: {self.log_tail()} "
+                                 f"(log: {self.log_path})")
             try:
                 if self.client.get("/health", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self._failed = True
         self.stop()
-        raise ModelError(f"llama-server did not become ready within {self.startup_timeout_s:g}s: {self.log_tail()}")
+        raise ModelError(f"llama-server did not become ready within {self.startup_timeout_s:g}s: {self.log_tail()} "
+                         f"(log: {self.log_path})")
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST JSON; if the server died, restart it once and retry."""
@@ -265,10 +309,13 @@ class LlamaServer:
         return " | ".join(text[-lines:]) or "(empty log)"
 
     def stop(self) -> None:
-        """Terminate the server (kill it if it ignores SIGTERM) and close connections."""
+        """Terminate the server (kill it if it ignores SIGTERM), close connections, and remove its log
+        unless it failed (then the log stays, pruned to LOG_KEEP)."""
         if self.client is not None:
             self.client.close()
             self.client = None
+        if self.process is not None and self.process.poll() not in (None, 0):
+            self._failed = True  # it died before we stopped it
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -277,3 +324,7 @@ class LlamaServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if not self._failed:
+            for path in (self.log_path, self._previous_log):
+                with contextlib.suppress(OSError):
+                    path.unlink()

@@ -1,6 +1,17 @@
 """Metrics by task kind, computed from (prediction, expected) pairs taken from the call log.
 
-A failed call counts as a wrong answer: a model that breaks the schema has not answered.
+Each metric equals the well-known library's definition on the same answers (the tests compare against them):
+- accuracy, macro_f1: scikit-learn's `accuracy_score` and `f1_score(average="macro", zero_division=0)` over the
+  task's label set together with any other value the answers hold (scikit-learn's union of labels). A class the
+  sample never expects still counts: predicting it wrongly costs precision, and when it is neither expected nor
+  predicted its F1 is 0 (scikit-learn's zero_division=0), so a one-class sample cannot look perfect.
+- entity_f1: seqeval's micro F1 over entity mentions, with a mention matched by its (text, type) — an LLM's
+  answer names entities, not token positions — counting repeats.
+- chrf: sacrebleu's chrF (character 6-grams, beta 2) on the 0–1 scale; the run's figure is sacrebleu's corpus
+  score (statistics summed over items), an item's score its sentence score.
+A failed call counts as a wrong answer (no label; an empty text): a model that breaks the schema has not answered.
+
+`Tally` keeps running totals, so a run's metric after each answer costs O(1) per item, not a pass over all.
 """
 
 from __future__ import annotations
@@ -8,19 +19,21 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+CLASS_METRICS = frozenset({"accuracy", "macro_f1"})
 
 
 def item_score(metric: str, predicted: Any, expected: Any) -> float:
     """One item's score in [0, 1] (for accuracy-like metrics, 1 when right)."""
     if predicted is None:
         return 0.0
-    if metric in {"accuracy", "macro_f1"}:
+    if metric in CLASS_METRICS:
         return float(str(predicted) == str(expected))
     if metric == "entity_f1":
         tp, fp, fn = entity_counts(predicted, expected)
@@ -34,29 +47,104 @@ def item_score(metric: str, predicted: Any, expected: Any) -> float:
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def compute(metric: str, pairs: Iterable[tuple[Any, Any]]) -> float:
-    """The metric over all (predicted, expected) pairs; nan when there are none."""
-    pairs = list(pairs)
-    if not pairs:
-        return float("nan")
-    if metric == "macro_f1":
-        return macro_f1([p for p, _ in pairs], [e for _, e in pairs])
-    if metric == "entity_f1":
-        totals = np.sum([entity_counts(p, e) for p, e in pairs], axis=0)
-        return f1(*(int(x) for x in totals))
-    return float(np.mean([item_score(metric, p, e) for p, e in pairs]))
+class Tally:
+    """Running totals of one metric over (predicted, expected) answers; `value()` at any point is the metric
+    over everything added so far (predicted None = a failed call)."""
+
+    def __init__(self, metric: str, labels: Sequence[str] = ()):
+        if metric not in {*CLASS_METRICS, "entity_f1", "exact_match", "numeric_match", "chrf"}:
+            raise ValueError(f"unknown metric {metric!r}")
+        self.metric = metric
+        self.labels = [str(label) for label in labels]
+        self.n = 0
+        self.confusion: Counter[tuple[str, str | None]] = Counter()  # (expected, predicted) for classify
+        self.sums = np.zeros(18 if metric == "chrf" else 3)  # chrF statistics, or (tp, fp, fn), or score sum
+
+    def add(self, predicted: Any, expected: Any) -> None:
+        """Count one answer."""
+        self.n += 1
+        if self.metric in CLASS_METRICS:
+            self.confusion[(str(expected), None if predicted is None else str(predicted))] += 1
+        elif self.metric == "entity_f1":
+            self.sums += entity_counts([] if predicted is None else predicted, expected)
+        elif self.metric == "chrf":
+            self.sums += chrf_statistics("" if predicted is None else str(predicted), str(expected))
+        else:
+            self.sums[0] += item_score(self.metric, predicted, expected)
+
+    def extend(self, pairs: Iterable[tuple[Any, Any]]) -> Tally:
+        """Count many answers; returns self."""
+        for predicted, expected in pairs:
+            self.add(predicted, expected)
+        return self
+
+    def value(self) -> float:
+        """The metric so far; nan before the first answer."""
+        if not self.n:
+            return float("nan")
+        if self.metric in CLASS_METRICS:
+            right = sum(n for (gold, pred), n in self.confusion.items() if gold == pred)
+            return right / self.n if self.metric == "accuracy" else self._macro_f1()
+        if self.metric == "entity_f1":
+            return f1(*(int(x) for x in self.sums))
+        if self.metric == "chrf":
+            return chrf_from_statistics(self.sums)
+        return float(self.sums[0] / self.n)
+
+    def classes(self) -> list[str]:
+        """The label set followed by any other value seen (expected or predicted), in order of appearance."""
+        seen = dict.fromkeys(self.labels)
+        for gold, pred in self.confusion:
+            seen.setdefault(gold)
+            if pred is not None:
+                seen.setdefault(pred)
+        return list(seen)
+
+    def expected_counts(self) -> Counter[str]:
+        """How often each class was the expected answer (classify)."""
+        counts: Counter[str] = Counter()
+        for (gold, _), n in self.confusion.items():
+            counts[gold] += n
+        return counts
+
+    def _macro_f1(self) -> float:
+        tp: Counter[str] = Counter()
+        fp: Counter[str] = Counter()
+        fn: Counter[str] = Counter()
+        for (gold, pred), n in self.confusion.items():
+            if gold == pred:
+                tp[gold] += n
+                continue
+            fn[gold] += n
+            if pred is not None:
+                fp[pred] += n
+        return float(np.mean([f1(tp[c], fp[c], fn[c]) for c in self.classes()]))
 
 
-def macro_f1(predicted: list[Any], expected: list[Any]) -> float:
-    """Unweighted mean of per-class F1 over the classes that occur in the expected answers."""
-    classes = sorted({str(e) for e in expected})
-    scores = []
-    for cls in classes:
-        tp = sum(1 for p, e in zip(predicted, expected, strict=True) if str(p) == cls and str(e) == cls)
-        fp = sum(1 for p, e in zip(predicted, expected, strict=True) if str(p) == cls and str(e) != cls)
-        fn = sum(1 for p, e in zip(predicted, expected, strict=True) if str(p) != cls and str(e) == cls)
-        scores.append(f1(tp, fp, fn))
-    return float(np.mean(scores))
+def compute(metric: str, pairs: Iterable[tuple[Any, Any]], labels: Sequence[str] = ()) -> float:
+    """The metric over all (predicted, expected) pairs (`labels`: the task's label set); nan when there are none."""
+    return Tally(metric, labels).extend(pairs).value()
+
+
+def macro_f1(predicted: list[Any], expected: list[Any], labels: Sequence[str] = ()) -> float:
+    """Unweighted mean of per-class F1 over `labels` and every value that occurs (scikit-learn's macro F1)."""
+    return compute("macro_f1", zip(predicted, expected, strict=True), labels)
+
+
+def missing_labels(labels: Sequence[str], expected: Iterable[Any]) -> list[str]:
+    """The declared labels no expected answer holds (a sample that cannot measure them)."""
+    seen = {str(e) for e in expected}
+    return [label for label in labels if label not in seen]
+
+
+def coverage_warning(labels: Sequence[str], counts: Counter[str], what: str = "the expected answers") -> str | None:
+    """A warning line when `counts` (per expected label) miss some of the declared labels, else None."""
+    missing = [label for label in labels if not counts.get(label)]
+    if not missing or not labels:
+        return None
+    return (f"{what} cover {len(labels) - len(missing)} of {len(labels)} labels; never expected: "
+            f"{', '.join(missing)} — their F1 is 0 and the metric cannot tell how the model handles them "
+            "(answer a representative sample: more items, or --stratify)")
 
 
 def f1(tp: int, fp: int, fn: int) -> float:
@@ -105,22 +193,26 @@ def numeric_equal(predicted: str, expected: str) -> bool:
     return a is not None and b is not None and abs(a - b) < 1e-6
 
 
-def chrf(hypothesis: str, reference: str, n: int = 6, beta: float = 2.0) -> float:
-    """Character n-gram F-score (chrF, Popović 2015), averaged over n-gram orders 1..n, in [0, 1]."""
-    hyp, ref = hypothesis.replace(" ", ""), reference.replace(" ", "")
-    precisions, recalls = [], []
-    for order in range(1, n + 1):
-        hyp_grams = Counter(hyp[i:i + order] for i in range(len(hyp) - order + 1))
-        ref_grams = Counter(ref[i:i + order] for i in range(len(ref) - order + 1))
-        if not hyp_grams or not ref_grams:
-            continue
-        overlap = sum((hyp_grams & ref_grams).values())
-        precisions.append(overlap / sum(hyp_grams.values()))
-        recalls.append(overlap / sum(ref_grams.values()))
-    if not precisions:
-        return float(hyp == ref)
-    p, r = float(np.mean(precisions)), float(np.mean(recalls))
-    return 0.0 if p + r == 0 else (1 + beta**2) * p * r / (beta**2 * p + r)
+@cache
+def _chrf_metric() -> Any:
+    from sacrebleu.metrics import CHRF  # sacrebleu's defaults: character 6-grams, beta 2, spaces ignored
+
+    return CHRF()
+
+
+def chrf_statistics(hypothesis: str, reference: str) -> np.ndarray:
+    """sacrebleu's chrF statistics of one hypothesis: (hyp, ref, match) counts for each n-gram order."""
+    return np.asarray(_chrf_metric()._extract_corpus_statistics([hypothesis], [[reference]])[0], dtype=float)
+
+
+def chrf_from_statistics(statistics: np.ndarray) -> float:
+    """chrF in [0, 1] from (summed) statistics, as sacrebleu computes its corpus score."""
+    return float(_chrf_metric()._compute_f_score([int(x) for x in statistics])) / 100
+
+
+def chrf(hypothesis: str, reference: str) -> float:
+    """Character n-gram F-score of one answer (sacrebleu's sentence chrF, Popović 2015) in [0, 1]."""
+    return chrf_from_statistics(chrf_statistics(hypothesis, reference))
 
 
 def per_class_scores(confusion: list[list[int]], classes: list[str]) -> dict[str, dict[str, float]]:

@@ -24,11 +24,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmbus.errors import ModelError, SpecError
 from llmbus.llamacpp import speculative_args
-from llmbus.spec import describe_validation_error, read_yaml
+from llmbus.spec import describe_validation_error, read_yaml, yaml_line
 
 DEFAULT_MODEL = "local:gemma-3-270m"
 
@@ -105,8 +106,8 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
     node = None
     if path.is_file():
         node, raw = read_yaml(path, "config")
-        for name, body in ((raw or {}).get("models") or {}).items():
-            entries[name] = {**entries.get(name, {}), **(body or {})}
+        for name, body in _model_entries(path, node, raw).items():
+            entries[name] = {**entries.get(name, {}), **body}
     configs = {}
     for name, body in entries.items():
         provider = name.partition(":")[0]
@@ -116,6 +117,37 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
             raise SpecError(describe_validation_error(path, node, exc).replace(
                 f"{path}:", f"{path}: models.{name}:", 1)) from None
     return configs
+
+
+def _model_entries(path: Path, node: yaml.Node | None, raw: object) -> dict[str, dict[str, object]]:
+    """The config's `models:` mapping, each entry a mapping of settings; a wrong shape names its line."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}:1: the config is a mapping with a `models:` section, not {_kind(raw)}")
+    models = raw.get("models") or {}
+    if not isinstance(models, dict):
+        raise SpecError(f"{path}:{yaml_line(node, ['models'])}: models: must be a mapping of PROVIDER:NAME "
+                        f"to settings, not {_kind(models)}")
+    entries = {}
+    for name, body in models.items():
+        if not isinstance(name, str) or ":" not in name:
+            raise SpecError(f"{path}:{yaml_line(node, ['models'])}: models: {name!r} is not a model name "
+                            "(PROVIDER:NAME, e.g. openai:gpt-small)")
+        if not isinstance(body or {}, dict):
+            raise SpecError(f"{path}:{yaml_line(node, ['models', name])}: models.{name}: must be a mapping of "
+                            f"settings (base_url, gguf, …), not {_kind(body)}")
+        entries[name] = dict(body or {})
+    return entries
+
+
+def _kind(value: object) -> str:
+    """How a YAML value reads in an error: a list, a string 'x', a number…"""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"a {type(value).__name__} ({value!r})"
 
 
 def resolve_model(ref: str, configs: dict[str, ModelConfig] | None = None) -> ModelConfig:

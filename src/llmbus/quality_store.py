@@ -47,6 +47,8 @@ label_projects = sa.Table(
     sa.Column("instructions", sa.Text, nullable=False),  # markdown
     sa.Column("schema_json", sa.Text, nullable=False),  # {"kind": labels|score|text, "labels": [...]}
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # added by 007: JSON list of the item fields (and "confidence") annotators see; NULL: the input field only
+    sa.Column("show_fields_json", sa.Text),
 )
 
 label_items = sa.Table(
@@ -55,7 +57,7 @@ label_items = sa.Table(
     sa.Column("project", sa.String(200), sa.ForeignKey("label_projects.name"), nullable=False),
     sa.Column("item_id", sa.String(200), nullable=False),
     sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id")),
-    sa.Column("fields_json", sa.Text, nullable=False),  # what the annotator sees: item fields + answer
+    sa.Column("fields_json", sa.Text, nullable=False),  # item fields + answer + expected; shown per show_fields
     sa.Column("priority", sa.Float, nullable=False, default=0.0),  # higher first
     sa.Column("strategy", sa.String(40), nullable=False),  # how it entered the queue
     sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),

@@ -39,6 +39,7 @@ class ReportRow:
     cache_hit_rate: float = 0.0
     draft_acceptance: float | None = None  # speculative decoding: accepted / drafted tokens
     pareto: bool = False
+    warnings: list[str] = field(default_factory=list)  # what makes this row's quality weak
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Report:
     rows: list[ReportRow] = field(default_factory=list)
     headline: str = ""
     plot_png_base64: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every row's warnings, each naming its run."""
+        return [f"{row.kind} run {row.run_id}: {w}" for row in self.rows for w in row.warnings]
 
     @property
     def speculative(self) -> bool:
@@ -89,7 +95,8 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
     Pareto front and the headline."""
     report = Report(task=spec.name, metric=spec.main_metric, traffic=traffic)
     for run, summary in pick_runs(spec, store, run_ids):
-        interval = evaluate(store, run["id"], rounds=500).values[spec.main_metric]
+        evaluation = evaluate(store, run["id"], rounds=500)
+        interval = evaluation.values[spec.main_metric]
         calls = list(store.iter_calls(run["id"]))
         routes = [(c["meta"] or {}).get("route") for c in calls]
         cascade = run["model"].startswith("cascade:")
@@ -101,7 +108,7 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
             quality=interval.value, quality_lo=interval.lo, quality_hi=interval.hi,
             p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
             usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
-            cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance))
+            cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance, warnings=evaluation.warnings))
     mark_pareto(report.rows)
     report.headline = headline(report)
     if report.rows:

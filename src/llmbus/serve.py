@@ -1,14 +1,17 @@
 """`llmbus serve`: an OpenAI-compatible HTTP gateway (FastAPI) in front of `gateway.Gateway`.
 
 Endpoints: POST /v1/chat/completions and /v1/completions (with `stream: true` as server-sent events, sent
-as the backend produces them), GET /v1/models, /metrics (Prometheus), /health. A served model with a `task`
-renders the task's prompt around the caller's text, so clients send the raw input (an SMS, a tweet) and get
-the task's answer.
+as the backend produces them), GET /v1/models, /metrics (Prometheus; behind `metrics_key` when set), /health.
+A served model with a `task` renders the task's prompt around the caller's text, so clients send the raw input
+(an SMS, a tweet) and get the task's answer. Request bodies are checked field by field (`ChatBody`,
+`CompletionBody`); a refused request is answered with an OpenAI-style error body, counted by kind
+(`llmbus_gateway_refused_total`) and logged (`Gateway.refuse`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import asynccontextmanager
@@ -16,11 +19,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import iterate_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import ProviderError
-from llmbus.gateway import Answer, Gateway, GatewayError, KeyConfig
+from llmbus.gateway import Answer, Gateway
+from llmbus.gateway_keys import GatewayError, KeyConfig
 from llmbus.gateway_stream import AnswerStream
 
 
@@ -42,6 +48,97 @@ class GatewayMetrics:
                                      "first text piece", ["model", "route"], registry=self.registry,
                                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.in_flight = Gauge("llmbus_gateway_in_flight", "Requests being answered", registry=self.registry)
+        # by kind only: model names and keys of refused requests come from the caller (unbounded label values)
+        self.refused = Counter("llmbus_gateway_refused_total", "Refused requests by kind (invalid_request, "
+                               "invalid_api_key, model_not_found, rate_limit_exceeded, budget_exceeded)", ["kind"],
+                               registry=self.registry)
+
+
+class StreamOptions(BaseModel):
+    """`stream_options`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    include_usage: bool | None = None
+
+
+class Message(BaseModel):
+    """One chat message: content as text or as content parts."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: str = "user"
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Body(BaseModel):
+    """The fields of a request body the gateway reads, with OpenAI's types (others are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class ChatBody(_Body):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionBody(_Body):
+    """POST /v1/completions (token-id prompts are not supported: the gateway works on text)."""
+
+    prompt: str | list[str]
+
+
+# What each field's value should be, in OpenAI's words (for error messages).
+EXPECTED = {"model": "a string", "max_tokens": "an integer", "temperature": "a number", "stop": "a string or an "
+            "array of strings", "stream": "a boolean", "stream_options": "an object", "include_usage": "a boolean",
+            "messages": "an array of message objects", "role": "a string", "content": "a string or an array of "
+            "content parts", "prompt": "a string or an array of strings"}
+ITEM_EXPECTED = {"messages": "a message object", "content": "a content part object", "stop": "a string",
+                 "prompt": "a string"}
+
+
+def check_body(body: dict[str, Any], chat: bool) -> None:
+    """Raise a 400 GatewayError naming the first field of the body that is missing or of the wrong type."""
+    try:
+        (ChatBody if chat else CompletionBody).model_validate(body)
+    except ValidationError as exc:
+        raise body_error(body, exc) from None
+
+
+def body_error(body: dict[str, Any], exc: ValidationError) -> GatewayError:
+    """OpenAI's wording for the first validation error: missing, invalid type, or invalid value."""
+    error = exc.errors()[0]
+    # the location without pydantic's union-branch tags ("str", "list[str]"): field names and list positions
+    path = [part for part in error["loc"] if isinstance(part, int) or part in EXPECTED]
+    param = ".".join(str(part) for part in path)
+    if error["type"] == "missing":
+        return GatewayError(400, f"Missing required parameter: '{param}'.", param=param)
+    if not error["type"].endswith("_type"):  # a value out of range, an empty list
+        return GatewayError(400, f"Invalid value for '{param}': {error['msg']}.", param=param)
+    value: Any = body
+    for part in path:
+        value = value[part]
+    last = path[-1] if path else "model"
+    expected = EXPECTED[last] if isinstance(last, str) else ITEM_EXPECTED.get(str(path[-2]), "an object")
+    return GatewayError(400, f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+                        param=param)
+
+
+def json_type(value: Any) -> str:
+    """A JSON value's type in words ("an array of integers")."""
+    if isinstance(value, list):
+        kinds = {json_type(v) for v in value}
+        return f"an array of {kinds.pop().removeprefix('an ').removeprefix('a ')}s" if len(kinds) == 1 else "an array"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object",
+            type(None): "null"}.get(type(value), "a value")
 
 
 def chat_to_prompt(messages: list[dict[str, Any]]) -> tuple[str, str]:
@@ -69,6 +166,9 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
+        warning = gateway.open_warning()
+        if warning:
+            print(warning, file=sys.stderr)
         gateway.start()
         yield
         gateway.close()
@@ -77,8 +177,24 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def _refused(_: Request, exc: GatewayError) -> JSONResponse:
-        return JSONResponse({"error": {"message": str(exc), "type": "llmbus_error", "code": exc.status}},
-                            status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    def _unreadable(request: Request, _: RequestValidationError) -> JSONResponse:
+        """A body that is not a JSON object (FastAPI says 422; OpenAI says 400). The key is checked first."""
+        name, key = "", None
+        try:
+            key = gateway.keys.caller(request.headers.get("authorization"))
+            error = GatewayError(400, "We could not parse the JSON body of your request: it must be a JSON object.")
+        except GatewayError as exc:
+            error = exc
+        refused(error, name, key, "")
+        return error_response(error)
+
+    def refused(error: GatewayError, name: str, key: KeyConfig | None, prompt: str) -> None:
+        """Count and log a refused request."""
+        metrics.refused.labels(error.kind).inc()
+        gateway.refuse(name, error, key, prompt)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -90,28 +206,40 @@ def create_app(gateway: Gateway) -> FastAPI:
                                             "backend": route.model} for name, route in gateway.config.models.items()]}
 
     @app.get("/metrics")
-    def prometheus() -> PlainTextResponse:
+    def prometheus(request: Request) -> PlainTextResponse:
+        try:
+            gateway.check_metrics_key(request.headers.get("authorization"))
+        except GatewayError as exc:
+            metrics.refused.labels(exc.kind).inc()  # counted, not logged: the call log is for model requests
+            raise
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     def handle(body: dict[str, Any], authorization: str | None, chat: bool) -> Any:
-        name = str(body.get("model", ""))
-        key = gateway.authorize(authorization)
-        if chat:
-            prompt, raw_input = chat_to_prompt(body.get("messages") or [])
-        else:
-            given = body.get("prompt")
-            prompt = "".join(given) if isinstance(given, list) else str(given or "")
-            raw_input = prompt
-        prompt = gateway.prompt_for(name, raw_input) or prompt
-        request = gateway.request_for(name, prompt, raw_input, body)
+        given_name = body.get("model")
+        name = given_name if isinstance(given_name, str) else ""
+        key, prompt = None, ""
+        try:
+            key = gateway.keys.authorize(authorization)
+            check_body(body, chat)
+            if chat:
+                prompt, raw_input = chat_to_prompt(body["messages"])
+            else:
+                given = body["prompt"]
+                prompt = raw_input = "".join(given) if isinstance(given, list) else given
+            prompt = gateway.prompt_for(name, raw_input) or prompt
+            request = gateway.request_for(name, prompt, raw_input, body)
+            held = gateway.reserve(name, request, key)
+        except GatewayError as exc:
+            refused(exc, name, key, prompt)
+            raise
         metrics.in_flight.inc()
         try:
             if body.get("stream"):
-                stream = gateway.open_stream(name, request, key)
+                stream = gateway.open_stream(name, request, key, held)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
-            answer = gateway.answer(name, request, key)
+            answer = gateway.answer(name, request, key, held)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
             observe(name, None, key)
             raise
@@ -144,6 +272,18 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     app.state.metrics = metrics
     return app
+
+
+# OpenAI's error `type` for each refusal status
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+               429: "rate_limit_error"}
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with the refusal's status."""
+    return JSONResponse({"error": {"message": str(error), "type": ERROR_TYPES.get(error.status, "api_error"),
+                                   "param": error.param, "code": error.kind}},
+                        status_code=error.status, headers=error.headers)
 
 
 def completion_body(name: str, answer: Answer, chat: bool) -> dict[str, Any]:

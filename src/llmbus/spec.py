@@ -7,6 +7,7 @@ changes what the model is asked, and it is stored with every call so prompt vers
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 import jinja2
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmbus.errors import SpecError
 
@@ -59,6 +60,16 @@ class DataSpec(_Strict):
     expected: str  # the field holding the right answer
     id: str | None = None  # a stable id field; default: the row number (FILE_STEM:row with several files)
     dedupe: bool = False  # drop rows whose input repeats an earlier row's (the first is kept): no pool/eval leak
+    encoding: str = "utf-8"  # the file's text encoding: latin-1, cp1252, utf-16… (a UTF-8 BOM is skipped)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+        return value
 
 
 class FewShotSpec(_Strict):
@@ -151,14 +162,44 @@ def read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, Any]:
     """The YAML document at `path` and its node tree (for line numbers); one-line SpecError otherwise."""
     if not path.is_file():
         raise SpecError(f"{path}: {what} not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{describe_decode_error(path, 'utf-8')} (save the file as UTF-8)") from None
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}{where}: malformed YAML: {problem}") from None
+        raise SpecError(describe_yaml_error(path, exc)) from None
+
+
+def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a PyYAML error, naming the line of the fault: file:line: malformed YAML: problem."""
+    context, problem = getattr(exc, "context", None), getattr(exc, "problem", None)
+    context_mark, problem_mark = getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
+    # A construct left open (a quote, a bracket, a key without its colon) is noticed lines later, often at
+    # the end of the file: its start (the context mark) is the fault. For a block mapping or sequence the
+    # context mark is merely where that block began, so the problem mark is the fault there.
+    opened = context_mark is not None and str(context).startswith(("while scanning", "while parsing a flow"))
+    mark = context_mark if opened else problem_mark or context_mark
+    if mark is None:
+        return f"{path}: malformed YAML: {problem or str(exc).splitlines()[0]}"
+    detail = problem or str(exc).splitlines()[0]
+    if opened:
+        detail = f"{context}: {detail}"
+        if problem_mark is not None and problem_mark.line != mark.line and "end of stream" not in detail:
+            detail += f" (noticed at line {problem_mark.line + 1})"
+    return f"{path}:{mark.line + 1}: malformed YAML: {detail}"
+
+
+def describe_decode_error(path: Path, encoding: str) -> str:
+    """Where `path` stops being `encoding` text: file:line, the first bad byte and its byte offset."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"{path}:{line}: not {encoding} text: byte 0x{data[exc.start]:02x} at byte offset {exc.start}"
+    return f"{path}: not {encoding} text"
 
 
 def load_spec(path: str | Path) -> TaskSpec:

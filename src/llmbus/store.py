@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from llmbus.errors import LlmbusError
+from llmbus.redact import masked_url
 
 DEFAULT_DB = "llmbus.db"
 
@@ -40,6 +42,8 @@ runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
     sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
+    # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
+    sa.Column("sampling", sa.String(20)),
 )
 
 calls = sa.Table(
@@ -77,6 +81,13 @@ cache = sa.Table(
     sa.Column("model", sa.String(400), nullable=False),
     sa.Column("completion_json", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+key_spend = sa.Table(
+    "key_spend", metadata,  # added by 008: the gateway's spend per API key, kept with each logged call
+    sa.Column("key_name", sa.String(200), primary_key=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
 )
 
 migrations_table = sa.Table(
@@ -123,6 +134,32 @@ def _m005_run_item_offset(conn: Connection) -> None:
     _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
 
 
+def _m006_run_sampling(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "sampling", "VARCHAR(20)")
+    # Runs made before 006 took their items in file order: resuming one must pick the same items again.
+    conn.execute(sa.text("UPDATE runs SET sampling = 'file' WHERE sampling IS NULL"))
+
+
+def _m007_label_show_fields(conn: Connection) -> None:
+    _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
+
+
+def _m008_key_spend(conn: Connection) -> None:
+    key_spend.create(conn, checkfirst=True)
+    # Backfill from the keys gateway calls carry in their meta (once; the gateway reads this table from now on).
+    cost: dict[str, float] = {}
+    count: dict[str, int] = {}
+    query = sa.select(calls.c.meta_json, calls.c.cost_usd).where(calls.c.task.startswith("gateway:"),
+                                                                 calls.c.meta_json.is_not(None))
+    for meta_json, call_cost in conn.execute(query):
+        name = json.loads(meta_json).get("key")
+        if isinstance(name, str):
+            cost[name] = cost.get(name, 0.0) + (call_cost or 0.0)
+            count[name] = count.get(name, 0) + 1
+    for name in cost:
+        conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -130,6 +167,9 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_quality", _m002_quality),
     ("004_call_meta", _m004_call_meta),
     ("005_run_item_offset", _m005_run_item_offset),
+    ("006_run_sampling", _m006_run_sampling),
+    ("007_label_show_fields", _m007_label_show_fields),
+    ("008_key_spend", _m008_key_spend),
 ]
 
 
@@ -205,8 +245,9 @@ class Store:
     """Access to one database; safe to share between threads."""
 
     def __init__(self, db: str | None = None):
-        self.url = database_url(db)
-        self.engine = _make_engine(self.url)
+        url = database_url(db)
+        self.url = masked_url(url)  # for messages: never the password (the engine holds the real URL)
+        self.engine = _make_engine(url)
         self.migrate()
 
     def migrate(self) -> None:
@@ -221,14 +262,15 @@ class Store:
 
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
-                   metric: str, n_planned: int, concurrency: int, item_offset: int = 0) -> str:
+                   metric: str, n_planned: int, concurrency: int, item_offset: int = 0,
+                   sampling: str | None = None) -> str:
         """Insert a new run and return its id."""
         run_id = secrets.token_hex(4)
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
                 model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
-                created_at=now(), wall_s=0.0, item_offset=item_offset))
+                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling))
         return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:
@@ -253,12 +295,42 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     # calls -----------------------------------------------------------------------------------------
-    def record_call(self, record: CallRecord) -> None:
-        """Write one call, replacing an earlier attempt at the same item of the same run."""
-        row = record.to_row()
+    def record_call(self, record: CallRecord, spend_key: str | None = None) -> None:
+        """Write one call, replacing an earlier attempt at the same item of the same run; with `spend_key`
+        (a gateway key opened by `open_key_spend`, items never retried) its cost is added to that key's spend."""
+        self.record_calls([record], spend_key)
+
+    def record_calls(self, records: list[CallRecord], spend_key: str | None = None) -> None:
+        """Write calls in one transaction, each replacing an earlier attempt at its item of its run (and adding
+        their cost to `spend_key`'s spend)."""
+        if not records:
+            return
+        by_run: dict[str, list[str]] = {}
+        for record in records:
+            by_run.setdefault(record.run_id, []).append(record.item_id)
         with self.engine.begin() as conn:
-            conn.execute(calls.delete().where(calls.c.run_id == record.run_id, calls.c.item_id == record.item_id))
-            conn.execute(calls.insert().values(**row))
+            for run_id, item_ids in by_run.items():
+                conn.execute(calls.delete().where(calls.c.run_id == run_id, calls.c.item_id.in_(item_ids)))
+            conn.execute(sa.insert(calls), [record.to_row() for record in records])
+            if spend_key is not None:
+                conn.execute(key_spend.update().where(key_spend.c.key_name == spend_key).values(
+                    cost_usd=key_spend.c.cost_usd + sum(r.cost_usd for r in records),
+                    calls=key_spend.c.calls + len(records)))
+
+    # gateway spend per key --------------------------------------------------------------------------
+    def open_key_spend(self, names: list[str]) -> dict[str, float]:
+        """Each key's spend so far (a row is made for a new key, so later calls only add to it)."""
+        for name in names:
+            try:
+                with self.engine.begin() as conn:
+                    if conn.scalar(sa.select(key_spend.c.key_name).where(key_spend.c.key_name == name)) is None:
+                        conn.execute(key_spend.insert().values(key_name=name, cost_usd=0.0, calls=0))
+            except sa.exc.IntegrityError:
+                pass  # another gateway on this database made it first
+        with self.engine.connect() as conn:
+            query = sa.select(key_spend.c.key_name, key_spend.c.cost_usd).where(key_spend.c.key_name.in_(names))
+            spent = {name: cost for name, cost in conn.execute(query)}
+        return {name: float(spent.get(name, 0.0)) for name in names}
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
@@ -282,10 +354,19 @@ class Store:
 
     def cache_put(self, key: str, model: str, completion: dict[str, Any]) -> None:
         """Store a completion under its cache key (first writer wins)."""
+        self.cache_put_many([(key, model, completion)])
+
+    def cache_put_many(self, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Store (key, model, completion) entries in one transaction; keys already cached keep their value."""
+        fresh = {key: (model, completion) for key, model, completion in entries}
+        if not fresh:
+            return
         with self.engine.begin() as conn:
-            if conn.scalar(sa.select(cache.c.key).where(cache.c.key == key)) is None:
-                conn.execute(cache.insert().values(key=key, model=model, created_at=now(),
-                                                   completion_json=json.dumps(completion)))
+            taken = set(conn.scalars(sa.select(cache.c.key).where(cache.c.key.in_(list(fresh)))))
+            rows = [{"key": key, "model": model, "created_at": now(), "completion_json": json.dumps(completion)}
+                    for key, (model, completion) in fresh.items() if key not in taken]
+            if rows:
+                conn.execute(sa.insert(cache), rows)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -294,15 +375,11 @@ class Store:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10)
-        try:
-            with engine.connect():
-                pass
-        except sa.exc.OperationalError as exc:
-            raise LlmbusError(f"cannot connect to database {engine.url.render_as_string(hide_password=True)}: "
-                              f"{str(exc.orig).strip().splitlines()[0]}") from None
-        return engine
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        return _connected(_create_engine(url, pool_pre_ping=True, pool_size=10), url)
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        _check_sqlite_path(Path(path))
+    engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -312,4 +389,34 @@ def _make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    return _connected(engine, url)
+
+
+def _create_engine(url: str, **options: Any) -> Engine:
+    try:
+        return sa.create_engine(url, **options)
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # bad URL, unknown dialect or driver
+        raise LlmbusError(f"--db {masked_url(url)}: not a database URL llmbus can open ({exc})") from None
+
+
+def _check_sqlite_path(path: Path) -> None:
+    """A SQLite --db must be a file (or not exist yet) in a folder that exists."""
+    if path.is_dir():
+        raise LlmbusError(f"--db {path}: is a folder; give a database file such as {path / DEFAULT_DB}")
+    if not path.parent.is_dir():
+        raise LlmbusError(f"--db {path}: folder {path.parent} does not exist (create it, or give another path)")
+
+
+def _connected(engine: Engine, url: str) -> Engine:
+    """`engine` once one connection opened and read the schema; one clear error otherwise."""
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA schema_version")  # a file of garbage fails here, not at open
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+        engine.dispose()
+        orig = getattr(exc, "orig", exc)
+        reason = str(orig).strip().splitlines()[0] if str(orig).strip() else orig.__class__.__name__
+        what = "open SQLite database" if engine.dialect.name == "sqlite" else "connect to database"
+        raise LlmbusError(f"cannot {what} {masked_url(url).removeprefix('sqlite:///')}: {reason}") from None
     return engine

@@ -3,8 +3,10 @@ monthly traffic would cost."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
+from array import array
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,7 @@ class RunSummary:
     usd_per_month: float | None = None
     needed_items_per_s: float | None = None
     replicas_needed: int | None = None
+    warnings: list[str] = field(default_factory=list)  # what makes `value` weak (labels never expected…)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json output."""
@@ -51,35 +54,43 @@ class RunSummary:
 
 def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> RunSummary:
     """Figures for one run, streaming its calls (flat memory)."""
-    pairs: list[tuple[Any, Any]] = []
-    latencies: list[float] = []
+    labels = (json.loads(run["spec_json"]).get("output") or {}).get("labels") or []
+    tally = metrics.Tally(run["metric"], labels) if run["metric"] != "none" else None
+    n = with_expected = 0
+    latencies = array("d")  # 8 bytes an item: the percentiles need them all
     errors = hits = tokens_in = tokens_out = 0
     cost = 0.0
-    metas: list[dict[str, Any] | None] = []
+    drafts: list[dict[str, Any]] = []  # only calls that drafted tokens (speculative decoding)
     for call in store.iter_calls(run["id"]):
-        metas.append(call["meta"])
+        if call["meta"] and "draft_tokens" in call["meta"]:
+            drafts.append(call["meta"])
         failed = call["error_kind"] is not None
         errors += failed
         hits += bool(call["cache_hit"])
-        pairs.append((None if failed else call["parsed"], call["expected"]))
+        n += 1
+        with_expected += call["expected"] is not None
+        if tally is not None:
+            tally.add(None if failed else call["parsed"], call["expected"])
         if not call["cache_hit"]:
             latencies.append(call["latency_s"])
         tokens_in += call["tokens_in"]
         tokens_out += call["tokens_out"]
         cost += call["cost_usd"]
-    n = len(pairs)
     fresh = n - hits
     summary = RunSummary(
         run_id=run["id"], task=run["task"], model=run["model"], spec_version=run["spec_version"],
         status=run["status"], created_at=str(run["created_at"])[:19], items=n, planned=run["n_planned"],
-        errors=errors, cache_hits=hits, metric=run["metric"], value=metrics.compute(run["metric"], pairs),
+        errors=errors, cache_hits=hits, metric=run["metric"], value=tally.value() if tally else float("nan"),
         tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost,
         cost_per_1k=1000 * cost / fresh if fresh else float("nan"),
         latency_p50_s=float(np.percentile(latencies, 50)) if latencies else float("nan"),
         latency_p95_s=float(np.percentile(latencies, 95)) if latencies else float("nan"),
         items_per_s=n / run["wall_s"] if run["wall_s"] else float("nan"),
-        draft_acceptance=draft_stats(metas).acceptance_rate,
+        draft_acceptance=draft_stats(drafts).acceptance_rate,
     )
+    if tally is not None and labels and with_expected:  # judge and gateway runs have no expected answers
+        found = metrics.coverage_warning(labels, tally.expected_counts(), f"its {n} items' expected answers")
+        summary.warnings += [found] if found else []
     if traffic is not None:
         project(summary, traffic)
     return summary

@@ -1,7 +1,8 @@
-"""What every command module shares: the typer app, consoles, one-line errors, number formatting."""
+"""What every command module shares: the typer app, consoles, one-line errors, number formatting, --json."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -11,14 +12,17 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from llmbus.errors import LlmbusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
-# Piped output keeps whole table rows instead of rich's 80-column default.
-out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")))
-err = Console(stderr=True)
+# Piped output keeps whole table rows instead of rich's 80-column default. No emoji codes: user text such as
+# the model name `openai:x:` must print as written, not as an emoji.
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200")), emoji=False)
+err = Console(stderr=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DB_OPTION = typer.Option(None, "--db", help="SQLite file or database URL (default $LLMBUS_DB or ./llmbus.db)")
@@ -35,10 +39,26 @@ def friendly_errors(func: F) -> F:
         except LlmbusError as exc:
             from llmbus.run import RunInterrupted
 
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            line = Text.assemble(("error:", "bold red"), " ", str(exc))  # a Text is never read as markup
+            err.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
             raise typer.Exit(130 if isinstance(exc, RunInterrupted) else 2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def warn(text: str) -> None:
+    """One warning line on stderr, printed as is (no markup, no emoji codes)."""
+    err.print(f"warning: {text}", style="yellow", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def plain(value: Any) -> str:
+    """User or model text for a rich string or table cell: `[...]` shown as written, never read as markup."""
+    return escape(str(value))
+
+
+def print_json(data: Any) -> None:
+    """--json output: one plain JSON document on stdout (never colored, even where a terminal is forced)."""
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain
 from llmbus.models import DEFAULT_MODEL
 
 flow_app = typer.Typer(no_args_is_help=True, help="Workflows of atomic steps with durable state (stop 4).")
@@ -25,7 +25,7 @@ def _outcome_rows(outcomes: list[Any]) -> None:
     for column in ("run", "status", "output", "error"):
         table.add_column(column)
     for o in outcomes:
-        table.add_row(o.run_id, o.status, _short(o.output, 70), o.error or "")
+        table.add_row(o.run_id, o.status, _short(o.output, 70), plain(o.error or ""))
     out.print(table)
 
 
@@ -124,7 +124,7 @@ def show_cmd(
     out.print(f"[bold]flow run {run['id']}[/] · {run['flow']} · [bold]{run['status']}[/] · "
               f"cost ${total:.6f} · input {_short(run['input'], 100)}", highlight=False)
     if run["error"]:
-        out.print(f"[red]error:[/] {run['error']}", highlight=False)
+        out.print(f"[red]error:[/] {plain(run['error'])}", highlight=False)
     table = Table(title_justify="left")
     for column in ("step", "kind", "status", "input", "output", "detail", "tokens", "cost $", "s", "tries"):
         table.add_column(column)
@@ -152,7 +152,7 @@ def _detail(step: dict[str, Any]) -> str:
 def _short(value: Any, width: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return plain(text if len(text) <= width else text[: width - 1] + "…")  # model text may hold `[/INST]`
 
 
 @review_app.command("serve")

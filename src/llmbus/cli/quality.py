@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
 
 
 @app.command("eval")
@@ -45,7 +40,7 @@ def eval_command(
         results.append(check_drop(base_report, reports[-1], max_drop, compare(store, baseline, reports[-1].run_id,
                                                                                  rounds)))
     if as_json:
-        _print_json({"runs": [r.as_dict() for r in reports],
+        print_json({"runs": [r.as_dict() for r in reports],
                      "comparison": comparison.as_dict() if comparison else None,
                      "gate": [g.as_dict() for g in results] or None})
     else:
@@ -79,6 +74,8 @@ def _print_report(report: Any) -> None:
             classes.add_row(cls, fmt(s["precision"]), fmt(s["recall"]), fmt(s["f1"]), str(int(s["support"])),
                             *(str(c) for c in row))
         out.print(classes)
+    for warning in report.warnings:
+        warn(f"run {report.run_id}: {warning}")
 
 
 def _print_comparison(c: Any) -> None:
@@ -114,7 +111,7 @@ def judge_run(
     spec = load_judge(judge_spec)
     report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency)
     if as_json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
         return
     out.print(f"judge run [bold]{report.judge_run_id}[/] · {report.judge} ({report.mode}) · {report.model} on run "
               f"{report.target_run_id}" + (f" vs {report.other_run_id}" if report.other_run_id else ""),
@@ -127,7 +124,7 @@ def judge_run(
     out.print(f"judge cost ${report.cost_usd:.6f} · ${fmt(report.cost_per_1k, '.4f')} per 1k judgments",
               highlight=False)
     if report.broken:
-        out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {report.example_error}[/]")
+        out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {plain(report.example_error)}[/]")
 
 
 @judge_app.command("calibrate")
@@ -148,7 +145,7 @@ def judge_calibrate(
 
     report = calibrate(Store(db), judge_run_id, project, min_tpr=min_tpr, min_tnr=min_tnr, min_kappa=min_kappa)
     if as_json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         a = report.agreement
         out.print(f"judge run [bold]{report.judge_run_id}[/] ({report.judge}) vs project [bold]{report.project}[/] on "
@@ -169,9 +166,9 @@ def judge_calibrate(
                 rows.add_column(column)
             for d in report.disagreements[:30]:
                 rows.add_row(d["item_id"], d["human"], str(d["judge"]), fmt(d["confidence"], ".2f"),
-                             str(d["answer"])[:60])
+                             plain(str(d["answer"])[:60]))
             out.print(rows)
-        out.print(("[green]" if report.trusted else "[bold red]") + report.reason + "[/]", highlight=False)
+        out.print(("[green]" if report.trusted else "[bold red]") + plain(report.reason) + "[/]", highlight=False)
     if gate and not report.trusted:
         raise typer.Exit(1)
 
@@ -190,6 +187,9 @@ def label_create(
     correction: bool = typer.Option(False, "--correction", help="Also ask for an optional free-text correction"),
     instructions: str | None = typer.Option(None, "--instructions", help="Markdown file shown to annotators"),
     queue: int = typer.Option(0, "--queue", min=0, help="Queue the run's first N items now"),
+    show_fields: str | None = typer.Option(None, "--show-fields", help="Item fields annotators see besides the "
+                                           "answer, e.g. text,label; 'confidence' adds the model's (default: the "
+                                           "input field only: no gold answer, no confidence)"),
     db: str | None = DB_OPTION,
 ) -> None:
     """Create a labeling project over a run's calls."""
@@ -206,10 +206,30 @@ def label_create(
             raise DataError(f"{instructions}: instructions file not found")
         text = Path(instructions).read_text(encoding="utf-8")
     store = Store(db)
-    label.create_project(store, name, run_id, parsed, text)
+    label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
     added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
                           "initial") if queue else 0
-    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued", highlight=False)
+    shown = ", ".join(label.get_project(store, name)["show_fields"])
+    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued; annotators see "
+              f"{shown} and the answer", highlight=False)
+
+
+@label_app.command("show-fields")
+@friendly_errors
+def label_show_fields(
+    fields: str | None = typer.Argument(None, help="Comma-separated item fields (and 'confidence') annotators see "
+                                        "besides the answer; omit to go back to the default (the input field)"),
+    project: str = typer.Option(..., "--project"),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Change what a project's annotators see (the gold answer and confidence only when listed)."""
+    from llmbus import label
+    from llmbus.store import Store
+
+    store = Store(db)
+    label.set_show_fields(store, project, label.parse_show_fields(fields))
+    shown = ", ".join(label.get_project(store, project)["show_fields"])
+    out.print(f"project {project}: annotators see {shown} and the answer", highlight=False)
 
 
 def _first(rows: Any, n: int) -> list[Any]:
@@ -298,7 +318,7 @@ def label_agreement(
 
     stats = agreement(Store(db), project)
     if as_json:
-        _print_json(stats.as_dict())
+        print_json(stats.as_dict())
         return
     for pair, kappa in stats.cohen.items():
         out.print(f"Cohen's kappa {pair.replace('|', ' · ')}: {fmt(kappa)}", highlight=False)
@@ -322,7 +342,7 @@ def label_select(
 
     chosen = select(Store(db), project, strategy, n, judge_run=judge_run, seed=seed)
     if as_json:
-        _print_json([{"item_id": i, "priority": p} for i, p in chosen])
+        print_json([{"item_id": i, "priority": p} for i, p in chosen])
         return
     out.print(f"queued {len(chosen)} items by {strategy}: " + ", ".join(i for i, _ in chosen[:20])
               + (" …" if len(chosen) > 20 else ""), highlight=False)
@@ -346,15 +366,17 @@ def judge_train(
     """Train a judge on the human labels, cross-validated against them; judge with the printed --model."""
     from pathlib import Path
 
+    from llmbus.cli.progress import stage_progress
     from llmbus.finetune import train_judge
     from llmbus.store import Store
     from llmbus.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
-    report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings,
-                                judge_run=with_judge)
+    with stage_progress(disable=as_json) as progress:
+        report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings,
+                                    judge_run=with_judge, progress=progress)
     if as_json:
-        _print_json({**report.as_dict(), "model": model})
+        print_json({**report.as_dict(), "model": model})
         return
     out.print(f"{kind} judge on {report.n} human labels, {report.folds}-fold CV: Cohen's kappa {fmt(report.kappa)}, "
               f"accuracy {fmt(report.accuracy)}; {fmt(report.ms_per_judgment, '.2f')} ms CPU per judgment, "

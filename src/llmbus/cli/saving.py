@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, warn
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
     from llmbus.spec import TaskSpec
@@ -173,7 +173,9 @@ def report(
     result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None)
     output.write_text(render_html(result), encoding="utf-8")
     if as_json:
-        out.print_json(data={**result.as_dict(), "output": str(output)})
+        out.print_json(data={**result.as_dict(), "output": str(output), "warnings": result.warnings})
         return
     out.print(result.headline, highlight=False)
+    for warning in result.warnings:
+        warn(warning)
     out.print(f"wrote {output} ({len(result.rows)} configurations)")

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 from llmbus.models import DEFAULT_MODEL
 
 
@@ -21,8 +21,13 @@ from llmbus.models import DEFAULT_MODEL
 def run(
     task: str = typer.Argument(..., help="Task spec YAML"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model reference, e.g. local:gemma-3-270m"),
-    limit: int | None = typer.Option(None, "--limit", "-n", help="Answer only the first N eval items"),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N eval items (e.g. held-out ones)"),
+    limit: int | None = typer.Option(None, "--limit", "-n",
+                                     help="Answer N eval items: a representative sample (each class at its share), "
+                                          "the same items for every model"),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip the first N eval items of that order (e.g. "
+                                                          "those another run answered)"),
+    stratify: bool = typer.Option(False, "--stratify", help="Classify: give every class equal room in the "
+                                                            "sample instead of its share"),
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
@@ -43,10 +48,12 @@ def run(
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    with _progress_bar(disable=as_json) as (_, on_progress):
+    bar = _progress_bar(disable=as_json)
+    with bar as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
-                          use_cache=not no_cache,
-                          resume=resume, on_progress=on_progress)
+                          use_cache=not no_cache, resume=resume, on_progress=on_progress,
+                          sampling="balanced" if stratify else "representative", on_stage=bar.stage,
+                          on_warning=warn)
     summary = summarize(store, store.get_run(run_id))
     if as_json:
         out.print_json(data=summary.as_dict())
@@ -74,16 +81,26 @@ class _progress_bar:
     def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
         return self.progress, self.update
 
-    def update(self, p: Any) -> None:
+    def _start(self) -> None:
         if not self.started:
             self.progress.start()
             self.started = True
-        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
-        self.progress.update(self.task_id, completed=p.done, total=p.total, rate=f"{rate:.1f}", errors=p.errors,
-                             metric=f"{p.metric_name} {fmt(p.metric_value)}")
 
-    def __exit__(self, *exc: Any) -> None:
+    def stage(self, text: str) -> None:
+        """Show what is being prepared before the first answer (starting the model, embedding the pool)."""
+        self._start()
+        self.progress.update(self.task_id, description=f"{plain(text)}…")
+
+    def update(self, p: Any) -> None:
+        self._start()
+        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
+        self.progress.update(self.task_id, description="answering", completed=p.done, total=p.total,
+                             rate=f"{rate:.1f}", errors=p.errors, metric=f"{p.metric_name} {fmt(p.metric_value)}")
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self.started:
+            # On an error the bar goes away, so the error stays the one line the user reads.
+            self.progress.live.transient = exc_type is not None
             self.progress.stop()
 
 
@@ -104,6 +121,8 @@ def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None =
         table.add_row(*cells)
     out.print(table)
     for s in summaries:
+        for warning in s.warnings:
+            warn(f"run {s.run_id}: {warning}")
         if s.draft_acceptance is not None:
             out.print(f"  {s.run_id}: speculative decoding accepted {s.draft_acceptance:.0%} of drafted tokens")
 
@@ -144,12 +163,12 @@ def show(
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
         return
-    table = Table(title=f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}",
+    table = Table(title=plain(f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}"),
                   title_justify="left")
     for column in ("item", "answer", "expected", "conf", "score", "latency s", "cost $", "cache", "error"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["item_id"], _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
+        table.add_row(plain(r["item_id"]), _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
                       _short(r["expected"]), fmt(r["confidence"], ".2f"), fmt(r["score"], ".2f"),
                       fmt(r["latency_s"], ".3f"), fmt(r["cost_usd"], ".6f"), "hit" if r["cache_hit"] else "",
                       r["error_kind"] or "")
@@ -159,7 +178,7 @@ def show(
 def _short(value: Any, width: int = 40) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return plain(text if len(text) <= width else text[: width - 1] + "…")  # model text may hold `[/INST]`
 
 
 @app.command()
@@ -172,13 +191,15 @@ def advise(
 ) -> None:
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
     from llmbus.advise import advise as run_advice
+    from llmbus.cli.progress import stage_progress
     from llmbus.spec import load_spec
     from llmbus.store import Store
 
     spec = load_spec(task)
-    advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour)
+    with stage_progress(disable=as_json) as progress:
+        advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour, progress=progress)
     if as_json:
-        out.print_json(data=advice.as_dict())
+        print_json(advice.as_dict())
         return
     out.print(f"[bold]{spec.name}[/] · kind {spec.kind} → tier [bold]{advice.tier}[/] ({advice.tier_params})")
     out.print(advice.reason, highlight=False)

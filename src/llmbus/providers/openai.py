@@ -20,6 +20,7 @@ import httpx
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.models import ModelConfig
 from llmbus.providers.base import Completion, Request, match_label, normalize_probs, sse_data, whole
+from llmbus.redact import masked_url
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -144,7 +145,8 @@ class OpenAIProvider:
         try:
             self.client.get("/models", timeout=10.0)
         except httpx.HTTPError as exc:
-            raise Unreachable(f"{self.name}: cannot reach {self.config.base_url}: {exc.__class__.__name__}") from None
+            raise Unreachable(f"{self.name}: cannot reach {masked_url(self.config.base_url or '')}: "
+                              f"{exc.__class__.__name__}") from None
 
     def complete(self, request: Request) -> Completion:
         """One call with retries; raises ProviderError with a kind once retries are spent."""

@@ -1,0 +1,129 @@
+"""The run engine's own cost: `llmbus run` vs a plain httpx thread pool sending the same bodies to a stub that
+answers instantly, at growing sizes — items/s, their ratio and peak RSS, from one run.
+
+    .venv/bin/python bench/engine.py [--sizes 2000,8000,32000] [--concurrency 8]
+
+Both sides send the same requests (llmbus's own `to_payload` builds the plain pool's bodies) to the same
+OpenAI-compatible stub (tests/openai_stub.py) running in its own process on 127.0.0.1. llmbus runs as the real
+CLI in a subprocess (a fresh SQLite call log, no cache) and reports items/s over its answering time; its peak RSS
+comes from the kernel (wait4). Targets: ratio ≥ 0.8 at every size, RSS at the largest size within 20 MB of the
+smallest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import yaml
+
+from llmbus.llamacpp import free_port
+from llmbus.providers.base import Request
+from llmbus.providers.openai import to_payload
+from llmbus.run import build_request, eval_items, render_items
+from llmbus.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+STUB = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT / 'tests')!r})
+from openai_stub import StubServer
+with StubServer(port=int(sys.argv[1])):
+    while True:
+        time.sleep(3600)
+"""
+
+
+def write_task(folder: Path, n: int) -> Path:
+    """A classify task of n short items with two fixed shots (one shared prompt prefix)."""
+    with (folder / "items.jsonl").open("w") as handle:
+        for i in range(n):
+            label = "spam" if i % 3 == 0 else "ham"
+            text = f"win a free prize now {i}" if label == "spam" else f"see you at lunch {i}"
+            handle.write(json.dumps({"id": f"m{i}", "text": text, "label": label}) + "\n")
+    spec = {"name": "bench", "kind": "classify",
+            "prompt": "{% for ex in examples %}SMS: {{ ex.text }}\nLabel: {{ ex.label }}\n{% endfor %}"
+                      "SMS: {{ item.text }}\nLabel:",
+            "output": {"labels": ["ham", "spam"]}, "data": {"path": "items.jsonl", "expected": "label", "id": "id"},
+            "fewshot": {"k": 2, "strategy": "fixed", "pool_fraction": 0.01}, "params": {"max_tokens": 2}}
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def plain_pool(base_url: str, bodies: list[dict[str, object]], concurrency: int) -> float:
+    """Items/s of a bare httpx thread pool posting the bodies."""
+    with httpx.Client(base_url=base_url, timeout=30,
+                      limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)) as c:
+        def post(body: dict[str, object]) -> None:
+            c.post("/chat/completions", json=body).raise_for_status()
+
+        tick = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, bodies))
+        return len(bodies) / (time.perf_counter() - tick)
+
+
+def llmbus_run(task: Path, folder: Path, concurrency: int) -> tuple[float, float]:
+    """(items/s, peak RSS MB) of `llmbus run` in its own process."""
+    env = {**os.environ, "LLMBUS_CONFIG": str(folder / "llmbus.yaml"), "LLMBUS_DB": str(folder / "calls.db")}
+    proc = subprocess.Popen([sys.executable, "-m", "llmbus.cli", "run", str(task), "--model", "openai:bench",
+                             "--concurrency", str(concurrency), "--no-cache", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    stdout = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"llmbus run failed with status {status}")
+    summary = json.loads(stdout)
+    return float(summary["items_per_s"]), usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="2000,8000,32000")
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    port = free_port()
+    stub = subprocess.Popen([sys.executable, "-c", STUB, str(port)])
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{base_url}/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        print(f"{'items':>7} {'plain items/s':>14} {'llmbus items/s':>15} {'ratio':>6} {'llmbus RSS MB':>14}")
+        rss = []
+        for n in (int(s) for s in args.sizes.split(",")):
+            with tempfile.TemporaryDirectory(prefix="llmbus-bench-") as tmp:
+                folder = Path(tmp)
+                task = write_task(folder, n)
+                (folder / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:bench": {
+                    "base_url": base_url, "model": "stub-model", "timeout_s": 30}}}))
+                os.environ["LLMBUS_CONFIG"] = str(folder / "llmbus.yaml")
+                spec = load_spec(task)
+                items, selector = eval_items(spec)
+                requests: list[Request] = [build_request(spec, prompt, item)
+                                           for item, prompt in render_items(spec, items, selector)]
+                bodies = [to_payload("stub-model", "chat", r) for r in requests]
+                plain = plain_pool(base_url, bodies, args.concurrency)
+                ours, peak = llmbus_run(task, folder, args.concurrency)
+                rss.append(peak)
+                print(f"{len(items):>7} {plain:>14.0f} {ours:>15.0f} {ours / plain:>6.2f} {peak:>14.0f}", flush=True)
+        print(f"RSS growth, largest vs smallest size: {rss[-1] - rss[0]:+.0f} MB (target ≤ 20)")
+    finally:
+        stub.terminate()
+        stub.wait()
+
+
+if __name__ == "__main__":
+    main()
