@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import yaml
 
 from llmbus import metrics
 from llmbus.data import Item, load_items, split_items
-from llmbus.embed import embed
+from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
 from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
 from llmbus.models import config_path
@@ -40,7 +40,6 @@ from llmbus.spec import TaskSpec
 from llmbus.store import Store
 from llmbus.student import (
     HeadStudent,
-    StageCallback,
     Student,
     TrainSettings,
     load_student,
@@ -197,6 +196,11 @@ def pick_threshold(confidences: list[float], student_scores: list[float], teache
     return best
 
 
+def task_metric(spec: TaskSpec, pairs: Iterable[tuple[Any, Any]]) -> float:
+    """The task's main metric over (answer, reference) pairs, over the task's label set as runs score it."""
+    return metrics.compute(spec.main_metric, pairs, spec.output.labels or ())
+
+
 @dataclass
 class Scored:
     """A student's answers and confidences on the validation and test items."""
@@ -219,7 +223,7 @@ def cascade_on(spec: TaskSpec, student: Scored, val: list[Example], test: list[E
     routed = [a if c >= threshold else e.teacher for a, c, e in zip(student.test, student.test_confidence, test,
                                                                      strict=True)]
     escalated = float(np.mean([c < threshold for c in student.test_confidence])) if test else 0.0
-    quality = metrics.compute(spec.main_metric, ((a, e.gold) for a, e in zip(routed, test, strict=True)))
+    quality = task_metric(spec, ((a, e.gold) for a, e in zip(routed, test, strict=True)))
     return threshold, quality, escalated
 
 
@@ -260,7 +264,7 @@ def coverage_problems(spec: TaskSpec, train: list[Example]) -> tuple[list[str], 
     elif rare:
         warnings.append(f"entity type {rare_line}: the student will rarely find them")
     declared = declared_labels(spec)
-    missing = [label for label in declared if label not in counts]
+    missing = metrics.missing_labels(declared, counts)
     if missing:
         warnings.append(f"the teacher's {plural} on the training split cover {len(declared) - len(missing)} of the "
                         f"{len(declared)} labels the spec declares; missing: {', '.join(missing)} (the student will "
@@ -311,7 +315,7 @@ def choose_classifier(spec: TaskSpec, by_split: dict[str, list[Example]], studen
     qualities: list[float] = []  # every ranked candidate's validation quality, in ranking order
 
     def quality(predicted: list[str], examples: list[Example]) -> float:
-        return metrics.compute(spec.main_metric, zip(predicted, [e.gold for e in examples], strict=True))
+        return task_metric(spec, zip(predicted, [e.gold for e in examples], strict=True))
 
     def score(predicted: list[str]) -> float:
         qualities.append(quality(predicted, val))
@@ -321,7 +325,7 @@ def choose_classifier(spec: TaskSpec, by_split: dict[str, list[Example]], studen
     head: HeadStudent | None = None
     features = np.zeros((0, 384))
     if len(set(labels)) >= 2 and val:
-        features = embed_with_progress(texts + [e.input for e in held_out], progress)  # train, val, test rows
+        features = embed(texts + [e.input for e in held_out], progress=progress, what="inputs")  # train, val, test
         val_rows = features[len(texts):len(texts) + len(val)]
         head = train_head(features[:len(texts)], labels, val_rows, val_labels, settings.seed)
         ranks["head"] = score(argmax(head.head.predict_features(val_rows)))
@@ -379,16 +383,11 @@ def argmax(probs: list[dict[str, float]]) -> list[str]:
     return [max(p, key=lambda k: p[k]) for p in probs]
 
 
-def embed_with_progress(texts: list[str], progress: StageCallback | None, chunk: int = 128) -> np.ndarray:
-    """MiniLM embeddings of texts, reporting progress chunk by chunk."""
-    rows = []
-    for start in range(0, len(texts), chunk):
-        if progress:
-            progress("embedding inputs", start, len(texts))
-        rows.append(embed(texts[start:start + chunk]))
-    if progress:
-        progress("embedding inputs", len(texts), len(texts))
-    return np.vstack(rows) if rows else np.zeros((0, 384), dtype=np.float32)
+def gold_coverage_warning(spec: TaskSpec, test: list[Example]) -> list[str]:
+    """The metric's own warning when the test items' gold answers miss some of the task's labels."""
+    found = metrics.coverage_warning(spec.output.labels or [], Counter(str(e.gold) for e in test),
+                                     f"the {len(test)} test items' expected answers")
+    return [found] if found else []
 
 
 def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
@@ -437,19 +436,20 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
         task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
         student=f"encoder:{spec.name}-student", cascade=f"cascade:{spec.name}", metric=metric,
         n_train=len(train), n_val=len(val), n_test=len(test),
-        teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in test)),
-        student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
-        student_agreement=metrics.compute(metric, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
+        teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in test)),
+        student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
+        student_agreement=task_metric(spec, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
         student_vs_teacher_agreement=float(np.mean([same_answer(spec, a, e.teacher)
                                                     for a, e in zip(test_answers, test, strict=True)])),
         cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
         recipe=choice.recipe, recipe_scores=choice.scores, recipe_one_label=choice.one_label,
-        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test]),
-        heldout_teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in val + test)),
-        heldout_student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(val_answers + test_answers,
-                                                                                     val + test, strict=True))),
+        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test])
+        + gold_coverage_warning(spec, test),
+        heldout_teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in val + test)),
+        heldout_student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(val_answers + test_answers,
+                                                                               val + test, strict=True))),
     )
     answered = {c["item_id"] for c in store.iter_calls(teacher_run)}
     left = sum(1 for item in split_items(spec, load_items(spec)).eval if item.id not in answered)

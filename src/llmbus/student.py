@@ -22,13 +22,11 @@ from typing import Any, Protocol, Self
 import numpy as np
 
 from llmbus.data import bio_to_entities
-from llmbus.embed import embed, minilm_path, torch_for_training
+from llmbus.embed import StageCallback, embed, minilm_path, torch_for_training
 from llmbus.errors import ModelError
 
 META = "student.json"
 HEAD_FILE = "head.json"
-# (stage, done, total): the progress callback long library work accepts; the CLI draws it (cli/progress.py).
-StageCallback = Callable[[str, int | None, int | None], None]
 
 
 @dataclass(frozen=True)
