@@ -12,16 +12,7 @@ import yaml
 
 from conftest import write_items, write_spec
 from llmbus.data import load_items
-from llmbus.distill import (
-    Example,
-    coverage_problems,
-    distill,
-    one_answer_warning,
-    pick_recipe,
-    pick_threshold,
-    selection_score,
-    split_of,
-)
+from llmbus.distill import Example, distill, pick_recipe, pick_threshold, selection_score, split_of
 from llmbus.learning_curve import CurvePoint, curve_message, project, stratified_order
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
@@ -29,6 +20,7 @@ from llmbus.run import run_task
 from llmbus.spec import load_spec
 from llmbus.store import Store
 from llmbus.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
+from llmbus.teacher_coverage import coverage_problems, one_answer_warning
 from pipeline import Savings
 from quality_helpers import add_run
 
