@@ -321,14 +321,15 @@ def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
 
 
 def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
-            settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True,
+            settings: TrainSettings | None = None, target: float = 0.98, register: bool = True,
             how: str = "none", allow_missing_labels: bool = False,
             progress: StageCallback | None = None) -> DistillReport:
     """Train an encoder student on a teacher run and evaluate it on held-out items; `settings.epochs` is the
-    most fine-tuning epochs a classify student tries."""
+    most fine-tuning epochs a classify student tries (default 3; a tagger trains 2)."""
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
+    settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
     examples, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
     warnings = check_coverage(spec, teacher_run, by_split["train"], allow_missing_labels)
     student_dir = out_dir / "student"

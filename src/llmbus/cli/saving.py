@@ -56,7 +56,7 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
     from llmbus.distill import distill as run_distill
     from llmbus.student import TrainSettings
 
-    settings = TrainSettings(epochs=epochs or (3 if spec.kind == "classify" else 2))
+    settings = TrainSettings(epochs=epochs) if epochs else None
     with stage_progress(disable=as_json) as progress:
         report = run_distill(spec, store, teacher, folder, settings, target=target, how=how,
                              allow_missing_labels=allow_missing_labels, progress=progress)
