@@ -72,18 +72,31 @@ def plain_pool(base_url: str, bodies: list[dict[str, object]], concurrency: int)
         return len(bodies) / (time.perf_counter() - tick)
 
 
+# The CLI in a process that writes its own peak RSS at exit. VmHWM belongs to the process's own memory since its
+# exec; the kernel's ru_maxrss would also count the bench's memory copied by fork before the exec.
+CLI_WITH_PEAK = """
+import atexit, re, sys
+PEAK_FILE = sys.argv.pop(1)
+def peak():
+    status = open("/proc/self/status").read()
+    open(PEAK_FILE, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+atexit.register(peak)
+from llmbus.cli import main
+main()
+"""
+
+
 def llmbus_run(task: Path, folder: Path, concurrency: int) -> tuple[float, float]:
     """(items/s, peak RSS MB) of `llmbus run` in its own process."""
     env = {**os.environ, "LLMBUS_CONFIG": str(folder / "llmbus.yaml"), "LLMBUS_DB": str(folder / "calls.db")}
-    proc = subprocess.Popen([sys.executable, "-m", "llmbus.cli", "run", str(task), "--model", "openai:bench",
-                             "--concurrency", str(concurrency), "--no-cache", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    stdout = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"llmbus run failed with status {status}")
-    summary = json.loads(stdout)
-    return float(summary["items_per_s"]), usage.ru_maxrss / 1024
+    peak_file = folder / "peak_kb"
+    result = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, str(peak_file), "run", str(task), "--model",
+                             "openai:bench", "--concurrency", str(concurrency), "--no-cache", "--json"],
+                            capture_output=True, env=env, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"llmbus run failed: {result.stderr.strip()[-300:]}")
+    summary = json.loads(result.stdout)
+    return float(summary["items_per_s"]), int(peak_file.read_text()) / 1024
 
 
 def main() -> None:

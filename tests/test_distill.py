@@ -10,19 +10,27 @@ import numpy as np
 import pytest
 import yaml
 
-from llmbus.distill import pick_threshold, split_of
+from conftest import write_items, write_spec
+from llmbus.distill import Example, distill, pick_recipe, pick_threshold, selection_score, split_of
+from llmbus.learning_curve import CurvePoint, curve_message, project, stratified_order
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
+from llmbus.run import run_task
 from llmbus.store import Store
-from llmbus.student import entities_to_bio, fit_temperature, softmax
+from llmbus.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
+from llmbus.task.data import load_items
+from llmbus.task.spec import load_spec
+from llmbus.teacher_coverage import coverage_problems, one_answer_warning
 from pipeline import Savings
+from quality_helpers import add_run
 
 
 @pytest.mark.slow
 def test_student_is_trained_evaluated_exported_and_registered(sms_savings: Savings):
     report = sms_savings.report
     assert report.n_train >= 30 and report.n_test >= 3
-    assert report.student_agreement >= 0.7
+    assert report.student_agreement >= 0.7 and report.student_vs_teacher_agreement >= 0.7
+    assert report.recipe in report.recipe_scores and report.learning_curve_message
     assert report.student_latency_ms < report.teacher_latency_ms / 5
     files = {split: Path(path) for split, path in report.files.items()}
     rows = [json.loads(line) for line in files["train"].read_text().splitlines()]
@@ -145,3 +153,167 @@ def test_lora_student_for_a_generate_task_is_merged_quantized_compared_and_serve
 def _llmbus(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "llmbus.cli", *args], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "LLMBUS_THREADS": "1"})
+
+
+# --- degenerate teacher data, recipe choice, learning curve (fast: tiny data, written straight into a store) ---
+
+FAST = ["--epochs", "1"]
+
+
+def _tiny(tmp_path: Path, n: int = 80, **overrides: object) -> Path:
+    write_items(tmp_path / "items.jsonl", n)
+    return write_spec(tmp_path / "task.yaml", "items.jsonl", **overrides)
+
+
+def _teacher(store: Store, task: Path, answer: dict[str, str] | None = None) -> str:
+    """A teacher run over the task's items: the gold answers unless `answer` overrides them per item id."""
+    rows = [{"item_id": item.id, "parsed": (answer or {}).get(item.id, item.expected), "expected": item.expected}
+            for item in load_items(load_spec(task))]
+    return add_run(store, rows, task="tiny", labels=["ham", "spam"], task_path=str(task))
+
+
+def _distill_cli(task: Path, run_id: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmbus.cli", "distill", str(task), "--teacher", run_id,
+                           "--out", str(tmp_path / "out"), "--db", str(tmp_path / "calls.db"), *FAST, *extra],
+                          capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "LLMBUS_THREADS": "1", "COLUMNS": "200"})
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_a_one_label_teacher_run_is_refused_with_the_fix(tmp_path: Path, store: Store):
+    task = _tiny(tmp_path)
+    run_id = _teacher(store, task, {f"m{i}": "ham" for i in range(80)})
+    result = _distill_cli(task, run_id, tmp_path)
+    _one_error_line(result, "are all 'ham'", "Run the teacher on more, representative items",
+                    "--allow-missing-labels")
+    assert not (tmp_path / "out" / "student").exists()  # refused before any training
+
+
+def test_a_label_with_too_few_teacher_answers_is_refused_then_allowed_with_a_warning(tmp_path: Path,
+                                                                                     store: Store):
+    """The issue's case: one label dominates and another got two answers; old code trained and scored it."""
+    task = _tiny(tmp_path)
+    train_ids = [f"m{i}" for i in range(80) if split_of(f"m{i}") == "train"]
+    answer = {f"m{i}": "ham" for i in range(80)} | {train_ids[0]: "spam", train_ids[1]: "spam"}
+    run_id = _teacher(store, task, answer)
+    _one_error_line(_distill_cli(task, run_id, tmp_path), "spam (2) has fewer than 3 teacher answers on the "
+                    "training split", "--allow-missing-labels")
+    result = _distill_cli(task, run_id, tmp_path, "--allow-missing-labels")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "spam (2)" in warnings[0], result.stderr
+    assert "agreement with teacher (share of identical answers)" in result.stdout
+    assert "vs gold on the" in result.stdout and "agrees" not in result.stdout
+    saved = json.loads((tmp_path / "out" / "distill.json").read_text())  # what --json prints
+    assert saved["warnings"] == [warnings[0].removeprefix("warning: ")]
+    assert 0 <= saved["student_vs_teacher_agreement"] <= 1
+
+
+def test_labels_the_teacher_never_gave_are_named_in_a_warning(tmp_path: Path):
+    spec = load_spec(_tiny(tmp_path, output={"labels": ["ham", "spam", "promo", "phishing"]}))
+    train = [Example(f"m{i}", "x", "spam" if i % 3 == 0 else "ham", None, None, "train") for i in range(30)]
+    problems, warnings = coverage_problems(spec, train)
+    assert problems == []
+    assert len(warnings) == 1 and "cover 2 of the 4 labels" in warnings[0] and "promo, phishing" in warnings[0]
+
+
+def test_an_entity_teacher_that_found_nothing_is_refused_and_rare_types_warned():
+    ner = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
+    empty = [Example(f"t{i}", "a tweet", [], [], None, "train") for i in range(20)]
+    problems, _ = coverage_problems(ner, empty)
+    assert problems and "found 0 entities" in problems[0]
+    found = [Example(f"t{i}", "Paris rocks", [{"text": "Paris", "type": "geo-loc"}], [], None, "train")
+             for i in range(5)] + [Example("p", "Obama", [{"text": "Obama", "type": "person"}], [], None, "train")]
+    problems, warnings = coverage_problems(ner, found)
+    assert problems == []  # a rare entity type is normal in NER: a warning, not a refusal
+    assert "person (1)" in warnings[0] and "cover 2 of the 10 labels" in warnings[1]
+
+
+def test_the_recipe_is_picked_on_validation_and_a_head_student_serves_as_encoder(tmp_path: Path, store: Store):
+    """A fine-tune that cannot move (learning rate 1e-9) against a head on separable texts: the head wins on
+    validation, is saved as the student, and `encoder:` serves it."""
+    task = _tiny(tmp_path)
+    spec = load_spec(task)
+    report = distill(spec, store, _teacher(store, task), tmp_path / "out",
+                     TrainSettings(epochs=1, threads=1, learning_rate=1e-9))
+    assert report.recipe == "head", report.recipe_scores
+    assert report.recipe_scores["head"] >= report.recipe_scores["finetune-1ep"] + 0.2
+    student = load_student(tmp_path / "out" / "student")
+    assert student.meta.recipe == "head" and student.meta.temperature > 0
+    run = run_task(spec, report.student, store, limit=6)
+    calls = list(store.iter_calls(run))
+    assert len(calls) == 6 and all(c["error_kind"] is None and c["parsed"] in ("ham", "spam") for c in calls)
+    assert all(sum(c["label_probs"].values()) == pytest.approx(1.0) for c in calls)
+
+
+def test_a_majority_label_candidate_ranks_below_one_that_learned_and_is_warned_about(tmp_path: Path):
+    """SMS from 100 teacher answers: a 4-step fine-tune answered 'ham' on all 21 validation items (0.952, one
+    spam missed) and beat a head that learned (0.905); it must rank last, and a collapsed student is warned."""
+    teacher = ["ham"] * 19 + ["spam"] * 2
+    assert selection_score(0.952, ["ham"] * 21, teacher) < selection_score(0.905, ["ham"] * 19 + ["spam"] * 2,
+                                                                            teacher)
+    assert selection_score(0.9, ["ham"] * 21, ["ham"] * 21) == 0.9  # the teacher gave one label there too
+    spec = load_spec(_tiny(tmp_path))
+    warning = one_answer_warning(spec, ["ham"] * 38, teacher + ["ham"] * 17)
+    assert len(warning) == 1 and "answers 'ham' on all 38 held-out items" in warning[0]
+    assert one_answer_warning(spec, ["ham"] * 37 + ["spam"], teacher + ["ham"] * 17) == []
+
+
+def test_pick_recipe_takes_the_best_validation_score_and_the_cheaper_on_a_tie():
+    assert pick_recipe({"head": 0.7, "finetune-1ep": 0.9, "finetune-2ep": 0.9}) == "finetune-1ep"
+    assert pick_recipe({"head": 0.9, "finetune-1ep": 0.9}) == "head"
+    assert pick_recipe({"head": float("nan"), "finetune-1ep": 0.5}) == "finetune-1ep"
+
+
+def test_a_student_short_of_the_teacher_gets_a_learning_curve(tmp_path: Path, store: Store):
+    """Gold labels no input can predict (every text alike): the student stays far below the teacher, so distill
+    retrains it on nested fractions of the answers and says what more answers would buy."""
+    with (tmp_path / "items.jsonl").open("w") as handle:
+        for i in range(200):
+            label = "spam" if split_of(f"coin{i}") == "train" else "ham"  # a hash: a coin flip no text predicts
+            handle.write(json.dumps({"id": f"m{i}", "text": f"message number {i}", "label": label}) + "\n")
+    task = write_spec(tmp_path / "task.yaml", "items.jsonl")
+    report = distill(load_spec(task), store, _teacher(store, task), tmp_path / "out",
+                     TrainSettings(epochs=1, threads=1))
+    assert report.heldout_student_quality / report.heldout_teacher_quality < 0.9
+    sizes = [p["n"] for p in report.learning_curve]
+    assert len(sizes) == 4 and sizes == sorted(sizes) and sizes[-1] == report.n_train
+    assert "learning curve" in report.learning_curve_message
+    assert ("flat" in report.learning_curve_message) == (report.projected_teacher_answers is None)
+
+
+def test_learning_curve_projection_on_synthetic_points():
+    points = [CurvePoint(n, 0.0, 0.3 + 0.1 * np.log(n)) for n in (35, 70, 105, 140)]
+    projection = project(points)
+    assert projection.gain_per_doubling == pytest.approx(0.1 * np.log(2))
+    assert projection.n_needed == pytest.approx(np.exp(6), rel=1e-6)  # 0.3 + 0.1·ln n = 0.9 at n = 403
+    message = curve_message(points[-1].share, 140, 200, 1.0, projection, 30)
+    assert "0.79× the teacher on the 30 held-out items from 140 training answers (of 200" in message
+    # 403 training answers are 70% of ~576 teacher answers: 376 more, rounded up
+    assert "projects ~580 teacher answers for 0.9×: run the teacher on ~380 more items" in message
+    assert "~760 more items" in curve_message(points[-1].share, 140, 200, 2.0, projection, 30)  # half fail
+    assert "the dataset has 300 eval items the teacher has not answered: add data" in curve_message(
+        points[-1].share, 140, 200, 1.0, projection, 30, items_left=300)
+    assert "add data" not in curve_message(points[-1].share, 140, 200, 1.0, projection, 30, items_left=400)
+    slow = project([CurvePoint(n, 0.0, 0.5 + 0.05 * np.log(n)) for n in (35, 70, 105, 140)])
+    assert "more data alone is unlikely" in curve_message(0.75, 140, 200, 1.0, slow, 30)  # ~4300 answers
+    flat = project([CurvePoint(n, 0.0, 0.6 + 0.001 * np.log(n)) for n in (35, 70, 105, 140)])
+    assert flat.n_needed is None
+    assert "flat" in curve_message(0.6, 140, 200, 1.0, flat, 30)
+    assert "at or above" in curve_message(0.95, 140, 200, 1.0, None, 30)
+
+
+def test_learning_curve_subsets_keep_every_label_at_its_share():
+    labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    order = stratified_order(labels)
+    assert sorted(order) == list(range(100))
+    for size in (20, 50, 75):
+        counts = {label: sum(labels[r] == label for r in order[:size]) for label in "abc"}
+        assert abs(counts["a"] - 0.6 * size) <= 1 and abs(counts["c"] - 0.1 * size) <= 1

@@ -1,7 +1,13 @@
 """Distill a teacher run into a small student: data from the call log, training, held-out evaluation, and a
 cascade threshold picked on validation data.
 
-    llmbus distill TASK --teacher RUN_ID [--student encoder] [--filter none|judge|human]
+    llmbus distill TASK --teacher RUN_ID [--student encoder] [--filter none|judge|human] [--allow-missing-labels]
+
+Teacher answers that cannot teach (one label, or a label with fewer than MIN_LABEL_EXAMPLES answers on the
+training split; teacher_coverage.py) are refused before any training. A classify student's recipe is picked on
+validation items: a logistic head on frozen MiniLM embeddings, or MiniLM fine-tuned for 1..epochs epochs (a tie
+goes to the cheaper). Below TARGET_SHARE × the teacher, a learning curve says how many teacher answers would
+close the gap (learning_curve.py).
 
 Writes OUT/data/{train,val,test}.jsonl (no lock-in), the student folder OUT/student, OUT/distill.json, and
 registers `encoder:<task>-student` and `cascade:<task>` in llmbus.yaml so `llmbus run … --model cascade:<task>`
@@ -12,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +29,25 @@ from typing import Any
 import numpy as np
 import yaml
 
+from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
-from llmbus.providers.config import config_path
+from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
 from llmbus.semantic_cache import choose_threshold, validation_pairs
+from llmbus.settings import config_path
 from llmbus.store import Store
-from llmbus.student import EncoderStudent, TrainSettings, train_classifier, train_tagger
+from llmbus.student import (
+    HeadStudent,
+    Student,
+    TrainSettings,
+    load_student,
+    train_classifier,
+    train_head,
+    train_tagger,
+)
 from llmbus.task import metrics
-from llmbus.task.data import Item, load_items
+from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.spec import TaskSpec
+from llmbus.teacher_coverage import check_coverage, gold_coverage_warning, one_answer_warning
 from llmbus.teacher_filter import decisions
 
 
@@ -58,9 +78,12 @@ class DistillReport:
     n_train: int
     n_val: int
     n_test: int
-    teacher_quality: float
-    student_quality: float
-    student_agreement: float  # student vs teacher on test items
+    teacher_quality: float  # the teacher's answers vs gold, on the test items
+    student_quality: float  # the student's answers vs gold, on the test items
+    # The main metric with the teacher's answers in place of gold, on the test items (kept for compatibility;
+    # for accuracy it equals student_vs_teacher_agreement).
+    student_agreement: float
+    student_vs_teacher_agreement: float  # share of test items where the student's answer is the teacher's
     cascade_threshold: float
     cascade_quality: float
     cascade_escalation_rate: float
@@ -71,6 +94,16 @@ class DistillReport:
     semantic_threshold: float = 1.0  # for the gateway's semantic cache, chosen on this task's inputs
     semantic_hit_rate: float = 0.0
     semantic_false_hit_rate: float = 0.0
+    recipe: str = "finetune"  # the student recipe picked on validation: head, or finetune-<k>ep
+    recipe_scores: dict[str, float] = field(default_factory=dict)  # each candidate's validation quality vs gold
+    recipe_one_label: list[str] = field(default_factory=list)  # candidates ranked last: one label on every item
+    # On all held-out items (validation + test): the share of the teacher the learning curve starts from.
+    heldout_teacher_quality: float = float("nan")
+    heldout_student_quality: float = float("nan")
+    learning_curve: list[dict[str, Any]] = field(default_factory=list)  # {n, quality, share} on held-out items
+    learning_curve_message: str = ""
+    projected_teacher_answers: int | None = None  # usable teacher answers the curve projects for the target
+    warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -162,6 +195,11 @@ def pick_threshold(confidences: list[float], student_scores: list[float], teache
     return best
 
 
+def task_metric(spec: TaskSpec, pairs: Iterable[tuple[Any, Any]]) -> float:
+    """The task's main metric over (answer, reference) pairs, over the task's label set as runs score it."""
+    return metrics.compute(spec.main_metric, pairs, spec.output.labels or ())
+
+
 @dataclass
 class Scored:
     """A student's answers and confidences on the validation and test items."""
@@ -184,49 +222,165 @@ def cascade_on(spec: TaskSpec, student: Scored, val: list[Example], test: list[E
     routed = [a if c >= threshold else e.teacher for a, c, e in zip(student.test, student.test_confidence, test,
                                                                      strict=True)]
     escalated = float(np.mean([c < threshold for c in student.test_confidence])) if test else 0.0
-    quality = metrics.compute(spec.main_metric, ((a, e.gold) for a, e in zip(routed, test, strict=True)))
+    quality = task_metric(spec, ((a, e.gold) for a, e in zip(routed, test, strict=True)))
     return threshold, quality, escalated
 
 
+@dataclass
+class RecipeChoice:
+    """The classify recipe picked on validation, every candidate's score, and how to retrain it on some rows."""
+
+    recipe: str  # head | finetune-<k>ep
+    scores: dict[str, float]
+    retrain: Callable[[list[int]], float] | None  # training rows → held-out quality of the same recipe
+    one_label: list[str] = field(default_factory=list)  # candidates that gave one label on every validation item
+
+
+def pick_recipe(scores: dict[str, float]) -> str:
+    """The best validation score; candidates come cheapest first, and a tie (or nan) keeps the cheaper."""
+    best = next(iter(scores))
+    for name, score in scores.items():
+        if score > scores[best] or (scores[best] != scores[best] and score == score):
+            best = name
+    return best
+
+
+def choose_classifier(spec: TaskSpec, by_split: dict[str, list[Example]], student_dir: Path,
+                      settings: TrainSettings, progress: StageCallback | None = None) -> RecipeChoice:
+    """Train the head and fine-tune MiniLM for 1..settings.epochs epochs, score each on the validation items
+    against gold, and save the best to student_dir (a tie goes to the cheaper: head, then fewer epochs).
+
+    A candidate answering one label on every validation item, where the teacher gives several, ranks below every
+    other (selection_score): on skewed labels a majority-label student scores well on a few items and has
+    learned nothing."""
+    train, val, held_out = by_split["train"], by_split["val"], by_split["val"] + by_split["test"]
+    texts, labels = [e.input for e in train], [str(e.teacher) for e in train]
+    val_texts, val_labels = [e.input for e in val], [str(e.teacher) for e in val]
+    qualities: list[float] = []  # every ranked candidate's validation quality, in ranking order
+
+    def quality(predicted: list[str], examples: list[Example]) -> float:
+        return task_metric(spec, zip(predicted, [e.gold for e in examples], strict=True))
+
+    def score(predicted: list[str]) -> float:
+        qualities.append(quality(predicted, val))
+        return selection_score(qualities[-1], predicted, val_labels)
+
+    ranks: dict[str, float] = {}
+    head: HeadStudent | None = None
+    features = np.zeros((0, 384))
+    if len(set(labels)) >= 2 and val:
+        features = embed(texts + [e.input for e in held_out], progress=progress, what="inputs")  # train, val, test
+        val_rows = features[len(texts):len(texts) + len(val)]
+        head = train_head(features[:len(texts)], labels, val_rows, val_labels, settings.seed)
+        ranks["head"] = score(argmax(head.head.predict_features(val_rows)))
+    meta = train_classifier(texts, labels, val_texts, val_labels, student_dir, settings,
+                            classes=spec.output.labels, score=score if val else None, progress=progress)
+    ranks |= {f"finetune-{k}ep": s for k, s in enumerate(meta.epoch_scores, 1)}
+    scores = dict(zip(ranks, qualities, strict=True))
+    one_label = [name for name in ranks if ranks[name] < scores[name]]
+    if not ranks:  # no validation items: nothing to choose on
+        return RecipeChoice(f"finetune-{meta.epochs}ep", {}, None)
+    chosen = pick_recipe(ranks)
+    if head is not None and chosen == "head":
+        shutil.rmtree(student_dir)
+        head.save(student_dir)
+
+        def retrain_head(rows: list[int]) -> float:
+            fitted = train_head(features[rows], [labels[r] for r in rows], val_rows, val_labels)
+            return quality(argmax(fitted.head.predict_features(features[len(texts):])), held_out)
+
+        return RecipeChoice(chosen, scores, retrain_head, one_label)
+
+    def retrain_finetune(rows: list[int]) -> float:
+        with tempfile.TemporaryDirectory(prefix="llmbus-curve-") as scratch:
+            train_classifier([texts[r] for r in rows], [labels[r] for r in rows], [], [], Path(scratch), settings,
+                             classes=spec.output.labels, stop_after=meta.epochs)
+            answers, _ = predict(spec, load_student(Path(scratch), settings.threads), held_out)
+        return quality([str(a) for a in answers], held_out)
+
+    return RecipeChoice(chosen, scores, retrain_finetune, one_label)
+
+
+def selection_score(quality: float, predicted: list[str], teacher: list[str]) -> float:
+    """A candidate's rank on validation: its quality, less 1 (below every other) when it gives one label on
+    every item where the teacher gives several."""
+    return quality - (1.0 if len(set(predicted)) < 2 <= len(set(teacher)) else 0.0)
+
+
+def argmax(probs: list[dict[str, float]]) -> list[str]:
+    """The most likely label of each probability dict."""
+    return [max(p, key=lambda k: p[k]) for p in probs]
+
+
+def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
+    """Whether two answers are identical (entity lists: the same entities, in any order)."""
+    if spec.kind == "extract":
+        _, fp, fn = metrics.entity_counts(a, b)
+        return fp == 0 and fn == 0
+    return str(a) == str(b)
+
+
 def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
-            settings: TrainSettings = TrainSettings(), target: float = 0.98, register: bool = True,
-            how: str = "none") -> DistillReport:
-    """Train an encoder student on a teacher run and evaluate it on held-out items."""
+            settings: TrainSettings | None = None, target: float = 0.98, register: bool = True,
+            how: str = "none", allow_missing_labels: bool = False,
+            progress: StageCallback | None = None) -> DistillReport:
+    """Train an encoder student on a teacher run and evaluate it on held-out items; `settings.epochs` is the
+    most fine-tuning epochs a classify student tries (default 3; a tagger trains 2)."""
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
-    _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
+    settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
+    examples, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
+    warnings = check_coverage(spec, teacher_run, by_split["train"], allow_missing_labels)
     student_dir = out_dir / "student"
     tick = time.perf_counter()
+    train, val, test = by_split["train"], by_split["val"], by_split["test"]
     if spec.kind == "classify":
-        train_classifier([e.input for e in by_split["train"]], [str(e.teacher) for e in by_split["train"]],
-                         [e.input for e in by_split["val"]], [str(e.teacher) for e in by_split["val"]],
-                         student_dir, settings)
+        choice = choose_classifier(spec, by_split, student_dir, settings, progress)
     else:
-        train = by_split["train"]
         train_tagger([e.tokens or e.input.split() for e in train], [e.teacher for e in train], student_dir,
-                     settings)
+                     settings, progress)
+        choice = RecipeChoice(f"finetune-{settings.epochs}ep", {}, None)
     train_seconds = time.perf_counter() - tick
-    student = EncoderStudent.load(student_dir, threads=settings.threads)
-    val_answers, val_conf = predict(spec, student, by_split["val"])
-    test_answers, test_conf = predict(spec, student, by_split["test"])
+    student = load_student(student_dir, threads=settings.threads)
+    if progress:
+        progress("answering the held-out items", 0, len(val) + len(test))
+    val_answers, val_conf = predict(spec, student, val)
+    if progress:
+        progress("answering the held-out items", len(val), len(val) + len(test))
+    test_answers, test_conf = predict(spec, student, test)
+    if progress:
+        progress("answering the held-out items", len(val) + len(test), len(val) + len(test))
     metric = spec.main_metric
-    test = by_split["test"]
     threshold, cascade_quality, escalated = cascade_on(spec, Scored(val_answers, test_answers, val_conf, test_conf),
-                                                       by_split["val"], test, target)
+                                                       val, test, target)
     teacher_latency = teacher_latency_s(store, teacher_run)
     report = DistillReport(
         task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
         student=f"encoder:{spec.name}-student", cascade=f"cascade:{spec.name}", metric=metric,
-        n_train=len(by_split["train"]), n_val=len(by_split["val"]), n_test=len(test),
-        teacher_quality=metrics.compute(metric, ((e.teacher, e.gold) for e in test)),
-        student_quality=metrics.compute(metric, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
-        student_agreement=metrics.compute(metric, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
+        n_train=len(train), n_val=len(val), n_test=len(test),
+        teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in test)),
+        student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(test_answers, test, strict=True))),
+        student_agreement=task_metric(spec, ((a, e.teacher) for a, e in zip(test_answers, test, strict=True))),
+        student_vs_teacher_agreement=float(np.mean([same_answer(spec, a, e.teacher)
+                                                    for a, e in zip(test_answers, test, strict=True)])),
         cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
         teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
+        recipe=choice.recipe, recipe_scores=choice.scores, recipe_one_label=choice.one_label,
+        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test])
+        + gold_coverage_warning(spec, test),
+        heldout_teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in val + test)),
+        heldout_student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(val_answers + test_answers,
+                                                                               val + test, strict=True))),
     )
-    pool = by_split["train"] + by_split["val"]
+    answered = {c["item_id"] for c in store.iter_calls(teacher_run)}
+    left = sum(1 for item in split_items(spec, load_items(spec)).eval if item.id not in answered)
+    add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, len(answered)), left,
+                       progress)
+    pool = train + val
+    if progress:
+        progress("semantic-cache threshold", 0, None)
     positives, negatives = validation_pairs([e.input for e in pool], [e.teacher for e in pool], n=150)
     semantic = choose_threshold(positives, negatives)
     report.semantic_threshold, report.semantic_hit_rate = semantic.threshold, semantic.hit_rate
@@ -237,7 +391,31 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     return report
 
 
-def predict(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) -> tuple[list[Any], list[float]]:
+def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels: list[str], answers_per_item: float,
+                       items_left: int | None = None, progress: StageCallback | None = None) -> None:
+    """The student's share of the teacher on the held-out items; below TARGET_SHARE, the curve over train
+    fractions and its projection of the teacher answers needed (classify students only: the tagger keeps one
+    recipe). The curve's students are never served, so scoring them on the test items too halves the noise."""
+    teacher, student = report.heldout_teacher_quality, report.heldout_student_quality
+    if not (teacher > 0 and student == student):
+        report.learning_curve_message = (f"no share of the teacher: it scores {teacher:.3f} {report.metric} on "
+                                         f"the {report.n_val + report.n_test} held-out items")
+        return
+    share = student / teacher
+    n_answers = report.n_train + report.n_val + report.n_test
+    full = CurvePoint(report.n_train, student, share)
+    projection = None
+    if share < TARGET_SHARE and choice.retrain is not None:
+        points = measure_curve(train_labels, choice.retrain, teacher, full, progress)
+        report.learning_curve = [p.as_dict() for p in points]
+        projection = project(points)
+        if projection.n_needed is not None:
+            report.projected_teacher_answers = round(projection.n_needed * n_answers / report.n_train)
+    report.learning_curve_message = curve_message(share, report.n_train, n_answers, 1 / answers_per_item,
+                                                  projection, report.n_val + report.n_test, items_left)
+
+
+def predict(spec: TaskSpec, student: Student, examples: list[Example]) -> tuple[list[Any], list[float]]:
     """Student answers and confidences (1.0 for extraction, which has no single confidence)."""
     if not examples:
         return [], []
@@ -248,7 +426,7 @@ def predict(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) ->
     return answers, [p[a] for p, a in zip(probs, answers, strict=True)]
 
 
-def single_item_latency(spec: TaskSpec, student: EncoderStudent, examples: list[Example]) -> float:
+def single_item_latency(spec: TaskSpec, student: Student, examples: list[Example]) -> float:
     """Median seconds to answer one item at a time (what a request sees)."""
     ticks = []
     for example in examples:

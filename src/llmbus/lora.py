@@ -24,7 +24,7 @@ import numpy as np
 
 from llmbus.embed import torch_for_training
 from llmbus.errors import ModelError
-from llmbus.providers.llamacpp import llmbus_home
+from llmbus.settings import llmbus_home
 
 STUDENT_TEMPLATE = "Input: {input}\nOutput:"
 

@@ -20,9 +20,10 @@ import yaml
 
 from llmbus.distill import Scored, cascade_entry, cascade_on, distillation_data
 from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
-from llmbus.providers.config import ModelConfig, config_path, resolve_model
+from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
 from llmbus.quantize import Variant, build_variants, local_model, measure
+from llmbus.settings import config_path
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.output import parse_output

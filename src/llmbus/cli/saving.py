@@ -25,9 +25,13 @@ def distill(
                                                      "that passed) or human (labels and corrections)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Output folder (default out/distill/TASK)"),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Passes over the training items (default: "
-                                                                    "encoder 2, lora 3)"),
+                                                                    "classify: up to 3, the best picked on "
+                                                                    "validation; extract 2; lora 3)"),
     target: float = typer.Option(0.98, "--target", help="Quality target as a share of the reference: the "
                                                         "teacher's for the cascade, F16's for the quantization"),
+    allow_missing_labels: bool = typer.Option(False, "--allow-missing-labels",
+                                              help="Train even when the teacher's answers cover one label, or a "
+                                                   "label has too few answers (warned, not refused)"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -43,31 +47,49 @@ def distill(
     if student == "lora":
         _distill_lora(spec, Store(db), teacher, folder, epochs, target, how, as_json)
     else:
-        _distill_encoder(spec, Store(db), teacher, folder, epochs, target, how, as_json)
+        _distill_encoder(spec, Store(db), teacher, folder, epochs, target, how, allow_missing_labels, as_json)
 
 
 def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
-                     how: str, as_json: bool) -> None:
+                     how: str, allow_missing_labels: bool, as_json: bool) -> None:
+    from llmbus.cli.progress import stage_progress
     from llmbus.distill import distill as run_distill
     from llmbus.student import TrainSettings
 
-    with out.status(f"training the student on teacher run {teacher}…"):
-        report = run_distill(spec, store, teacher, folder, TrainSettings(epochs=epochs or 2), target=target,
-                             how=how)
+    settings = TrainSettings(epochs=epochs) if epochs else None
+    with stage_progress(disable=as_json) as progress:
+        report = run_distill(spec, store, teacher, folder, settings, target=target, how=how,
+                             allow_missing_labels=allow_missing_labels, progress=progress)
     if as_json:
         out.print_json(data=report.as_dict())
         return
+    for warning in report.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
                    report.train_seconds, report.n_test)
-    out.print(f"  {report.metric}: teacher {fmt(report.teacher_quality)} · student {fmt(report.student_quality)} "
-              f"({fmt(report.student_quality / report.teacher_quality if report.teacher_quality else None, '.2f')}× "
-              f"teacher) · student agrees with teacher {fmt(report.student_agreement)}")
+    share = report.student_quality / report.teacher_quality if report.teacher_quality else None
+    out.print(f"  {report.metric} vs gold on the {report.n_test} test items: teacher {fmt(report.teacher_quality)} · "
+              f"student {fmt(report.student_quality)} ({fmt(share, '.2f')}× the teacher) · agreement with teacher "
+              f"(share of identical answers) {fmt(report.student_vs_teacher_agreement, '.2f')}")
+    if report.recipe_scores:
+        scores = ", ".join(f"{name} {fmt(score)}" + (" (one label on every item: ranked last)"
+                                                      if name in report.recipe_one_label else "")
+                           for name, score in report.recipe_scores.items())
+        out.print(f"  recipe: {report.recipe}, picked on the {report.n_val} validation items by {report.metric} vs "
+                  f"gold ({scores})")
+    out.print(f"  {report.learning_curve_message}")
+    if report.learning_curve:
+        points = ", ".join(f"{p['n']} → {p['share']:.2f}×" for p in report.learning_curve)
+        out.print(f"  learning curve (training answers → share of the teacher on the held-out items): {points}")
     out.print(f"  latency per item: student {fmt(report.student_latency_ms, '.1f')} ms · teacher "
-              f"{fmt(report.teacher_latency_ms, '.0f')} ms")
-    out.print(f"  [bold]{report.cascade}[/]: threshold {report.cascade_threshold:.3f} → {report.metric} "
-              f"{fmt(report.cascade_quality)}, {report.cascade_escalation_rate:.0%} escalated to the teacher")
-    out.print(f"  semantic cache: threshold {report.semantic_threshold:.3f} → {report.semantic_hit_rate:.0%} of "
-              f"paraphrases hit, {report.semantic_false_hit_rate:.1%} false hits (negations, other answers)")
+              f"{fmt(report.teacher_latency_ms, '.0f')} ms (median of its logged calls)")
+    out.print(f"  [bold]{report.cascade}[/]: confidence threshold {report.cascade_threshold:.3f} (picked on "
+              f"validation for {target:.0%} of the teacher's {report.metric}) → {report.metric} vs gold "
+              f"{fmt(report.cascade_quality)} on the test items, {report.cascade_escalation_rate:.0%} of them "
+              "escalated to the teacher")
+    out.print(f"  semantic cache: similarity threshold {report.semantic_threshold:.3f} → "
+              f"{report.semantic_hit_rate:.0%} of synthetic paraphrases (perturbed inputs) hit, "
+              f"{report.semantic_false_hit_rate:.1%} false hits (negated inputs, inputs with another teacher answer)")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
 
 
@@ -90,8 +112,8 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
         return
     _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
                    report.train["seconds"], report.n_test)
-    table = Table("model", "size MB", report.metric, "agrees w/ teacher", "ms/item", "tokens/s", "prompt tok",
-                  "$/1k items", title="held-out test items, answered one at a time")
+    table = Table("model", "size MB", f"{report.metric} vs gold", f"{report.metric} vs teacher", "ms/item",
+                  "tokens/s", "prompt tok", "$/1k items", title="held-out test items, answered one at a time")
     names = {"teacher": f"teacher {report.teacher_model}", "base": "base model, no LoRA"}
     for v in report.variants:
         name = names.get(v["quant"], f"student {v['quant']}" + (" ✓" if v["quant"] == report.chosen else ""))
@@ -109,8 +131,8 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
 
 def _print_heading(student: str, teacher_model: str, teacher_run: str, n_train: int, seconds: float,
                    n_test: int) -> None:
-    out.print(f"[bold]{student}[/] distilled from {teacher_model} (run {teacher_run}) on {n_train} items in "
-              f"{seconds:.0f}s; held-out test: {n_test} items")
+    out.print(f"[bold]{student}[/] distilled from {teacher_model} (run {teacher_run}) on {n_train} teacher answers "
+              f"in {seconds:.0f}s; held-out test: {n_test} items")
 
 
 @app.command()

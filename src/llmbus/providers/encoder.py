@@ -1,4 +1,5 @@
-"""Encoder students (`encoder:PATH`): a fine-tuned MiniLM answering from the item's raw input, in milliseconds.
+"""Encoder students (`encoder:PATH`): a fine-tuned MiniLM, or a logistic head on MiniLM embeddings, answering
+from the item's raw input in milliseconds (student.json in the folder says which).
 
 Label requests get calibrated label probabilities; JSON-Schema (extraction) requests get an entity list.
 Cost is the measured CPU time of the process during the call at the model's $/hour.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from llmbus.providers.base import Completion, Request
 from llmbus.providers.config import ModelConfig
-from llmbus.student import EncoderStudent
+from llmbus.student import Student, load_student
 
 
 class EncoderProvider:
@@ -23,13 +24,13 @@ class EncoderProvider:
         self.name = config.name
         self.config = config
         self.path = Path(config.path or config.name.partition(":")[2]).expanduser()
-        self._student: EncoderStudent | None = None
+        self._student: Student | None = None
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every thread
 
     def check(self) -> None:
         """Load the student now (a bad folder fails before a run starts)."""
         if self._student is None:
-            self._student = EncoderStudent.load(self.path, threads=self.config.threads)
+            self._student = load_student(self.path, threads=self.config.threads)
 
     def complete(self, request: Request) -> Completion:
         """Classify or extract from `request.input` (falls back to the prompt)."""

@@ -1,9 +1,8 @@
 """`head:DIR`: an embedding-head judge (logistic regression on MiniLM features of the input and the
-answer) served in-process as a provider. Trained by `quality/finetune.py`; read wherever a judge runs."""
+answer) served in-process as a provider. Trained by `finetune.py`; read wherever a judge runs."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -14,8 +13,7 @@ from llmbus.embed import StageCallback, embed
 from llmbus.errors import ModelError
 from llmbus.providers.base import Completion, Request
 from llmbus.settings import USD_PER_HOUR
-
-HEAD_FILE = "head.json"
+from llmbus.student import HEAD_FILE, LogisticHead
 
 
 def head_features(texts: list[str], progress: StageCallback | None = None) -> np.ndarray:
@@ -35,41 +33,12 @@ def head_features(texts: list[str], progress: StageCallback | None = None) -> np
     return np.hstack(features)
 
 
-class HeadJudge:
+class HeadJudge(LogisticHead):
     """Logistic regression on MiniLM features of the input and the answer."""
-
-    def __init__(self, classes: list[str], coef: np.ndarray, intercept: np.ndarray):
-        self.classes, self.coef, self.intercept = classes, coef, intercept
-
-    @classmethod
-    def fit(cls, features: np.ndarray, labels: list[str], seed: int = 0) -> HeadJudge:
-        """Fit on head_features rows and their labels."""
-        from sklearn.linear_model import LogisticRegression
-
-        model = LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced", random_state=seed)
-        model.fit(features, labels)
-        coef, intercept = model.coef_, model.intercept_
-        if len(model.classes_) == 2:  # sklearn keeps one row for binary problems: make it a softmax pair
-            coef, intercept = np.vstack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-        return cls([str(c) for c in model.classes_], coef, intercept)
-
-    def predict_features(self, features: np.ndarray) -> list[dict[str, float]]:
-        """Label probabilities per head_features row."""
-        logits = features @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        return [dict(zip(self.classes, map(float, row), strict=True)) for row in probs]
 
     def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
         """Label probabilities per judge input text."""
         return self.predict_features(head_features(texts)) if texts else []
-
-    def save(self, path: Path) -> None:
-        """Write head.json into a folder."""
-        path.mkdir(parents=True, exist_ok=True)
-        (path / HEAD_FILE).write_text(json.dumps({"classes": self.classes, "coef": self.coef.tolist(),
-                                                  "intercept": self.intercept.tolist()}))
 
     @classmethod
     def load(cls, path: Path) -> HeadJudge:
@@ -77,8 +46,7 @@ class HeadJudge:
         if not (path / HEAD_FILE).is_file():
             raise ModelError(f"{path}: not an embedding-head judge (no {HEAD_FILE}); train one with "
                              "`llmbus judge train --kind head`")
-        raw = json.loads((path / HEAD_FILE).read_text())
-        return cls(raw["classes"], np.array(raw["coef"]), np.array(raw["intercept"]))
+        return cls.read(path)
 
 
 class HeadProvider:
