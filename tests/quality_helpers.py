@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llmbus.store import Store, calls, now
+from llmbus.store import Store, now
+from llmbus.store.schema import calls
 
 
 def add_run(store: Store, rows: list[dict[str, Any]], *, task: str = "t", kind: str = "classify",
@@ -46,7 +47,7 @@ def add_judge_run(store: Store, target: str, verdicts_by_item: dict[str, str | N
                   pass_probs: dict[str, float] | None = None) -> str:
     """A pointwise judge run over `target` with the given verdicts (None = broken), linked to its calls;
     `pass_probs` gives each verdict's probability of the first label."""
-    from llmbus.quality_store import judge_runs, verdicts
+    from llmbus.store.schema import judge_runs, verdicts
 
     labels = labels or ["pass", "fail"]
     judged = {c["item_id"]: c["id"] for c in store.iter_calls(target)}

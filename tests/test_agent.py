@@ -10,7 +10,7 @@ import pytest
 
 from llmbus.agent import AgentResult, Budget, agent_prompt
 from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.store import Store
 from llmbus.tools import Tool, tool
 

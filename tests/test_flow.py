@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from llmbus.cli import app
 from llmbus.errors import LlmbusError
 from llmbus.flow import FlowContext, FlowSettings, flow, load_flow, resume, start
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.review import ReviewQueue
 from llmbus.store import Store
 

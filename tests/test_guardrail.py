@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.guardrail import Guardrail, Rule, guarded_answer, min_sentence_similarity, unsupported_terms
 from llmbus.providers import open_provider
 from llmbus.retrieval import Source

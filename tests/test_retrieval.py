@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmbus.flow import FlowContext, flow, start
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.retrieval import BM25, Doc, build_index, chunk
 from llmbus.store import Store
 

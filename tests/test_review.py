@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from llmbus.flow import load_flow, start
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.icl import ExamplePool
 from llmbus.providers.llamacpp import free_port
 from llmbus.review import InvalidEdit, ReviewConflict, ReviewQueue
@@ -44,8 +44,8 @@ def ask(ctx, value):
 
 def queued_item(store: Store, run_id: str = "r1") -> dict:
     with store.engine.begin() as conn:
-        from llmbus.flowstore import flow_runs
         from llmbus.store import now
+        from llmbus.store.schema import flow_runs
 
         conn.execute(flow_runs.insert().values(id=run_id, flow="f", flow_path="", input_json="{}",
                                                settings_json="{}", status="waiting_review", created_at=now(),

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError
 from llmbus.providers.llamacpp import free_port
-from llmbus.store import MIGRATIONS, CallRecord, Store, database_url
+from llmbus.store import CallRecord, Store, database_url
+from llmbus.store.migrations import MIGRATIONS
 
 
 def _record(run_id: str, item: str, **extra) -> CallRecord:

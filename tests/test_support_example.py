@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmbus.flow import FlowSettings, load_flow, resume, run_many
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.icl import ExamplePool
 from llmbus.review import ReviewQueue
 from llmbus.store import Store

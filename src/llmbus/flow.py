@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbus.errors import DataError, LlmbusError, ProviderError
-from llmbus.flowstore import FlowLog, dumps, process_id
+from llmbus.flows.log import FlowLog, dumps, process_id
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Store, now

@@ -12,8 +12,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from llmbus.embed import embed
-from llmbus.flowstore import example_pool
 from llmbus.store import Store, now
+from llmbus.store.schema import example_pool
 
 
 class ExamplePool:

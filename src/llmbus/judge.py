@@ -29,9 +29,9 @@ import sqlalchemy as sa
 from llmbus.errors import LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.quality_store import judge_runs, verdicts
 from llmbus.run import answer_item
-from llmbus.store import CallRecord, Store, calls, now
+from llmbus.store import CallRecord, Store, now
+from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.spec import TaskSpec, load_spec, render_prompt

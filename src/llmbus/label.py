@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from llmbus.agreement import cohen_kappa, fleiss_kappa
 from llmbus.errors import DataError, LlmbusError
 from llmbus.judge import answer_text, run_items
-from llmbus.quality_store import annotators, label_items, label_projects, labels
-from llmbus.store import Store, calls, now, runs
+from llmbus.store import Store, now
+from llmbus.store.schema import annotators, calls, label_items, label_projects, labels, runs
 from llmbus.task.data import read_jsonl
 
 SCORE_VALUES = ["1", "2", "3", "4", "5"]

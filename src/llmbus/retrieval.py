@@ -17,8 +17,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from llmbus.embed import embed
-from llmbus.flowstore import doc_chunks
 from llmbus.store import Store
+from llmbus.store.schema import doc_chunks
 
 TOKEN = re.compile(r"[a-z0-9]+")
 # The common English stopword list (as in NLTK), so function words never count as content or as new facts.

@@ -17,8 +17,9 @@ import jsonschema
 import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError
-from llmbus.flowstore import dumps, loads, review_items
+from llmbus.flows.log import dumps, loads
 from llmbus.store import Store, now
+from llmbus.store.schema import review_items
 
 ACTIONS = {"approve": "approved", "edit": "edited", "reject": "rejected"}
 

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from llmbus.errors import LlmbusError
-from llmbus.flowstore import FlowLog
+from llmbus.flows.log import FlowLog
 from llmbus.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.store import Store
 

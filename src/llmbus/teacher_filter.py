@@ -18,8 +18,8 @@ from llmbus.calibrate import binarize
 from llmbus.errors import LlmbusError
 from llmbus.judge import SCORE_LABELS
 from llmbus.label import consensus, label_rows
-from llmbus.quality_store import judge_runs, label_projects, verdicts
-from llmbus.store import Store, runs
+from llmbus.store import Store
+from llmbus.store.schema import judge_runs, label_projects, runs, verdicts
 from llmbus.task.output import parse_output
 from llmbus.task.spec import TaskSpec
 

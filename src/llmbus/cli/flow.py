@@ -87,7 +87,7 @@ def list_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Flow runs, oldest first: status, input, error."""
-    from llmbus.flowstore import FlowLog
+    from llmbus.flows.log import FlowLog
     from llmbus.store import Store
 
     runs = FlowLog(Store(db)).list_runs(name)
@@ -111,7 +111,7 @@ def show_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Every step of a run: input, output, cost, timing, verdicts and errors."""
-    from llmbus.flowstore import FlowLog
+    from llmbus.flows.log import FlowLog
     from llmbus.store import Store
 
     log = FlowLog(Store(db))

@@ -1,8 +1,8 @@
-"""Stop 4's tables in the one store: flow runs, their durable steps, review items, the example pool, chunks.
+"""Stop 4's rows in the one store: flow runs, their durable steps, review items, the example pool, chunks.
 
 A step row is written (status done or failed) before the next step runs, keyed by (flow run, step key):
-resuming a run replays recorded outputs instead of repeating paid calls. Tables are created by the
-"003_flows" migration in store.py; this module only adds the rows' reads and writes.
+resuming a run replays recorded outputs instead of repeating paid calls. The tables are in
+store/schema.py (created by the "003_flows" migration); this module adds the rows' reads and writes.
 """
 
 from __future__ import annotations
@@ -15,97 +15,12 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from llmbus.errors import LlmbusError
-from llmbus.store import Store, metadata, now
+from llmbus.store import Store, now
+from llmbus.store.schema import flow_runs, flow_steps
 
-flow_runs = sa.Table(
-    "flow_runs", metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("flow", sa.String(200), nullable=False, index=True),
-    sa.Column("flow_path", sa.Text, nullable=False),
-    sa.Column("input_json", sa.Text, nullable=False),
-    sa.Column("settings_json", sa.Text, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # running | waiting_review | done | failed | interrupted
-    sa.Column("output_json", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("lease_owner", sa.String(200)),  # host:pid of the process executing it
-    sa.Column("lease_until", sa.DateTime(timezone=True)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-flow_steps = sa.Table(
-    "flow_steps", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
-    sa.Column("key", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(20), nullable=False),  # llm | retrieval | tool | guardrail | review | agent
-    sa.Column("status", sa.String(20), nullable=False),  # done | failed | waiting
-    sa.Column("input_json", sa.Text),
-    sa.Column("output_json", sa.Text),
-    sa.Column("detail_json", sa.Text),  # prompt, model, sources, verdict reasons, tool calls…
-    sa.Column("error_kind", sa.String(40)),
-    sa.Column("error", sa.Text),
-    sa.Column("model", sa.String(400)),
-    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
-    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
-    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
-    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
-    sa.Column("attempts", sa.Integer, nullable=False, default=1),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.UniqueConstraint("flow_run_id", "key", name="uq_flow_steps_run_key"),
-)
-
-review_items = sa.Table(
-    "review_items", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
-    sa.Column("step_key", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # pending | approved | edited | rejected
-    sa.Column("payload_json", sa.Text, nullable=False),  # input, sources, draft, reasons, answer schema
-    sa.Column("claimed_by", sa.String(100)),
-    sa.Column("claim_until", sa.DateTime(timezone=True)),
-    sa.Column("answer", sa.Text),
-    sa.Column("comment", sa.Text),
-    sa.Column("decided_by", sa.String(100)),
-    sa.Column("decided_at", sa.DateTime(timezone=True)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.UniqueConstraint("flow_run_id", "step_key", name="uq_review_items_run_step"),
-)
-
-example_pool = sa.Table(
-    "example_pool", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pool", sa.String(200), nullable=False, index=True),
-    sa.Column("input_text", sa.Text, nullable=False),
-    sa.Column("answer", sa.Text, nullable=False),
-    sa.Column("label", sa.String(100)),
-    sa.Column("origin", sa.String(100), nullable=False),  # seed | review:<item id> | …
-    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 unit-norm MiniLM embedding of input_text
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-doc_chunks = sa.Table(
-    "doc_chunks", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("corpus", sa.String(200), nullable=False, index=True),  # name + content hash
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("doc", sa.String(400), nullable=False),
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("vector", sa.LargeBinary, nullable=False),
-)
-
-FLOW_TABLES = (flow_runs, flow_steps, review_items, example_pool, doc_chunks)
 LEASE = timedelta(minutes=5)
-
-
-def create_flow_tables(conn: Connection) -> None:
-    """The 003_flows migration: every stop-4 table."""
-    for table in FLOW_TABLES:
-        table.create(conn, checkfirst=True)
 
 
 def dumps(value: Any) -> str | None:

@@ -1,6 +1,6 @@
 """The call log: runs, calls and the response cache, in SQLite (WAL) by default or PostgreSQL.
 
-The schema changes only through the append-only list MIGRATIONS; each is applied once and recorded.
+The tables are in schema.py and change only through migrations.py's append-only MIGRATIONS.
 Every later stop (eval, judge, label, distill, serve) reads and writes this one store.
 """
 
@@ -9,166 +9,20 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from llmbus.errors import LlmbusError
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
-
-metadata = sa.MetaData()
-
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("task", sa.String(200), nullable=False, index=True),
-    sa.Column("task_path", sa.Text),
-    sa.Column("spec_version", sa.String(32), nullable=False),
-    sa.Column("spec_json", sa.Text, nullable=False),
-    sa.Column("model", sa.String(400), nullable=False),
-    sa.Column("metric", sa.String(40), nullable=False),
-    sa.Column("n_planned", sa.Integer, nullable=False),
-    sa.Column("concurrency", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),  # running | done | interrupted
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
-    sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
-    # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
-    sa.Column("sampling", sa.String(20)),
-)
-
-calls = sa.Table(
-    "calls", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
-    sa.Column("task", sa.String(200), nullable=False),
-    sa.Column("spec_version", sa.String(32), nullable=False),
-    sa.Column("item_id", sa.String(200), nullable=False),
-    sa.Column("model", sa.String(400), nullable=False),
-    sa.Column("prompt", sa.Text, nullable=False),
-    sa.Column("raw_output", sa.Text),
-    sa.Column("parsed_json", sa.Text),
-    sa.Column("confidence", sa.Float),
-    sa.Column("label_probs_json", sa.Text),
-    sa.Column("expected_json", sa.Text),
-    sa.Column("score", sa.Float),  # this item's metric contribution (1/0 for accuracy), None on error
-    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
-    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
-    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
-    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
-    sa.Column("cpu_s", sa.Float),
-    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
-    sa.Column("error_kind", sa.String(40)),
-    sa.Column("error", sa.Text),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("meta_json", sa.Text),  # added by 004: routing decisions (cascade, cache kind, fallback)
-    sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
-)
-
-cache = sa.Table(
-    "cache", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(400), nullable=False),
-    sa.Column("completion_json", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-key_spend = sa.Table(
-    "key_spend", metadata,  # added by 008: the gateway's spend per API key, kept with each logged call
-    sa.Column("key_name", sa.String(200), primary_key=True),
-    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
-    sa.Column("calls", sa.Integer, nullable=False, default=0),
-)
-
-migrations_table = sa.Table(
-    "migrations", metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-# Defined once: an Index built inside the migration attached itself to `calls` again on every new database,
-# so the third fresh store in one process issued CREATE INDEX twice.
-ix_calls_task_item = sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id)
-
-
-def _m001_runs_calls_cache(conn: Connection) -> None:
-    for table in (runs, calls, cache):
-        table.create(conn, checkfirst=True)
-    ix_calls_task_item.create(conn, checkfirst=True)
-
-
-def _m002_quality(conn: Connection) -> None:
-    from llmbus.quality_store import create_quality_tables  # stop 3's tables live with their module
-
-    create_quality_tables(conn)
-
-
-def _m003_flows(conn: Connection) -> None:
-    from llmbus.flowstore import create_flow_tables  # stop 4's tables live with their module
-
-    create_flow_tables(conn)
-
-
-def _add_column_if_missing(conn: Connection, table: str, column: str, ddl_type: str) -> None:
-    # Databases made before a migration lack a column the table definition above now declares.
-    if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
-        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
-
-
-def _m004_call_meta(conn: Connection) -> None:
-    _add_column_if_missing(conn, "calls", "meta_json", "TEXT")
-
-
-def _m005_run_item_offset(conn: Connection) -> None:
-    _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
-
-
-def _m006_run_sampling(conn: Connection) -> None:
-    _add_column_if_missing(conn, "runs", "sampling", "VARCHAR(20)")
-    # Runs made before 006 took their items in file order: resuming one must pick the same items again.
-    conn.execute(sa.text("UPDATE runs SET sampling = 'file' WHERE sampling IS NULL"))
-
-
-def _m007_label_show_fields(conn: Connection) -> None:
-    _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
-
-
-def _m008_key_spend(conn: Connection) -> None:
-    key_spend.create(conn, checkfirst=True)
-    # Backfill from the keys gateway calls carry in their meta (once; the gateway reads this table from now on).
-    cost: dict[str, float] = {}
-    count: dict[str, int] = {}
-    query = sa.select(calls.c.meta_json, calls.c.cost_usd).where(calls.c.task.startswith("gateway:"),
-                                                                 calls.c.meta_json.is_not(None))
-    for meta_json, call_cost in conn.execute(query):
-        name = json.loads(meta_json).get("key")
-        if isinstance(name, str):
-            cost[name] = cost.get(name, 0.0) + (call_cost or 0.0)
-            count[name] = count.get(name, 0) + 1
-    for name in cost:
-        conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
-
-
-# Append only: never edit or reorder an entry once it has shipped.
-MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
-    ("001_runs_calls_cache", _m001_runs_calls_cache),
-    ("003_flows", _m003_flows),
-    ("002_quality", _m002_quality),
-    ("004_call_meta", _m004_call_meta),
-    ("005_run_item_offset", _m005_run_item_offset),
-    ("006_run_sampling", _m006_run_sampling),
-    ("007_label_show_fields", _m007_label_show_fields),
-    ("008_key_spend", _m008_key_spend),
-]
+from llmbus.store.migrations import MIGRATIONS
+from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
 
 def now() -> datetime:

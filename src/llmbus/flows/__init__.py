@@ -1,0 +1,1 @@
+"""Stop 4: flows of atomic steps with durable state, tools, agents, guardrails, retrieval, ICL, review."""

@@ -1,0 +1,91 @@
+"""The store's schema changes, in order: each is applied once per database and recorded in `migrations`.
+
+Append only: the names and their order are what existing databases have recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from llmbus.store.schema import (
+    FLOW_TABLES,
+    QUALITY_TABLES,
+    cache,
+    calls,
+    ix_calls_task_item,
+    key_spend,
+    runs,
+)
+
+
+def _m001_runs_calls_cache(conn: Connection) -> None:
+    for table in (runs, calls, cache):
+        table.create(conn, checkfirst=True)
+    ix_calls_task_item.create(conn, checkfirst=True)
+
+
+def _m002_quality(conn: Connection) -> None:
+    for table in QUALITY_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+def _m003_flows(conn: Connection) -> None:
+    for table in FLOW_TABLES:
+        table.create(conn, checkfirst=True)
+
+
+def _add_column_if_missing(conn: Connection, table: str, column: str, ddl_type: str) -> None:
+    # Databases made before a migration lack a column the table definition above now declares.
+    if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}"))
+
+
+def _m004_call_meta(conn: Connection) -> None:
+    _add_column_if_missing(conn, "calls", "meta_json", "TEXT")
+
+
+def _m005_run_item_offset(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "item_offset", "INTEGER DEFAULT 0")
+
+
+def _m006_run_sampling(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "sampling", "VARCHAR(20)")
+    # Runs made before 006 took their items in file order: resuming one must pick the same items again.
+    conn.execute(sa.text("UPDATE runs SET sampling = 'file' WHERE sampling IS NULL"))
+
+
+def _m007_label_show_fields(conn: Connection) -> None:
+    _add_column_if_missing(conn, "label_projects", "show_fields_json", "TEXT")
+
+
+def _m008_key_spend(conn: Connection) -> None:
+    key_spend.create(conn, checkfirst=True)
+    # Backfill from the keys gateway calls carry in their meta (once; the gateway reads this table from now on).
+    cost: dict[str, float] = {}
+    count: dict[str, int] = {}
+    query = sa.select(calls.c.meta_json, calls.c.cost_usd).where(calls.c.task.startswith("gateway:"),
+                                                                 calls.c.meta_json.is_not(None))
+    for meta_json, call_cost in conn.execute(query):
+        name = json.loads(meta_json).get("key")
+        if isinstance(name, str):
+            cost[name] = cost.get(name, 0.0) + (call_cost or 0.0)
+            count[name] = count.get(name, 0) + 1
+    for name in cost:
+        conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
+
+
+# Append only: never edit or reorder an entry once it has shipped.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_runs_calls_cache", _m001_runs_calls_cache),
+    ("003_flows", _m003_flows),
+    ("002_quality", _m002_quality),
+    ("004_call_meta", _m004_call_meta),
+    ("005_run_item_offset", _m005_run_item_offset),
+    ("006_run_sampling", _m006_run_sampling),
+    ("007_label_show_fields", _m007_label_show_fields),
+    ("008_key_spend", _m008_key_spend),
+]

@@ -1,0 +1,249 @@
+"""Every table of the one store: the call log (runs, calls, cache, key spend), stop 3's judge runs, verdicts
+and labeling projects, and stop 4's flow runs, steps, review items, example pool and document chunks.
+
+Tables change only through `migrations.MIGRATIONS`; a column added by a later migration says so here.
+A judge run is an ordinary row of `runs` (its calls are the judge's own model calls); `judge_runs` says
+what it judged. A flow step row is written before the next step runs, keyed by (flow run, step key).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("task", sa.String(200), nullable=False, index=True),
+    sa.Column("task_path", sa.Text),
+    sa.Column("spec_version", sa.String(32), nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("metric", sa.String(40), nullable=False),
+    sa.Column("n_planned", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | done | interrupted
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("wall_s", sa.Float, nullable=False, default=0.0),  # summed over resumed sessions
+    sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
+    # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
+    sa.Column("sampling", sa.String(20)),
+)
+
+calls = sa.Table(
+    "calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("spec_version", sa.String(32), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("raw_output", sa.Text),
+    sa.Column("parsed_json", sa.Text),
+    sa.Column("confidence", sa.Float),
+    sa.Column("label_probs_json", sa.Text),
+    sa.Column("expected_json", sa.Text),
+    sa.Column("score", sa.Float),  # this item's metric contribution (1/0 for accuracy), None on error
+    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
+    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
+    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("cpu_s", sa.Float),
+    sa.Column("cache_hit", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("meta_json", sa.Text),  # added by 004: routing decisions (cascade, cache kind, fallback)
+    sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
+)
+
+cache = sa.Table(
+    "cache", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("completion_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+key_spend = sa.Table(
+    "key_spend", metadata,  # added by 008: the gateway's spend per API key, kept with each logged call
+    sa.Column("key_name", sa.String(200), primary_key=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("calls", sa.Integer, nullable=False, default=0),
+)
+
+migrations_table = sa.Table(
+    "migrations", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# Defined once: an Index built inside the migration attached itself to `calls` again on every new database,
+# so the third fresh store in one process issued CREATE INDEX twice.
+ix_calls_task_item = sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id)
+
+
+# Stop 3: judges and labeling (created by 002_quality).
+judge_runs = sa.Table(
+    "judge_runs", metadata,
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), primary_key=True),  # the judge's own run
+    sa.Column("mode", sa.String(20), nullable=False),  # pointwise | pairwise
+    sa.Column("target_run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("other_run_id", sa.String(32), sa.ForeignKey("runs.id")),  # pairwise: run B
+    sa.Column("labels_json", sa.Text, nullable=False),
+    sa.Column("positive", sa.String(100)),  # the verdict that means "pass" (calibration's positive class)
+)
+
+verdicts = sa.Table(
+    "verdicts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("judge_run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id")),  # the judged call (run A's for pairwise)
+    sa.Column("other_call_id", sa.Integer, sa.ForeignKey("calls.id")),  # pairwise: run B's call
+    sa.Column("judge_call_ids", sa.Text),  # JSON list of the judge's own calls (two for pairwise: both orders)
+    sa.Column("verdict", sa.String(100)),  # a label, or for pairwise A | B | tie; None when the judge broke
+    sa.Column("score", sa.Float),  # pass 1 / fail 0, expected 1–5 score, or pairwise +1 B, -1 A, 0 tie
+    sa.Column("confidence", sa.Float),
+    sa.Column("probs_json", sa.Text),
+    sa.Column("consistent", sa.Boolean),  # pairwise: both orders named the same winner
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("judge_run_id", "item_id", name="uq_verdicts_run_item"),
+)
+
+label_projects = sa.Table(
+    "label_projects", metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False),  # candidates: its calls
+    sa.Column("instructions", sa.Text, nullable=False),  # markdown
+    sa.Column("schema_json", sa.Text, nullable=False),  # {"kind": labels|score|text, "labels": [...]}
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # added by 007: JSON list of the item fields (and "confidence") annotators see; NULL: the input field only
+    sa.Column("show_fields_json", sa.Text),
+)
+
+label_items = sa.Table(
+    "label_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(200), sa.ForeignKey("label_projects.name"), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id")),
+    sa.Column("fields_json", sa.Text, nullable=False),  # item fields + answer + expected; shown per show_fields
+    sa.Column("priority", sa.Float, nullable=False, default=0.0),  # higher first
+    sa.Column("strategy", sa.String(40), nullable=False),  # how it entered the queue
+    sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project", "item_id", name="uq_label_items_project_item"),
+)
+
+annotators = sa.Table(
+    "annotators", metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("project", sa.String(200), sa.ForeignKey("label_projects.name"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project", "name", name="uq_annotators_project_name"),
+)
+
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project", sa.String(200), sa.ForeignKey("label_projects.name"), nullable=False),
+    sa.Column("item_id", sa.String(200), nullable=False),
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id")),
+    sa.Column("annotator", sa.String(200), nullable=False),
+    sa.Column("value", sa.String(200)),  # a label or "1".."5"; None when skipped
+    sa.Column("correction", sa.Text),  # free-text correction of the answer
+    sa.Column("skipped", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("project", "item_id", "annotator", name="uq_labels_project_item_annotator"),
+)
+
+
+# Stop 4: flows (created by 003_flows).
+flow_runs = sa.Table(
+    "flow_runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("flow", sa.String(200), nullable=False, index=True),
+    sa.Column("flow_path", sa.Text, nullable=False),
+    sa.Column("input_json", sa.Text, nullable=False),
+    sa.Column("settings_json", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # running | waiting_review | done | failed | interrupted
+    sa.Column("output_json", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("lease_owner", sa.String(200)),  # host:pid of the process executing it
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+flow_steps = sa.Table(
+    "flow_steps", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),  # llm | retrieval | tool | guardrail | review | agent
+    sa.Column("status", sa.String(20), nullable=False),  # done | failed | waiting
+    sa.Column("input_json", sa.Text),
+    sa.Column("output_json", sa.Text),
+    sa.Column("detail_json", sa.Text),  # prompt, model, sources, verdict reasons, tool calls…
+    sa.Column("error_kind", sa.String(40)),
+    sa.Column("error", sa.Text),
+    sa.Column("model", sa.String(400)),
+    sa.Column("tokens_in", sa.Integer, nullable=False, default=0),
+    sa.Column("tokens_out", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_usd", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency_s", sa.Float, nullable=False, default=0.0),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.UniqueConstraint("flow_run_id", "key", name="uq_flow_steps_run_key"),
+)
+
+review_items = sa.Table(
+    "review_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(32), sa.ForeignKey("flow_runs.id"), nullable=False),
+    sa.Column("step_key", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | approved | edited | rejected
+    sa.Column("payload_json", sa.Text, nullable=False),  # input, sources, draft, reasons, answer schema
+    sa.Column("claimed_by", sa.String(100)),
+    sa.Column("claim_until", sa.DateTime(timezone=True)),
+    sa.Column("answer", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("decided_by", sa.String(100)),
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("flow_run_id", "step_key", name="uq_review_items_run_step"),
+)
+
+example_pool = sa.Table(
+    "example_pool", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pool", sa.String(200), nullable=False, index=True),
+    sa.Column("input_text", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("label", sa.String(100)),
+    sa.Column("origin", sa.String(100), nullable=False),  # seed | review:<item id> | …
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 unit-norm MiniLM embedding of input_text
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+doc_chunks = sa.Table(
+    "doc_chunks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("corpus", sa.String(200), nullable=False, index=True),  # name + content hash
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("doc", sa.String(400), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+)
+
+FLOW_TABLES = (flow_runs, flow_steps, review_items, example_pool, doc_chunks)
+
+QUALITY_TABLES = (judge_runs, verdicts, label_projects, label_items, annotators, labels)
