@@ -28,7 +28,7 @@ import yaml
 from llmbus.providers.base import Request
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.openai import to_payload
-from llmbus.run import build_request, eval_items, render_items
+from llmbus.run.engine import build_request, eval_items, render_items
 from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

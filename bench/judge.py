@@ -25,7 +25,7 @@ from llmbus.finetune import TrainingSet, cross_validate, training_set
 from llmbus.judge import load_judge, load_verdicts, run_judge
 from llmbus.providers.config import resolve_model
 from llmbus.providers.local import LocalProvider
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
 from llmbus.store import CallRecord, Store, now
 from llmbus.student import TrainSettings
 from llmbus.task.spec import load_spec

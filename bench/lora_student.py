@@ -24,7 +24,7 @@ from pathlib import Path
 from llmbus.lora import LoraSettings
 from llmbus.lora_distill import distill_lora
 from llmbus.providers.llamacpp import find_binary
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 

@@ -34,10 +34,10 @@ from llmbus.providers import Request
 from llmbus.providers.config import resolve_model
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
+from llmbus.run.summary import summarize
 from llmbus.serve import create_app
 from llmbus.store import Store
-from llmbus.summary import summarize
 from llmbus.task.spec import load_spec
 from provider_overhead import concurrency_ratio
 

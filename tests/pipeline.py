@@ -15,7 +15,7 @@ import pytest
 
 from conftest import SMS_TASK
 from llmbus.distill import DistillReport, distill
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.student import TrainSettings
 from llmbus.task.spec import load_spec

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import SMS_TASK
 from llmbus.advise import advise
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 

@@ -15,7 +15,7 @@ from llmbus.distill import Example, distill, pick_recipe, pick_threshold, select
 from llmbus.learning_curve import CurvePoint, curve_message, project, stratified_order
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
 from llmbus.task.data import load_items
@@ -88,7 +88,7 @@ def test_entities_align_to_bio_tags():
 @pytest.mark.slow
 def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
     from llmbus.distill import distill
-    from llmbus.run import run_task
+    from llmbus.run.engine import run_task
     from llmbus.student import EncoderStudent, TrainSettings
     from llmbus.task.spec import load_spec
 

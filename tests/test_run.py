@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from conftest import write_items, write_spec
 from llmbus.providers import Request, open_provider
 from llmbus.providers.config import resolve_model
-from llmbus.run import eval_items, run_task
+from llmbus.run.engine import eval_items, run_task
+from llmbus.run.summary import summarize
 from llmbus.store import Store
-from llmbus.summary import summarize
 from llmbus.task.spec import load_spec
 
 

@@ -18,9 +18,9 @@ from llmbus.errors import DataError
 from llmbus.providers import Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import resolve_model
-from llmbus.run import eval_items, run_task
+from llmbus.run.engine import eval_items, run_task
+from llmbus.run.summary import summarize
 from llmbus.store import Store
-from llmbus.summary import summarize
 from llmbus.task.spec import load_spec
 from test_cli import assert_one_line_error, llmbus
 

@@ -24,7 +24,7 @@ _EXPORTS = {
     "load_items": "llmbus.task.data",
     "open_provider": "llmbus.providers",
     "Store": "llmbus.store",
-    "run_task": "llmbus.run",
+    "run_task": "llmbus.run.engine",
     "advise": "llmbus.advise",
     "evaluate": "llmbus.evaluate",
 }

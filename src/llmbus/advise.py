@@ -11,9 +11,9 @@ import numpy as np
 
 from llmbus.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.embed import StageCallback
+from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
-from llmbus.summary import summarize
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.spec import TaskSpec

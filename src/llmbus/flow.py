@@ -199,7 +199,7 @@ class FlowContext:
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
-        from llmbus.run import build_request
+        from llmbus.run.engine import build_request
         from llmbus.task.output import parse_output
         from llmbus.task.spec import render_prompt
 

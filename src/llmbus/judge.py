@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from llmbus.errors import LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.run import answer_item
+from llmbus.run.engine import answer_item
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.task.data import Item, load_items, split_items

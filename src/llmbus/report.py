@@ -15,8 +15,8 @@ import jinja2
 from llmbus.errors import LlmbusError
 from llmbus.evaluate import evaluate
 from llmbus.providers.config import resolve_model
+from llmbus.run.summary import RunSummary, summarize
 from llmbus.store import Store
-from llmbus.summary import RunSummary, summarize
 from llmbus.task.spec import TaskSpec
 
 

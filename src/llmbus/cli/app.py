@@ -51,7 +51,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LlmbusError as exc:
-            from llmbus.run import RunInterrupted
+            from llmbus.run.engine import RunInterrupted
 
             line = Text.assemble(("error:", "bold red"), " ", str(exc))  # a Text is never read as markup
             err.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)

@@ -36,9 +36,9 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
-    from llmbus.run import eval_items, render_items, run_task
+    from llmbus.run.engine import eval_items, render_items, run_task
+    from llmbus.run.summary import summarize
     from llmbus.store import Store
-    from llmbus.summary import summarize
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
@@ -136,8 +136,8 @@ def runs(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Table of runs: quality, errors, tokens, cost and latency."""
+    from llmbus.run.summary import summarize
     from llmbus.store import Store
-    from llmbus.summary import summarize
 
     store = Store(db)
     summaries = [summarize(store, r, traffic) for r in store.list_runs(task)]
