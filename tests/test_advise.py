@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.advise import advise
+from llmbus.advise.advise import advise
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec

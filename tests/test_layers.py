@@ -30,8 +30,6 @@ APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the
 
 # Flat modules not yet moved into their package: module -> the package it is headed for.
 PENDING: dict[str, str] = {
-    "advise": "advise",
-    "baselines": "advise",
     "evaluate": "quality",
     "gate": "quality",
     "agreement": "quality",

@@ -25,7 +25,7 @@ _EXPORTS = {
     "open_provider": "llmbus.providers",
     "Store": "llmbus.store",
     "run_task": "llmbus.run.engine",
-    "advise": "llmbus.advise",
+    "advise": "llmbus.advise.advise",
     "evaluate": "llmbus.evaluate",
 }
 

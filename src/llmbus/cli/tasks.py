@@ -190,7 +190,7 @@ def advise(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
-    from llmbus.advise import advise as run_advice
+    from llmbus.advise.advise import advise as run_advice
     from llmbus.cli.progress import stage_progress
     from llmbus.store import Store
     from llmbus.task.spec import load_spec

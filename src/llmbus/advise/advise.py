@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llmbus.baselines import BASELINES_BY_KIND, Baseline
+from llmbus.advise.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.embed import StageCallback
 from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
