@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmbus.active import head_probs, uncertainty_order
+from llmbus.quality.active import head_probs, uncertainty_order
 from llmbus.task.data import load_items
 from llmbus.task.spec import load_spec
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from llmbus import label
-from llmbus.agreement import binary_agreement
-from llmbus.finetune import TrainingSet, cross_validate, training_set
-from llmbus.judge import load_judge, load_verdicts, run_judge
 from llmbus.providers.config import resolve_model
 from llmbus.providers.local import LocalProvider
+from llmbus.quality import label
+from llmbus.quality.agreement import binary_agreement
+from llmbus.quality.finetune import TrainingSet, cross_validate, training_set
+from llmbus.quality.judge import load_judge, load_verdicts, run_judge
 from llmbus.run.engine import run_task
 from llmbus.store import CallRecord, Store, now
 from llmbus.student import TrainSettings

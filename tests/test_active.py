@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmbus import active, label
 from llmbus.errors import LlmbusError
+from llmbus.quality import active, label
 from llmbus.store import Store
 from quality_helpers import add_judge_run, add_run
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from llmbus.agreement import binary_agreement, cohen_kappa, fleiss_kappa
+from llmbus.quality.agreement import binary_agreement, cohen_kappa, fleiss_kappa
 
 
 def test_cohen_kappa_matches_sklearn():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llmbus import label
-from llmbus.calibrate import calibrate
 from llmbus.errors import DataError, LlmbusError
+from llmbus.quality import label
+from llmbus.quality.calibrate import calibrate
 from llmbus.store import Store
 from quality_helpers import add_judge_run, add_run
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK
-from llmbus import label
-from llmbus.calibrate import calibrate
 from llmbus.errors import LlmbusError
-from llmbus.finetune import cross_validate, train_judge, training_set
-from llmbus.judge import load_judge, load_verdicts, run_judge
 from llmbus.providers.head import HeadJudge
+from llmbus.quality import label
+from llmbus.quality.calibrate import calibrate
+from llmbus.quality.finetune import cross_validate, train_judge, training_set
+from llmbus.quality.judge import load_judge, load_verdicts, run_judge
 from llmbus.store import Store
 from llmbus.student import TrainSettings
 from llmbus.task.data import load_items

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from llmbus.judge import combine_orders, fence, load_judge, load_verdicts, run_judge
 from llmbus.providers.config import resolve_model
 from llmbus.providers.local import LocalProvider
+from llmbus.quality.judge import combine_orders, fence, load_judge, load_verdicts, run_judge
 from llmbus.store import CallRecord, Store, now
 from quality_helpers import add_run
 

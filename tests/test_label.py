@@ -10,9 +10,9 @@ import httpx
 import pytest
 import uvicorn
 
-from llmbus import label
 from llmbus.label_web import create_app
 from llmbus.providers.llamacpp import free_port
+from llmbus.quality import label
 from llmbus.store import Store
 from quality_helpers import add_run
 

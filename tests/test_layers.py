@@ -30,14 +30,6 @@ APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the
 
 # Flat modules not yet moved into their package: module -> the package it is headed for.
 PENDING: dict[str, str] = {
-    "evaluate": "quality",
-    "gate": "quality",
-    "agreement": "quality",
-    "judge": "quality",
-    "label": "quality",
-    "calibrate": "quality",
-    "finetune": "quality",
-    "active": "quality",
     "flow": "flows",
     "tools": "flows",
     "agent": "flows",

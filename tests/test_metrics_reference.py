@@ -7,7 +7,7 @@ import sacrebleu
 from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from llmbus.evaluate import evaluate
+from llmbus.quality.evaluate import evaluate
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.data import bio_to_entities

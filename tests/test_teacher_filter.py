@@ -6,7 +6,7 @@ import pytest
 
 from llmbus.distill import collect_examples
 from llmbus.errors import LlmbusError
-from llmbus.label import LabelSchema, create_project, enqueue, save_label
+from llmbus.quality.label import LabelSchema, create_project, enqueue, save_label
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from quality_helpers import add_judge_run, add_run

@@ -26,7 +26,7 @@ _EXPORTS = {
     "Store": "llmbus.store",
     "run_task": "llmbus.run.engine",
     "advise": "llmbus.advise.advise",
-    "evaluate": "llmbus.evaluate",
+    "evaluate": "llmbus.quality.evaluate",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
-from llmbus import label
+from llmbus.quality import label
 from llmbus.store import Store
 
 TEMPLATES = Path(__file__).parent / "templates" / "label"

@@ -13,8 +13,8 @@ from typing import Any
 import jinja2
 
 from llmbus.errors import LlmbusError
-from llmbus.evaluate import evaluate
 from llmbus.providers.config import resolve_model
+from llmbus.quality.evaluate import evaluate
 from llmbus.run.summary import RunSummary, summarize
 from llmbus.store import Store
 from llmbus.task.spec import TaskSpec

@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llmbus.calibrate import binarize
 from llmbus.errors import LlmbusError
-from llmbus.judge import SCORE_LABELS
-from llmbus.label import consensus, label_rows
+from llmbus.quality.calibrate import binarize
+from llmbus.quality.judge import SCORE_LABELS
+from llmbus.quality.label import consensus, label_rows
 from llmbus.store import Store
 from llmbus.store.schema import judge_runs, label_projects, runs, verdicts
 from llmbus.task.output import parse_output

@@ -24,8 +24,8 @@ def eval_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Metrics with 95% bootstrap intervals; paired comparison; exit 1 when a gate fails (for CI)."""
-    from llmbus.evaluate import compare, evaluate
-    from llmbus.gate import check_drop, check_gate, parse_gate
+    from llmbus.quality.evaluate import compare, evaluate
+    from llmbus.quality.gate import check_drop, check_gate, parse_gate
     from llmbus.store import Store
 
     conditions = parse_gate(gate) if gate else None  # a malformed gate fails before any work
@@ -105,7 +105,7 @@ def judge_run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
-    from llmbus.judge import load_judge, run_judge
+    from llmbus.quality.judge import load_judge, run_judge
     from llmbus.store import Store
 
     spec = load_judge(judge_spec)
@@ -140,7 +140,7 @@ def judge_calibrate(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge vs human labels: kappa, TPR/TNR, confusion, disagreeing items, and the trust gate."""
-    from llmbus.calibrate import calibrate
+    from llmbus.quality.calibrate import calibrate
     from llmbus.store import Store
 
     report = calibrate(Store(db), judge_run_id, project, min_tpr=min_tpr, min_tnr=min_tnr, min_kappa=min_kappa)
@@ -195,8 +195,8 @@ def label_create(
     """Create a labeling project over a run's calls."""
     from pathlib import Path
 
-    from llmbus import label
     from llmbus.errors import DataError
+    from llmbus.quality import label
     from llmbus.store import Store
 
     parsed = label.parse_schema(schema, labels, correction)
@@ -223,7 +223,7 @@ def label_show_fields(
     db: str | None = DB_OPTION,
 ) -> None:
     """Change what a project's annotators see (the gold answer and confidence only when listed)."""
-    from llmbus import label
+    from llmbus.quality import label
     from llmbus.store import Store
 
     store = Store(db)
@@ -246,7 +246,7 @@ def label_annotator(
     db: str | None = DB_OPTION,
 ) -> None:
     """Add an annotator and print their sign-in token."""
-    from llmbus.label import add_annotator
+    from llmbus.quality.label import add_annotator
     from llmbus.store import Store
 
     sys.stdout.write(add_annotator(Store(db), project, name) + "\n")
@@ -279,7 +279,7 @@ def label_import(
     """Import labels (all lines are checked before any is written)."""
     from pathlib import Path
 
-    from llmbus.label import import_labels
+    from llmbus.quality.label import import_labels
     from llmbus.store import Store
 
     n = import_labels(Store(db), project, Path(path), annotator)
@@ -294,7 +294,7 @@ def label_export(
     db: str | None = DB_OPTION,
 ) -> None:
     """Export a project's labels as JSONL."""
-    from llmbus.label import export_jsonl
+    from llmbus.quality.label import export_jsonl
     from llmbus.store import Store
 
     lines = export_jsonl(Store(db), project)
@@ -313,7 +313,7 @@ def label_agreement(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Inter-annotator agreement: Cohen's kappa per pair, Fleiss' kappa overall."""
-    from llmbus.label import agreement
+    from llmbus.quality.label import agreement
     from llmbus.store import Store
 
     stats = agreement(Store(db), project)
@@ -337,7 +337,7 @@ def label_select(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Active learning: choose the next items to label and put them into the project's queue."""
-    from llmbus.active import select
+    from llmbus.quality.active import select
     from llmbus.store import Store
 
     chosen = select(Store(db), project, strategy, n, judge_run=judge_run, seed=seed)
@@ -367,7 +367,7 @@ def judge_train(
     from pathlib import Path
 
     from llmbus.cli.progress import stage_progress
-    from llmbus.finetune import train_judge
+    from llmbus.quality.finetune import train_judge
     from llmbus.store import Store
     from llmbus.student import TrainSettings
 

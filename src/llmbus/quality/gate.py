@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmbus.errors import LlmbusError
-from llmbus.evaluate import Comparison, EvalReport
+from llmbus.quality.evaluate import Comparison, EvalReport
 
 CONDITION = re.compile(r"^\s*([a-z_0-9]+)(?:\.(lo|hi))?\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {

@@ -21,9 +21,9 @@ import numpy as np
 
 from llmbus.embed import embed
 from llmbus.errors import LlmbusError
-from llmbus.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
-from llmbus.label import consensus, enqueue, get_project, queued_ids
 from llmbus.providers.head import head_features
+from llmbus.quality.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
+from llmbus.quality.label import consensus, enqueue, get_project, queued_ids
 from llmbus.store import Store
 
 STRATEGIES = ("uncertainty", "disagreement", "diversity", "random")

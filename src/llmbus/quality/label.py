@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from llmbus.agreement import cohen_kappa, fleiss_kappa
 from llmbus.errors import DataError, LlmbusError
-from llmbus.judge import answer_text, run_items
+from llmbus.quality.agreement import cohen_kappa, fleiss_kappa
+from llmbus.quality.judge import answer_text, run_items
 from llmbus.store import Store, now
 from llmbus.store.schema import annotators, calls, label_items, label_projects, labels, runs
 from llmbus.task.data import read_jsonl

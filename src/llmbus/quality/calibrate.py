@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmbus.agreement import BinaryAgreement, binary_agreement
 from llmbus.errors import LlmbusError
-from llmbus.judge import SCORE_LABELS, judge_run_info, load_verdicts
-from llmbus.label import consensus, get_project, label_rows
+from llmbus.quality.agreement import BinaryAgreement, binary_agreement
+from llmbus.quality.judge import SCORE_LABELS, judge_run_info, load_verdicts
+from llmbus.quality.label import consensus, get_project, label_rows
 from llmbus.store import Store
 
 BROKEN = "(broken)"

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from llmbus.agreement import cohen_kappa
-from llmbus.calibrate import calibrate
 from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
-from llmbus.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
-from llmbus.label import consensus, get_project, label_rows
 from llmbus.providers.head import HeadJudge, head_features
+from llmbus.quality.agreement import cohen_kappa
+from llmbus.quality.calibrate import calibrate
+from llmbus.quality.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
+from llmbus.quality.label import consensus, get_project, label_rows
 from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
 from llmbus.student import EncoderStudent, TrainSettings, train_classifier
