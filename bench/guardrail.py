@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from llmbus.embed import embed
-from llmbus.guardrail import Guardrail
+from llmbus.flows.guardrail import Guardrail
+from llmbus.flows.retrieval import Doc, Source, build_index
 from llmbus.providers import open_provider
 from llmbus.providers.config import resolve_model
-from llmbus.retrieval import Doc, Source, build_index
 from llmbus.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

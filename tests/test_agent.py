@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from llmbus.agent import AgentResult, Budget, agent_prompt
-from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
+from llmbus.flows.agent import AgentResult, Budget, agent_prompt
+from llmbus.flows.engine import FlowContext, FlowSettings, flow, resume, start
 from llmbus.flows.log import FlowLog
+from llmbus.flows.tools import Tool, tool
 from llmbus.store import Store
-from llmbus.tools import Tool, tool
 
 
 def lookup(query: str) -> str:

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from llmbus.cli import app
 from llmbus.errors import LlmbusError
-from llmbus.flow import FlowContext, FlowSettings, flow, load_flow, resume, start
+from llmbus.flows.engine import FlowContext, FlowSettings, flow, load_flow, resume, start
 from llmbus.flows.log import FlowLog
-from llmbus.review import ReviewQueue
+from llmbus.flows.review import ReviewQueue
 from llmbus.store import Store
 
 
@@ -148,7 +148,7 @@ def test_reusing_a_step_key_is_an_error(store):
 FLOW_FILE = '''
 import time
 from pathlib import Path
-from llmbus.flow import flow
+from llmbus.flows.engine import flow
 
 def nap(marker: str) -> str:
     if not Path(marker).exists():

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from llmbus.flow import FlowContext, FlowSettings, flow, resume, start
+from llmbus.flows.engine import FlowContext, FlowSettings, flow, resume, start
+from llmbus.flows.guardrail import Guardrail, Rule, guarded_answer, min_sentence_similarity, unsupported_terms
 from llmbus.flows.log import FlowLog
-from llmbus.guardrail import Guardrail, Rule, guarded_answer, min_sentence_similarity, unsupported_terms
+from llmbus.flows.retrieval import Source
+from llmbus.flows.review import ReviewQueue
 from llmbus.providers import open_provider
-from llmbus.retrieval import Source
-from llmbus.review import ReviewQueue
 from llmbus.store import Store
 
 SOURCES = [Source("net", "My internet is not working. Restart your router and check if the cables are connected "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmbus.flow import FlowContext, flow, start
+from llmbus.flows.engine import FlowContext, flow, start
 from llmbus.flows.log import FlowLog
-from llmbus.retrieval import BM25, Doc, build_index, chunk
+from llmbus.flows.retrieval import BM25, Doc, build_index, chunk
 from llmbus.store import Store
 
 DOCS = [
@@ -41,7 +41,7 @@ def test_hybrid_search_finds_paraphrases_and_codes(store: Store):
 
 def test_index_is_stored_once_and_reloaded(store: Store, monkeypatch):
     first = build_index(store, "faq", DOCS)
-    import llmbus.retrieval as retrieval
+    import llmbus.flows.retrieval as retrieval
 
     def no_embedding(texts):  # a second build must load the stored vectors, embedding only the query
         assert len(texts) == 1

@@ -13,18 +13,18 @@ from typing import Any
 import pytest
 import uvicorn
 
-from llmbus.flow import load_flow, start
+from llmbus.flows.engine import load_flow, start
+from llmbus.flows.icl import ExamplePool
 from llmbus.flows.log import FlowLog
-from llmbus.icl import ExamplePool
+from llmbus.flows.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.providers.llamacpp import free_port
-from llmbus.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.review_web import create_app, parse_reviewers
 from llmbus.store import Store
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 
 FLOW_FILE = '''
-from llmbus.flow import flow
+from llmbus.flows.engine import flow
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 

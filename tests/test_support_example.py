@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from llmbus.flow import FlowSettings, load_flow, resume, run_many
+from llmbus.flows.engine import FlowSettings, load_flow, resume, run_many
+from llmbus.flows.icl import ExamplePool
 from llmbus.flows.log import FlowLog
-from llmbus.icl import ExamplePool
-from llmbus.review import ReviewQueue
+from llmbus.flows.review import ReviewQueue
 from llmbus.store import Store
 
 pytestmark = pytest.mark.slow

@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from llmbus.errors import DataError
-from llmbus.flow import FlowContext, flow
-from llmbus.guardrail import Guardrail, Rule, guarded_answer
-from llmbus.icl import ExamplePool
-from llmbus.retrieval import Doc, build_index
+from llmbus.flows.engine import FlowContext, flow
+from llmbus.flows.guardrail import Guardrail, Rule, guarded_answer
+from llmbus.flows.icl import ExamplePool
+from llmbus.flows.retrieval import Doc, build_index
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 

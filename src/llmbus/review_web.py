@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from llmbus.errors import LlmbusError
 from llmbus.flows.log import FlowLog
-from llmbus.review import InvalidEdit, ReviewConflict, ReviewQueue
+from llmbus.flows.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.store import Store
 
 COOKIE = "llmbus_review"
@@ -55,7 +55,7 @@ def create_app(store: Store, tokens: dict[str, str], lease_s: float = 600.0, res
         return RedirectResponse("/login", status_code=303)
 
     def resume_run(run_id: str) -> None:
-        from llmbus.flow import resume
+        from llmbus.flows.engine import resume
 
         try:
             resume(store, run_id)

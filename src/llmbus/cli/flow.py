@@ -41,7 +41,7 @@ def run_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run a flow on one input or a dataset; runs waiting for review resume after the decision."""
-    from llmbus.flow import FlowSettings, load_flow, read_inputs, run_many
+    from llmbus.flows.engine import FlowSettings, load_flow, read_inputs, run_many
     from llmbus.store import Store
 
     values = read_inputs(input_json, dataset)
@@ -68,7 +68,7 @@ def resume_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Continue a paused, failed or killed run; recorded steps are replayed, not called again."""
-    from llmbus.flow import resume
+    from llmbus.flows.engine import resume
     from llmbus.store import Store
 
     signal.signal(signal.SIGTERM, _interrupt)

@@ -14,18 +14,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from llmbus.embed import embed
+from llmbus.flows.retrieval import STOPWORDS, Source, tokens
+from llmbus.flows.review import Decision
 from llmbus.providers import Provider, Request
-from llmbus.retrieval import STOPWORDS, Source, tokens
 from llmbus.settings import USD_PER_HOUR
 from llmbus.task.output import parse_json
-
-if TYPE_CHECKING:
-    from llmbus.flow import FlowContext
 
 LABELS = ("supported", "unsupported")
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -292,7 +290,20 @@ class Guarded:
     verdicts: list[Verdict]
 
 
-def guarded_answer(ctx: FlowContext, key: str, draft: Callable[[int, list[str]], str], guard: Guardrail,
+class GuardSteps(Protocol):
+    """The two durable steps `guarded_answer` takes (a `flows.engine.FlowContext` has them)."""
+
+    def guardrail(self, key: str, guard: Guardrail, answer: str, sources: list[Source],
+                  question: str = "") -> Verdict:
+        """A logged guardrail check."""
+        ...
+
+    def review(self, key: str, payload: dict[str, Any], schema: dict[str, Any] | None = None) -> Decision:
+        """A human review (pauses the run until decided)."""
+        ...
+
+
+def guarded_answer(ctx: GuardSteps, key: str, draft: Callable[[int, list[str]], str], guard: Guardrail,
                    sources: list[Source], question: str, max_regenerations: int = 2,
                    review_extra: dict[str, Any] | None = None) -> Guarded:
     """pass → deliver; fail → regenerate with the reasons (up to N times) → escalate to human review."""

@@ -107,7 +107,7 @@ class ReviewQueue:
         if not done:
             raise ReviewConflict(conflict_message(self.get(item_id), reviewer))
         if ACTIONS[action] != "rejected" and payload.get("pool") and final is not None:
-            from llmbus.icl import ExamplePool
+            from llmbus.flows.icl import ExamplePool
 
             ExamplePool(self.store, payload["pool"]).add(str(payload.get("pool_text") or payload.get("question")),
                                                          final, origin=f"review:{item_id}")

@@ -13,24 +13,25 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmbus.errors import DataError, LlmbusError, ProviderError
+from llmbus.flows.agent import AgentResult, Budget, run_agent
+from llmbus.flows.guardrail import Guardrail, Verdict
+from llmbus.flows.icl import ExamplePool
 from llmbus.flows.log import FlowLog, dumps, process_id
+from llmbus.flows.retrieval import Index, Source
+from llmbus.flows.review import Decision, ReviewQueue
+from llmbus.flows.steps import FlowPaused, LlmAnswer, StepResult
+from llmbus.flows.tools import Tool, call_tool, tool
 from llmbus.providers import Provider, Request, open_provider
+from llmbus.run.engine import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Store, now
-from llmbus.tools import Tool, call_tool, tool
-
-if TYPE_CHECKING:
-    from llmbus.agent import AgentResult, Budget
-    from llmbus.guardrail import Guardrail, Verdict
-    from llmbus.icl import ExamplePool
-    from llmbus.retrieval import Index, Source
-    from llmbus.review import Decision
-    from llmbus.task.spec import TaskSpec
+from llmbus.task.output import parse_output
+from llmbus.task.spec import TaskSpec, render_prompt
 
 
 @dataclass(frozen=True)
@@ -92,18 +93,6 @@ class FlowOutcome:
     error: str | None = None
 
 
-@dataclass
-class LlmAnswer:
-    """An LLM step's answer: the text, and label probabilities when labels were scored."""
-
-    text: str
-    label_probs: dict[str, float] | None = None
-
-
-class FlowPaused(Exception):
-    """Raised inside a flow by a review step that waits for a human; the run pauses."""
-
-
 class StepFailed(LlmbusError):
     """A step raised; the step row holds the error and the run is resumable."""
 
@@ -114,18 +103,6 @@ class StepFailed(LlmbusError):
 
 class FlowInterrupted(LlmbusError):
     """Ctrl-C while a flow ran; finished steps are kept."""
-
-
-@dataclass
-class StepResult:
-    """What a step body returns: its output plus what the step row should record."""
-
-    output: Any
-    detail: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
 
 
 class FlowContext:
@@ -199,10 +176,6 @@ class FlowContext:
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
-        from llmbus.run.engine import build_request
-        from llmbus.task.output import parse_output
-        from llmbus.task.spec import render_prompt
-
         prompt = render_prompt(spec, fields, examples or [])
         request = build_request(spec, prompt)
         ref = model or self.settings.model
@@ -227,8 +200,6 @@ class FlowContext:
 
     def retrieve(self, key: str, index: Index, query: str, k: int = 4) -> list[Source]:
         """Top-k chunks for a query; the sources are kept on the step row."""
-        from llmbus.retrieval import Source
-
         out = self.step(key, "retrieval", lambda: StepResult([asdict(s) for s in index.search(query, k)],
                                                              {"corpus": index.corpus}), {"query": query, "k": k})
         return [Source(**s) for s in out]
@@ -241,8 +212,6 @@ class FlowContext:
     def guardrail(self, key: str, guard: Guardrail, answer: str, sources: list[Source],
                   question: str = "") -> Verdict:
         """Check an answer: tier 1 rules and similarity, tier 2 LLM only when unsure; the verdict is logged."""
-        from llmbus.guardrail import Verdict
-
         ref = guard.model or self.settings.model
 
         def body() -> StepResult:
@@ -256,8 +225,6 @@ class FlowContext:
 
     def review(self, key: str, payload: dict[str, Any], schema: dict[str, Any] | None = None) -> Decision:
         """Ask a human: queues the item (input, sources, draft, reasons) and pauses the run until decided."""
-        from llmbus.review import Decision, ReviewQueue
-
         queue = ReviewQueue(self.store)
 
         def body() -> StepResult:
@@ -272,8 +239,6 @@ class FlowContext:
     def agent(self, key: str, goal: str, tools: list[Tool], budget: Budget | None = None,
               model: str | None = None) -> AgentResult:
         """A bounded tool-calling loop (only where chosen): every tool call is its own logged step."""
-        from llmbus.agent import AgentResult, Budget, run_agent
-
         ref = model or self.settings.model
 
         def body() -> StepResult:

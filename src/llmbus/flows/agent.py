@@ -12,12 +12,10 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from llmbus.tools import Tool, ToolError, call_tool
-
-if TYPE_CHECKING:
-    from llmbus.flow import FlowContext
+from llmbus.flows.steps import StepResult, Steps
+from llmbus.flows.tools import Tool, ToolError, call_tool
 
 TURN = re.compile(r"^\s*(call|answer)\b\s*(.*)$", re.S | re.I)
 CALL = re.compile(r"^([A-Za-z_]\w*)\s*(\{.*\})?\s*$", re.S)
@@ -69,7 +67,7 @@ def agent_prompt(goal: str, tools: list[Tool], transcript: list[dict[str, Any]])
     return "\n".join(lines)
 
 
-def run_agent(ctx: FlowContext, key: str, goal: str, tools: list[Tool], budget: Budget, model: str) -> AgentResult:
+def run_agent(ctx: Steps, key: str, goal: str, tools: list[Tool], budget: Budget, model: str) -> AgentResult:
     """Loop model turn → tool call until an answer or a budget runs out; every turn and call is a step."""
     allowed = {t.name: t for t in tools}
     result = AgentResult(answer=None, status="budget_exhausted", stop_reason="")
@@ -110,10 +108,8 @@ def _over_budget(result: AgentResult, budget: Budget) -> str:
     return ""
 
 
-def _act(ctx: FlowContext, key: str, call: str, allowed: dict[str, Tool], budget: Budget) -> str:
+def _act(ctx: Steps, key: str, call: str, allowed: dict[str, Tool], budget: Budget) -> str:
     """Run one requested tool call as a logged step; refusals and failures become the observation."""
-    from llmbus.flow import StepResult
-
     def body() -> StepResult:
         match = CALL.match(call.strip())
         if match is None:
