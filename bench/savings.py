@@ -29,14 +29,14 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llmbus.distill import distill
-from llmbus.gateway import CacheConfig, Gateway, RouteConfig, ServeConfig
 from llmbus.providers import Request
 from llmbus.providers.config import resolve_model
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
 from llmbus.run.engine import run_task
 from llmbus.run.summary import summarize
-from llmbus.serve import create_app
+from llmbus.serve.app import create_app
+from llmbus.serve.gateway import CacheConfig, Gateway, RouteConfig, ServeConfig
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from provider_overhead import concurrency_ratio

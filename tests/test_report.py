@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.report import Report, ReportRow, build_report, mark_pareto, render_html, row_kind
+from llmbus.serve.report import Report, ReportRow, build_report, mark_pareto, render_html, row_kind
 from llmbus.task.spec import load_spec
 from pipeline import Savings
 

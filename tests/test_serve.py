@@ -18,11 +18,11 @@ import uvicorn
 import yaml
 
 from llmbus.errors import SpecError
-from llmbus.gateway import Gateway, load_serve_config
 from llmbus.providers import Request
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
-from llmbus.serve import create_app
+from llmbus.serve.app import create_app
+from llmbus.serve.gateway import Gateway, load_serve_config
 from llmbus.store import CallRecord, Store, now
 from openai_stub import StubServer
 

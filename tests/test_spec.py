@@ -79,8 +79,8 @@ def yaml_with_fault_at_line_3(fault: str) -> str:
 @pytest.mark.parametrize("reader", ["task spec", "llmbus.yaml", "serve.yaml", "conversations dataset"])
 def test_yaml_syntax_errors_name_the_faulty_line(tmp_path: Path, reader: str, fault: str):
     from llmbus.errors import LlmbusError
-    from llmbus.gateway import load_serve_config
     from llmbus.providers.config import load_model_configs
+    from llmbus.serve.gateway import load_serve_config
     from llmbus.task.data import load_items
 
     text = yaml_with_fault_at_line_3(YAML_FAULTS[fault])

@@ -146,8 +146,8 @@ def serve(
     """OpenAI-compatible gateway: /v1/chat/completions, /v1/completions, /v1/models, /metrics, /health."""
     import uvicorn
 
-    from llmbus.gateway import Gateway, load_serve_config
-    from llmbus.serve import create_app
+    from llmbus.serve.app import create_app
+    from llmbus.serve.gateway import Gateway, load_serve_config
     from llmbus.store import Store
 
     gateway = Gateway(load_serve_config(config), Store(db))
@@ -166,7 +166,7 @@ def report(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
-    from llmbus.report import build_report, render_html
+    from llmbus.serve.report import build_report, render_html
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 

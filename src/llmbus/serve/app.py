@@ -25,9 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import ProviderError
-from llmbus.gateway import Answer, Gateway
-from llmbus.gateway_keys import GatewayError, KeyConfig
-from llmbus.gateway_stream import AnswerStream
+from llmbus.serve.gateway import Gateway
+from llmbus.serve.gateway_keys import GatewayError, KeyConfig
+from llmbus.serve.gateway_stream import Answer, AnswerStream
 
 
 class GatewayMetrics:

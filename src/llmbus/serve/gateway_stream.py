@@ -15,14 +15,22 @@ import uuid
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from llmbus.errors import ProviderError
 from llmbus.providers import Provider, Request
-from llmbus.providers.base import stream_pieces
+from llmbus.providers.base import Completion, stream_pieces
 
-if TYPE_CHECKING:
-    from llmbus.gateway import Answer
+
+@dataclass
+class Answer:
+    """What the gateway returns for one request."""
+
+    completion: Completion
+    route: str
+    model: str
+    latency_s: float
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 @dataclass

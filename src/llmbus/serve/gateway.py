@@ -19,19 +19,26 @@ import uuid
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import ProviderError, SpecError
-from llmbus.gateway_keys import GatewayError, KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
-from llmbus.gateway_stream import AnswerStream, Event, Pump, word_pieces
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.semantic_cache import SemanticCache
+from llmbus.serve.gateway_keys import (
+    GatewayError,
+    KeyConfig,
+    Keys,
+    bearer_token,
+    check_secrets,
+    estimate_cost,
+    secret_value,
+)
+from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
 from llmbus.store import CallRecord, Store, now
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
@@ -83,17 +90,6 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
-
-
-@dataclass
-class Answer:
-    """What the gateway returns for one request."""
-
-    completion: Completion
-    route: str
-    model: str
-    latency_s: float
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 class Gateway:

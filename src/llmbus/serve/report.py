@@ -204,5 +204,5 @@ def pareto_png(report: Report) -> bytes:
 
 def render_html(report: Report) -> str:
     """The report as one HTML page (inline CSS, the plot as a data: URI): opens without a server."""
-    template = resources.files("llmbus").joinpath("templates/report.html").read_text(encoding="utf-8")
+    template = resources.files("llmbus.serve").joinpath("templates/report.html").read_text(encoding="utf-8")
     return jinja2.Environment(autoescape=True).from_string(template).render(report=report)

@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible gateway (routes, keys and budgets, streaming), its HTTP app, the report."""
