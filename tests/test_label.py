@@ -10,10 +10,10 @@ import httpx
 import pytest
 import uvicorn
 
-from llmbus.label_web import create_app
 from llmbus.providers.llamacpp import free_port
 from llmbus.quality import label
 from llmbus.store import Store
+from llmbus.web.label_web import create_app
 from quality_helpers import add_run
 
 

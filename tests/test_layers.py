@@ -38,8 +38,6 @@ PENDING: dict[str, str] = {
     "teacher_filter": "distill",
     "teacher_coverage": "distill",
     "learning_curve": "distill",
-    "label_web": "web",
-    "review_web": "web",
 }
 
 # Imports that still go the wrong way (importer, imported); shrinks to nothing.

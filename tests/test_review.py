@@ -18,8 +18,8 @@ from llmbus.flows.icl import ExamplePool
 from llmbus.flows.log import FlowLog
 from llmbus.flows.review import InvalidEdit, ReviewConflict, ReviewQueue
 from llmbus.providers.llamacpp import free_port
-from llmbus.review_web import create_app, parse_reviewers
 from llmbus.store import Store
+from llmbus.web.review_web import create_app, parse_reviewers
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 

@@ -167,8 +167,8 @@ def serve_cmd(
     """Serve the review queue; a decision resumes its flow run."""
     import uvicorn
 
-    from llmbus.review_web import create_app, parse_reviewers
     from llmbus.store import Store
+    from llmbus.web.review_web import create_app, parse_reviewers
 
     tokens = parse_reviewers(reviewer) if reviewer else {secrets.token_urlsafe(12): "reviewer"}
     if not reviewer:

@@ -261,8 +261,8 @@ def label_serve(
     db: str | None = DB_OPTION,
 ) -> None:
     """Serve the labeling web UI."""
-    from llmbus.label_web import serve
     from llmbus.store import Store
+    from llmbus.web.label_web import serve
 
     out.print(f"labeling {project} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
     serve(Store(db), project, host, port)
