@@ -27,8 +27,8 @@ from llmbus.quality.finetune import TrainingSet, cross_validate, training_set
 from llmbus.quality.judge import load_judge, load_verdicts, run_judge
 from llmbus.run.engine import run_task
 from llmbus.store import CallRecord, Store, now
-from llmbus.student import TrainSettings
 from llmbus.task.spec import load_spec
+from llmbus.train.student import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, JUDGE = ROOT / "examples" / "sms_spam" / "task.yaml", ROOT / "examples" / "sms_spam" / "judge.yaml"

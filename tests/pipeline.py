@@ -17,8 +17,8 @@ from conftest import SMS_TASK
 from llmbus.distill import DistillReport, distill
 from llmbus.run.engine import run_task
 from llmbus.store import Store
-from llmbus.student import TrainSettings
 from llmbus.task.spec import load_spec
+from llmbus.train.student import TrainSettings
 
 
 @dataclass

@@ -17,10 +17,10 @@ from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
 from llmbus.run.engine import run_task
 from llmbus.store import Store
-from llmbus.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
 from llmbus.task.data import load_items
 from llmbus.task.spec import load_spec
 from llmbus.teacher_coverage import coverage_problems, one_answer_warning
+from llmbus.train.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
 from pipeline import Savings
 from quality_helpers import add_run
 
@@ -89,8 +89,8 @@ def test_entities_align_to_bio_tags():
 def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
     from llmbus.distill import distill
     from llmbus.run.engine import run_task
-    from llmbus.student import EncoderStudent, TrainSettings
     from llmbus.task.spec import load_spec
+    from llmbus.train.student import EncoderStudent, TrainSettings
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
     store = Store(str(tmp_path / "ner.db"))

@@ -14,9 +14,9 @@ from llmbus.quality.calibrate import calibrate
 from llmbus.quality.finetune import cross_validate, train_judge, training_set
 from llmbus.quality.judge import load_judge, load_verdicts, run_judge
 from llmbus.store import Store
-from llmbus.student import TrainSettings
 from llmbus.task.data import load_items
 from llmbus.task.spec import load_spec
+from llmbus.train.student import TrainSettings
 from quality_helpers import add_judge_run, add_run
 
 SMS_JUDGE = SMS_TASK.parent / "judge.yaml"

@@ -30,7 +30,6 @@ APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the
 
 # Flat modules not yet moved into their package: module -> the package it is headed for.
 PENDING: dict[str, str] = {
-    "student": "train",
     "distill": "distill",
     "lora": "distill",
     "lora_distill": "distill",

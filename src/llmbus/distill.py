@@ -35,7 +35,12 @@ from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measu
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.settings import config_path
 from llmbus.store import Store
-from llmbus.student import (
+from llmbus.task import metrics
+from llmbus.task.data import Item, load_items, split_items
+from llmbus.task.spec import TaskSpec
+from llmbus.teacher_coverage import check_coverage, gold_coverage_warning, one_answer_warning
+from llmbus.teacher_filter import decisions
+from llmbus.train.student import (
     HeadStudent,
     Student,
     TrainSettings,
@@ -44,11 +49,6 @@ from llmbus.student import (
     train_head,
     train_tagger,
 )
-from llmbus.task import metrics
-from llmbus.task.data import Item, load_items, split_items
-from llmbus.task.spec import TaskSpec
-from llmbus.teacher_coverage import check_coverage, gold_coverage_warning, one_answer_warning
-from llmbus.teacher_filter import decisions
 
 
 @dataclass

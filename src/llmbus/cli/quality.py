@@ -369,7 +369,7 @@ def judge_train(
     from llmbus.cli.progress import stage_progress
     from llmbus.quality.finetune import train_judge
     from llmbus.store import Store
-    from llmbus.student import TrainSettings
+    from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
     with stage_progress(disable=as_json) as progress:

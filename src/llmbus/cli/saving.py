@@ -54,7 +54,7 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
                      how: str, allow_missing_labels: bool, as_json: bool) -> None:
     from llmbus.cli.progress import stage_progress
     from llmbus.distill import distill as run_distill
-    from llmbus.student import TrainSettings
+    from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs) if epochs else None
     with stage_progress(disable=as_json) as progress:

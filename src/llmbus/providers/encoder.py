@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llmbus.providers.base import Completion, Request
 from llmbus.providers.config import ModelConfig
-from llmbus.student import Student, load_student
+from llmbus.train.student import Student, load_student
 
 
 class EncoderProvider:

@@ -13,7 +13,7 @@ from llmbus.embed import StageCallback, embed
 from llmbus.errors import ModelError
 from llmbus.providers.base import Completion, Request
 from llmbus.settings import USD_PER_HOUR
-from llmbus.student import HEAD_FILE, LogisticHead
+from llmbus.train.student import HEAD_FILE, LogisticHead
 
 
 def head_features(texts: list[str], progress: StageCallback | None = None) -> np.ndarray:

@@ -26,7 +26,7 @@ from llmbus.quality.judge import answer_text, judge_input, judge_run_info, load_
 from llmbus.quality.label import consensus, get_project, label_rows
 from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
-from llmbus.student import EncoderStudent, TrainSettings, train_classifier
+from llmbus.train.student import EncoderStudent, TrainSettings, train_classifier
 
 
 @dataclass
