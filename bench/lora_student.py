@@ -21,8 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llmbus.lora import LoraSettings
-from llmbus.lora_distill import distill_lora
+from llmbus.distill.lora import LoraSettings
+from llmbus.distill.lora_distill import distill_lora
 from llmbus.providers.llamacpp import find_binary
 from llmbus.run.engine import run_task
 from llmbus.store import Store

@@ -28,7 +28,7 @@ import numpy as np
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llmbus.distill import distill
+from llmbus.distill.distill import distill
 from llmbus.providers import Request
 from llmbus.providers.config import resolve_model
 from llmbus.providers.llamacpp import free_port

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMS_TASK
-from llmbus.distill import DistillReport, distill
+from llmbus.distill.distill import DistillReport, distill
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec

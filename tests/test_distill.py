@@ -11,15 +11,16 @@ import pytest
 import yaml
 
 from conftest import write_items, write_spec
-from llmbus.distill import Example, distill, pick_recipe, pick_threshold, selection_score, split_of
-from llmbus.learning_curve import CurvePoint, curve_message, project, stratified_order
+from llmbus.distill.distill import distill, pick_recipe, pick_threshold, selection_score, split_of
+from llmbus.distill.examples import Example
+from llmbus.distill.learning_curve import CurvePoint, curve_message, project, stratified_order
+from llmbus.distill.teacher_coverage import coverage_problems, one_answer_warning
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.data import load_items
 from llmbus.task.spec import load_spec
-from llmbus.teacher_coverage import coverage_problems, one_answer_warning
 from llmbus.train.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
 from pipeline import Savings
 from quality_helpers import add_run
@@ -87,7 +88,7 @@ def test_entities_align_to_bio_tags():
 
 @pytest.mark.slow
 def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
-    from llmbus.distill import distill
+    from llmbus.distill.distill import distill
     from llmbus.run.engine import run_task
     from llmbus.task.spec import load_spec
     from llmbus.train.student import EncoderStudent, TrainSettings

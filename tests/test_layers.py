@@ -28,32 +28,13 @@ LAYERS: list[set[str]] = [
 ]
 APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the other
 
-# Flat modules not yet moved into their package: module -> the package it is headed for.
-PENDING: dict[str, str] = {
-    "distill": "distill",
-    "lora": "distill",
-    "lora_distill": "distill",
-    "quantize": "distill",
-    "teacher_filter": "distill",
-    "teacher_coverage": "distill",
-    "learning_curve": "distill",
-}
-
-# Imports that still go the wrong way (importer, imported); shrinks to nothing.
-ALLOWED: set[tuple[str, str]] = set()
-
-# Import cycles not yet broken (their modules, sorted); shrinks to nothing.
-ALLOWED_CYCLES: set[tuple[str, ...]] = {
-    ("llmbus.distill", "llmbus.teacher_coverage"),
-}
-
 
 def _unit(module: str) -> str:
     """The layer unit of a dotted module: its subpackage, or the root module's own name."""
     parts = module.split(".")
     if len(parts) == 1:
         return "__init__"
-    return PENDING.get(parts[1], parts[1])
+    return parts[1]
 
 
 def _rank(unit: str) -> int:
@@ -117,10 +98,8 @@ def violations() -> set[tuple[str, str]]:
 
 
 def test_imports_run_one_way():
-    found = violations()
-    new = sorted(found - ALLOWED)
-    assert not new, "imports against the layer order:\n" + "\n".join(f"  {a} imports {b}" for a, b in new)
-    assert not ALLOWED - found, f"fixed: remove from ALLOWED: {sorted(ALLOWED - found)}"
+    found = sorted(violations())
+    assert not found, "imports against the layer order:\n" + "\n".join(f"  {a} imports {b}" for a, b in found)
 
 
 def cycles() -> set[tuple[str, ...]]:
@@ -158,10 +137,8 @@ def cycles() -> set[tuple[str, ...]]:
 
 
 def test_no_import_cycles():
-    found = cycles()
-    new = sorted(found - ALLOWED_CYCLES)
-    assert not new, "import cycles:\n" + "\n".join("  " + " <-> ".join(group) for group in new)
-    assert not ALLOWED_CYCLES - found, f"broken: remove from ALLOWED_CYCLES: {sorted(ALLOWED_CYCLES - found)}"
+    found = sorted(cycles())
+    assert not found, "import cycles:\n" + "\n".join("  " + " <-> ".join(group) for group in found)
 
 
 def test_every_module_has_a_layer():

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from llmbus.lora import LoraSettings, encode_pair, generate, load_base, lora_deltas, student_prompt, train_lora
+from llmbus.distill.lora import LoraSettings, encode_pair, generate, load_base, lora_deltas, student_prompt, train_lora
+from llmbus.distill.quantize import answer_prompts, local_model, write_merged_gguf
 from llmbus.providers.llamacpp import resolve_gguf
-from llmbus.quantize import answer_prompts, local_model, write_merged_gguf
 
 # Made-up facts: the base model cannot know these answers, so matching them proves the adapters got through.
 FACTS = [("What colour is the llmbus logo?", "Teal with orange dots"),

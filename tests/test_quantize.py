@@ -6,8 +6,8 @@ import gguf
 import numpy as np
 import pytest
 
+from llmbus.distill.quantize import quantize, write_merged_gguf
 from llmbus.errors import ModelError
-from llmbus.quantize import quantize, write_merged_gguf
 
 RNG = np.random.default_rng(0)
 WEIGHT = RNG.normal(size=(64, 32)).astype(np.float32)  # [out, in], as Hugging Face stores a Linear

@@ -53,7 +53,7 @@ def distill(
 def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
                      how: str, allow_missing_labels: bool, as_json: bool) -> None:
     from llmbus.cli.progress import stage_progress
-    from llmbus.distill import distill as run_distill
+    from llmbus.distill.distill import distill as run_distill
     from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs) if epochs else None
@@ -97,8 +97,8 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
                   how: str, as_json: bool) -> None:
     from rich.progress import Progress
 
-    from llmbus.lora import LoraSettings
-    from llmbus.lora_distill import distill_lora
+    from llmbus.distill.lora import LoraSettings
+    from llmbus.distill.lora_distill import distill_lora
 
     with Progress(transient=True, console=err) as progress:
         bar = progress.add_task("LoRA training (loading the base model…)", total=None)

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from llmbus.distill import Scored, cascade_entry, cascade_on, distillation_data
-from llmbus.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
+from llmbus.distill.distill import Scored, cascade_entry, cascade_on, distillation_data
+from llmbus.distill.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
+from llmbus.distill.quantize import Variant, build_variants, local_model, measure
 from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
-from llmbus.quantize import Variant, build_variants, local_model, measure
 from llmbus.settings import config_path
 from llmbus.store import Store
 from llmbus.task import metrics

@@ -9,14 +9,12 @@ the teacher found (almost) no entities: rare entity types are normal there, and 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llmbus.distill.examples import Example
 from llmbus.errors import LlmbusError
 from llmbus.task import metrics
 from llmbus.task.spec import TaskSpec
-
-if TYPE_CHECKING:
-    from llmbus.distill import Example
 
 MIN_LABEL_EXAMPLES = 3  # teacher answers a label needs on the training split before a student can learn it
 

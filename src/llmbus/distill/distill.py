@@ -29,17 +29,18 @@ from typing import Any
 import numpy as np
 import yaml
 
+from llmbus.distill.examples import Example
+from llmbus.distill.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
+from llmbus.distill.teacher_coverage import check_coverage, gold_coverage_warning, one_answer_warning
+from llmbus.distill.teacher_filter import decisions
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
-from llmbus.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
 from llmbus.semantic_cache import choose_threshold, validation_pairs
 from llmbus.settings import config_path
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.spec import TaskSpec
-from llmbus.teacher_coverage import check_coverage, gold_coverage_warning, one_answer_warning
-from llmbus.teacher_filter import decisions
 from llmbus.train.student import (
     HeadStudent,
     Student,
@@ -49,20 +50,6 @@ from llmbus.train.student import (
     train_head,
     train_tagger,
 )
-
-
-@dataclass
-class Example:
-    """One distillation example: the item's input, the teacher's answer, the gold answer, and its split."""
-
-    id: str
-    input: str
-    teacher: Any
-    gold: Any
-    teacher_confidence: float | None
-    split: str
-    tokens: list[str] | None = None
-    teacher_text: str | None = None  # the teacher's raw output: what a generative student learns to write
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Stop 5: distill a teacher run into a small student (encoder or LoRA), quantize it, filter teacher answers."""
