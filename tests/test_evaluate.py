@@ -11,8 +11,9 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from llmbus.errors import GateError
 from llmbus.quality.evaluate import compare, evaluate
-from llmbus.quality.gate import GateError, check_gate, parse_gate
+from llmbus.quality.gate import check_gate, parse_gate
 from llmbus.store import Store
 from llmbus.task import metrics
 from quality_helpers import add_run, classify_rows

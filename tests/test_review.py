@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import uvicorn
 
+from llmbus.errors import InvalidEdit, ReviewConflict
 from llmbus.flows.engine import load_flow, start
 from llmbus.flows.icl import ExamplePool
 from llmbus.flows.log import FlowLog
-from llmbus.flows.review import InvalidEdit, ReviewConflict, ReviewQueue
+from llmbus.flows.review import ReviewQueue
 from llmbus.providers.llamacpp import free_port
 from llmbus.store import Store
 from llmbus.web.review_web import create_app, parse_reviewers

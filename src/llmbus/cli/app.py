@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from llmbus.errors import LlmbusError
+from llmbus.errors import LlmbusError, RunInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
@@ -51,8 +51,6 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LlmbusError as exc:
-            from llmbus.run.engine import RunInterrupted
-
             line = Text.assemble(("error:", "bold red"), " ", str(exc))  # a Text is never read as markup
             err.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
             raise typer.Exit(130 if isinstance(exc, RunInterrupted) else 2) from None

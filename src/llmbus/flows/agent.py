@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbus.errors import ToolError
 from llmbus.flows.steps import StepResult, Steps
-from llmbus.flows.tools import Tool, ToolError, call_tool
+from llmbus.flows.tools import Tool, call_tool
 
 TURN = re.compile(r"^\s*(call|answer)\b\s*(.*)$", re.S | re.I)
 CALL = re.compile(r"^([A-Za-z_]\w*)\s*(\{.*\})?\s*$", re.S)

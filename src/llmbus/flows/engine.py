@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from llmbus.errors import DataError, LlmbusError, ProviderError
+from llmbus.errors import DataError, FlowInterrupted, LlmbusError, ProviderError, StepFailed
 from llmbus.flows.agent import AgentResult, Budget, run_agent
 from llmbus.flows.guardrail import Guardrail, Verdict
 from llmbus.flows.icl import ExamplePool
@@ -91,18 +91,6 @@ class FlowOutcome:
     status: str
     output: Any = None
     error: str | None = None
-
-
-class StepFailed(LlmbusError):
-    """A step raised; the step row holds the error and the run is resumable."""
-
-    def __init__(self, key: str, kind: str, message: str):
-        super().__init__(f"step {key!r} failed ({kind}): {message}")
-        self.key, self.kind = key, kind
-
-
-class FlowInterrupted(LlmbusError):
-    """Ctrl-C while a flow ran; finished steps are kept."""
 
 
 class FlowContext:

@@ -16,20 +16,12 @@ from typing import Any
 import jsonschema
 import sqlalchemy as sa
 
-from llmbus.errors import LlmbusError
+from llmbus.errors import InvalidEdit, LlmbusError, ReviewConflict
 from llmbus.flows.log import dumps, loads
 from llmbus.store import Store, now
 from llmbus.store.schema import review_items
 
 ACTIONS = {"approve": "approved", "edit": "edited", "reject": "rejected"}
-
-
-class ReviewConflict(LlmbusError):
-    """Another reviewer holds or already decided the item."""
-
-
-class InvalidEdit(LlmbusError):
-    """The edited answer breaks the answer contract (nothing was written)."""
 
 
 @dataclass

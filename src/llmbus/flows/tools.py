@@ -13,15 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmbus.errors import LlmbusError
-
-
-class ToolError(LlmbusError):
-    """A tool call failed; `kind` is timeout | raised | bad_args | not_allowed."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
+from llmbus.errors import ToolError
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llmbus.errors import LlmbusError
+from llmbus.errors import GateError
 from llmbus.quality.evaluate import Comparison, EvalReport
 
 CONDITION = re.compile(r"^\s*([a-z_0-9]+)(?:\.(lo|hi))?\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-
-
-class GateError(LlmbusError):
-    """A gate expression that does not parse or names a metric the run does not have."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llmbus.errors import LlmbusError, SpecError
+from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
 from llmbus.run.engine import answer_item
@@ -40,10 +40,6 @@ PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")
 SCORE_LABELS = [str(k) for k in range(1, 6)]
 JUDGE_INPUT = "_judge_input"
-
-
-class JudgeSchemaError(LlmbusError):
-    """Every verdict of a judge run broke the label set (the calls are logged; nothing is lost)."""
 
 
 @dataclass

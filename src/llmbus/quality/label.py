@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from llmbus.errors import DataError, LlmbusError
+from llmbus.errors import DataError, LabelError
 from llmbus.quality.agreement import cohen_kappa, fleiss_kappa
 from llmbus.quality.judge import answer_text, run_items
 from llmbus.store import Store, now
@@ -26,10 +26,6 @@ from llmbus.task.data import read_jsonl
 
 SCORE_VALUES = ["1", "2", "3", "4", "5"]
 CONFIDENCE = "confidence"  # in show_fields: the model's confidence in its answer, from the call log
-
-
-class LabelError(LlmbusError):
-    """A labeling request that cannot be honoured (unknown project, item, token or label)."""
 
 
 @dataclass(frozen=True)

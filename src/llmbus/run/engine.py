@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 
-from llmbus.errors import DataError, LlmbusError, ProviderError, SpecError
+from llmbus.errors import DataError, LlmbusError, ProviderError, RunInterrupted, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.store import CallRecord, Store, now
@@ -48,15 +48,6 @@ class Progress:
     metric_name: str
     metric_value: float
     elapsed_s: float
-
-
-class RunInterrupted(LlmbusError):
-    """The user stopped the run; everything answered so far is in the log."""
-
-    def __init__(self, run_id: str, done: int, total: int):
-        super().__init__(f"run {run_id} interrupted after {done}/{total} items; "
-                         f"finish it with: llmbus run TASK --resume {run_id}")
-        self.run_id = run_id
 
 
 def build_request(spec: TaskSpec, prompt: str, item: Item | None = None) -> Request:

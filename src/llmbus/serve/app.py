@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmbus.errors import ProviderError
+from llmbus.errors import GatewayError, ProviderError
 from llmbus.serve.gateway import Gateway
-from llmbus.serve.gateway_keys import GatewayError, KeyConfig
+from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
 
 

@@ -24,20 +24,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmbus.errors import ProviderError, SpecError
+from llmbus.errors import GatewayError, ProviderError, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.semantic_cache import SemanticCache
-from llmbus.serve.gateway_keys import (
-    GatewayError,
-    KeyConfig,
-    Keys,
-    bearer_token,
-    check_secrets,
-    estimate_cost,
-    secret_value,
-)
+from llmbus.serve.gateway_keys import KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
 from llmbus.store import CallRecord, Store, now
 from llmbus.task.data import Item, load_items, split_items

@@ -16,24 +16,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmbus.errors import LlmbusError, SpecError
+from llmbus.errors import GatewayError, SpecError
 from llmbus.providers import Request
 from llmbus.providers.config import ModelConfig, resolve_model
-
-# The kind of each status: the call log's error_kind, the refusal counter's label, the error body's code.
-STATUS_KINDS = {400: "invalid_request", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded",
-                502: "all_failed"}
-
-
-class GatewayError(LlmbusError):
-    """A request the gateway refuses (4xx) or cannot answer (502): the HTTP status and headers to answer with,
-    its kind, and the body field at fault (if one is)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, kind: str | None = None,
-                 param: str | None = None):
-        super().__init__(message)
-        self.status, self.headers, self.param = status, headers or {}, param
-        self.kind = kind or STATUS_KINDS.get(status, f"http_{status}")
 
 
 class KeyConfig(BaseModel):

@@ -15,9 +15,9 @@ from fastapi import BackgroundTasks, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from llmbus.errors import LlmbusError
+from llmbus.errors import InvalidEdit, LlmbusError, ReviewConflict
 from llmbus.flows.log import FlowLog
-from llmbus.flows.review import InvalidEdit, ReviewConflict, ReviewQueue
+from llmbus.flows.review import ReviewQueue
 from llmbus.store import Store
 
 COOKIE = "llmbus_review"
