@@ -7,6 +7,7 @@ import ast
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmbus"
@@ -162,3 +163,14 @@ def test_the_package_root_is_a_lazy_public_api():
     assert loaded == "[]"  # `import llmbus` loads none of the stops
     assert "run_task" in names and "open_provider" in names and "__version__" in names
     assert (PACKAGE / "py.typed").is_file()
+
+
+def test_every_package_is_found_and_ships_its_templates():
+    for folder in {p.parent for p in PACKAGE.rglob("*.py")}:
+        assert (folder / "__init__.py").is_file(), f"{folder}: no __init__.py, so packages.find leaves it out"
+    data = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path for package, globs in data.items() for pattern in globs
+               for path in PACKAGE.parent.joinpath(*package.split(".")).glob(pattern)}
+    templates = {p for p in PACKAGE.rglob("*") if p.is_file() and "templates" in p.parts}
+    assert templates and templates <= shipped, sorted(str(p) for p in templates - shipped)
+    assert PACKAGE / "py.typed" in shipped
