@@ -1,5 +1,5 @@
 """`head:DIR`: an embedding-head judge (logistic regression on MiniLM features of the input and the
-answer) served in-process as a provider. Trained by `finetune.py`; read wherever a judge runs."""
+answer) served in-process as a provider. Trained by `quality/finetune.py`; read wherever a judge runs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The gateway's core, without HTTP: routes, API keys with rate limits and budgets, caches, fallbacks, logging.
 
-`serve.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
+`app.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
 (a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
 backend, fallback or failed; a refused request (bad key, body or model, rate limit, budget) is a row of the
 start's `gateway:refused` run, with the refusal as its error_kind. `open_stream` answers the same way piece by
