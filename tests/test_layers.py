@@ -155,7 +155,8 @@ def test_the_checker_sees_function_level_and_relative_imports():
 def test_the_package_root_is_a_lazy_public_api():
     code = ("import sys, llmbus; heavy = {'sqlalchemy', 'torch', 'llmbus.store'} & set(sys.modules); "
             "print(sorted(heavy)); from llmbus.store import Store; from llmbus.task.spec import load_spec; "
-            "assert llmbus.Store is Store and llmbus.load_spec is load_spec; print(sorted(llmbus.__all__))")
+            "from llmbus.flows.engine import flow; assert llmbus.Store is Store and llmbus.load_spec is load_spec "
+            "and llmbus.flow is flow; print(sorted(llmbus.__all__))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert done.returncode == 0, done.stderr

@@ -1,8 +1,9 @@
 """llmbus: carry one LLM feature from prompt to production.
 
 The package reads as the five stops, each importing only from the ones below it (tests/test_layers.py):
-task/ → providers/ → store/ → run/ → advise/ (stop 1) → quality/ (stop 3) | flows/ (stop 4) → distill/
-(stop 5) → serve/ → web/ → cli/. The names below load on first use, so `import llmbus` stays cheap.
+errors, settings and shared helpers → task/ → train/ → providers/ → store/ → run/ → advise/ (stop 1) →
+quality/ (stop 3) | flows/ (stop 4) → distill/ (stop 5) → serve/ → web/ → cli/.
+The names below load on first use, so `import llmbus` stays cheap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ _EXPORTS = {
     "run_task": "llmbus.run.engine",
     "advise": "llmbus.advise.advise",
     "evaluate": "llmbus.quality.evaluate",
+    "flow": "llmbus.flows.engine",  # what a flow file needs: `from llmbus import FlowContext, flow`
+    "FlowContext": "llmbus.flows.engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -40,4 +43,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The public names (for completion and `dir(llmbus)`)."""
     return sorted(__all__)
