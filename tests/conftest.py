@@ -67,6 +67,23 @@ def write_spec(path: Path, data_path: str, **overrides: object) -> Path:
     return path
 
 
+def wait_for_calls(db: Path, n: int, timeout_s: float = 60) -> int:
+    """Poll a SQLite call log that another process writes until it holds at least n calls (or time runs out)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{db}")
+    deadline, answered = time.time() + timeout_s, 0
+    while time.time() < deadline and answered < n:
+        time.sleep(0.05)
+        try:
+            with engine.connect() as conn:
+                answered = conn.scalar(sa.text("select count(*) from calls")) or 0
+        except sa.exc.OperationalError:  # the other process has not made the tables yet
+            pass
+    engine.dispose()
+    return answered
+
+
 @pytest.fixture
 def tiny_task(tmp_path: Path) -> Path:
     write_items(tmp_path / "items.jsonl", 40)

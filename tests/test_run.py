@@ -4,13 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from conftest import write_items, write_spec
+from conftest import wait_for_calls, write_items, write_spec
 from llmbus.providers import Request, open_provider
 from llmbus.providers.config import resolve_model
 from llmbus.run.engine import eval_items, run_task
@@ -66,16 +64,7 @@ def test_resume_after_kill_9_answers_only_missing_items(tmp_path: Path, stub, st
     cmd = [sys.executable, "-m", "llmbus.cli", "run", str(task), "--model", stub_model, "--db", str(db),
            "--concurrency", "2", "--json"]
     proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    engine = sa.create_engine(f"sqlite:///{db}")
-    deadline = time.time() + 60
-    answered = 0
-    while time.time() < deadline and answered < 8:
-        time.sleep(0.1)
-        try:
-            with engine.connect() as conn:
-                answered = conn.scalar(sa.text("select count(*) from calls")) or 0
-        except sa.exc.OperationalError:
-            pass
+    wait_for_calls(db, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = Store(str(db))

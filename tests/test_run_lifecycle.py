@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import write_items, write_spec
+from conftest import wait_for_calls, write_items, write_spec
 from llmbus.errors import DataError
 from llmbus.providers import Request, open_provider
 from llmbus.providers.base import Completion
@@ -54,15 +54,7 @@ def test_sigterm_logs_the_answers_in_flight_and_marks_the_run_interrupted(tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "llmbus.cli", "run", str(task), "--model", stub_model,
                              "--db", str(db), "--concurrency", "4", "--json"],
                             env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    engine = sa.create_engine(f"sqlite:///{db}")
-    deadline, answered = time.time() + 60, 0
-    while time.time() < deadline and answered < 4:
-        time.sleep(0.05)
-        try:
-            with engine.connect() as conn:
-                answered = conn.scalar(sa.text("select count(*) from calls")) or 0
-        except sa.exc.OperationalError:
-            pass
+    wait_for_calls(db, 4)
     time.sleep(0.15)  # mid-flight: requests are at the stub
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
