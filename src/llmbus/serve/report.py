@@ -7,17 +7,18 @@ import base64
 import io
 import math
 from dataclasses import asdict, dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from llmbus.errors import LlmbusError
+from llmbus.pages import environment
 from llmbus.providers.config import resolve_model
 from llmbus.quality.evaluate import evaluate
 from llmbus.run.summary import RunSummary, summarize
 from llmbus.store import Store
 from llmbus.task.spec import TaskSpec
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 @dataclass
@@ -204,5 +205,4 @@ def pareto_png(report: Report) -> bytes:
 
 def render_html(report: Report) -> str:
     """The report as one HTML page (inline CSS, the plot as a data: URI): opens without a server."""
-    template = resources.files("llmbus.serve").joinpath("templates/report.html").read_text(encoding="utf-8")
-    return jinja2.Environment(autoescape=True).from_string(template).render(report=report)
+    return environment(TEMPLATES).get_template("report.html").render(report=report)

@@ -17,8 +17,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 
+from llmbus.pages import environment
 from llmbus.quality import label
 from llmbus.store import Store
+from llmbus.web.auth import request_token, sign_in, sign_out
 
 TEMPLATES = Path(__file__).parent / "templates" / "label"
 COOKIE = "llmbus_label_token"
@@ -27,13 +29,13 @@ COOKIE = "llmbus_label_token"
 def create_app(store: Store, project: str) -> FastAPI:
     """The labeling app for one project (the store and project are passed in, never global)."""
     meta = label.get_project(store, project)
-    templates = Jinja2Templates(directory=str(TEMPLATES))
+    templates = Jinja2Templates(env=environment(TEMPLATES))
     # Instructions are the project owner's markdown; raw HTML in it is not rendered.
     instructions_html = MarkdownIt("commonmark", {"html": False}).render(meta["instructions"] or "")
     app = FastAPI(title=f"llmbus label · {project}", docs_url=None, redoc_url=None, openapi_url=None)
 
     def who(request: Request) -> str | None:
-        found = label.annotator_for(store, request.cookies.get(COOKIE, ""))
+        found = label.annotator_for(store, request_token(request, COOKIE))
         return found[1] if found and found[0] == project else None
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -52,13 +54,13 @@ def create_app(store: Store, project: str) -> FastAPI:
         if not found or found[0] != project:
             return page(request, "login.html", status=401, error="Unknown token for this project.")
         response = home()
-        response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+        sign_in(response, COOKIE, token.strip())
         return response
 
     @app.post("/logout")
     def logout() -> RedirectResponse:
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
+        sign_out(response, COOKIE)
         return response
 
     @app.get("/", response_class=HTMLResponse, response_model=None)

@@ -18,7 +18,9 @@ from fastapi.templating import Jinja2Templates
 from llmbus.errors import InvalidEdit, LlmbusError, ReviewConflict
 from llmbus.flows.log import FlowLog
 from llmbus.flows.review import ReviewQueue
+from llmbus.pages import environment
 from llmbus.store import Store
+from llmbus.web.auth import request_token, sign_in
 
 COOKIE = "llmbus_review"
 TEMPLATES = Path(__file__).parent / "templates" / "review"
@@ -38,14 +40,12 @@ def parse_reviewers(values: list[str]) -> dict[str, str]:
 def create_app(store: Store, tokens: dict[str, str], lease_s: float = 600.0, resume_flows: bool = True) -> FastAPI:
     """The review app over one store; `tokens` maps each reviewer's token to their name."""
     app = FastAPI(title="llmbus review", docs_url=None, redoc_url=None, openapi_url=None)
-    templates = Jinja2Templates(directory=str(TEMPLATES))
+    templates = Jinja2Templates(env=environment(TEMPLATES))
     queue = ReviewQueue(store, lease_s=lease_s)
     log = FlowLog(store)
 
     def reviewer(request: Request) -> str | None:
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else request.cookies.get(COOKIE)
-        return tokens.get(token or "")
+        return tokens.get(request_token(request, COOKIE))
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"reviewer": reviewer(request), **context},
@@ -71,7 +71,7 @@ def create_app(store: Store, tokens: dict[str, str], lease_s: float = 600.0, res
         if token not in tokens:
             return page(request, "login.html", 401, error="unknown token")
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        sign_in(response, COOKIE, token)
         return response
 
     @app.get("/", response_class=HTMLResponse, response_model=None)
