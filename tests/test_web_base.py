@@ -62,6 +62,9 @@ def test_login_cookie_is_httponly_strict_and_logout_clears_it(store: Store, tiny
     assert review.get("/", headers={"Authorization": "Basic sekrit-token"}).status_code == 200  # cookie still counts
     assert TestClient(review.app).get("/", headers={"Authorization": "Basic sekrit-token"},
                                       follow_redirects=False).status_code == 303
+    out = review.post("/logout", follow_redirects=False)  # the review UI had no sign-out before
+    assert out.status_code == 303 and "max-age=0" in out.headers["set-cookie"].lower()
+    assert review.get("/", follow_redirects=False).headers["location"] == "/login"
 
 
 def test_the_three_pages_read_alike_in_chromium(store: Store, tiny_task: Path, browser, tmp_path: Path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmbus.serve.gateway_keys import bearer_token
+
 
 def request_token(request: Request, cookie: str) -> str:
     """The bearer token of the request's Authorization header (any case of `Bearer`), else the cookie's."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    header = request.headers.get("authorization", "").strip()
+    if header.lower().startswith("bearer "):  # another scheme (Basic) falls back to the cookie, as before
+        return bearer_token(header)
     return request.cookies.get(cookie, "")
 
 

@@ -20,7 +20,7 @@ from llmbus.flows.log import FlowLog
 from llmbus.flows.review import ReviewQueue
 from llmbus.pages import environment
 from llmbus.store import Store
-from llmbus.web.auth import request_token, sign_in
+from llmbus.web.auth import request_token, sign_in, sign_out
 
 COOKIE = "llmbus_review"
 TEMPLATES = Path(__file__).parent / "templates" / "review"
@@ -72,6 +72,12 @@ def create_app(store: Store, tokens: dict[str, str], lease_s: float = 600.0, res
             return page(request, "login.html", 401, error="unknown token")
         response = RedirectResponse("/", status_code=303)
         sign_in(response, COOKIE, token)
+        return response
+
+    @app.post("/logout")
+    def logout() -> RedirectResponse:
+        response = login_first()
+        sign_out(response, COOKIE)
         return response
 
     @app.get("/", response_class=HTMLResponse, response_model=None)
