@@ -1,13 +1,18 @@
 """The run engine's own cost: `llmbus run` vs a plain httpx thread pool sending the same bodies to a stub that
-answers instantly, at growing sizes — items/s, their ratio and peak RSS, from one run.
+answers instantly, at growing sizes — items/s, their ratio and peak RSS, from one run; then the nearest-shot
+path with a cold and a warm embedding cache.
 
-    .venv/bin/python bench/engine.py [--sizes 2000,8000,32000] [--concurrency 8]
+    .venv/bin/python bench/engine.py [--sizes 2000,8000,32000] [--concurrency 8] [--nearest 2000]
 
 Both sides send the same requests (llmbus's own `to_payload` builds the plain pool's bodies) to the same
 OpenAI-compatible stub (tests/openai_stub.py) running in its own process on 127.0.0.1. llmbus runs as the real
 CLI in a subprocess (a fresh SQLite call log, no cache) and reports items/s over its answering time; its peak RSS
 comes from the kernel (wait4). Targets: ratio ≥ 0.8 at every size, RSS at the largest size within 20 MB of the
 smallest.
+
+The nearest line runs a classify task with `fewshot: {k: 8, strategy: nearest}` over --nearest items twice on
+one SQLite store: cold (fresh DB, every pool and query text embedded by MiniLM) and warm (the same DB, --no-cache
+so answers are asked again, every vector read from the store's embeddings table) — items/s, wall time, ratio.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ with StubServer(port=int(sys.argv[1])):
 """
 
 
-def write_task(folder: Path, n: int) -> Path:
-    """A classify task of n short items with two fixed shots (one shared prompt prefix)."""
+def write_task(folder: Path, n: int, fewshot: dict[str, object] | None = None) -> Path:
+    """A classify task of n short items with two fixed shots (one shared prompt prefix) unless `fewshot`."""
     with (folder / "items.jsonl").open("w") as handle:
         for i in range(n):
             label = "spam" if i % 3 == 0 else "ham"
@@ -53,7 +58,7 @@ def write_task(folder: Path, n: int) -> Path:
             "prompt": "{% for ex in examples %}SMS: {{ ex.text }}\nLabel: {{ ex.label }}\n{% endfor %}"
                       "SMS: {{ item.text }}\nLabel:",
             "output": {"labels": ["ham", "spam"]}, "data": {"path": "items.jsonl", "expected": "label", "id": "id"},
-            "fewshot": {"k": 2, "strategy": "fixed", "pool_fraction": 0.01}, "params": {"max_tokens": 2}}
+            "fewshot": fewshot or {"k": 2, "strategy": "fixed", "pool_fraction": 0.01}, "params": {"max_tokens": 2}}
     path = folder / "task.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -88,21 +93,53 @@ main()
 
 def llmbus_run(task: Path, folder: Path, concurrency: int) -> tuple[float, float]:
     """(items/s, peak RSS MB) of `llmbus run` in its own process."""
+    summary, _wall = llmbus_summary(task, folder, concurrency)
+    return float(summary["items_per_s"]), int((folder / "peak_kb").read_text()) / 1024
+
+
+def llmbus_summary(task: Path, folder: Path, concurrency: int) -> tuple[dict[str, object], float]:
+    """`llmbus run --no-cache --json`'s summary and the command's wall seconds (its process start included)."""
     env = {**os.environ, "LLMBUS_CONFIG": str(folder / "llmbus.yaml"), "LLMBUS_DB": str(folder / "calls.db")}
     peak_file = folder / "peak_kb"
+    tick = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CLI_WITH_PEAK, str(peak_file), "run", str(task), "--model",
                              "openai:bench", "--concurrency", str(concurrency), "--no-cache", "--json"],
                             capture_output=True, env=env, text=True)
+    wall = time.perf_counter() - tick
     if result.returncode != 0:
         raise SystemExit(f"llmbus run failed: {result.stderr.strip()[-300:]}")
-    summary = json.loads(result.stdout)
-    return float(summary["items_per_s"]), int(peak_file.read_text()) / 1024
+    return json.loads(result.stdout), wall
+
+
+def nearest_bench(base_url: str, n: int, concurrency: int) -> None:
+    """Print the nearest-shot path's items/s and wall time with a cold then a warm embedding cache."""
+    with tempfile.TemporaryDirectory(prefix="llmbus-bench-") as tmp:
+        folder = Path(tmp)
+        task = write_task(folder, n, {"k": 8, "strategy": "nearest", "pool_fraction": 0.2})
+        write_config(folder, base_url)
+        lines = {}
+        for name in ("cold", "warm"):
+            summary, wall = llmbus_summary(task, folder, concurrency)
+            items = int(str(summary["items"]))
+            lines[name] = (float(str(summary["items_per_s"])), wall, items)
+            print(f"nearest k=8, {n} items ({items} answered, {n - items} in the pool), {name} embedding cache: "
+                  f"{lines[name][0]:.0f} items/s answering, wall {wall:.1f} s ({items / wall:.0f} items/s)",
+                  flush=True)
+        print(f"nearest warm/cold: {lines['warm'][0] / lines['cold'][0]:.2f}x items/s answering, "
+              f"{lines['cold'][1] / lines['warm'][1]:.2f}x faster wall")
+
+
+def write_config(folder: Path, base_url: str) -> None:
+    """The bench's model config: the stub as `openai:bench`."""
+    (folder / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:bench": {
+        "base_url": base_url, "model": "stub-model", "timeout_s": 30}}}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="2000,8000,32000")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--nearest", type=int, default=2000, help="items of the nearest-shot line (0: skip it)")
     args = parser.parse_args()
     port = free_port()
     stub = subprocess.Popen([sys.executable, "-c", STUB, str(port)])
@@ -120,8 +157,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="llmbus-bench-") as tmp:
                 folder = Path(tmp)
                 task = write_task(folder, n)
-                (folder / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:bench": {
-                    "base_url": base_url, "model": "stub-model", "timeout_s": 30}}}))
+                write_config(folder, base_url)
                 os.environ["LLMBUS_CONFIG"] = str(folder / "llmbus.yaml")
                 spec = load_spec(task)
                 items, selector = eval_items(spec)
@@ -133,6 +169,8 @@ def main() -> None:
                 rss.append(peak)
                 print(f"{len(items):>7} {plain:>14.0f} {ours:>15.0f} {ours / plain:>6.2f} {peak:>14.0f}", flush=True)
         print(f"RSS growth, largest vs smallest size: {rss[-1] - rss[0]:+.0f} MB (target ≤ 20)")
+        if args.nearest:
+            nearest_bench(base_url, args.nearest, args.concurrency)
     finally:
         stub.terminate()
         stub.wait()

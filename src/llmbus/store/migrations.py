@@ -16,6 +16,7 @@ from llmbus.store.schema import (
     QUALITY_TABLES,
     cache,
     calls,
+    embeddings,
     ix_calls_task_item,
     key_spend,
     runs,
@@ -78,6 +79,10 @@ def _m008_key_spend(conn: Connection) -> None:
         conn.execute(key_spend.insert().values(key_name=name, cost_usd=cost[name], calls=count[name]))
 
 
+def _m009_embeddings(conn: Connection) -> None:
+    embeddings.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -88,4 +93,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("006_run_sampling", _m006_run_sampling),
     ("007_label_show_fields", _m007_label_show_fields),
     ("008_key_spend", _m008_key_spend),
+    ("009_embeddings", _m009_embeddings),
 ]

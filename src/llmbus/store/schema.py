@@ -76,6 +76,14 @@ key_spend = sa.Table(
     sa.Column("calls", sa.Integer, nullable=False, default=0),
 )
 
+embeddings = sa.Table(
+    "embeddings", metadata,  # added by 009: sentence vectors keyed by (embedding model, sha256 of the text)
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("text_sha256", sa.String(64), primary_key=True),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32, native little-endian bytes
+)
+
 migrations_table = sa.Table(
     "migrations", metadata,
     sa.Column("name", sa.String(100), primary_key=True),

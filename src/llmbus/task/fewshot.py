@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from llmbus.embed import embed
+from llmbus.embed import EmbeddingCache, embed
 from llmbus.task.data import Item
 from llmbus.task.spec import TaskSpec
 
@@ -16,9 +16,10 @@ from llmbus.task.spec import TaskSpec
 class ExampleSelector:
     """Chooses k pool examples for an item, following the spec's few-shot strategy."""
 
-    def __init__(self, spec: TaskSpec, pool: list[Item]):
+    def __init__(self, spec: TaskSpec, pool: list[Item], cache: EmbeddingCache | None = None):
         self.spec = spec
         self.pool = pool
+        self.cache = cache  # the store's embedding cache, passed in (this layer sits below the store)
         self.k = min(spec.fewshot.k, len(pool))
         self._fixed: list[Item] | None = None
         self._pool_vectors: np.ndarray | None = None
@@ -50,8 +51,8 @@ class ExampleSelector:
     def _nearest_examples(self, items: list[Item]) -> list[list[Item]]:
         field = self.spec.data.input
         if self._pool_vectors is None:
-            self._pool_vectors = embed([p.text(field) for p in self.pool])
-        queries = embed([item.text(field) for item in items])
+            self._pool_vectors = embed([p.text(field) for p in self.pool], cache=self.cache)
+        queries = embed([item.text(field) for item in items], cache=self.cache)
         similarity = queries @ self._pool_vectors.T
         chosen = []
         for row in similarity:
