@@ -205,11 +205,16 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
             if not pending:
                 break
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # Log every answer of this batch before an error from one of them stops the run: none is lost.
+            failures = [f.exception() for f in finished if f.exception() is not None]
             for future in finished:
-                log(future.result())
-                if on_progress:
-                    on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
-                                         time.monotonic() - started))
+                if future.exception() is None:
+                    log(future.result())
+            if failures:
+                raise failures[0]  # type: ignore[misc]
+            if on_progress:
+                on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
+                                     time.monotonic() - started))
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
