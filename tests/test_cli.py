@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_items, write_spec
+from conftest import ROOT, write_items, write_spec
 
 
 def llmbus(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -193,3 +193,28 @@ def test_version_is_the_installed_package_version():
     result = llmbus("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"llmbus {version('llmbus')}"
+
+
+def test_registering_models_in_a_malformed_llmbus_yaml_is_one_line_and_writes_nothing(tmp_path: Path):
+    from llmbus.errors import SpecError
+    from llmbus.providers.config import add_models
+
+    config = tmp_path / "llmbus.yaml"
+    config.write_text("models:\n  - openai:x\n")
+    with pytest.raises(SpecError, match=r"llmbus.yaml:\d+: models: must be a mapping"):
+        add_models({"encoder:t-student": {"path": "/s"}}, config)
+    assert config.read_text() == "models:\n  - openai:x\n"
+    config.write_text("models:\n  openai:keep: {base_url: 'http://127.0.0.1:1/v1', model: m}\n")
+    add_models({"encoder:t-student": {"path": "/s", "threads": 1}}, config)
+    import yaml
+
+    assert set(yaml.safe_load(config.read_text())["models"]) == {"openai:keep", "encoder:t-student"}
+
+
+def test_serve_config_of_the_wrong_shape_and_non_utf8_side_files_are_one_line(tmp_path: Path):
+    (tmp_path / "serve.yaml").write_text("- sms\n- gemma\n")
+    assert_one_line_error(llmbus("serve", "--config", str(tmp_path / "serve.yaml")), "serve.yaml:1",
+                          "serve config is a mapping")
+    (tmp_path / "inputs.jsonl").write_bytes(b'{"question": "caf\xe9"}\n')
+    assert_one_line_error(llmbus("flow", "run", str(ROOT / "examples" / "support" / "flow.py"), "--dataset",
+                                 str(tmp_path / "inputs.jsonl")), "inputs.jsonl:1", "not utf-8")

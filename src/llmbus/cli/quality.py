@@ -198,13 +198,14 @@ def label_create(
     from llmbus.errors import DataError
     from llmbus.quality import label
     from llmbus.store import Store
+    from llmbus.task.spec import read_utf8
 
     parsed = label.parse_schema(schema, labels, correction)
     text = ""
     if instructions:
         if not Path(instructions).is_file():
             raise DataError(f"{instructions}: instructions file not found")
-        text = Path(instructions).read_text(encoding="utf-8")
+        text = read_utf8(Path(instructions))
     store = Store(db)
     label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
     added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],

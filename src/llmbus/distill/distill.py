@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from llmbus.distill.examples import Example
 from llmbus.distill.learning_curve import TARGET_SHARE, CurvePoint, curve_message, measure_curve, project
@@ -35,8 +34,8 @@ from llmbus.distill.teacher_coverage import check_coverage, gold_coverage_warnin
 from llmbus.distill.teacher_filter import decisions
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
+from llmbus.providers.config import add_models
 from llmbus.semantic_cache import choose_threshold, validation_pairs
-from llmbus.settings import config_path
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, split_items
@@ -425,13 +424,8 @@ def single_item_latency(spec: TaskSpec, student: Student, examples: list[Example
 
 def register_models(spec: TaskSpec, report: DistillReport, student_dir: Path, path: Path | None = None) -> None:
     """Add the student and the cascade to llmbus.yaml (other entries are kept)."""
-    path = path or config_path()
-    config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    config = config or {}
-    models = config.setdefault("models", {})
-    models[report.student] = {"path": str(student_dir), "threads": 1}
-    models[report.cascade] = cascade_entry(report.student, report.teacher_model, report.cascade_threshold)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    add_models({report.student: {"path": str(student_dir), "threads": 1},
+                report.cascade: cascade_entry(report.student, report.teacher_model, report.cascade_threshold)}, path)
 
 
 def cascade_entry(student: str, teacher: str, threshold: float) -> dict[str, Any]:

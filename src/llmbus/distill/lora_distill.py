@@ -16,14 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmbus.distill.distill import Scored, cascade_entry, cascade_on, distillation_data
 from llmbus.distill.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.distill.quantize import Variant, build_variants, local_model, measure
-from llmbus.providers.config import ModelConfig, resolve_model
+from llmbus.providers.config import ModelConfig, add_models, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
-from llmbus.settings import config_path
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.output import parse_output
@@ -142,12 +139,9 @@ def choose_precision(variants: list[Variant], val_quality: dict[str, float], tar
 def register_lora_models(spec: TaskSpec, report: LoraDistillReport, variants: list[Variant], chosen: Variant,
                          path: Path | None = None) -> None:
     """Add `local:<task>-student` (the chosen precision), one entry per precision, and `cascade:<task>`."""
-    path = path or config_path()
-    config = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
-    models = config.setdefault("models", {})
     named = [(report.student, chosen)] + [(f"{report.student}-{v.quant.lower()}", v) for v in variants]
-    for name, variant in named:
-        models[name] = {"gguf": str(Path(variant.path).resolve()), "input_template": STUDENT_TEMPLATE,
-                        "threads": 1}
-    models[report.cascade] = cascade_entry(report.student, report.teacher_model, report.cascade_threshold)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    entries: dict[str, dict[str, Any]] = {
+        name: {"gguf": str(Path(variant.path).resolve()), "input_template": STUDENT_TEMPLATE, "threads": 1}
+        for name, variant in named}
+    entries[report.cascade] = cascade_entry(report.student, report.teacher_model, report.cascade_threshold)
+    add_models(entries, path)

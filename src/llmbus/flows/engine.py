@@ -31,7 +31,7 @@ from llmbus.run.engine import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Store, now
 from llmbus.task.output import parse_output
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.spec import TaskSpec, read_utf8, render_prompt
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ def read_inputs(input_json: str | None, dataset: str | None) -> list[Any]:
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
     values = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
         if line.strip():
             try:
                 values.append(json.loads(line))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -111,6 +111,21 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
             raise SpecError(describe_validation_error(path, node, exc).replace(
                 f"{path}:", f"{path}: models.{name}:", 1)) from None
     return configs
+
+
+def add_models(entries: dict[str, dict[str, Any]], path: Path | None = None) -> None:
+    """Add (or replace) named models in llmbus.yaml, keeping every other entry; a malformed file is one error
+    line naming it, and nothing is written."""
+    path = path or config_path()
+    config: dict[str, Any] = {}
+    if path.is_file():
+        node, raw = read_yaml(path, "config")
+        _model_entries(path, node, raw)  # the same shape checks as reading it
+        config = dict(raw or {})
+    models = dict(config.get("models") or {})
+    models.update(entries)
+    config["models"] = models
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 def _model_entries(path: Path, node: yaml.Node | None, raw: object) -> dict[str, dict[str, object]]:

@@ -78,6 +78,9 @@ def load_serve_config(path: str | Path) -> ServeConfig:
     """Read serve.yaml; errors name file, line and field."""
     path = Path(path)
     node, raw = read_yaml(path, "serve config")
+    if not isinstance(raw, dict | None):
+        raise SpecError(f"{path}:1: serve config is a mapping with `models:` (and keys, cache…), not a "
+                        f"{type(raw).__name__}")
     try:
         return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:

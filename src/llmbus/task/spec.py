@@ -17,7 +17,7 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llmbus.errors import SpecError
+from llmbus.errors import DataError, SpecError
 
 Kind = Literal["classify", "extract", "generate"]
 
@@ -189,6 +189,14 @@ def describe_yaml_error(path: Path, exc: yaml.YAMLError) -> str:
         if problem_mark is not None and problem_mark.line != mark.line and "end of stream" not in detail:
             detail += f" (noticed at line {problem_mark.line + 1})"
     return f"{path}:{mark.line + 1}: malformed YAML: {detail}"
+
+
+def read_utf8(path: Path) -> str:
+    """A UTF-8 text file's content; any other bytes are one DataError naming the line and byte offset."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{describe_decode_error(path, 'utf-8')} (save the file as UTF-8)") from None
 
 
 def describe_decode_error(path: Path, encoding: str) -> str:
