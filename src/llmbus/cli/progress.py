@@ -8,14 +8,13 @@ any work stays one plain line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from llmbus.cli.app import err
-
-StageCallback = Callable[[str, int | None, int | None], None]
+from llmbus.embed import StageCallback  # the library's one callback type
 
 
 @contextmanager

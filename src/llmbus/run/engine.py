@@ -206,12 +206,14 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
                 break
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             # Log every answer of this batch before an error from one of them stops the run: none is lost.
-            failures = [f.exception() for f in finished if f.exception() is not None]
+            failure: BaseException | None = None
             for future in finished:
-                if future.exception() is None:
+                if (raised := future.exception()) is None:
                     log(future.result())
-            if failures:
-                raise failures[0]  # type: ignore[misc]
+                else:
+                    failure = failure or raised
+            if failure is not None:
+                raise failure
             if on_progress:
                 on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
                                      time.monotonic() - started))
