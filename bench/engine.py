@@ -33,7 +33,9 @@ import yaml
 from llmbus.providers.base import Request
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.openai import to_payload
-from llmbus.run.engine import build_request, eval_items, render_items
+from llmbus.run.adapter import item_request
+from llmbus.run.engine import eval_items
+from llmbus.run.executors import render_items
 from llmbus.task.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +163,7 @@ def main() -> None:
                 os.environ["LLMBUS_CONFIG"] = str(folder / "llmbus.yaml")
                 spec = load_spec(task)
                 items, selector = eval_items(spec)
-                requests: list[Request] = [build_request(spec, prompt, item)
+                requests: list[Request] = [item_request(spec, item, prompt)
                                            for item, prompt in render_items(spec, items, selector)]
                 bodies = [to_payload("stub-model", "chat", r) for r in requests]
                 plain = plain_pool(base_url, bodies, args.concurrency)

@@ -17,10 +17,12 @@ from llmbus.distill.learning_curve import CurvePoint, curve_message, project, st
 from llmbus.distill.teacher_coverage import coverage_problems, one_answer_warning
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
+from llmbus.providers.config import resolve_model
+from llmbus.providers.encoder import EncoderProvider
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.data import load_items
-from llmbus.task.spec import load_spec
+from llmbus.task.spec import TaskSpec, load_spec
 from llmbus.train.student import TrainSettings, entities_to_bio, fit_temperature, load_student, softmax
 from pipeline import Savings
 from quality_helpers import add_run
@@ -252,6 +254,27 @@ def test_the_recipe_is_picked_on_validation_and_a_head_student_serves_as_encoder
     calls = list(store.iter_calls(run))
     assert len(calls) == 6 and all(c["error_kind"] is None and c["parsed"] in ("ham", "spam") for c in calls)
     assert all(sum(c["label_probs"].values()) == pytest.approx(1.0) for c in calls)
+    _student_answers_a_run_in_batches(spec, report.student, store)
+
+
+def _student_answers_a_run_in_batches(spec: TaskSpec, model: str, store: Store) -> None:
+    """An encoder student answering a run gets whole batches (one forward pass for many items), and a batch
+    answers exactly what one-by-one calls answer."""
+    provider = EncoderProvider(resolve_model(model))
+    provider.check()
+    passes: list[int] = []
+    student = provider._student
+    assert student is not None
+    one_pass = student.predict_proba
+    student.predict_proba = lambda texts: passes.append(len(texts)) or one_pass(texts)  # type: ignore[method-assign]
+    run = run_task(spec, model, store, provider=provider, use_cache=False, concurrency=2)
+    calls = list(store.iter_calls(run))
+    assert len(calls) > 6 and sum(passes) == len(calls) and max(passes) > 1, passes
+    items = {item.id: item for item in load_items(spec)}
+    for call in calls:
+        raw = items[call["item_id"]].text(spec.data.input)
+        alone = provider.complete(Request(call["prompt"], labels=("ham", "spam"), input=raw))
+        assert alone.text == call["parsed"] and alone.label_probs == pytest.approx(call["label_probs"])
 
 
 def test_a_majority_label_candidate_ranks_below_one_that_learned_and_is_warned_about(tmp_path: Path):

@@ -1,7 +1,7 @@
 """Semantic cache: paraphrases hit, negations never do, and the threshold is chosen on validation pairs."""
 
 from conftest import SMS_TASK
-from llmbus.semantic_cache import SemanticCache, choose_threshold, negate, negation_signature, validation_pairs
+from llmbus.run.cache import SemanticCache, choose_threshold, negate, negation_signature, validation_pairs
 from llmbus.task.data import load_items, split_items
 from llmbus.task.spec import load_spec
 

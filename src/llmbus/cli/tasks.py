@@ -36,7 +36,8 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
-    from llmbus.run.engine import eval_items, render_items, run_task
+    from llmbus.run.engine import eval_items, run_task
+    from llmbus.run.executors import render_items
     from llmbus.run.summary import summarize
     from llmbus.store import Store
     from llmbus.task.spec import load_spec

@@ -35,7 +35,7 @@ from llmbus.distill.teacher_filter import decisions
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
 from llmbus.providers.config import add_models
-from llmbus.semantic_cache import choose_threshold, validation_pairs
+from llmbus.run.cache import choose_threshold, validation_pairs
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, split_items

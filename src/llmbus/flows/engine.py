@@ -27,7 +27,7 @@ from llmbus.flows.review import Decision, ReviewQueue
 from llmbus.flows.steps import FlowPaused, LlmAnswer, StepResult
 from llmbus.flows.tools import Tool, call_tool, tool
 from llmbus.providers import Provider, Request, open_provider
-from llmbus.run.engine import build_request
+from llmbus.run.adapter import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Store, now
 from llmbus.task.output import parse_output

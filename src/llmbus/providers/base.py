@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from llmbus.errors import ProviderError
 
@@ -75,6 +75,28 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class BatchProvider(Protocol):
+    """A provider that answers many requests in one pass (in-process students and heads: one forward pass
+    over a batch costs little more than over one item)."""
+
+    batch_size: int
+
+    def complete_batch(self, requests: list[Request]) -> list[Completion]: ...
+
+
+def batch_size(provider: Provider) -> int:
+    """How many requests the provider wants at once (1 for everything answering over HTTP)."""
+    return provider.batch_size if isinstance(provider, BatchProvider) else 1
+
+
+def complete_many(provider: Provider, requests: list[Request]) -> list[Completion]:
+    """Answers to `requests`, in one pass when the provider batches."""
+    if isinstance(provider, BatchProvider) and len(requests) > 1:
+        return provider.complete_batch(requests)
+    return [provider.complete(request) for request in requests]
+
+
 def stream_pieces(provider: Provider, request: Request) -> Generator[str, None, Completion]:
     """Text pieces as the provider produces them, returning the Completion; providers without `stream`
     (encoders, cascades, label scoring) yield their whole answer once."""
@@ -112,3 +134,10 @@ def normalize_probs(scores: dict[str, float]) -> dict[str, float]:
     if total <= 0 or not math.isfinite(total):
         return {k: 1 / len(scores) for k in scores}
     return {k: v / total for k, v in scores.items()}
+
+
+def label_completion(probs: dict[str, float], labels: tuple[str, ...] | None) -> Completion:
+    """The most likely label with its distribution (over the request's label set when it names one)."""
+    if labels:
+        probs = {label: probs.get(label, 0.0) for label in labels}
+    return Completion(text=max(probs, key=lambda k: probs[k]), label_probs=probs)

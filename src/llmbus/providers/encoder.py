@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmbus.providers.base import Completion, Request
+from llmbus.providers.base import Completion, Request, label_completion
 from llmbus.providers.config import ModelConfig
 from llmbus.train.student import Student, load_student
 
@@ -32,27 +32,33 @@ class EncoderProvider:
         if self._student is None:
             self._student = load_student(self.path, threads=self.config.threads)
 
+    batch_size = 64  # a run hands this many items to one forward pass
+
     def complete(self, request: Request) -> Completion:
         """Classify or extract from `request.input` (falls back to the prompt)."""
+        return self.complete_batch([request])[0]
+
+    def complete_batch(self, requests: list[Request]) -> list[Completion]:
+        """`complete` for many requests in one forward pass; each is charged its share of the CPU time."""
         self.check()
         assert self._student is not None
-        text = request.input if request.input is not None else request.prompt
+        texts = [request.input if request.input is not None else request.prompt for request in requests]
         with self._lock:
             tick = time.process_time()
             if self._student.meta.kind == "extract":
-                entities = self._student.extract([text.split()])[0]
-                completion = Completion(text=json.dumps({"entities": entities}))
+                completions = [Completion(text=json.dumps({"entities": entities}))
+                               for entities in self._student.extract([text.split() for text in texts])]
             else:
-                probs = self._student.predict_proba([text])[0]
-                if request.labels:
-                    probs = {label: probs.get(label, 0.0) for label in request.labels}
-                completion = Completion(text=max(probs, key=lambda k: probs[k]), label_probs=probs)
-            cpu = time.process_time() - tick
-        completion.tokens_in = len(text.split())
-        completion.cpu_seconds = cpu
-        completion.cost_usd = cpu * self.config.usd_per_hour / 3600
-        return completion
+                completions = [label_completion(probs, request.labels)
+                               for probs, request in zip(self._student.predict_proba(texts), requests, strict=True)]
+            cpu = (time.process_time() - tick) / len(requests)
+        for completion, text in zip(completions, texts, strict=True):
+            completion.tokens_in = len(text.split())
+            completion.cpu_seconds = cpu
+            completion.cost_usd = cpu * self.config.usd_per_hour / 3600
+        return completions
 
     def close(self) -> None:
         """Drop the model."""
         self._student = None
+

@@ -11,7 +11,7 @@ import numpy as np
 
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import ModelError
-from llmbus.providers.base import Completion, Request
+from llmbus.providers.base import Completion, Request, label_completion
 from llmbus.settings import USD_PER_HOUR
 from llmbus.train.student import HEAD_FILE, LogisticHead
 
@@ -64,19 +64,28 @@ class HeadProvider:
         if self._head is None:
             self._head = HeadJudge.load(self.path)
 
+    batch_size = 64  # a judge run or a run hands this many inputs to one embedding pass
+
     def complete(self, request: Request) -> Completion:
         """The most likely label and the label distribution."""
+        return self.complete_batch([request])[0]
+
+    def complete_batch(self, requests: list[Request]) -> list[Completion]:
+        """`complete` for many requests in one embedding pass; each is charged its share of the CPU time."""
         self.check()
         assert self._head is not None
-        text = request.input if request.input is not None else request.prompt
+        texts = [request.input if request.input is not None else request.prompt for request in requests]
         with self._lock:
             tick = time.process_time()
-            probs = self._head.predict_proba([text])[0]
-            cpu = time.process_time() - tick
-        if request.labels:
-            probs = {label: probs.get(label, 0.0) for label in request.labels}
-        return Completion(text=max(probs, key=lambda k: probs[k]), tokens_in=len(text.split()), tokens_out=1,
-                          label_probs=probs, cpu_seconds=cpu, cost_usd=cpu * self.usd_per_hour / 3600)
+            all_probs = self._head.predict_proba(texts)
+            cpu = (time.process_time() - tick) / len(requests)
+        completions = []
+        for probs, request, text in zip(all_probs, requests, texts, strict=True):
+            completion = label_completion(probs, request.labels)
+            completion.tokens_in, completion.tokens_out = len(text.split()), 1
+            completion.cpu_seconds, completion.cost_usd = cpu, cpu * self.usd_per_hour / 3600
+            completions.append(completion)
+        return completions
 
     def close(self) -> None:
         """Drop the head."""

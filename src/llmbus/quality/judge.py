@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.run.engine import answer_item
+from llmbus.run.adapter import CallPlan, answer_batch
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.task.data import Item, load_items, split_items
@@ -167,8 +167,8 @@ class _JudgeContext:
         examples = [{k: fence(v) if k in FENCED_FIELDS else v for k, v in ex.fields.items()}
                     for ex in self.selector.select(item)]
         prompt = render_prompt(self.spec, fields, examples)
-        return answer_item(self.call_spec, self.model, self.provider, None, self.run_id, item, prompt,
-                           use_cache=False)
+        plan = CallPlan(self.call_spec, self.model, self.run_id, use_cache=False)
+        return answer_batch(plan, self.provider, None, [(item, prompt)])[0]
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 
 from llmbus.embed import EmbeddingCache
-from llmbus.errors import DataError, LlmbusError, ProviderError, RunInterrupted, SpecError
-from llmbus.providers import Provider, Request, open_provider
-from llmbus.providers.base import Completion
+from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
+from llmbus.providers import Provider, open_provider
+from llmbus.run.adapter import CallPlan, example_fields
+from llmbus.run.cache import ExactCache
+from llmbus.run.executors import Executor, LocalExecutor
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, sample_order, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.output import parse_output
 from llmbus.task.spec import TaskSpec, render_prompt
 
 # Failures worth another try on resume; schema violations and the like are final answers.
@@ -49,20 +48,6 @@ class Progress:
     metric_name: str
     metric_value: float
     elapsed_s: float
-
-
-def build_request(spec: TaskSpec, prompt: str, item: Item | None = None) -> Request:
-    """The provider request for a rendered prompt, carrying the spec's output contract and the raw input."""
-    return Request(prompt=prompt, max_tokens=spec.params.max_tokens, temperature=spec.params.temperature,
-                   stop=tuple(spec.params.stop),
-                   labels=tuple(spec.output.labels) if spec.kind == "classify" and spec.output.labels else None,
-                   json_schema=spec.output.json_schema if spec.kind == "extract" else None,
-                   input=item.text(spec.data.input) if item is not None else None)
-
-
-def example_fields(spec: TaskSpec, examples: list[Item]) -> list[dict[str, object]]:
-    """Few-shot examples as the template sees them: all fields of each pool item."""
-    return [dict(example.fields) for example in examples]
 
 
 def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampling: str = "representative",
@@ -100,21 +85,12 @@ def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
 def check_items(spec: TaskSpec, items: list[Item], pool: list[Item]) -> None:
     """Render every item's prompt once (with stand-in examples) so a row missing a field fails before any call,
     naming its file, line and item."""
-    template_examples = example_fields(spec, pool[: spec.fewshot.k])
+    template_examples = example_fields(pool[: spec.fewshot.k])
     for item in items:
         try:
             render_prompt(spec, dict(item.fields), template_examples)
         except SpecError as exc:
             raise DataError(f"{item.where or spec.data.path}: item {item.id!r}: {exc}") from None
-
-
-def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
-                 chunk: int = 256) -> Iterator[tuple[Item, str]]:
-    """(item, prompt) pairs, selecting examples a chunk at a time (nearest search is batched)."""
-    it = iter(items)
-    while batch := list(islice(it, chunk)):
-        for item, examples in zip(batch, selector.select_many(batch), strict=True):
-            yield item, render_prompt(spec, dict(item.fields), example_fields(spec, examples))
 
 
 def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = None, offset: int = 0,
@@ -157,23 +133,21 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                                       item_offset=offset, sampling=sampling)
         if spec.fewshot.k and spec.fewshot.strategy == "nearest" and todo:
             stage(f"embedding {len(selector.pool)} pool examples")
-        _answer_all(spec, model, provider, store, run_id, render_items(spec, todo, selector), len(items),
-                    len(answered), concurrency, use_cache, on_progress)
+        plan = CallPlan(spec, model, run_id, use_cache)
+        executor = LocalExecutor(provider, ExactCache(store), selector, concurrency)
+        _answer_all(plan, executor, store, todo, len(items), len(answered), on_progress)
     finally:
         if owned:
             provider.close()
     return run_id
 
 
-def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, run_id: str,
-                prompts: Iterator[tuple[Item, str]], total: int, already: int, concurrency: int, use_cache: bool,
+def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[Item], total: int, already: int,
                 on_progress: Callable[[Progress], None] | None) -> None:
+    spec = plan.spec
     started = time.monotonic()
     done, errors = already, 0
     tally = metrics.Tally(spec.main_metric, spec.output.labels or ())  # O(1) per answer: no pass over all answers
-    pending: set[Future[CallRecord]] = set()
-    executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-call")
-
     batch: list[CallRecord] = []
     last_flush = time.monotonic()
 
@@ -196,85 +170,27 @@ def _answer_all(spec: TaskSpec, model: str, provider: Provider, store: Store, ru
 
     status = "failed"
     try:
-        while True:
-            # Keep a bounded number in flight: flat memory, and a stop has little to wait for.
-            while len(pending) < 2 * concurrency and (nxt := next(prompts, None)) is not None:
-                item, prompt = nxt
-                pending.add(executor.submit(answer_item, spec, model, provider, store, run_id, item, prompt,
-                                            use_cache))
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            # Log every answer of this batch before an error from one of them stops the run: none is lost.
-            failure: BaseException | None = None
-            for future in finished:
-                if (raised := future.exception()) is None:
-                    log(future.result())
-                else:
-                    failure = failure or raised
-            if failure is not None:
-                raise failure
+        for records in executor.answers(plan, items):
+            for record in records:
+                log(record)
             if on_progress:
                 on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
                                      time.monotonic() - started))
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
-        raise RunInterrupted(run_id, done, total) from None
+        raise RunInterrupted(plan.run_id, done, total) from None
     finally:
-        if status != "done":
-            _log_in_flight(pending, log)
+        if status != "done":  # calls in flight may already be paid for: log what finishes within the grace
+            for record in executor.drain(GRACE_S):
+                log(record)
         flush()
-        executor.shutdown(wait=status == "done", cancel_futures=True)
-        _close_session(store, run_id, started, status)
-
-
-def _log_in_flight(pending: set[Future[CallRecord]], log: Callable[[CallRecord], None]) -> None:
-    """After a stop: drop calls not yet started, give the running ones GRACE_S to finish, log what finished."""
-    running = {f for f in pending if not f.cancel()}
-    try:
-        finished, _ = wait(running, timeout=GRACE_S)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
-        finished = {f for f in running if f.done()}
-    for future in finished:
-        if not future.cancelled() and future.exception() is None:
-            log(future.result())
+        executor.close()
+        _close_session(store, plan.run_id, started, status)
 
 
 def _close_session(store: Store, run_id: str, started: float, status: str) -> None:
     wall = store.get_run(run_id)["wall_s"] + (time.monotonic() - started)
     store.update_run(run_id, status=status, wall_s=wall, finished_at=now())
 
-
-def answer_item(spec: TaskSpec, model: str, provider: Provider, store: Store | None, run_id: str, item: Item,
-                prompt: str, use_cache: bool = True) -> CallRecord:
-    """Call the model for one item (or reuse a cached answer) and return the call record; never raises
-    for provider or output errors: those are recorded with their kind."""
-    request = build_request(spec, prompt, item)
-    record = CallRecord(run_id=run_id, task=spec.name, spec_version=spec.version, item_id=item.id, model=model,
-                        prompt=prompt, expected=item.expected, started_at=now(), finished_at=now())
-    key = request.cache_key(model)
-    tick = time.perf_counter()
-    cached = store.cache_get(key) if (use_cache and store is not None) else None
-    try:
-        completion = Completion(**cached) if cached else provider.complete(request)
-    except ProviderError as exc:
-        record.error_kind, record.error = exc.kind, str(exc)
-        record.latency_s, record.finished_at = time.perf_counter() - tick, now()
-        return record
-    record.latency_s, record.finished_at = time.perf_counter() - tick, now()
-    record.cache_hit = cached is not None
-    record.raw_output = completion.text
-    record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
-    record.label_probs, record.confidence = completion.label_probs, completion.confidence
-    record.meta = dict(completion.extra) or None
-    if not record.cache_hit:
-        record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds
-    parsed = parse_output(spec, completion.text)
-    record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
-    record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
-                                      item.expected)
-    if use_cache and not record.cache_hit and parsed.error_kind is None:
-        record.extra["cache_put"] = (key, model, completion.cache_dict())  # written by the caller's thread
-    return record
 

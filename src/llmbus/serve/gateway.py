@@ -28,7 +28,8 @@ from llmbus.errors import GatewayError, ProviderError, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
-from llmbus.semantic_cache import SemanticCache
+from llmbus.run.adapter import build_request, example_fields
+from llmbus.run.cache import ExactCache, SemanticCache
 from llmbus.serve.gateway_keys import KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
 from llmbus.store import CallRecord, Store, now
@@ -107,6 +108,7 @@ class Gateway:
         self._model_configs = load_model_configs()
         self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
+        self.exact = ExactCache(store) if config.cache.exact else None
         self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
         self.keys = Keys(config.keys, store.open_key_spend([k.name for k in config.keys]))
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
@@ -158,9 +160,8 @@ class Gateway:
         if spec is None:
             return None
         item = Item(id="request", fields={spec.data.input: raw_input}, expected=None)
-        examples = [dict(e.fields) for e in self.selectors[name].select(item)]
         try:
-            return render_prompt(spec, dict(item.fields), examples)
+            return render_prompt(spec, dict(item.fields), example_fields(self.selectors[name].select(item)))
         except SpecError as exc:
             raise GatewayError(400, f"task {spec.name} cannot render a prompt from one input: {exc}") from None
 
@@ -168,16 +169,11 @@ class Gateway:
         """The provider request for a served model: the task's output contract when it has one."""
         if name not in self.config.models:
             raise GatewayError(404, f"model {name!r} is not served here (see /v1/models)")
-        spec = self.specs.get(name)
         stop = body.get("stop") or []
-        return Request(prompt=prompt, max_tokens=int(body.get("max_tokens") or (spec.params.max_tokens if spec
-                                                                                  else 256)),
-                       temperature=float(body.get("temperature") or 0.0),
-                       stop=tuple([stop] if isinstance(stop, str) else stop),
-                       labels=tuple(spec.output.labels) if spec and spec.kind == "classify" and spec.output.labels
-                       else None,
-                       json_schema=spec.output.json_schema if spec and spec.kind == "extract" else None,
-                       input=raw_input)
+        return build_request(self.specs.get(name), prompt, raw_input,
+                             max_tokens=int(body["max_tokens"]) if body.get("max_tokens") else None,
+                             temperature=float(body.get("temperature") or 0.0),
+                             stop=tuple([stop] if isinstance(stop, str) else stop))
 
     def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
         """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
@@ -185,7 +181,7 @@ class Gateway:
         route = self.config.models[name]
         tick = time.perf_counter()
         try:
-            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            hit = self._cached(name, request)
             if hit is not None:
                 completion, kind = hit
                 answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
@@ -212,7 +208,7 @@ class Gateway:
         request_id = uuid.uuid4().hex[:16]
         relayed = False  # the relay logs the answer and releases the hold
         try:
-            hit = self._cached(request.cache_key(route.model), self._scope(name, request), request)
+            hit = self._cached(name, request)
             if hit is not None:
                 answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
                 answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
@@ -279,20 +275,21 @@ class Gateway:
         if request.temperature != 0:
             return
         model = self.config.models[name].model
-        if self.config.cache.exact:
-            self.store.cache_put(request.cache_key(model), model, completion.cache_dict())
+        if self.exact is not None:
+            self.exact.put(request, model, completion)
         if self.semantic is not None and request.input:
             self.semantic.add(self._scope(name, request), request.input, completion.cache_dict())
 
-    def _cached(self, exact_key: str, scope: str, request: Request) -> tuple[Completion, str] | None:
+    def _cached(self, name: str, request: Request) -> tuple[Completion, str] | None:
+        """A cached answer to a greedy request (exact first, then semantic) and which cache gave it."""
         if request.temperature != 0:
             return None
-        if self.config.cache.exact:
-            cached = self.store.cache_get(exact_key)
+        if self.exact is not None:
+            cached = self.exact.get(request, self.config.models[name].model)
             if cached is not None:
-                return Completion(**cached), "cache_exact"
+                return cached, "cache_exact"
         if self.semantic is not None and request.input:
-            found = self.semantic.lookup(scope, request.input)
+            found = self.semantic.lookup(self._scope(name, request), request.input)
             if found is not None:
                 completion = Completion(**found[0])
                 completion.extra["similarity"] = round(found[1], 4)

@@ -1,9 +1,13 @@
-"""Semantic response cache on MiniLM embeddings, scoped per served model (and so per task).
+"""The response caches — the one copy, used by runs, judge runs and the gateway.
 
-A near-duplicate input reuses a cached answer when its cosine similarity reaches the threshold — unless the
-two inputs differ in negation ("is it open" vs "is it not open"), which embeddings place close together but
-which must never share an answer. The threshold is chosen on validation pairs by `choose_threshold`, which
-also reports the false-hit rate it will have.
+`ExactCache`: an answer is reused when the request is identical (model + rendered prompt + every parameter),
+kept in the store's cache table so it survives restarts and is shared by every process on the same store.
+
+`SemanticCache`: on MiniLM embeddings, scoped per served model (and so per task). A near-duplicate input reuses a
+cached answer when its cosine similarity reaches the threshold — unless the two inputs differ in negation ("is
+it open" vs "is it not open"), which embeddings place close together but which must never share an answer. The
+threshold is chosen on validation pairs by `choose_threshold`, which also reports the false-hit rate it will
+have.
 """
 
 from __future__ import annotations
@@ -17,8 +21,34 @@ from typing import Any
 import numpy as np
 
 from llmbus.embed import embed
+from llmbus.providers import Completion, Request
+from llmbus.store import Store
 
 NEGATIONS = re.compile(r"\b(not|no|never|none|nobody|nothing|neither|nor|cannot|without)\b|n't\b", re.I)
+
+
+class ExactCache:
+    """Answers by exact request, in the store (whether sampled requests may be reused is the caller's call)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def get(self, request: Request, model: str) -> Completion | None:
+        """The cached answer to this exact request, or None."""
+        found = self.store.cache_get(request.cache_key(model))
+        return Completion(**found) if found is not None else None
+
+    def entry(self, request: Request, model: str, completion: Completion) -> tuple[str, str, dict[str, Any]]:
+        """What `put_many` stores for an answer (callers collect these and write them in one transaction)."""
+        return request.cache_key(model), model, completion.cache_dict()
+
+    def put(self, request: Request, model: str, completion: Completion) -> None:
+        """Remember an answer."""
+        self.put_many([self.entry(request, model, completion)])
+
+    def put_many(self, entries: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Store `entry` tuples in one transaction; keys already cached keep their value."""
+        self.store.cache_put_many(entries)
 
 
 def negation_signature(text: str) -> int:
