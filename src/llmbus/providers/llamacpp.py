@@ -11,7 +11,9 @@ import contextlib
 import ctypes
 import hashlib
 import importlib
+import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -49,7 +51,11 @@ LOG_KEEP = 5
 
 def log_dir() -> Path:
     """Where llama-server logs go: $LLMBUS_HOME/logs, private to the user (a log can quote prompts)."""
-    path = llmbus_home() / "logs"
+    return private_dir(llmbus_home() / "logs")
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only the user can read (created when missing)."""
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
@@ -145,6 +151,56 @@ def speculative_args(kind: str | None, draft_gguf: Path | None = None,
     return tuple(args)
 
 
+# Engine knobs in llmbus.yaml → the llama-server flag each one sets (names as this build's --help gives them).
+ENGINE_FLAGS = {"flash_attn": "--flash-attn", "cache_type_k": "--cache-type-k", "cache_type_v": "--cache-type-v",
+                "context_cache": "--slot-save-path"}
+VALUED_FLAGS = ("--flash-attn", "--cache-type-k", "--cache-type-v")  # --help lists the values these accept
+
+
+def engine_args(knobs: dict[str, str | None]) -> tuple[str, ...]:
+    """llama-server flags for the engine knobs that are set (field → value; context_cache is the directory)."""
+    return tuple(part for field, value in knobs.items() if value is not None
+                 for part in (ENGINE_FLAGS[field], value))
+
+
+def help_values(help_text: str, flag: str) -> set[str] | None:
+    """The values this build's --help lists for `flag` (`--flag [on|off|auto]`, or `allowed values: a, b` under
+    it), an empty set when it lists none, None when the flag is not there."""
+    lines = help_text.splitlines()
+    named = re.compile(rf"(^|[\s,]){re.escape(flag)}([\s,]|$)")
+    start = next((i for i, line in enumerate(lines) if line.startswith("-") and named.search(line)), None)
+    if start is None:
+        return None
+    choices = re.search(rf"{re.escape(flag)} \[([^\]]+)\]", lines[start])
+    if choices:
+        return set(choices.group(1).split("|"))
+    block = " ".join([lines[start], *itertools.takewhile(lambda line: not line.startswith("-"), lines[start + 1:])])
+    listed = re.search(r"allowed values: ([^(]+)", block)
+    return {value.strip() for value in listed.group(1).split(",") if value.strip()} if listed else set()
+
+
+def check_engine_knobs(knobs: dict[str, str | None], where: str, binary: Path | None = None) -> None:
+    """One error line (`where: FIELD: …`) for a knob whose flag or value this llama-server build does not take."""
+    binary = binary or find_binary("llama-server")
+    wanted = {field: value for field, value in knobs.items() if value is not None}
+    if not wanted:
+        return
+    try:
+        help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ModelError(f"{binary} --help failed: {exc}") from None
+    for field, value in wanted.items():
+        flag = ENGINE_FLAGS[field]
+        values = help_values(help_text, flag)
+        if values is None:
+            raise ModelError(f"{where}: {field}: this llama-server ({binary}) has no {flag} option; "
+                             "remove the field or rebuild llama.cpp (`make llama`)")
+        if flag in VALUED_FLAGS and value not in values:
+            accepted = ", ".join(sorted(values)) or "no value"
+            raise ModelError(f"{where}: {field}: this llama-server ({binary}) does not accept {flag} {value} "
+                             f"(its --help lists: {accepted})")
+
+
 def _check_status(response: httpx.Response) -> None:
     if response.status_code != 200:
         raise ProviderError(f"http_{response.status_code}",
@@ -187,8 +243,10 @@ class LlamaServer:
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.binary: Path | None = None  # the llama-server executable, once started
         self.client: httpx.Client | None = None
         self.log_path = log_dir() / f"llama-server-{os.getpid()}-{id(self):x}.log"
+        self.starts = 0  # successful starts so far: a change tells callers the server (and its KV cache) is new
         self._failed = False  # a start failed or the server died: its log is kept (see LOG_KEEP)
         self._lock = threading.Lock()
 
@@ -209,7 +267,7 @@ class LlamaServer:
             self._start()
 
     def _start(self) -> None:
-        binary = find_binary("llama-server")
+        binary = self.binary = find_binary("llama-server")
         self.port = free_port()
         if self.process is not None:  # it died
             self._failed = True
@@ -236,6 +294,7 @@ class LlamaServer:
                                  f"(log: {self.log_path})")
             try:
                 if self.client.get("/health", timeout=2.0).status_code == 200:
+                    self.starts += 1
                     return
             except httpx.HTTPError:
                 pass

@@ -7,6 +7,8 @@
 - Cost is measured CPU-seconds of the server, shared among the requests in flight, at a $/hour price.
 - `stream` yields generated text as llama-server produces it; with speculative decoding configured, each
   call records the tokens drafted and accepted (llama-server's `timings.draft_n` / `draft_n_accepted`).
+- Each call records `prompt_evaluated`: the prompt tokens the server computed (the rest came from its prefix
+  cache). With `context_cache:` the shared prompt prefix survives server restarts (providers/context_cache.py).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llmbus.errors import ProviderError
+from llmbus.errors import ModelError, ProviderError
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 from llmbus.providers.config import ModelConfig
-from llmbus.providers.llamacpp import LlamaServer, resolve_gguf
+from llmbus.providers.context_cache import ContextCache
+from llmbus.providers.llamacpp import LlamaServer, check_engine_knobs, engine_args, private_dir, resolve_gguf
+from llmbus.settings import config_path
 
 TOP_PROBS = 64  # alternatives llama-server reports per position when scoring labels
 FLOOR_PROB = 1e-9  # a label token outside the reported top alternatives
@@ -68,27 +72,56 @@ class LocalProvider:
         self.name = config.name
         self.config = config
         speculation = config.speculative_args(resolve_gguf(config.draft_gguf) if config.draft_gguf else None)
+        knobs = config.engine_knobs()
         self.server = LlamaServer(resolve_gguf(config.gguf), threads=config.threads, parallel=config.parallel,
-                                  ctx_per_slot=config.ctx_per_slot, extra_args=(*speculation, *extra_args))
+                                  ctx_per_slot=config.ctx_per_slot,
+                                  extra_args=(*speculation, *engine_args(knobs), *extra_args))
+        self.context: ContextCache | None = None
+        directory = config.context_cache_dir()
+        if directory is not None:
+            self.context = ContextCache(self.server, directory, ctx_per_slot=config.ctx_per_slot,
+                                        slots=config.parallel, knobs=knobs,
+                                        tokenize=lambda text: self.tokenize(text, special=True))
         self._cpu: CpuShare | None = None
         self._token_cache: dict[str, list[int]] = {}
 
     def check(self) -> None:
-        """Start the server now (model load errors surface here, before a run begins)."""
+        """Start the server now (model load errors, and engine knobs this llama-server build lacks, surface
+        here, before a run begins)."""
+        if self._cpu is None:
+            check_engine_knobs(self.config.engine_knobs(), f"{config_path()}: models.{self.name}")
+            directory = self.config.context_cache_dir()
+            if directory is not None:  # saved KV states can quote prompts, like the logs
+                try:
+                    private_dir(directory)
+                except OSError as exc:
+                    raise ModelError(f"{config_path()}: models.{self.name}: context_cache: {directory}: "
+                                     f"{exc.strerror}") from None
         self.server.ensure_running()
         if self._cpu is None:
             self._cpu = CpuShare(self.server.cpu_seconds)
 
+    def _begin(self, request: Request) -> None:
+        """Before a call: the server is up, and after a (re)start holds the saved prompt prefix."""
+        self.check()
+        if self.context is not None:
+            self.context.prepare(request.prompt)
+
+    def _end(self, request: Request) -> None:
+        if self.context is not None:
+            self.context.learn(request.prompt)
+
     def complete(self, request: Request) -> Completion:
         """Score labels, or generate (grammar-constrained when a JSON Schema is given)."""
         request = self._own_prompt(request)
-        self.check()
+        self._begin(request)
         assert self._cpu is not None
         handle = self._cpu.begin()
         try:
             completion = self._score_labels(request) if request.labels else self._generate(request)
         finally:
             cpu = self._cpu.end(handle)
+        self._end(request)
         return self._priced(completion, cpu)
 
     def stream(self, request: Request) -> Generator[str, None, Completion]:
@@ -97,7 +130,7 @@ class LocalProvider:
         request = self._own_prompt(request)
         if request.labels:
             return (yield from whole(self.complete(request)))
-        self.check()
+        self._begin(request)
         assert self._cpu is not None
         handle = self._cpu.begin()
         pieces: list[str] = []
@@ -116,6 +149,7 @@ class LocalProvider:
             cpu = self._cpu.end(handle)
         if not final:
             raise ProviderError("bad_response", "llama-server's stream ended without its final event")
+        self._end(request)
         return self._priced(generated("".join(pieces), {**final, "completion_probabilities": probs}), cpu)
 
     def _own_prompt(self, request: Request) -> Request:
@@ -154,15 +188,17 @@ class LocalProvider:
         # The label follows the prompt as the next word: tokenize it with the leading space it will have.
         sep = "" if request.prompt.endswith((" ", "\n")) else " "
         sequences = {label: self.tokenize(sep + label) for label in request.labels}
-        scores, tokens_in = self._walk(prompt_tokens, sequences, 1.0)
+        scores, tokens_in, evaluated = self._walk(prompt_tokens, sequences, 1.0)
         probs = normalize_probs(scores)
         best = max(probs, key=lambda label: probs[label])
-        return Completion(text=best, tokens_in=tokens_in, tokens_out=1, label_probs=probs)
+        return Completion(text=best, tokens_in=tokens_in, tokens_out=1, label_probs=probs,
+                          extra={"prompt_evaluated": evaluated})
 
     def _walk(self, prefix: list[int], sequences: dict[str, list[int]],
-              mass: float) -> tuple[dict[str, float], int]:
-        """Probability of each label's token sequence after `prefix`, one server call per trie branch."""
-        top, tokens_in = self._next_token_probs(prefix)
+              mass: float) -> tuple[dict[str, float], int, int]:
+        """Probability of each label's token sequence after `prefix`, one server call per trie branch; also the
+        prompt tokens sent and those the server evaluated (the rest came from its cache)."""
+        top, tokens_in, evaluated = self._next_token_probs(prefix)
         scores: dict[str, float] = {}
         groups: dict[int, dict[str, list[int]]] = {}
         for label, tokens in sequences.items():
@@ -175,19 +211,21 @@ class LocalProvider:
             if len(members) == 1:
                 scores[next(iter(members))] = p
             else:
-                deeper, used = self._walk([*prefix, token], members, p)
+                deeper, used, computed = self._walk([*prefix, token], members, p)
                 scores.update(deeper)
                 tokens_in += used
-        return scores, tokens_in
+                evaluated += computed
+        return scores, tokens_in, evaluated
 
-    def _next_token_probs(self, prompt_tokens: list[int]) -> tuple[dict[int, float], int]:
+    def _next_token_probs(self, prompt_tokens: list[int]) -> tuple[dict[int, float], int, int]:
         data = self.server.post("/completion", {
             "prompt": prompt_tokens, "n_predict": 1, "n_probs": TOP_PROBS, "temperature": 0.0,
             "cache_prompt": True})
         probs = data.get("completion_probabilities") or []
         if not probs:
             raise ProviderError("bad_response", "llama-server returned no token probabilities")
-        return parse_top_probs(probs[0]), int(data.get("tokens_evaluated", len(prompt_tokens)))
+        sent = int(data.get("tokens_evaluated", len(prompt_tokens)))
+        return parse_top_probs(probs[0]), sent, prompt_evaluated(data, sent)
 
     def tokenize(self, text: str, special: bool = False) -> list[int]:
         """Token ids of `text` under the model's tokenizer (cached for label strings)."""
@@ -209,11 +247,17 @@ def generated(text: str, data: dict[str, Any]) -> Completion:
     completion = Completion(text=text, tokens_in=int(data.get("tokens_evaluated", 0)),
                             tokens_out=int(data.get("tokens_predicted", 0)),
                             answer_prob=answer_probability(data.get("completion_probabilities") or []))
+    completion.extra["prompt_evaluated"] = prompt_evaluated(data, completion.tokens_in)
     timings = data.get("timings") or {}
     if "draft_n" in timings:  # present when the server runs speculative decoding
         completion.extra.update(draft_tokens=int(timings["draft_n"]),
                                 draft_accepted=int(timings.get("draft_n_accepted", 0)))
     return completion
+
+
+def prompt_evaluated(data: dict[str, Any], sent: int) -> int:
+    """Prompt tokens llama-server computed for an answer (`timings.prompt_n`); the others came from its cache."""
+    return int((data.get("timings") or {}).get("prompt_n", sent))
 
 
 def answer_probability(entries: list[dict[str, Any]]) -> float | None:
