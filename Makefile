@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[examples,dev]'
+	$(PY) -m pip install -q -e '.[examples,dev,scale]'
 	touch $(STAMP)
 
 setup: $(STAMP) llama

@@ -32,6 +32,12 @@ def run(
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt and exit"),
+    executor: str = typer.Option("local", "--executor", help="local (a thread pool here) or ray (a Ray cluster; "
+                                                             "with several nodes, --db postgresql://…)"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to use (auto, host:port, "
+                                                                      "ray://…); default: start one here"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Ray: worker actors (default: one per "
+                                                                      "node), each with --concurrency in flight"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -54,7 +60,7 @@ def run(
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
                           use_cache=not no_cache, resume=resume, on_progress=on_progress,
                           sampling="balanced" if stratify else "representative", on_stage=bar.stage,
-                          on_warning=warn)
+                          on_warning=warn, executor=executor, ray_address=ray_address, workers=workers)
     summary = summarize(store, store.get_run(run_id))
     if as_json:
         out.print_json(data=summary.as_dict())

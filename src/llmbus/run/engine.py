@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from llmbus.embed import EmbeddingCache
 from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
 from llmbus.providers import Provider, open_provider
+from llmbus.providers.config import resolve_model
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
@@ -36,6 +37,7 @@ GRACE_S = 10.0
 FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most this many, or this often
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -98,11 +100,15 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
              on_progress: Callable[[Progress], None] | None = None,
              provider: Provider | None = None, sampling: str = "representative",
              on_stage: Callable[[str], None] | None = None,
-             on_warning: Callable[[str], None] | None = None) -> str:
+             on_warning: Callable[[str], None] | None = None, executor: str = "local",
+             ray_address: str | None = None, workers: int | None = None) -> str:
     """Answer the task's eval items with `model`, logging every call; returns the run id.
 
     `on_stage` hears what is being prepared (starting the model, embedding the pool), `on_warning` what makes the
-    sample weak (labels it never expects, few items) before the first call."""
+    sample weak (labels it never expects, few items) before the first call. `executor="ray"` answers on a Ray
+    cluster (`ray_address`, `workers` actors) instead of this process's thread pool."""
+    if executor not in EXECUTORS:
+        raise LlmbusError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     stage = on_stage or (lambda _text: None)
     if resume:
         run = store.get_run(resume)
@@ -118,11 +124,13 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     for warning in sample_warnings(spec, items):
         if on_warning:
             on_warning(warning)
-    owned = provider is None
-    provider = provider or open_provider(model)  # an unknown model fails here, before any progress line
+    config = resolve_model(model)  # an unknown model fails here, before any progress line
+    owned = provider is None and executor == "local"  # Ray workers open their own
+    provider = provider or (open_provider(config) if executor == "local" else None)
     try:
-        stage(f"starting {model}")
-        provider.check()
+        if provider is not None:
+            stage(f"starting {model}")
+            provider.check()
         if resume:
             run_id = run["id"]
             store.update_run(run_id, status="running")
@@ -134,10 +142,17 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
         if spec.fewshot.k and spec.fewshot.strategy == "nearest" and todo:
             stage(f"embedding {len(selector.pool)} pool examples")
         plan = CallPlan(spec, model, run_id, use_cache)
-        executor = LocalExecutor(provider, ExactCache(store), selector, concurrency)
-        _answer_all(plan, executor, store, todo, len(items), len(answered), on_progress)
+        runner: Executor
+        if provider is not None:
+            runner = LocalExecutor(provider, ExactCache(store), selector, concurrency)
+        else:
+            from llmbus.run.ray_executor import RayExecutor  # Ray is imported only when asked for
+
+            stage("connecting to the Ray cluster")
+            runner = RayExecutor(config, store, concurrency, ray_address, workers)
+        _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress)
     finally:
-        if owned:
+        if owned and provider is not None:
             provider.close()
     return run_id
 
