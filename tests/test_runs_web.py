@@ -64,6 +64,8 @@ def test_filters_count_what_the_call_log_holds(runs: Runs):
         assert f"{len(expected)} item{'' if len(expected) == 1 else 's'} match" in page.text, query
         assert shown_items(page.text) == [c["item_id"] for c in expected], query
     assert len(shown_items(client.get(f"/runs/{runs.v1}?below=&answer=&per_page=100").text)) == len(v1)
+    assert client.get("/?task=tiny").text.count('<tr class="run"') == 3
+    assert client.get("/?task=nothing").text.count('<tr class="run"') == 0
     refused = client.get(f"/runs/{runs.v1}?below=low")
     assert refused.status_code == 400 and "give a number between 0 and 1" in refused.text
 
@@ -99,6 +101,24 @@ def test_one_page_of_a_big_run_reads_only_that_page(store: Store):
     assert pairs.rows[0]["item_id"] == f"i{2 * 50 * 4}"  # disagreements first, in answering order
     # 20k decoded calls of ~400 bytes would take > 8 MB; a page of 50 takes a few hundred kB.
     assert peak < 2_000_000, peak
+
+
+def test_browse_queries_on_postgres(postgres_url: str):
+    store = Store(postgres_url)
+    rows = [{**row, "confidence": 0.2 if i % 5 == 0 else 0.9} for i, row in
+            enumerate(classify_rows(["spam" if i % 3 == 0 else "ham" for i in range(30)], ["ham"] * 30))]
+    rows[4] = {**rows[4], "parsed": None, "error_kind": "label_not_in_set"}
+    first = add_run(store, rows, labels=["ham", "spam"], metric="macro_f1", task="pg")
+    second = add_run(store, classify_rows(["ham"] * 30, ["ham"] * 30), labels=["ham", "spam"], task="pg")
+    [row] = browse.run_rows(store, first)
+    assert (row.items, row.errors, row.exact, row.value) == (30, 1, False, None)  # add_run logs no item scores
+    assert browse.call_page(store, first, browse.CallFilter(errors=True)).total == 1
+    assert browse.call_page(store, first, browse.CallFilter(below=0.5)).total == 6
+    spam = browse.call_page(store, first, browse.CallFilter(answer="spam"), page=2, per_page=3)
+    assert spam.total == 10 and [r["item_id"] for r in spam.rows] == ["i9", "i12", "i15"]
+    pairs, differing = browse.side_by_side(store, first, second, per_page=12)
+    assert differing == 11 and pairs.total == 30 and [p["differ"] for p in pairs.rows] == [True] * 11 + [False]
+    store.close()
 
 
 def test_side_by_side_puts_disagreements_first(runs: Runs):

@@ -74,11 +74,12 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
 
     @app.get("/", response_class=HTMLResponse)
     def run_list(request: Request, task: str | None = None) -> HTMLResponse:
-        rows = [r for r in browse.run_rows(store) if task is None or r.task == task]
+        rows = browse.run_rows(store)
         tasks: dict[str, int] = {}
         for row in rows:
             tasks[row.task] = tasks.get(row.task, 0) + 1
-        return page(request, "runs.html", rows=rows, tasks=tasks, task=task)
+        shown = [r for r in rows if task is None or r.task == task]
+        return page(request, "runs.html", rows=shown, tasks=tasks, task=task)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str, wrong: bool = False, errors: bool = False,
@@ -88,7 +89,7 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
         flt = browse.CallFilter(wrong=wrong, errors=errors, below=_confidence(below), answer=answer or None,
                                 expected=expected or None)
         calls = browse.call_page(store, run["id"], flt, page_no, _bounded(per_page))
-        others = [r for r in browse.run_rows(store) if r.task == run["task"] and r.id != run["id"]]
+        others = [r for r in store.list_runs(run["task"]) if r["id"] != run["id"]][::-1]  # newest first
         return page(request, "run.html", run=run, summary=browse.run_rows(store, run["id"])[0], calls=calls,
                     flt=flt, links=_links(flt.query_string(), per_page), labels=browse.answer_labels(run),
                     others=others, projects=browse.label_projects_of(store, run["id"]), label_url=label_url)
