@@ -50,14 +50,19 @@ def print_matrix(matrix: Any) -> None:
         table.add_row(
             plain(row.run_id + (" (base)" if row.baseline else "")), plain(row.spec_version), plain(row.model),
             fmt(row.metric.value), f"{fmt(row.metric.lo)}–{fmt(row.metric.hi)}",
-            f"{c.delta.value:+.3f}{_mark(c)}" if c else "–", fmt(c.p_bootstrap) if c else "–",
-            fmt(c.p_mcnemar) if c else "–", f"{row.wins}/{row.ties}/{row.losses}" if c else "–", str(row.errors),
+            f"{c.delta.value:+.3f}{_mark(c)}" if c else "–", p_value(c.p_bootstrap) if c else "–",
+            p_value(c.p_mcnemar) if c else "–", f"{row.wins}/{row.ties}/{row.losses}" if c else "–", str(row.errors),
             fmt(row.cost_per_1k, ".4f"), fmt(row.latency_p50_s), fmt(row.latency_p95_s))
     out.print(table)
     out.print("Δ: run − baseline on the same items; * its paired-bootstrap 95% CI excludes 0. W/T/L: items the run "
               "scores higher / the same / lower than the baseline.", highlight=False)
     for warning in matrix.warnings:
         warn(warning)
+
+
+def p_value(p: float | None) -> str:
+    """A p-value for a cell: three decimals, '<0.001' below that."""
+    return "<0.001" if p is not None and p < 0.001 else fmt(p)
 
 
 def _mark(c: Any) -> str:

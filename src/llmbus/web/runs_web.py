@@ -36,7 +36,7 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
     """The run browser over one store; with `token`, every page but /login needs it."""
     app = FastAPI(title="llmbus runs", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(env=environment(TEMPLATES))
-    templates.env.filters.update(show=shown, num=number)
+    templates.env.filters.update(show=shown, num=number, p=p_value)
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"signed_in": token is not None, **context},
@@ -150,6 +150,11 @@ def shown(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def p_value(p: float | None) -> str:
+    """A p-value for a cell: three decimals, '<0.001' below that."""
+    return "<0.001" if p is not None and p < 0.001 else number(p)
 
 
 def number(value: float | None, spec: str = ".3f") -> str:
