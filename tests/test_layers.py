@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"run"},
     {"advise"},
     {"quality", "flows"},
-    {"distill"},
+    {"distill", "experiments"},  # stop 5, and stop 2's compare and run browser (above quality's eval)
     {"serve"},
     {"web"},
     {"cli", "__init__"},  # the package root's lazy API sits on top with the CLI

@@ -1,5 +1,6 @@
-"""One web base: the label pages, the review pages and the savings report extend one base template (one copy of
-the CSS), and both UIs sign in through web/auth.py (a Bearer header in any case, or the app's cookie)."""
+"""One web base: the label pages, the review pages, the run browser and the savings report extend one base
+template (one copy of the CSS), and the UIs sign in through web/auth.py (a Bearer header in any case, or the app's
+cookie)."""
 
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from llmbus.pages import SHARED
 from llmbus.quality import label
 from llmbus.serve.report import Report, ReportRow, render_html
 from llmbus.store import Store
-from llmbus.web import label_web, review_web
+from llmbus.web import label_web, review_web, runs_web
 from test_label import _project
 from test_review import queued_item
 
@@ -17,7 +18,8 @@ SHARED_CSS = "llmbus shared page style"
 
 
 def _pages(store: Store, tiny_task: Path) -> dict[str, str]:
-    """The label queue, the review queue and the report as served/rendered, signed in with a bearer header."""
+    """The label queue, the review queue, the run browser and the report as served/rendered, signed in with a
+    bearer header."""
     _project(store, tiny_task, label.LabelSchema(kind="labels", labels=("pass", "fail")))
     annotator = label.add_annotator(store, "p", "alice")
     labeled = TestClient(label_web.create_app(store, "p")).get("/", headers={"Authorization": f"BEARER {annotator}"},
@@ -28,9 +30,12 @@ def _pages(store: Store, tiny_task: Path) -> dict[str, str]:
     assert labeled.status_code == 200 and 'id="who">alice<' in labeled.text  # old label UI read the cookie only
     assert reviewed.status_code == 200 and 'id="reviewer">rita<' in reviewed.text  # old review: "Bearer " only
     assert f'/items/{item["id"]}' in reviewed.text
+    browsed = TestClient(runs_web.create_app(store, token="ui-token-1")).get(
+        "/", headers={"Authorization": "Bearer ui-token-1"}, follow_redirects=False)
+    assert browsed.status_code == 200 and 'class="run-link"' in browsed.text
     row = ReportRow("teacher", "r1", "local:gemma", 10, 0.9, 0.8, 1.0, 100, 200, 0.01, 10.0)
     report = render_html(Report(task="t", metric="accuracy", traffic=1000, rows=[row], headline="keep the teacher"))
-    return {"label": labeled.text, "review": reviewed.text, "report": report}
+    return {"label": labeled.text, "review": reviewed.text, "runs": browsed.text, "report": report}
 
 
 def test_every_page_extends_the_one_base(store: Store, tiny_task: Path):
@@ -77,4 +82,5 @@ def test_the_three_pages_read_alike_in_chromium(store: Store, tiny_task: Path, b
             getComputedStyle(document.querySelector('header')).display]""")
         assert page.inner_text("header h1")
         page.close()
-    assert styles["label"] == styles["review"] == styles["report"] == ["system-ui, sans-serif", "flex"]
+    assert styles["label"] == styles["review"] == styles["runs"] == styles["report"] == ["system-ui, sans-serif",
+                                                                                         "flex"]

@@ -1,7 +1,8 @@
 """Metrics of a run with bootstrap 95% intervals, and a paired comparison of two runs on the same items.
 
-A run's calls are streamed once from the call log into compact per-item arrays (a hashed item id plus a few
-numbers: about 20 bytes an item, never the calls themselves), so 100k items evaluate in flat memory. Every
+A run's calls are streamed once from the call log into compact per-item arrays (a hashed item id, the answer
+as a few numbers, its cost and latency: about 35 bytes an item, never the calls themselves), so 100k items
+evaluate in flat memory. Every
 metric is then a vectorized function of those arrays and an index sample, which is what the bootstrap
 resamples. A failed call counts as a wrong answer, as in `metrics`.
 """
@@ -50,6 +51,10 @@ class Sample:
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # generate: per-item score per metric
     chrf_stats: np.ndarray | None = None  # generate: sacrebleu's chrF statistics per item (corpus chrF sums them)
     errors: int = 0
+    cost: np.ndarray | None = None  # USD per item (0 for cache hits)
+    latency: np.ndarray | None = None  # seconds per item
+    cached: np.ndarray | None = None  # bool: answered from the response cache
+    failed: np.ndarray | None = None  # bool: the call failed (counted as a wrong answer)
 
     @property
     def n(self) -> int:
@@ -120,13 +125,18 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
     index = {c: i for i, c in enumerate(classes)}
     ids, a, b = array("Q"), array("i"), array("i")
     counts, errors = array("q"), 0
+    cost, latency, cached, broken = array("d"), array("f"), array("b"), array("b")
     scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
     chrf_stats = array("d")
     for call in store.iter_calls(run["id"]):
         failed = call["error_kind"] is not None
         errors += failed
+        broken.append(failed)
         predicted, expected = (None if failed else call["parsed"]), call["expected"]
         ids.append(item_hash(call["item_id"]))
+        cost.append(call["cost_usd"])
+        latency.append(call["latency_s"])
+        cached.append(bool(call["cache_hit"]))
         if kind == "classify":
             for value in (expected, predicted):
                 if value is not None and str(value) not in index:
@@ -143,7 +153,11 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
             for name, column_scores in scores.items():
                 column_scores.append(metrics.chrf_from_statistics(stats) if name == "chrf"
                                      else metrics.item_score(name, predicted, expected))
-    sample = Sample(run["id"], kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors)
+    sample = Sample(run["id"], kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors,
+                    cost=np.frombuffer(cost, dtype=np.float64).copy(),
+                    latency=np.frombuffer(latency, dtype=np.float32).copy(),
+                    cached=np.frombuffer(cached, dtype=np.int8).astype(bool),
+                    failed=np.frombuffer(broken, dtype=np.int8).astype(bool))
     if kind == "classify":
         pred = np.frombuffer(a, dtype=np.int32).copy()
         pred[pred < 0] = len(classes)  # failed answers get their own column
@@ -255,10 +269,14 @@ def compare(store: Store, run_a: str, run_b: str, rounds: int = BOOTSTRAP_ROUNDS
     if a_run["task"] != b_run["task"]:
         raise LlmbusError(f"runs {a_run['id']} ({a_run['task']}) and {b_run['id']} ({b_run['task']}) are of "
                           "different tasks: a paired comparison needs the same items")
-    a, b = collect(store, a_run), collect(store, b_run)
-    a, b = _paired(a, b)
+    a, b = paired([collect(store, a_run), collect(store, b_run)])
     if a.n == 0:
         raise LlmbusError(f"runs {a_run['id']} and {b_run['id']} share no items")
+    return compare_samples(a, b, rounds, seed)
+
+
+def compare_samples(a: Sample, b: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> Comparison:
+    """`compare` on two samples already paired item by item (see `paired`), on B's main metric."""
     metric = b.metric
     point_a, point_b = values_at(a)[metric], values_at(b)[metric]
     rng = np.random.default_rng(seed)
@@ -281,17 +299,41 @@ def compare(store: Store, run_a: str, run_b: str, rounds: int = BOOTSTRAP_ROUNDS
     return result
 
 
-def _paired(a: Sample, b: Sample) -> tuple[Sample, Sample]:
-    """Both samples restricted to their shared items, in the same order."""
-    _shared, ia, ib = np.intersect1d(a.ids, b.ids, assume_unique=False, return_indices=True)
-    return _take(a, ia), _take(b, ib)
+def paired(samples: list[Sample]) -> list[Sample]:
+    """Every sample restricted to the items all of them hold, in one order (item i is the same item in each)."""
+    if not samples:
+        return []
+    shared = samples[0].ids
+    for s in samples[1:]:
+        shared = np.intersect1d(shared, s.ids)
+    return [_take(s, np.intersect1d(s.ids, shared, return_indices=True)[1]) for s in samples]
 
 
 def _take(s: Sample, idx: np.ndarray) -> Sample:
-    return Sample(s.run_id, s.kind, s.metric, s.ids[idx], s.classes,
-                  None if s.pred is None else s.pred[idx], None if s.gold is None else s.gold[idx],
-                  None if s.counts is None else s.counts[idx], {m: v[idx] for m, v in s.scores.items()},
-                  None if s.chrf_stats is None else s.chrf_stats[idx], s.errors)
+    def pick(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[idx]
+
+    return Sample(s.run_id, s.kind, s.metric, s.ids[idx], s.classes, pick(s.pred), pick(s.gold), pick(s.counts),
+                  {m: v[idx] for m, v in s.scores.items()}, pick(s.chrf_stats),
+                  s.errors if s.failed is None else int(np.sum(s.failed[idx])), pick(s.cost), pick(s.latency),
+                  pick(s.cached), pick(s.failed))
+
+
+def item_scores(s: Sample) -> np.ndarray:
+    """Each item's score on the main metric, in [0, 1], as `metrics.item_score` gives it (1 right, 0 wrong for
+    right-or-wrong metrics; an item's F1 for entities, 1 when none were expected nor found; sentence chrF)."""
+    right = _right_or_wrong(s) if s.metric != "entity_f1" else None
+    if right is not None:
+        scores = right.astype(float)
+    elif s.kind == "extract" and s.counts is not None:
+        tp, fp, fn = (s.counts[:, i].astype(float) for i in range(3))
+        denom = 2 * tp + fp + fn
+        scores = np.divide(2 * tp, denom, out=np.ones(len(tp)), where=denom > 0)
+    else:
+        scores = s.scores[s.metric].copy()
+    if s.failed is not None:
+        scores[s.failed] = 0.0  # a failed call scores 0, even on an item that expects nothing
+    return scores
 
 
 def _right_or_wrong(s: Sample) -> np.ndarray | None:

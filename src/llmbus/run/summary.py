@@ -77,14 +77,13 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
         tokens_out += call["tokens_out"]
         cost += call["cost_usd"]
     fresh = n - hits
+    p50, p95 = latency_percentiles(latencies)
     summary = RunSummary(
         run_id=run["id"], task=run["task"], model=run["model"], spec_version=run["spec_version"],
         status=run["status"], created_at=str(run["created_at"])[:19], items=n, planned=run["n_planned"],
         errors=errors, cache_hits=hits, metric=run["metric"], value=tally.value() if tally else float("nan"),
         tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost,
-        cost_per_1k=1000 * cost / fresh if fresh else float("nan"),
-        latency_p50_s=float(np.percentile(latencies, 50)) if latencies else float("nan"),
-        latency_p95_s=float(np.percentile(latencies, 95)) if latencies else float("nan"),
+        cost_per_1k=cost_per_1k(cost, fresh), latency_p50_s=p50, latency_p95_s=p95,
         items_per_s=n / run["wall_s"] if run["wall_s"] else float("nan"),
         draft_acceptance=draft_stats(drafts).acceptance_rate,
     )
@@ -94,6 +93,18 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
     if traffic is not None:
         project(summary, traffic)
     return summary
+
+
+def cost_per_1k(cost_usd: float, fresh: int) -> float:
+    """USD per 1,000 items the model answered (cache hits cost nothing and are left out)."""
+    return 1000 * cost_usd / fresh if fresh else float("nan")
+
+
+def latency_percentiles(latencies: Any) -> tuple[float, float]:
+    """(p50, p95) seconds of the fresh calls' latencies (cache hits left out by the caller)."""
+    if not len(latencies):
+        return float("nan"), float("nan")
+    return float(np.percentile(latencies, 50)), float(np.percentile(latencies, 95))
 
 
 def project(summary: RunSummary, traffic: int) -> None:
