@@ -4,20 +4,23 @@ Routing. Each request goes to the replica with the fewest requests in flight, ti
 With `affinity: prefix`, prompts that share their first `prefix_chars` characters prefer one replica, chosen by
 rendezvous (highest-random-weight) hashing of that prefix over the replicas in rotation, so the replica's KV
 prefix cache is reused; the preferred replica is passed over when it has more than `affinity_slack` requests in
-flight above the least-loaded one. Borrowed: the vLLM production-stack router's session routing (a hash of the
-session key over the endpoints that are currently up, least-loaded when there is no key;
-src/vllm_router/routers/routing_logic.py, SessionRouter) and the "cache-aware" policy of the SGLang / vLLM
-routers (prefix affinity while the load is balanced, shortest queue once it is skewed past an absolute
-threshold, `balance_abs_threshold`). Rendezvous instead of a hash ring: no ring to maintain, and a replica that
-leaves moves only its own prefixes.
+flight above the least-loaded one. Borrowed: the vLLM production-stack router (src/vllm_router/routers/
+routing_logic.py) — SessionRouter hashes a session key over the current endpoints and falls back to the
+lowest-QPS one without a key; PrefixAwareRouter sends a prompt where its longest prefix went before, whatever
+the load (a trie of past prompts: here a hash of the first characters, which needs no state and no eviction;
+the slack adds the load) — and the "cache-aware" policy of the SGLang / vLLM routers: prefix affinity while
+the load is balanced, the shortest queue once it is skewed past an absolute threshold (`balance_abs_threshold`).
+Rendezvous rather than a hash ring: nothing to maintain, and a replica that leaves moves only its own prefixes.
 
-Health. Borrowed from Envoy's outlier detection (consecutive_5xx, base_ejection_time; defaults 5 and 30 s there)
-and its active health checks: `eject_after` consecutive failures — connection errors, timeouts, HTTP 5xx, never a
-4xx, which is the caller's fault — eject a replica for `eject_s` seconds. Then it is half-open: one trial request
-goes to it; success puts it back in rotation, failure ejects it again. A background thread GETs each replica's
-/health every `health_interval_s` while the provider is open: an unhealthy answer ejects, a healthy one readmits.
-When every replica is ejected, requests go to all of them anyway (Envoy's "panic" routing): refusing helps
-nobody when there is nowhere else to go, and the first success readmits its replica.
+Health. Borrowed from Envoy's outlier detection (consecutive_5xx and base_ejection_time, 5 and 30 s by default
+there; Envoy also lengthens each repeated ejection, we do not) and its active health checks: `eject_after`
+consecutive failures — connection errors, timeouts, HTTP 5xx, never a 4xx, which is the caller's fault — eject a
+replica for `eject_s` seconds. Then it is half-open: one trial request goes to it; success puts it back in
+rotation, failure ejects it again. A background thread GETs each replica's /health every `health_interval_s`
+while the provider is open: an unhealthy answer ejects, a healthy one readmits (so a replica that answers
+/health but fails requests is out again after `eject_after` more failures). When every replica is ejected,
+requests go to all of them anyway (Envoy's panic routing, which Envoy starts below 50% healthy, here only at
+none): refusing helps nobody when there is nowhere else to go, and the first success readmits its replica.
 
 The set keeps each replica's counters; `stats()` is what a metrics collector reads (serve/app.py), so nothing is
 registered globally.
