@@ -15,6 +15,9 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
+GET /health answers 200, or 503 while `state.healthy` is False (llama-server and vLLM have the route); any other
+GET answers the model list. `StubServer.kill()` stops the server like a dead process: the port refuses new
+connections and every open one (idle or mid-request) is cut.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class StubState:
         self.attempts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.down = False  # set when the server stops: kept-alive connections must fail too
+        self.healthy = True  # what GET /health says
+        self.health_checks = 0  # GET /health requests
+        self.connections: set[socket.socket] = set()  # open client connections (cut by kill)
 
     def attempt(self, key: str) -> int:
         with self.lock:
@@ -60,6 +66,17 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with state.lock:
+                state.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with state.lock:
+                state.connections.discard(self.connection)
+            with contextlib.suppress(OSError):  # a connection kill() cut
+                super().finish()
+
         def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -72,6 +89,15 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
         def do_GET(self) -> None:
+            if state.down:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if self.path.rstrip("/").endswith("/health"):
+                with state.lock:
+                    state.health_checks += 1
+                return self._send(200 if state.healthy else 503,
+                                  json.dumps({"status": "ok" if state.healthy else "unavailable"}).encode())
             self._send(200, json.dumps({"object": "list", "data": [{"id": "stub-model"}]}).encode())
 
         def do_POST(self) -> None:
@@ -187,14 +213,20 @@ def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[
             "usage": usage}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a connection cut by kill() mid-request: no traceback on stderr
+
+
 class StubServer:
-    """Context manager: a threaded stub server on a free 127.0.0.1 port."""
+    """Context manager: a threaded stub server on a free 127.0.0.1 port (or `port`, to restart one)."""
 
     def __init__(self, delay_s: float = 0.0, slow_s: float = 2.0, port: int = 0):
         self.state = StubState(delay_s, slow_s)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), make_handler(self.state))
+        self.httpd = _QuietServer(("127.0.0.1", port), make_handler(self.state))
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll: stopping takes 50 ms, not half a second of still answering
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -208,3 +240,17 @@ class StubServer:
         self.state.down = True
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def kill(self) -> None:
+        """Die like a killed process: refuse new connections and cut every open one, mid-answer or idle."""
+        self.__exit__()
+        with self.state.lock:
+            open_connections = list(self.state.connections)
+        for connection in open_connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def requests(self) -> int:
+        """POSTs this server received (every attempt of every prompt)."""
+        return sum(self.state.attempts.values())

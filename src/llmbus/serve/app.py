@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,19 +22,57 @@ from fastapi.concurrency import iterate_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.errors import GatewayError, ProviderError
+from llmbus.providers.replicas import ReplicaStats
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
 
 
-class GatewayMetrics:
-    """Prometheus series of one gateway (its own registry: no global state)."""
+class ReplicaCollector:
+    """The backends' per-replica series, read from the providers at each scrape (they keep the counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[], dict[str, list[ReplicaStats]]]):
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """llmbus_replica_* by model reference and (masked) replica URL."""
+        labels = ["model", "replica"]
+        in_flight = GaugeMetricFamily("llmbus_replica_in_flight", "Requests in flight on each replica", labels=labels)
+        healthy = GaugeMetricFamily("llmbus_replica_healthy", "1 while the replica is in rotation, 0 while ejected",
+                                    labels=labels)
+        requests = CounterMetricFamily("llmbus_replica_requests", "Requests each replica finished", labels=labels)
+        errors = CounterMetricFamily("llmbus_replica_errors", "Requests that failed on each replica (connection, "
+                                     "timeout, HTTP error)", labels=labels)
+        ejections = CounterMetricFamily("llmbus_replica_ejections", "Times each replica was taken out of rotation",
+                                        labels=labels)
+        latency = HistogramMetricFamily("llmbus_replica_request_seconds", "Request latency on each replica",
+                                        labels=labels)
+        for model, replicas in self.read().items():
+            for replica in replicas:
+                values = [model, replica.url]
+                in_flight.add_metric(values, replica.in_flight)
+                healthy.add_metric(values, 1 if replica.healthy else 0)
+                requests.add_metric(values, replica.requests)
+                errors.add_metric(values, replica.errors)
+                ejections.add_metric(values, replica.ejections)
+                buckets = [(floatToGoString(bound), count) for bound, count in replica.latency_buckets]
+                latency.add_metric(values, buckets, replica.latency_sum)
+        yield from (in_flight, healthy, requests, errors, ejections, latency)
+
+
+class GatewayMetrics:
+    """Prometheus series of one gateway (its own registry: no global state); `replicas` reads the backends'
+    per-replica stats at scrape time."""
+
+    def __init__(self, replicas: Callable[[], dict[str, list[ReplicaStats]]] | None = None) -> None:
         self.registry = CollectorRegistry()
+        if replicas is not None:
+            self.registry.register(ReplicaCollector(replicas))
         self.requests = Counter("llmbus_gateway_requests_total", "Requests by model, route and status",
                                 ["model", "route", "status"], registry=self.registry)
         self.latency = Histogram("llmbus_gateway_request_seconds", "Request latency", ["model", "route"],
@@ -162,7 +200,7 @@ def _text(content: Any) -> str:
 
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app; starting it starts every backend, stopping it stops them."""
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(gateway.replica_stats)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:

@@ -28,6 +28,8 @@ from llmbus.errors import GatewayError, ProviderError, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
+from llmbus.providers.openai import OpenAIProvider
+from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
 from llmbus.serve.gateway_keys import KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
@@ -131,6 +133,12 @@ class Gateway:
             provider.close()
         for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
             self.store.update_run(run_id, status="done", finished_at=now())
+
+    def replica_stats(self) -> dict[str, list[ReplicaStats]]:
+        """Load, health and counters of each OpenAI-compatible backend's replicas, by model reference (what
+        /metrics shows as llmbus_replica_*)."""
+        return {ref: provider.replicas.stats() for ref, provider in self.providers.items()
+                if isinstance(provider, OpenAIProvider)}
 
     def open_warning(self) -> str | None:
         """The line to print at startup when anyone who can reach the gateway may use it."""
