@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ from llmbus.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from openai_stub import StubServer
+from pg_server import postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SMS_TASK = ROOT / "examples" / "sms_spam" / "task.yaml"
@@ -105,47 +103,11 @@ def stub_model(stub: StubServer, tmp_path: Path) -> str:
     return "openai:stub"
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server on 127.0.0.1, started for the session and stopped after."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.fail("PostgreSQL server binaries not found: run scripts/install-system-deps.sh")
-    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
-    base = Path(tempfile.mkdtemp(prefix="llmbus-pg-"))
-    data, sock = base / "data", base / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(base, "postgres")
-        shutil.chown(sock, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    from llmbus.providers.llamacpp import free_port
-
-    port = free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "llmbus"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True)
-    try:
-        deadline = time.time() + 30
-        url = f"postgresql://llmbus@127.0.0.1:{port}/postgres"
-        while time.time() < deadline:
-            try:
-                Store(url).close()
-                break
-            except Exception:
-                time.sleep(0.3)
+    with postgres_server() as url:
         yield url
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
