@@ -256,6 +256,9 @@ def test_degenerate_judges_and_labels_warn():
     ppi = constant.estimates["ppi++"]
     assert ppi.lam == 0 and any("same verdict (1) on every item" in w for w in ppi.warnings)
     assert "no better than chance" in constant.refused["rogan-gladen"]
+    for n, big_n, c in ((30, 777, 1.0), (37, 777, 0.7), (65, 100, 0.7)):  # sizes where rounding made var > 0
+        labels = (np.random.default_rng(n).uniform(size=n) < 0.3).astype(float)
+        assert ppi_mean(judged_sample(labels, np.full(n, c), np.full(big_n, c))).lam == 0
     noise = estimate_quality(judged_sample(y, (rng.uniform(size=60) < 0.5).astype(float),
                                            (rng.uniform(size=500) < 0.5).astype(float)))
     assert any("agrees with the humans little" in w for w in noise.estimates["ppi++"].warnings)

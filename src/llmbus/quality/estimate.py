@@ -233,8 +233,8 @@ def power_tuning(sample: JudgedSample) -> float:
     """PPI++'s lambda for a mean, as ppi-python computes it: Cov(Y, Ŷ) / ((1 + n/N) Var(Ŷ)) over the
     weighted gradients at the lambda = 1 estimate, clipped to [0, 1]; 0 when the judge never varies."""
     n, big_n = sample.n, sample.n_unlabeled
-    if big_n == 0 or n < 2:
-        return 0.0
+    if big_n == 0 or n < 2 or np.ptp(np.concatenate([sample.judge, sample.judge_unlabeled])) == 0:
+        return 0.0  # a constant judge: its variance is rounding noise, and noise over noise is any lambda
     w, wu = _normalized(sample.weights, n), _normalized(sample.weights_unlabeled, big_n)
     y, yhat, yhat_u = sample.human, sample.judge, sample.judge_unlabeled
     theta = _mean(yhat_u, wu) + _mean(y - yhat, w)
