@@ -80,14 +80,8 @@ def row(name: str, n: int, sims: dict[str, Coverage]) -> str:
             f" | {rg_cells:20s} | {humans.coverage:6.3f} {humans.mean_width:6.3f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=400, help="SMS answered: half train the head judge, half are judged")
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--labels", default="50,100,200", help="human-label budgets n")
-    parser.add_argument("--unlabeled", type=int, default=1000, help="judge-only items N per draw")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="llmbus-bench-estimate-"))
+def collect(n: int, work: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Model answers, their human labels and every judge's verdicts on the population (the model calls)."""
     store = Store(str(work / "bench.db"))
     provider = LocalProvider(resolve_model("local:gemma-3-270m").model_copy(update={"parallel": 4}))
     provider.check()
@@ -95,14 +89,13 @@ def main() -> None:
     # Fixed few-shot examples share one cached prompt prefix: the answers only need to be real model answers.
     task = task.model_copy(update={"fewshot": task.fewshot.model_copy(update={"strategy": "fixed"})})
     tick = time.perf_counter()
-    half = args.n // 2
-    train_run = run_task(task, "local:gemma-3-270m", store, limit=half, concurrency=4, provider=provider)
-    pop_run = run_task(task, "local:gemma-3-270m", store, offset=half, limit=half, concurrency=4, provider=provider)
+    train_run = run_task(task, "local:gemma-3-270m", store, limit=n // 2, concurrency=4, provider=provider)
+    pop_run = run_task(task, "local:gemma-3-270m", store, offset=n // 2, limit=n // 2, concurrency=4,
+                       provider=provider)
     train_calls, pop_calls = list(store.iter_calls(train_run)), list(store.iter_calls(pop_run))
     y = correct(pop_calls)
     ids = [c["item_id"] for c in pop_calls]
-    print(f"{len(train_calls) + len(pop_calls)} SMS answered in {time.perf_counter() - tick:.0f} s; population: "
-          f"{len(y)} answers, true pass rate {y.mean():.3f}")
+    print(f"{len(train_calls) + len(pop_calls)} SMS answered in {time.perf_counter() - tick:.0f} s")
     tick = time.perf_counter()
     head = train_head(store, train_run, train_calls, work / "head")
     head_verdict, head_prob = judged(store, run_judge(load_judge(str(JUDGE)), store, pop_run, model=head).judge_run_id,
@@ -113,11 +106,32 @@ def main() -> None:
     llm_verdict, _ = judged(store, llm.judge_run_id, ids)
     print(f"LLM judge: {llm.n} calls in {time.perf_counter() - tick:.0f} s")
     provider.close()
+    store.close()
+    return y, {"head judge (verdict)": head_verdict, "head judge (pass probability)": head_prob,
+               "LLM judge (Gemma 270M)": llm_verdict}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400, help="SMS answered: half train the head judge, half are judged")
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--labels", default="50,100,200", help="human-label budgets n")
+    parser.add_argument("--unlabeled", type=int, default=1000, help="judge-only items N per draw")
+    parser.add_argument("--from", dest="source", type=Path, help="verdicts.json of an earlier run: no model calls")
+    args = parser.parse_args()
+    if args.source:
+        saved = json.loads(args.source.read_text())
+        y, judges = np.array(saved["human"]), {k: np.array(v) for k, v in saved["judges"].items()}
+    else:
+        work = Path(tempfile.mkdtemp(prefix="llmbus-bench-estimate-"))
+        y, judges = collect(args.n, work)
+        (work / "verdicts.json").write_text(json.dumps({"human": y.tolist(),
+                                                        "judges": {k: v.tolist() for k, v in judges.items()}}))
+        print(f"labels and verdicts saved: rerun the simulation alone with --from {work / 'verdicts.json'}")
     rng = np.random.default_rng(0)
-    judges = {"head judge (verdict)": head_verdict, "head judge (pass probability)": head_prob,
-              "LLM judge (Gemma 270M)": llm_verdict, "coin-flip judge": (rng.uniform(size=len(y)) < 0.5) * 1.0,
-              "constant judge (always pass)": np.ones(len(y))}
-    print("\nagreement with the human labels on the whole population:")
+    judges |= {"coin-flip judge": (rng.uniform(size=len(y)) < 0.5) * 1.0,
+               "constant judge (always pass)": np.ones(len(y))}
+    print(f"\npopulation: {len(y)} answers, true pass rate {y.mean():.3f}; agreement with its human labels:")
     for name, verdicts in judges.items():
         stats = agreement_of(JudgedSample(y, verdicts, verdicts[:0]))
         print(f"  {name:34s} kappa {stats.kappa:6.3f}  TPR {stats.tpr:5.3f}  TNR {stats.tnr:5.3f}  "

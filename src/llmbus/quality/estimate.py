@@ -247,12 +247,16 @@ def power_tuning(sample: JudgedSample) -> float:
 
 
 def ppi_mean(sample: JudgedSample, *, alpha: float = 0.05, lam: float | None = None,
-             pseudo_counts: bool = True) -> Estimate:
-    """PPI++ estimate of the pass rate: λ·(judge mean on the N) + (human − λ·judge mean on the n), with a normal
+             small_sample: bool = True) -> Estimate:
+    """PPI++ estimate of the pass rate: λ·(judge mean on the N) + (human − λ·judge mean on the n), with its
     (1 − alpha) interval; lam None tunes it (see power_tuning), 0 is the humans alone, 1 plain PPI.
-    `pseudo_counts` adds z²/8 of an item to each (human, judge) cell in the rectifier's variance (Agresti–Caffo's
-    idea), so 50 labels that happened to show no disagreement do not make the judge look perfect; False gives
-    ppi-python's interval exactly. The point estimate is ppi-python's either way."""
+
+    The point estimate is ppi-python's. `small_sample` (default) makes two changes to its normal interval, both
+    fading as n grows: z²/8 of an item joins each (human, judge) cell in the rectifier's variance (Agresti–Caffo's
+    idea), so 50 labels that happened to show no disagreement do not make the judge look perfect; and the interval
+    is Wilson's at the effective n the variance amounts to, θ(1 − θ)/Var, so a pass rate near 0 or 1 gets the
+    skewed interval a proportion needs (with a useless judge, lambda 0, that is the human labels' own Wilson
+    interval). False gives ppi-python's interval exactly."""
     _require_labels(sample, "ppi++")
     n, big_n = sample.n, sample.n_unlabeled
     notes = label_warnings(sample) + judge_warnings(sample)
@@ -264,11 +268,14 @@ def ppi_mean(sample: JudgedSample, *, alpha: float = 0.05, lam: float | None = N
     z = float(norm.ppf(1 - alpha / 2))
     rectifier = sample.human - lam * sample.judge
     value = _mean(rectifier, w)
-    var = _rectifier_variance(rectifier, w, lam, z * z / 8 if pseudo_counts else 0.0)
+    var = _rectifier_variance(rectifier, w, lam, z * z / 8 if small_sample else 0.0)
     if big_n:
         imputed = lam * sample.judge_unlabeled
         value, var = value + _mean(imputed, wu), var + _mean_variance(imputed, wu)
-    lo, hi = value - z * np.sqrt(var), value + z * np.sqrt(var)
+    if small_sample and 0 < value < 1 and var > 0:
+        lo, hi = wilson(value, min(value * (1 - value) / var, n + big_n), alpha)
+    else:
+        lo, hi = value - z * np.sqrt(var), value + z * np.sqrt(var)
     if sample.human.min() == sample.human.max():
         # One label value: the rectifier's variance is (nearly) 0 and the normal interval would claim certainty.
         wlo, whi = wilson(_mean(sample.human, w), effective_n(sample.human, sample.weights), alpha)
