@@ -5,11 +5,11 @@ their formulas, and degenerate inputs give warnings or refusals, never a silent 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ppi_py import ppi_mean_ci, ppi_mean_pointestimate
 from scipy.stats import binomtest, norm
 
 from llmbus.errors import EstimateError
@@ -28,6 +28,9 @@ from llmbus.quality.estimate import (
 )
 from llmbus.store import Store
 from quality_helpers import add_judge_run, add_run
+
+with warnings.catch_warnings():  # importing ppi_py switches off every warning of the process
+    from ppi_py import ppi_mean_ci, ppi_mean_pointestimate
 
 Z = float(norm.ppf(0.975))
 
@@ -290,6 +293,13 @@ def test_bad_input_is_one_clear_error(kwargs: dict, message: str):
     human, judge = kwargs.pop("human"), kwargs.pop("judge")
     with pytest.raises(EstimateError, match=message):
         judged_sample(human, judge, [1, 0], **kwargs)
+
+
+def test_bad_alpha():
+    s = judged_sample([1, 0, 1], [1, 0, 1], [1, 1])
+    for call in (lambda: ppi_mean(s, alpha=5), lambda: estimate_quality(s, alpha=0), lambda: human_only(s, alpha=1)):
+        with pytest.raises(EstimateError, match=r"alpha \d: the error level of an interval lies between 0 and 1"):
+            call()
 
 
 def test_by_slice():
