@@ -8,9 +8,12 @@ answers train a head judge (MiniLM + logistic, `llmbus judge train --kind head`)
 population, judged once by the head judge (its verdict, and its pass probability), by the LLM judge
 (examples/sms_spam/judge.yaml on Gemma, label-scored) and by two useless judges (a coin flip, always pass). Then
 for each judge and each label budget n, --draws times: n human-labeled and --unlabeled judge-only items drawn with
-replacement from the population (whose pass rate is then exactly the truth), and every method's interval.
+replacement from the population (whose pass rate is then exactly the truth), and every method's interval; the
+ppi-python column is the same PPI++ estimate with ppi-python's own interval (`small_sample=False`), on the same
+draws. --from reruns the simulation on the labels and verdicts an earlier run saved, without the model.
 
     LLMBUS_THREADS=1 nice .venv/bin/python bench/quality_estimate.py [--n 400] [--draws 1000] [--labels 50,100,200]
+                                                                     [--unlabeled 1000] [--from verdicts.json]
 
 Targets: PPI++ coverage ≥ 0.93 everywhere; its mean width ≤ 0.7× the human-only (Wilson) width with the head
 judge; with a useless judge still ≥ 0.93 and ≤ 1.1× the human-only width.
@@ -68,16 +71,18 @@ def judged(store: Store, judge_run_id: str, item_ids: list[str]) -> tuple[np.nda
     return verdict, prob
 
 
-def row(name: str, n: int, sims: dict[str, Coverage]) -> str:
-    """One table line: coverage and width of each method, widths as ratios to the human-only width."""
+def row(name: str, n: int, sims: dict[str, Coverage], plain: Coverage) -> str:
+    """One table line: coverage and width of each method (and of ppi-python's own PPI++ interval, `plain`, on the
+    same draws), widths as ratios to the human-only width."""
     ppi, rg, humans = sims["ppi++"], sims["rogan-gladen"], sims["human-only"]
     if name.endswith("(pass probability)"):  # Rogan–Gladen corrects verdicts, not probabilities
         rg_cells = f"{'n/a: needs 1/0 verdicts':>20s}"
     else:
         cells = f"{rg.coverage:6.3f} {rg.mean_width / humans.mean_width:6.2f}×" if rg.draws else f"{'—':>6s} {'—':>7s}"
         rg_cells = f"{cells} {rg.refused / (rg.draws + rg.refused):5.0%}"
-    return (f"{name:34s} {n:4d} | {ppi.coverage:6.3f} {ppi.mean_width / humans.mean_width:6.2f}× λ {ppi.mean_lam:4.2f}"
-            f" | {rg_cells:20s} | {humans.coverage:6.3f} {humans.mean_width:6.3f}")
+    return (f"{name:30s} {n:4d} | {ppi.coverage:5.3f} {ppi.mean_width / humans.mean_width:5.2f}× λ {ppi.mean_lam:4.2f}"
+            f" | {plain.coverage:5.3f} {plain.mean_width / humans.mean_width:5.2f}× | {rg_cells:20s}"
+            f" | {humans.coverage:5.3f} {humans.mean_width:5.3f}")
 
 
 def collect(n: int, work: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -139,23 +144,28 @@ def main() -> None:
     budgets = [int(b) for b in args.labels.split(",")]
     print(f"\n{args.draws} draws per line, N = {args.unlabeled} judge-only items; width ratios are to the human-only "
           "(Wilson) width at the same n")
-    print(f"{'judge':34s} {'n':>4s} | {'PPI++ cover  width':28s} | {'Rogan–Gladen cover width refused':31s} | "
-          f"{'human-only cover width':22s}")
+    print(f"{'':35s} | {'PPI++':19s} | {'ppi-python':12s} | {'Rogan–Gladen':20s} | human-only")
+    print(f"{'judge':30s} {'n':>4s} | {'cover width  λ':>19s} | {'cover width':>12s} | {'cover width refused':>20s} | "
+          "cover width")
     tick = time.perf_counter()
     results: dict[tuple[str, int], dict[str, Coverage]] = {}
+    plain: dict[tuple[str, int], Coverage] = {}
     for name, verdicts in judges.items():
         for k, n in enumerate(budgets):
             sims = simulate_coverage(y, verdicts, n=n, n_unlabeled=args.unlabeled, draws=args.draws, seed=k)
+            plain[name, n] = simulate_coverage(y, verdicts, n=n, n_unlabeled=args.unlabeled, draws=args.draws,
+                                               seed=k, small_sample=False)["ppi++"]
             results[name, n] = sims
-            print(row(name, n, sims))
+            print(row(name[:30], n, sims, plain[name, n]))
     print(f"({time.perf_counter() - tick:.0f} s of simulation)")
     ppi_cover = min(s["ppi++"].coverage for s in results.values())
     good = max(s["ppi++"].mean_width / s["human-only"].mean_width
                for (name, _), s in results.items() if name.startswith("head"))
     bad = max(s["ppi++"].mean_width / s["human-only"].mean_width
               for (name, _), s in results.items() if not name.startswith("head"))
-    print(f"\nPPI++ lowest coverage {ppi_cover:.3f} (target ≥ 0.93); width vs human-only: head judge at most "
-          f"{good:.2f}× (target ≤ 0.70×), other judges at most {bad:.2f}× (target ≤ 1.10×)")
+    print(f"\nPPI++ lowest coverage {ppi_cover:.3f} (target ≥ 0.93; ppi-python's interval: "
+          f"{min(c.coverage for c in plain.values()):.3f}); width vs human-only: head judge at most {good:.2f}× "
+          f"(target ≤ 0.70×), other judges at most {bad:.2f}× (target ≤ 1.10×)")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ class Coverage:
 
 
 def simulate_coverage(human: np.ndarray, judge: np.ndarray, *, n: int, n_unlabeled: int, draws: int = 1000,
-                      seed: int = 0, alpha: float = 0.05) -> dict[str, Coverage]:
+                      seed: int = 0, alpha: float = 0.05, small_sample: bool = True) -> dict[str, Coverage]:
     """Each method's coverage of mean(human) and mean width over `draws` samples of n labeled and n_unlabeled
-    judge-only items, drawn with replacement (so the population's pass rate is exactly the truth)."""
+    judge-only items, drawn with replacement (so the population's pass rate is exactly the truth);
+    `small_sample=False` measures ppi-python's own PPI++ interval."""
     human, judge = np.asarray(human, dtype=float), np.asarray(judge, dtype=float)
     if len(human) != len(judge) or not len(human):
         raise EstimateError(f"a population needs one verdict per human label ({len(human)} labels, "
@@ -46,7 +47,8 @@ def simulate_coverage(human: np.ndarray, judge: np.ndarray, *, n: int, n_unlabel
     lams: list[float] = []
     for _ in range(draws):
         labeled, unlabeled = rng.integers(0, len(human), n), rng.integers(0, len(human), n_unlabeled)
-        result = estimate_quality(judged_sample(human[labeled], judge[labeled], judge[unlabeled]), alpha=alpha)
+        result = estimate_quality(judged_sample(human[labeled], judge[labeled], judge[unlabeled]), alpha=alpha,
+                                  small_sample=small_sample)
         for method, est in result.estimates.items():
             hits[method] += est.lo <= truth <= est.hi
             widths[method].append(est.width)
