@@ -10,6 +10,7 @@
     ├── GateError          an eval gate that does not parse or names a missing metric
     ├── JudgeSchemaError   every verdict of a judge run broke the label set
     ├── LabelError         unknown labeling project, item, token or label
+    ├── EstimateError      a quality estimate the labels and verdicts cannot support (no labels, bad values)
     ├── ToolError          a flow tool call failed; `kind` is timeout | raised | bad_args | not_allowed
     ├── StepFailed         a flow step raised; the run is resumable
     ├── FlowInterrupted    Ctrl-C during a flow; finished steps are kept
@@ -80,6 +81,10 @@ class GateError(LlmbusError):
 
 class LabelError(LlmbusError):
     """A labeling request that cannot be honoured (unknown project, item, token or label)."""
+
+
+class EstimateError(LlmbusError):
+    """Human labels and judge verdicts that cannot support a quality estimate (none, mismatched, out of range)."""
 
 
 class RunInterrupted(LlmbusError):
