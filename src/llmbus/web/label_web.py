@@ -20,7 +20,7 @@ from markdown_it import MarkdownIt
 from llmbus.pages import environment
 from llmbus.quality import label
 from llmbus.store import Store
-from llmbus.web.auth import request_token, sign_in, sign_out
+from llmbus.web.auth import add_sign_in_routes, request_token
 
 TEMPLATES = Path(__file__).parent / "templates" / "label"
 COOKIE = "llmbus_label_token"
@@ -48,20 +48,12 @@ def create_app(store: Store, project: str) -> FastAPI:
     def login_form(request: Request) -> HTMLResponse:
         return page(request, "login.html", error=None)
 
-    @app.post("/login", response_model=None)
-    def login(request: Request, token: str = Form("")) -> Response:
-        found = label.annotator_for(store, token.strip())
-        if not found or found[0] != project:
-            return page(request, "login.html", status=401, error="Unknown token for this project.")
-        response = home()
-        sign_in(response, COOKIE, token.strip())
-        return response
+    def is_annotator(token: str) -> bool:
+        found = label.annotator_for(store, token)
+        return found is not None and found[0] == project
 
-    @app.post("/logout")
-    def logout() -> RedirectResponse:
-        response = RedirectResponse("/login", status_code=303)
-        sign_out(response, COOKIE)
-        return response
+    add_sign_in_routes(app, COOKIE, is_annotator, lambda request: page(
+        request, "login.html", status=401, error="Unknown token for this project."))
 
     @app.get("/", response_class=HTMLResponse, response_model=None)
     def queue(request: Request, note: str | None = None) -> Response:

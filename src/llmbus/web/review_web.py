@@ -20,7 +20,7 @@ from llmbus.flows.log import FlowLog
 from llmbus.flows.review import ReviewQueue
 from llmbus.pages import environment
 from llmbus.store import Store
-from llmbus.web.auth import request_token, sign_in, sign_out
+from llmbus.web.auth import add_sign_in_routes, request_token
 
 COOKIE = "llmbus_review"
 TEMPLATES = Path(__file__).parent / "templates" / "review"
@@ -66,19 +66,8 @@ def create_app(store: Store, tokens: dict[str, str], lease_s: float = 600.0, res
     def login_form(request: Request) -> HTMLResponse:
         return page(request, "login.html")
 
-    @app.post("/login", response_model=None)
-    def login(request: Request, token: str = Form(...)) -> Response:
-        if token not in tokens:
-            return page(request, "login.html", 401, error="unknown token")
-        response = RedirectResponse("/", status_code=303)
-        sign_in(response, COOKIE, token)
-        return response
-
-    @app.post("/logout")
-    def logout() -> RedirectResponse:
-        response = login_first()
-        sign_out(response, COOKIE)
-        return response
+    add_sign_in_routes(app, COOKIE, lambda given: given in tokens,
+                       lambda request: page(request, "login.html", 401, error="unknown token"))
 
     @app.get("/", response_class=HTMLResponse, response_model=None)
     def index(request: Request, notice: str = "") -> Response:

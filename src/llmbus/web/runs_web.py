@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Form, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -24,7 +24,7 @@ from llmbus.experiments import browse
 from llmbus.experiments.compare import compare_runs
 from llmbus.pages import environment
 from llmbus.store import Store
-from llmbus.web.auth import request_token, sign_in, sign_out
+from llmbus.web.auth import add_sign_in_routes, request_token
 
 TEMPLATES = Path(__file__).parent / "templates" / "runs"
 COOKIE = "llmbus_ui_token"
@@ -58,19 +58,8 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
     def login_form(request: Request) -> HTMLResponse:
         return page(request, "login.html", error=None)
 
-    @app.post("/login", response_model=None)
-    def login(request: Request, given: str = Form("", alias="token")) -> Response:
-        if token is None or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            return page(request, "login.html", 401, error="Unknown token.")
-        response = RedirectResponse("/", status_code=303)
-        sign_in(response, COOKIE, token)
-        return response
-
-    @app.post("/logout")
-    def logout() -> RedirectResponse:
-        response = RedirectResponse("/login", status_code=303)
-        sign_out(response, COOKIE)
-        return response
+    add_sign_in_routes(app, COOKIE, lambda given: token is not None and secrets.compare_digest(
+        given.encode(), token.encode()), lambda request: page(request, "login.html", 401, error="Unknown token."))
 
     @app.get("/", response_class=HTMLResponse)
     def run_list(request: Request, task: str | None = None) -> HTMLResponse:
