@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
+    from llmbus.distill.distill import TeacherData
     from llmbus.store import Store
     from llmbus.task.spec import TaskSpec
 
@@ -19,7 +20,12 @@ if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that 
 @friendly_errors
 def distill(
     task: str = typer.Argument(..., help="Task spec YAML"),
-    teacher: str = typer.Option(..., "--teacher", help="Run id of the teacher's answers"),
+    teacher: str | None = typer.Option(None, "--teacher", help="Run id of the teacher's answers"),
+    from_traffic: str | None = typer.Option(None, "--from-traffic", help="Learn from a served model's logged "
+                                                                         "gateway answers instead (its serve.yaml "
+                                                                         "name)"),
+    since: str | None = typer.Option(None, "--since", help="With --from-traffic: only requests since this time "
+                                                           "(ISO date/time in UTC, or an age: 90m, 24h, 7d)"),
     student: str = typer.Option("encoder", "--student", help="encoder (classify/extract) or lora (generate)"),
     how: str = typer.Option("none", "--filter", help="Teacher answers to learn from: none, judge (verdicts "
                                                      "that passed) or human (labels and corrections)"),
@@ -35,23 +41,38 @@ def distill(
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a small student on a teacher run; evaluate it against teacher and gold on held-out items."""
+    """Train a small student on a teacher run, or on a served model's traffic; evaluate it against teacher and
+    gold (traffic: the served answers or human labels) on held-out items."""
     from llmbus.errors import LlmbusError
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
     if student not in ("encoder", "lora"):
         raise LlmbusError(f"unknown student kind {student!r}: use encoder or lora")
+    if (teacher is None) == (from_traffic is None):
+        raise LlmbusError("give exactly one of --teacher RUN_ID or --from-traffic SERVED")
+    if since is not None and from_traffic is None:
+        raise LlmbusError("--since selects traffic: use it with --from-traffic SERVED")
     spec = load_spec(task)
     folder = out_dir or Path("out") / "distill" / spec.name
+    store = Store(db)
     if student == "lora":
-        _distill_lora(spec, Store(db), teacher, folder, epochs, target, how, as_json)
-    else:
-        _distill_encoder(spec, Store(db), teacher, folder, epochs, target, how, allow_missing_labels, as_json)
+        if teacher is None:
+            raise LlmbusError("--from-traffic trains encoder students (classify and extract tasks); a LoRA student "
+                              "learns from a teacher run (--teacher RUN_ID)")
+        _distill_lora(spec, store, teacher, folder, epochs, target, how, as_json)
+        return
+    source: str | TeacherData = teacher or ""
+    if from_traffic is not None:
+        from llmbus.distill.traffic import traffic_teacher
+        from llmbus.store.traffic import parse_since
+
+        source = traffic_teacher(spec, store, from_traffic, how, parse_since(since) if since else None)
+    _distill_encoder(spec, store, source, folder, epochs, target, how, allow_missing_labels, as_json)
 
 
-def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
-                     how: str, allow_missing_labels: bool, as_json: bool) -> None:
+def _distill_encoder(spec: TaskSpec, store: Store, teacher: str | TeacherData, folder: Path, epochs: int | None,
+                     target: float, how: str, allow_missing_labels: bool, as_json: bool) -> None:
     from llmbus.cli.progress import stage_progress
     from llmbus.distill.distill import distill as run_distill
     from llmbus.train.student import TrainSettings
@@ -68,7 +89,8 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
     _print_heading(report.student, report.teacher_model, report.teacher_run, report.n_train,
                    report.train_seconds, report.n_test)
     share = report.student_quality / report.teacher_quality if report.teacher_quality else None
-    out.print(f"  {report.metric} vs gold on the {report.n_test} test items: teacher {fmt(report.teacher_quality)} · "
+    out.print(f"  {report.metric} vs {report.reference} on the {report.n_test} test items: teacher "
+              f"{fmt(report.teacher_quality)} · "
               f"student {fmt(report.student_quality)} ({fmt(share, '.2f')}× the teacher) · agreement with teacher "
               f"(share of identical answers) {fmt(report.student_vs_teacher_agreement, '.2f')}")
     if report.recipe_scores:
@@ -76,7 +98,7 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
                                                       if name in report.recipe_one_label else "")
                            for name, score in report.recipe_scores.items())
         out.print(f"  recipe: {report.recipe}, picked on the {report.n_val} validation items by {report.metric} vs "
-                  f"gold ({scores})")
+                  f"{report.reference} ({scores})")
     out.print(f"  {report.learning_curve_message}")
     if report.learning_curve:
         points = ", ".join(f"{p['n']} → {p['share']:.2f}×" for p in report.learning_curve)
@@ -84,9 +106,9 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str, folder: Path, e
     out.print(f"  latency per item: student {fmt(report.student_latency_ms, '.1f')} ms · teacher "
               f"{fmt(report.teacher_latency_ms, '.0f')} ms (median of its logged calls)")
     out.print(f"  [bold]{report.cascade}[/]: confidence threshold {report.cascade_threshold:.3f} (picked on "
-              f"validation for {target:.0%} of the teacher's {report.metric}) → {report.metric} vs gold "
-              f"{fmt(report.cascade_quality)} on the test items, {report.cascade_escalation_rate:.0%} of them "
-              "escalated to the teacher")
+              f"validation for {target:.0%} of the teacher's {report.metric}) → {report.metric} vs "
+              f"{report.reference} {fmt(report.cascade_quality)} on the test items, "
+              f"{report.cascade_escalation_rate:.0%} of them escalated to the teacher")
     out.print(f"  semantic cache: similarity threshold {report.semantic_threshold:.3f} → "
               f"{report.semantic_hit_rate:.0%} of synthetic paraphrases (perturbed inputs) hit, "
               f"{report.semantic_false_hit_rate:.1%} false hits (negated inputs, inputs with another teacher answer)")
@@ -131,8 +153,67 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
 
 def _print_heading(student: str, teacher_model: str, teacher_run: str, n_train: int, seconds: float,
                    n_test: int) -> None:
-    out.print(f"[bold]{student}[/] distilled from {teacher_model} (run {teacher_run}) on {n_train} teacher answers "
+    source = f"its traffic, {teacher_run}" if teacher_run.startswith("gateway:") else f"run {teacher_run}"
+    out.print(f"[bold]{student}[/] distilled from {teacher_model} ({source}) on {n_train} teacher answers "
               f"in {seconds:.0f}s; held-out test: {n_test} items")
+
+
+@app.command()
+@friendly_errors
+def accept(
+    candidate: str = typer.Argument(..., help="A model reference (encoder:DIR, local:….gguf, cascade:NAME, openai:…) "
+                                              "or a task YAML (a new prompt version, on the incumbent's model)"),
+    against: str = typer.Option(..., "--against", help="The served model (its serve.yaml name) whose traffic is "
+                                                       "replayed"),
+    sample: int = typer.Option(200, "--sample", min=1, help="Distinct logged inputs to replay"),
+    max_drop: float = typer.Option(0.01, "--max-drop", min=0.0, help="Refuse when the 95%% lower bound of "
+                                                                     "candidate − incumbent quality is below −this"),
+    slice_field: str | None = typer.Option(None, "--slice", help="Also gate each value of: answer (the incumbent's), "
+                                                                 "reference (human or incumbent), key, route, …"),
+    since: str | None = typer.Option(None, "--since", help="Only traffic since this time (ISO date/time in UTC, or "
+                                                           "an age: 90m, 24h, 7d): e.g. after the student's data"),
+    concurrency: int = typer.Option(4, "--concurrency", min=1),
+    db: str | None = DB_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Replay a served model's traffic through a candidate; exit 0 to accept it, 1 to refuse (with the table)."""
+    from llmbus.distill.accept import accept as run_accept
+    from llmbus.store import Store
+    from llmbus.store.traffic import parse_since
+
+    report = run_accept(Store(db), candidate, against, sample=sample, max_drop=max_drop, slice_field=slice_field,
+                        since=parse_since(since) if since else None, concurrency=concurrency)
+    if as_json:
+        print_json(report.as_dict())
+    else:
+        _print_accept(report)
+    raise typer.Exit(0 if report.accepted else 1)
+
+
+def _print_accept(report: Any) -> None:
+    for warning in report.warnings:
+        warn(warning)
+    out.print(f"[bold]{plain(report.candidate)}[/] against [bold]{plain(report.served)}[/] "
+              f"({plain(report.incumbent)}) on {report.n} distinct logged inputs; replay: run {report.replay_run} "
+              f"({plain(report.model)}, {report.candidate_errors} errors)", highlight=False)
+    out.print(f"  quality = {report.metric} against the human labels on {report.n_human} items and against the "
+              f"incumbent's own answers on {report.n_incumbent}" + (f"; {report.left_out} items a human failed without "
+                                                                    "a correction left out" if report.left_out else ""),
+              highlight=False)
+    table = Table("slice", "n", "human / incumbent ref", "incumbent", "candidate", "candidate − incumbent [95% CI]",
+                  "McNemar p", "gate", title=f"paired comparison, max drop {report.max_drop:g}", title_justify="left")
+    for row in report.slices:
+        gate = ("[green]pass[/]" if row.passed else "[bold red]FAIL[/]") if row.gated else "not gated (n<10)"
+        table.add_row(plain(row.name), str(row.n), f"{row.n_human} / {row.n - row.n_human}", fmt(row.incumbent),
+                      fmt(row.candidate), f"{row.delta.value:+.3f} [{row.delta.lo:+.3f}, {row.delta.hi:+.3f}]",
+                      fmt(row.p_mcnemar), gate)
+    out.print(table)
+    out.print(f"  latency per item: candidate {fmt(report.candidate_latency_ms, '.1f')} ms · incumbent "
+              f"{fmt(report.incumbent_latency_ms, '.1f')} ms · $/1k: candidate "
+              f"{fmt(report.candidate_cost_per_1k, '.4f')} · incumbent {fmt(report.incumbent_cost_per_1k, '.4f')}",
+              highlight=False)
+    verdict = "[bold green]accepted[/]" if report.accepted else "[bold red]refused[/]"
+    out.print(f"{verdict}: {plain(report.reason)}", highlight=False)
 
 
 @app.command()

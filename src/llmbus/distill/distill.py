@@ -2,6 +2,7 @@
 cascade threshold picked on validation data.
 
     llmbus distill TASK --teacher RUN_ID [--student encoder] [--filter none|judge|human] [--allow-missing-labels]
+    llmbus distill TASK --from-traffic SERVED [--since 7d] [--filter …]   (the gateway's answers: traffic.py)
 
 Teacher answers that cannot teach (one label, or a label with fewer than MIN_LABEL_EXAMPLES answers on the
 training split; teacher_coverage.py) are refused before any training. A classify student's recipe is picked on
@@ -77,6 +78,9 @@ class DistillReport:
     teacher_latency_ms: float
     train_seconds: float
     out_dir: str
+    # What "quality" is measured against on held-out items: the dataset's gold answers for a teacher run; for
+    # traffic (no gold) the served model's answers, or the human labels under --filter human.
+    reference: str = "gold"
     semantic_threshold: float = 1.0  # for the gateway's semantic cache, chosen on this task's inputs
     semantic_hit_rate: float = 0.0
     semantic_false_hit_rate: float = 0.0
@@ -103,6 +107,38 @@ def split_of(item_id: str, seed: int = 0) -> str:
     return "train" if bucket < 70 else "val" if bucket < 85 else "test"
 
 
+@dataclass
+class TeacherData:
+    """The answers a student learns from, wherever they were logged: a teacher run, or a served model's traffic."""
+
+    ref: str  # the teacher run's id, or gateway:NAME for traffic
+    what: str  # for messages: "teacher run 1a2b3c4d", "the traffic of gateway:sms"
+    model: str
+    examples: list[Example]
+    latency_s: float  # median seconds per uncached teacher call
+    answered: int  # items the teacher answered, usable or not (for the learning curve's answers per item)
+    items_left: int | None = None  # dataset eval items it has not answered (None for traffic)
+    reference: str = "gold"  # what held-out quality is measured against (DistillReport.reference)
+    how: str = "none"
+    more: str = "run the teacher on more items"  # the fix when there are too few answers
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_teacher(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none") -> TeacherData:
+    """A teacher run's usable answers (after the filter) and what distill reports about it."""
+    run = store.get_run(teacher_run)
+    examples = collect_examples(spec, store, run["id"], how)
+    answered = {c["item_id"] for c in store.iter_calls(run["id"])}
+    left = sum(1 for item in split_items(spec, load_items(spec)).eval if item.id not in answered)
+    return TeacherData(run["id"], f"teacher run {run['id']}", run["model"], examples,
+                       teacher_latency_s(store, run["id"]), len(answered), left, how=how)
+
+
+def teacher_answer(spec: TaskSpec, parsed: Any) -> Any:
+    """What a student learns from a parsed answer (extraction: its entity list)."""
+    return parsed["entities"] if spec.kind == "extract" and isinstance(parsed, dict) else parsed
+
+
 def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none") -> list[Example]:
     """Teacher answers from the call log joined with the dataset's inputs; failed calls are left out, and so are
     answers the filter (`judge` verdicts, `human` labels) rejects; human corrections replace the teacher's."""
@@ -116,8 +152,7 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = 
         item = items.get(call["item_id"])
         if call["error_kind"] is not None or item is None or call["parsed"] is None:
             continue
-        teacher = call["parsed"]["entities"] if spec.kind == "extract" and isinstance(call["parsed"], dict) \
-            else call["parsed"]
+        teacher = teacher_answer(spec, call["parsed"])
         text = (call["raw_output"] or "").strip() or None
         if decided is not None:
             decision = decided.get(item.id)
@@ -135,12 +170,18 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = 
 def distillation_data(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path, how: str = "none"
                       ) -> tuple[list[Example], dict[str, list[Example]], dict[str, str]]:
     """The teacher's usable answers, split train/val/test and exported as JSONL under out_dir/data."""
-    examples = collect_examples(spec, store, teacher_run, how)
+    return split_examples(collect_examples(spec, store, teacher_run, how), f"run {teacher_run}", how, out_dir)
+
+
+def split_examples(examples: list[Example], what: str, how: str, out_dir: Path,
+                   more: str = "run the teacher on more items"
+                   ) -> tuple[list[Example], dict[str, list[Example]], dict[str, str]]:
+    """Examples by split (exported as JSONL under out_dir/data); too few to train and test on is refused."""
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "val", "test")}
     if len(by_split["train"]) < 10 or not by_split["test"]:
-        raise LlmbusError(f"run {teacher_run} has {len(examples)} usable answers"
+        raise LlmbusError(f"{what} has {len(examples)} usable answers"
                           f"{'' if how == 'none' else f' after --filter {how}'}: distillation needs at least ~20 "
-                          "(run the teacher on more items)")
+                          f"({more})")
     return examples, by_split, export_jsonl(examples, out_dir / "data")
 
 
@@ -306,18 +347,20 @@ def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
     return str(a) == str(b)
 
 
-def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
+def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_dir: Path,
             settings: TrainSettings | None = None, target: float = 0.98, register: bool = True,
             how: str = "none", allow_missing_labels: bool = False,
             progress: StageCallback | None = None) -> DistillReport:
-    """Train an encoder student on a teacher run and evaluate it on held-out items; `settings.epochs` is the
+    """Train an encoder student on a teacher run (its id, filtered by `how`) or on TeacherData (a served
+    model's traffic: traffic.traffic_teacher) and evaluate it on held-out items; `settings.epochs` is the
     most fine-tuning epochs a classify student tries (default 3; a tagger trains 2)."""
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
     settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
-    examples, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
-    warnings = check_coverage(spec, teacher_run, by_split["train"], allow_missing_labels)
+    teacher = run_teacher(spec, store, teacher_run, how) if isinstance(teacher_run, str) else teacher_run
+    examples, by_split, files = split_examples(teacher.examples, teacher.what, teacher.how, out_dir, teacher.more)
+    warnings = teacher.warnings + check_coverage(spec, teacher.what, by_split["train"], allow_missing_labels)
     student_dir = out_dir / "student"
     tick = time.perf_counter()
     train, val, test = by_split["train"], by_split["val"], by_split["test"]
@@ -340,9 +383,8 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
     metric = spec.main_metric
     threshold, cascade_quality, escalated = cascade_on(spec, Scored(val_answers, test_answers, val_conf, test_conf),
                                                        val, test, target)
-    teacher_latency = teacher_latency_s(store, teacher_run)
     report = DistillReport(
-        task=spec.name, teacher_run=teacher_run, teacher_model=store.get_run(teacher_run)["model"],
+        task=spec.name, teacher_run=teacher.ref, teacher_model=teacher.model,
         student=f"encoder:{spec.name}-student", cascade=f"cascade:{spec.name}", metric=metric,
         n_train=len(train), n_val=len(val), n_test=len(test),
         teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in test)),
@@ -352,7 +394,8 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
                                                     for a, e in zip(test_answers, test, strict=True)])),
         cascade_threshold=threshold, cascade_quality=cascade_quality, cascade_escalation_rate=escalated,
         student_latency_ms=1000 * single_item_latency(spec, student, test[:30]),
-        teacher_latency_ms=1000 * teacher_latency, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
+        teacher_latency_ms=1000 * teacher.latency_s, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
+        reference=teacher.reference,
         recipe=choice.recipe, recipe_scores=choice.scores, recipe_one_label=choice.one_label,
         warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test])
         + gold_coverage_warning(spec, test),
@@ -360,10 +403,8 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
         heldout_student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(val_answers + test_answers,
                                                                                val + test, strict=True))),
     )
-    answered = {c["item_id"] for c in store.iter_calls(teacher_run)}
-    left = sum(1 for item in split_items(spec, load_items(spec)).eval if item.id not in answered)
-    add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, len(answered)), left,
-                       progress)
+    add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, teacher.answered),
+                       teacher.items_left, progress)
     pool = train + val
     if progress:
         progress("semantic-cache threshold", 0, None)

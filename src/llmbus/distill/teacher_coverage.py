@@ -64,11 +64,12 @@ def coverage_problems(spec: TaskSpec, train: list[Example]) -> tuple[list[str], 
     return problems, warnings
 
 
-def check_coverage(spec: TaskSpec, teacher_run: str, train: list[Example], allow_missing_labels: bool) -> list[str]:
-    """Refuse teacher answers a student cannot learn from (unless allowed); the warnings to report."""
+def check_coverage(spec: TaskSpec, teacher: str, train: list[Example], allow_missing_labels: bool) -> list[str]:
+    """Refuse teacher answers a student cannot learn from (unless allowed); the warnings to report. `teacher`
+    names where the answers come from ("teacher run 1a2b3c4d", "the traffic of gateway:sms")."""
     problems, warnings = coverage_problems(spec, train)
     if problems and not allow_missing_labels:
-        raise LlmbusError(f"teacher run {teacher_run}: {'; '.join(problems)}. Run the teacher on more, representative "
+        raise LlmbusError(f"{teacher}: {'; '.join(problems)}. Run the teacher on more, representative "
                           "items (`llmbus run TASK --limit N` samples every class), or pass --allow-missing-labels "
                           "to train anyway")
     return [f"{p} (--allow-missing-labels)" for p in problems] + warnings

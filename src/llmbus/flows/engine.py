@@ -4,6 +4,8 @@ Branching is ordinary `if`. Every step's input, output, cost and timing is writt
 next step runs, keyed by (flow run, step key). Resuming re-executes the function from the top and replays
 recorded outputs, so a run paused for human review, failed, or killed continues exactly where it stopped
 without repeating paid calls. Step kinds: llm / task (a task spec), retrieval, tool, guardrail, review, agent.
+Each llm and task step's model call is also a row of the one call log (a run named flow:NAME per invocation,
+see `FlowCalls`), linked from its step row by `call_id`; a task step's row carries the task and spec version.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from llmbus.errors import DataError, FlowInterrupted, LlmbusError, ProviderError
 from llmbus.flows.agent import AgentResult, Budget, run_agent
 from llmbus.flows.guardrail import Guardrail, Verdict
 from llmbus.flows.icl import ExamplePool
-from llmbus.flows.log import FlowLog, dumps, process_id
+from llmbus.flows.log import FlowCalls, FlowLog, call_item_id, dumps, process_id
 from llmbus.flows.retrieval import Index, Source
 from llmbus.flows.review import Decision, ReviewQueue
 from llmbus.flows.steps import FlowPaused, LlmAnswer, StepResult
@@ -29,7 +31,7 @@ from llmbus.flows.tools import Tool, call_tool, tool
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.run.adapter import build_request
 from llmbus.settings import DEFAULT_MODEL
-from llmbus.store import Store, now
+from llmbus.store import CallRecord, Store, now
 from llmbus.task.output import parse_output
 from llmbus.task.spec import TaskSpec, read_utf8, render_prompt
 
@@ -96,11 +98,14 @@ class FlowOutcome:
 class FlowContext:
     """Handed to the flow function: every method is a durable step named by `key`."""
 
-    def __init__(self, store: Store, run_id: str, settings: FlowSettings, resources: dict[str, Any]):
+    def __init__(self, store: Store, run_id: str, settings: FlowSettings, resources: dict[str, Any],
+                 calls: FlowCalls):
         self.store, self.run_id, self.settings, self.resources = store, run_id, settings, resources
         self.log = FlowLog(store)
+        self.calls = calls
         self._providers: dict[str, Provider] = {}
         self._seen: set[str] = set()
+        self._call_ids: dict[str, int | None] = {}  # step key → its row in `calls`, for the step row
 
     # the durable core ----------------------------------------------------------------------------
     def step(self, key: str, kind: str, body: Callable[[], StepResult], step_input: Any = None) -> Any:
@@ -123,11 +128,12 @@ class FlowContext:
             kind_of = getattr(exc, "kind", None) or exc.__class__.__name__
             self.log.write_step(self.run_id, key, status="failed", error_kind=str(kind_of)[:40],
                                 error=f"{exc.__class__.__name__}: {exc}", finished_at=now(),
-                                latency_s=time.perf_counter() - tick)
+                                latency_s=time.perf_counter() - tick, call_id=self._call_ids.pop(key, None))
             raise StepFailed(key, str(kind_of), str(exc)) from exc
         self.log.write_step(self.run_id, key, status="done", output_json=result.output, detail_json=result.detail,
                             model=result.model, tokens_in=result.tokens_in, tokens_out=result.tokens_out,
-                            cost_usd=result.cost_usd, finished_at=now(), latency_s=time.perf_counter() - tick)
+                            cost_usd=result.cost_usd, finished_at=now(), latency_s=time.perf_counter() - tick,
+                            call_id=self._call_ids.pop(key, None))
         return result.output
 
     def provider(self, model: str | None = None) -> Provider:
@@ -151,33 +157,57 @@ class FlowContext:
         request = Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, stop=stop, labels=labels,
                           json_schema=json_schema)
         ref = model or self.settings.model
-        out = self.step(key, "llm", lambda: self._complete(ref, request), {"prompt": prompt, "model": ref})
+        out = self.step(key, "llm", lambda: self._complete(key, ref, request), {"prompt": prompt, "model": ref})
         return LlmAnswer(out["text"], out.get("label_probs"))
 
-    def _complete(self, ref: str, request: Request) -> StepResult:
-        completion = self.provider(ref).complete(request)
-        return StepResult({"text": completion.text, "label_probs": completion.label_probs},
-                          detail={"prompt": request.prompt, "cpu_s": completion.cpu_seconds}, model=ref,
-                          tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-                          cost_usd=completion.cost_usd)
+    def _complete(self, key: str, ref: str, request: Request, spec: TaskSpec | None = None) -> StepResult:
+        """One model call, logged as a row of `calls` before the step row; a task step's answer is parsed by
+        its output contract, and a broken answer is logged, then fails the step."""
+        record = CallRecord(run_id="", task=spec.name if spec else f"flow:{self.calls.flow}",
+                            spec_version=spec.version if spec else "-", item_id=call_item_id(self.run_id, key),
+                            model=ref, prompt=request.prompt, started_at=now(), finished_at=now())
+        meta: dict[str, Any] = {"flow_run": self.run_id, "step": key}
+        if request.input is not None:
+            meta["input"] = request.input
+        tick = time.perf_counter()
+        try:
+            completion = self.provider(ref).complete(request)
+        except ProviderError as exc:
+            record.error_kind, record.error, record.meta = exc.kind, str(exc), meta
+            self._log_call(key, record, tick)
+            raise
+        parsed = parse_output(spec, completion.text) if spec else None
+        record.raw_output, record.parsed = completion.text, completion.text if parsed is None else parsed.value
+        record.confidence, record.label_probs = completion.confidence, completion.label_probs
+        record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
+        record.cost_usd, record.cpu_s, record.meta = completion.cost_usd, completion.cpu_seconds, {**completion.extra,
+                                                                                                   **meta}
+        if parsed is not None and parsed.error_kind:
+            record.error_kind, record.error = parsed.error_kind, parsed.error
+        self._log_call(key, record, tick)
+        if spec is not None and parsed is not None and parsed.error_kind:
+            raise ProviderError(parsed.error_kind, f"{spec.name}: {parsed.error}")
+        detail = {"prompt": request.prompt, "cpu_s": completion.cpu_seconds}
+        output: Any = {"text": completion.text, "label_probs": completion.label_probs}
+        if spec is not None and parsed is not None:
+            output = parsed.value
+            detail.update(task=spec.name, spec_version=spec.version, raw=completion.text)
+        return StepResult(output, detail=detail, model=ref, tokens_in=completion.tokens_in,
+                          tokens_out=completion.tokens_out, cost_usd=completion.cost_usd)
+
+    def _log_call(self, key: str, record: CallRecord, tick: float) -> None:
+        record.latency_s, record.finished_at = time.perf_counter() - tick, now()
+        self._call_ids[key] = self.calls.record(record)
 
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
         prompt = render_prompt(spec, fields, examples or [])
-        request = build_request(spec, prompt)
+        raw_input = str(fields[spec.data.input]) if spec.data.input in fields else None  # what students read
+        request = build_request(spec, prompt, raw_input)
         ref = model or self.settings.model
-
-        def body() -> StepResult:
-            result = self._complete(ref, request)
-            parsed = parse_output(spec, result.output["text"])
-            if parsed.error_kind:
-                raise ProviderError(parsed.error_kind, f"{spec.name}: {parsed.error}")
-            result.output = parsed.value
-            result.detail.update(task=spec.name, spec_version=spec.version, raw=result.output)
-            return result
-
-        return self.step(key, "llm", body, {"task": spec.name, "fields": fields, "model": ref})
+        return self.step(key, "llm", lambda: self._complete(key, ref, request, spec),
+                         {"task": spec.name, "fields": fields, "model": ref})
 
     def tool(self, key: str, fn: Callable[..., Any] | Tool, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """A Python function as a step, in a child process killed after `timeout_s`."""
@@ -263,23 +293,27 @@ def read_inputs(input_json: str | None, dataset: str | None) -> list[Any]:
 
 # the engine --------------------------------------------------------------------------------------
 def start(store: Store, flow_def: Flow, value: Any, settings: FlowSettings | None = None,
-          resources: dict[str, Any] | None = None) -> FlowOutcome:
-    """Create a run for one input and execute it."""
+          resources: dict[str, Any] | None = None, calls: FlowCalls | None = None) -> FlowOutcome:
+    """Create a run for one input and execute it (its model calls go to `calls`, else a run of their own)."""
     settings = settings or FlowSettings()
     run_id = FlowLog(store).create_run(flow_def.name, flow_def.path, value, asdict(settings))
     resources = resources if resources is not None else setup_resources(store, flow_def)
-    return execute(store, run_id, flow_def, resources)
+    return execute(store, run_id, flow_def, resources, calls)
 
 
 def run_many(store: Store, flow_def: Flow, values: list[Any], settings: FlowSettings | None = None,
              on_done: Callable[[FlowOutcome], None] | None = None) -> list[FlowOutcome]:
-    """One run per input, sharing the flow's resources (set up once)."""
+    """One run per input, sharing the flow's resources (set up once) and one run of model calls."""
     resources = setup_resources(store, flow_def)
+    calls = FlowCalls(store, flow_def.name, flow_def.path, (settings or FlowSettings()).model)
     outcomes = []
-    for value in values:
-        outcomes.append(start(store, flow_def, value, settings, resources))
-        if on_done:
-            on_done(outcomes[-1])
+    try:
+        for value in values:
+            outcomes.append(start(store, flow_def, value, settings, resources, calls))
+            if on_done:
+                on_done(outcomes[-1])
+    finally:
+        calls.close()
     return outcomes
 
 
@@ -301,13 +335,18 @@ def setup_resources(store: Store, flow_def: Flow) -> dict[str, Any]:
     return flow_def.setup(store) if flow_def.setup else {}
 
 
-def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]) -> FlowOutcome:
-    """Execute (or replay and continue) one run; its final state is written before returning."""
+def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any],
+            calls: FlowCalls | None = None) -> FlowOutcome:
+    """Execute (or replay and continue) one run; its final state is written before returning. Its model calls
+    go to `calls` (shared by a dataset's runs), else to a run of calls made for this execution."""
     log = FlowLog(store)
     run = log.get_run(run_id)
     log.acquire(run_id, process_id())
     log.update_run(run_id, status="running", error=None)
-    ctx = FlowContext(store, run_id, FlowSettings(**run["settings"]), resources)
+    settings = FlowSettings(**run["settings"])
+    own_calls = calls is None
+    calls = calls or FlowCalls(store, flow_def.name, flow_def.path, settings.model)
+    ctx = FlowContext(store, run_id, settings, resources, calls)
     outcome = FlowOutcome(run_id, "running")
     try:
         outcome.output = flow_def.fn(ctx, run["input"])
@@ -327,6 +366,8 @@ def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]
     finally:
         ctx.close()
         log.release(run_id)
+        if own_calls:
+            calls.close()
     log.update_run(run_id, status=outcome.status, error=outcome.error,
                    output_json=dumps(outcome.output) if outcome.status == "done" else None)
     return outcome

@@ -3,10 +3,12 @@
 A step row is written (status done or failed) before the next step runs, keyed by (flow run, step key):
 resuming a run replays recorded outputs instead of repeating paid calls. The tables are in
 store/schema.py (created by the "003_flows" migration); this module adds the rows' reads and writes.
+LLM and task steps also write their model call to the one call log (`FlowCalls`), linked from the step row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -17,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError
-from llmbus.store import Store, now
+from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import flow_runs, flow_steps
 
 LEASE = timedelta(minutes=5)
@@ -130,6 +132,39 @@ class FlowLog:
         with self.engine.begin() as conn:
             conn.execute(flow_runs.update().where(flow_runs.c.id == run_id, flow_runs.c.lease_owner == process_id())
                          .values(lease_until=now() + LEASE, updated_at=now()))
+
+
+class FlowCalls:
+    """The `calls` rows of the llm and task steps that one invocation executes (`flow run` on an input or a
+    dataset, `flow resume`): one run named flow:NAME, made at the first model call, like the gateway's run per
+    served model per start. Its calls can be evaluated, judged and labeled like any run's."""
+
+    def __init__(self, store: Store, flow: str, flow_path: str, model: str):
+        self.store, self.flow, self.flow_path, self.model = store, flow, flow_path, model
+        self.run_id: str | None = None
+        self.count = 0
+
+    def record(self, record: CallRecord) -> int | None:
+        """Write one step's call (into this invocation's run, made now if need be); returns its id."""
+        if self.run_id is None:
+            self.run_id = self.store.create_run(task=f"flow:{self.flow}", task_path=self.flow_path, spec_version="-",
+                                                spec_json="{}", model=self.model, metric="none", n_planned=0,
+                                                concurrency=1)
+        record.run_id = self.run_id
+        self.store.record_call(record)
+        self.count += 1
+        return self.store.call_id(self.run_id, record.item_id)
+
+    def close(self) -> None:
+        """Mark the run done (when a step called a model at all)."""
+        if self.run_id is not None:
+            self.store.update_run(self.run_id, status="done", finished_at=now(), n_planned=self.count)
+
+
+def call_item_id(flow_run_id: str, key: str) -> str:
+    """A step's item id in the call log: flow run and step key (hashed when too long for the column)."""
+    item = f"{flow_run_id}:{key}"
+    return item if len(item) <= 200 else f"{flow_run_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _decode(row: dict[str, Any], columns: tuple[str, ...]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import hashlib
 import json
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,23 +121,30 @@ def item_hash(item_id: str) -> int:
 def collect(store: Store, run: dict[str, Any]) -> Sample:
     """Stream a run's calls into a Sample."""
     spec = json.loads(run["spec_json"])
-    kind, metric = spec["kind"], run["metric"]
-    classes = [str(c) for c in (spec.get("output") or {}).get("labels") or []]
+    labels = [str(c) for c in (spec.get("output") or {}).get("labels") or []]
+    return sample_from(run["id"], spec["kind"], run["metric"], labels, store.iter_calls(run["id"]))
+
+
+def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: Iterable[dict[str, Any]]) -> Sample:
+    """A Sample from call rows: a run's calls, or call-shaped rows (item_id, parsed, expected, error_kind; cost,
+    latency and cache hit optional) that score answers against another reference (`accept`: human labels, else
+    the incumbent's answers)."""
+    classes = list(labels)
     index = {c: i for i, c in enumerate(classes)}
     ids, a, b = array("Q"), array("i"), array("i")
     counts, errors = array("q"), 0
     cost, latency, cached, broken = array("d"), array("f"), array("b"), array("b")
     scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
     chrf_stats = array("d")
-    for call in store.iter_calls(run["id"]):
+    for call in calls:
         failed = call["error_kind"] is not None
         errors += failed
         broken.append(failed)
         predicted, expected = (None if failed else call["parsed"]), call["expected"]
         ids.append(item_hash(call["item_id"]))
-        cost.append(call["cost_usd"])
-        latency.append(call["latency_s"])
-        cached.append(bool(call["cache_hit"]))
+        cost.append(call.get("cost_usd", 0.0))
+        latency.append(call.get("latency_s", 0.0))
+        cached.append(bool(call.get("cache_hit")))
         if kind == "classify":
             for value in (expected, predicted):
                 if value is not None and str(value) not in index:
@@ -153,7 +161,7 @@ def collect(store: Store, run: dict[str, Any]) -> Sample:
             for name, column_scores in scores.items():
                 column_scores.append(metrics.chrf_from_statistics(stats) if name == "chrf"
                                      else metrics.item_score(name, predicted, expected))
-    sample = Sample(run["id"], kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors,
+    sample = Sample(run_id, kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors,
                     cost=np.frombuffer(cost, dtype=np.float64).copy(),
                     latency=np.frombuffer(latency, dtype=np.float32).copy(),
                     cached=np.frombuffer(cached, dtype=np.int8).astype(bool),

@@ -171,6 +171,12 @@ class Store:
                     cost_usd=key_spend.c.cost_usd + sum(r.cost_usd for r in records),
                     calls=key_spend.c.calls + len(records)))
 
+    def call_id(self, run_id: str, item_id: str) -> int | None:
+        """The id of a run's call for an item (what steps, verdicts and labels link to), or None."""
+        with self.engine.connect() as conn:
+            found = conn.scalar(sa.select(calls.c.id).where(calls.c.run_id == run_id, calls.c.item_id == item_id))
+        return None if found is None else int(found)
+
     # gateway spend per key --------------------------------------------------------------------------
     def open_key_spend(self, names: list[str]) -> dict[str, float]:
         """Each key's spend so far (a row is made for a new key, so later calls only add to it)."""

@@ -83,6 +83,10 @@ def _m009_embeddings(conn: Connection) -> None:
     embeddings.create(conn, checkfirst=True)
 
 
+def _m010_flow_step_calls(conn: Connection) -> None:
+    _add_column_if_missing(conn, "flow_steps", "call_id", "INTEGER")
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -94,4 +98,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("007_label_show_fields", _m007_label_show_fields),
     ("008_key_spend", _m008_key_spend),
     ("009_embeddings", _m009_embeddings),
+    ("010_flow_step_calls", _m010_flow_step_calls),
 ]

@@ -210,6 +210,9 @@ flow_steps = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=1),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # added by 010: the step's row in `calls` (llm and task steps). No foreign key: a retried call replaces
+    # its row, and the step then points at the new one.
+    sa.Column("call_id", sa.Integer),
     sa.UniqueConstraint("flow_run_id", "key", name="uq_flow_steps_run_key"),
 )
 
