@@ -18,17 +18,19 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from conftest import write_items, write_spec
+from conftest import SMS_TASK, write_items, write_spec
 from llmbus.distill.distill import distill
 from llmbus.distill.traffic import traffic_teacher
 from llmbus.errors import LlmbusError
 from llmbus.flows.engine import FlowContext, FlowSettings, flow, resume, run_many, start
 from llmbus.flows.log import FlowLog
 from llmbus.quality.evaluate import evaluate
-from llmbus.quality.judge import run_items
+from llmbus.quality.judge import run_items, run_judge
 from llmbus.quality.label import LabelSchema, create_project, import_labels
+from llmbus.run.engine import eval_items
+from llmbus.serve.report import pick_runs
 from llmbus.store import Store
-from llmbus.store.schema import flow_steps
+from llmbus.store.schema import embeddings, flow_steps
 from llmbus.store.traffic import parse_since, traffic_item_id
 from llmbus.task.spec import load_spec
 from llmbus.train.student import TrainSettings
@@ -180,6 +182,13 @@ def test_stub_traffic_distills_a_student_that_accept_takes_and_a_blind_prompt_it
             judged = traffic_teacher(spec, store, "sms", "judge")
             passed_inputs = {r["meta"]["input"] for r in rows if r["item_id"] not in fails}
             assert {e.input for e in judged.examples} == passed_inputs
+            # A real judge run on the traffic: this one passes the answers it calls spam (the stub judges by text).
+            judge = write_spec(tmp_path / "judge.yaml", "items.jsonl", name="spam_judge", output={"labels": ["spam",
+                               "ham"]}, prompt="Answer: {{ item.answer }}\nSMS: {{ item.text }}\nLabel:",
+                               fewshot={"k": 0})
+            run_judge(load_spec(judge), store, run["id"], model="openai:primary")
+            spam_inputs = {r["meta"]["input"] for r in rows if "spam" in r["meta"]["input"]}
+            assert {e.input for e in traffic_teacher(spec, store, "sms", "judge").examples} == spam_inputs
             # --filter human keeps labeled items only, with the human's label; the traffic is labelable.
             assert run_items(store, run)[rows[0]["item_id"]] == {"text": rows[0]["meta"]["input"]}
             create_project(store, "traffic", run["id"], LabelSchema(kind="labels", labels=("ham", "spam")))
@@ -234,6 +243,7 @@ def test_stub_traffic_distills_a_student_that_accept_takes_and_a_blind_prompt_it
         replayed = list(store.iter_calls(replay["id"]))
         assert len(replayed) == 40 and all(c["meta"]["input"] in texts[60:100] for c in replayed)
         assert evaluate(store, replay["id"]).values["accuracy"].value == pytest.approx(overall["candidate"])
+        assert pick_runs(spec, store, None) == []  # a replay is no row of `llmbus report`: it is scored on traffic
 
         blind = write_spec(tmp_path / "blind.yaml", "items.jsonl", prompt="SMS: (not shown)\nLabel:")
         refused = llmbus("accept", str(blind), "--against", "sms", "--since", fresh_from.isoformat(), "--db",
@@ -255,6 +265,75 @@ def test_stub_traffic_distills_a_student_that_accept_takes_and_a_blind_prompt_it
     one_error_line(llmbus("distill", str(task), "--from-traffic", "sms", "--since", "yesterday", "--db", str(db)),
                    "--since 'yesterday'")
     one_error_line(llmbus("distill", str(task), "--db", str(db)), "exactly one of --teacher")
+
+
+# --- the same loop on real SMS with the embedded model as the served model ------------------------------------
+
+
+@pytest.mark.slow
+def test_sms_traffic_of_the_embedded_model_teaches_a_student_accept_takes_and_a_one_label_model_it_refuses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Gemma 3 270M serves SMS behind the gateway (6 nearest shots from a small pool); humans label the traffic
+    (here: the dataset's gold labels, imported); the student learns the human-checked answers, and on fresh
+    traffic it is accepted, while the stub, which answers ham to every real SMS, is refused. The bound is loose
+    (0.3) because 24 replayed items give a wide interval."""
+    monkeypatch.setenv("LLMBUS_THREADS", "1")
+    raw = yaml.safe_load(SMS_TASK.read_text())
+    raw.update(name="sms_loop", fewshot={"k": 6, "strategy": "nearest", "pool_fraction": 0.03})
+    task = tmp_path / "sms.yaml"
+    task.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_spec(task)
+    sampled, _ = eval_items(spec, limit=120, sampling="balanced")
+    items = list({item.text("text"): item for item in sampled}.values())[:64]  # the collection repeats some SMS
+    first, fresh = items[:40], items[40:]
+    gold = {item.text("text"): item.expected for item in items}
+    db = tmp_path / "gw.db"
+    with StubServer() as stub:
+        (tmp_path / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:stub": {
+            "base_url": stub.base_url, "model": "stub-model", "max_retries": 0}}}))
+        serve = {"models": {"sms": {"model": "local:gemma-3-270m", "task": str(task), "timeout_s": 300}},
+                 "keys": [{"key": "sk-a", "name": "team-a"}, {"key": "sk-b", "name": "team-b"}]}
+        (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve))
+        with running_gateway(tmp_path / "serve.yaml", db) as (url, gateway):
+            send(url, [item.text("text") for item in first], ["sk-a", "sk-b"])
+            store = gateway.store
+            run_id = gateway.run_ids["sms"]
+            with store.engine.connect() as conn:  # the pool's nearest-shot vectors: kept for the next start
+                assert conn.scalar(sa.select(sa.func.count()).select_from(embeddings)) >= len(gateway.selectors[
+                    "sms"].pool)
+            label_traffic(store, run_id, "first", gold, [item.text("text") for item in first], tmp_path / "a.jsonl")
+            made = llmbus("distill", str(task), "--from-traffic", "sms", "--filter", "human", "--epochs", "1",
+                          "--out", str(tmp_path / "out"), "--db", str(db))
+            assert made.returncode == 0, made.stderr + made.stdout
+            assert "vs human-checked answers" in made.stdout
+            time.sleep(0.01)
+            fresh_from = datetime.now(UTC).isoformat()
+            served = send(url, [item.text("text") for item in fresh], ["sk-a", "sk-b"])
+            assert set(served) <= {"ham", "spam"}
+            label_traffic(store, run_id, "fresh", gold, [item.text("text") for item in fresh], tmp_path / "b.jsonl",
+                          every=2)
+        accepted = llmbus("accept", "encoder:sms_loop-student", "--against", "sms", "--since", fresh_from,
+                          "--max-drop", "0.3", "--db", str(db), "--json")
+        assert accepted.returncode == 0, accepted.stderr + accepted.stdout
+        good = json.loads(accepted.stdout)
+        assert good["accepted"] and good["n"] == 24 and good["n_human"] == 12 and good["n_incumbent"] == 12
+        refused = llmbus("accept", "openai:stub", "--against", "sms", "--since", fresh_from, "--max-drop", "0.3",
+                         "--slice", "key", "--db", str(db), "--json")
+        assert refused.returncode == 1, refused.stderr + refused.stdout
+        bad = json.loads(refused.stdout)
+        assert not bad["accepted"] and bad["slices"][0]["candidate"] < good["slices"][0]["candidate"]
+        assert [s["name"] for s in bad["slices"][1:]] == ["key=team-a", "key=team-b"]
+        print("\naccept student:", good["reason"], "\naccept stub:", bad["reason"])
+
+
+def label_traffic(store: Store, run_id: str, project: str, gold: dict[str, Any], texts: list[str], path: Path,
+                  every: int = 1) -> None:
+    """Humans label every `every`-th call of the run whose input is one of `texts` with its gold answer."""
+    create_project(store, project, run_id, LabelSchema(kind="labels", labels=("ham", "spam")))
+    rows = [c for c in store.iter_calls(run_id) if c["meta"]["input"] in texts][::every]
+    path.write_text("".join(json.dumps({"item_id": c["item_id"], "label": gold[c["meta"]["input"]]}) + "\n"
+                            for c in rows))
+    assert import_labels(store, project, path, "alice") == len(rows)
 
 
 def test_since_reads_dates_times_and_ages():

@@ -16,6 +16,7 @@ from llmbus.providers.config import resolve_model
 from llmbus.quality.evaluate import evaluate
 from llmbus.run.summary import RunSummary, summarize
 from llmbus.store import Store
+from llmbus.store.traffic import is_traffic_run
 from llmbus.task.spec import TaskSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -128,7 +129,7 @@ def pick_runs(spec: TaskSpec, store: Store, run_ids: list[str] | None) -> list[t
         return picked
     latest: dict[str, tuple[dict[str, Any], RunSummary]] = {}
     for run in store.list_runs(spec.name):  # oldest first: later runs replace earlier ones
-        if run["spec_version"] != spec.version:
+        if run["spec_version"] != spec.version or is_traffic_run(run):  # a replay is scored on traffic, not gold
             continue
         summary = summarize(store, run)
         if summary.items:
