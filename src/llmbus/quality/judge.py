@@ -32,6 +32,7 @@ from llmbus.providers.head import HeadProvider
 from llmbus.run.adapter import CallPlan, answer_batch
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
+from llmbus.store.traffic import is_traffic_run, logged_input
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.spec import TaskSpec, load_spec, render_prompt
@@ -130,7 +131,12 @@ def answer_text(call: dict[str, Any]) -> str:
 
 
 def run_items(store: Store, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The judged run's items' fields by id, from its task spec's dataset."""
+    """The judged run's items' fields by id: from its task spec's dataset, or for traffic (a gateway run, a
+    replay of it) the raw input each call kept, under the spec's input field."""
+    if is_traffic_run(run):
+        field = (json.loads(run["spec_json"] or "{}").get("data") or {}).get("input", "text")
+        return {call["item_id"]: {field: text} for call in store.iter_calls(run["id"])
+                if (text := logged_input(call)) is not None}
     try:
         spec = load_spec(run["task_path"]) if run["task_path"] else TaskSpec.model_validate_json(run["spec_json"])
         return {item.id: dict(item.fields) for item in load_items(spec)}

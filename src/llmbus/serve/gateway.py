@@ -5,7 +5,9 @@
 backend, fallback or failed; a refused request (bad key, body or model, rate limit, budget) is a row of the
 start's `gateway:refused` run, with the refusal as its error_kind. `open_stream` answers the same way piece by
 piece (gateway_stream.py): fallbacks apply until the first piece is out, and a streamed call's meta adds its
-time to first token (`ttft_s`).
+time to first token (`ttft_s`). The meta also keeps the request's raw input (`input`: the text a served task's
+prompt is rendered around), which `distill --from-traffic` learns from and `accept` replays; a served task's
+run keeps its spec.
 
 Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py.
 """
@@ -116,8 +118,7 @@ class Gateway:
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
-        self.run_ids = {name: self._open_run(f"gateway:{name}", str(route.task or ""), route.model,
-                                             self.specs[name].version if name in self.specs else "-")
+        self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name))
                         for name, route in config.models.items()}
         self.refusal_run_id: str | None = None  # made with the first refusal
 
@@ -316,16 +317,21 @@ class Gateway:
                 errors.append(f"{ref}: {exc}")
         raise GatewayError(502, "all backends failed: " + "; ".join(errors))
 
-    def _open_run(self, task: str, task_path: str, model: str, spec_version: str) -> str:
-        return self.store.create_run(task=task, task_path=task_path, spec_version=spec_version, spec_json="{}",
+    def _open_run(self, task: str, model: str, spec: TaskSpec | None = None) -> str:
+        """A run for one served model's calls (or the refusals); a served task's run keeps the spec and its
+        resolved path, so its traffic can be judged, labeled, distilled and replayed later."""
+        return self.store.create_run(task=task, task_path=str(spec.source or "") if spec else "",
+                                     spec_version=spec.version if spec else "-",
+                                     spec_json=spec.model_dump_json(by_alias=True) if spec else "{}",
                                      model=model, metric="none", n_planned=0, concurrency=0)
 
-    def _kept_prompt(self, prompt: str) -> tuple[str, dict[str, Any]]:
-        """The prompt as the call log keeps it (cut to `log_prompt_chars`), and meta saying how long it was."""
+    def _kept_prompt(self, prompt: str, what: str = "prompt") -> tuple[str, dict[str, Any]]:
+        """The prompt (or raw input) as the call log keeps it (cut to `log_prompt_chars`), and meta saying how
+        long it was."""
         limit = self.config.log_prompt_chars
         if limit is None or len(prompt) <= limit:
             return prompt, {}
-        return prompt[:limit], {"prompt_chars": len(prompt)}
+        return prompt[:limit], {f"{what}_chars": len(prompt)}
 
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
              error: ProviderError | None = None) -> None:
@@ -333,6 +339,9 @@ class Gateway:
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
         prompt, cut = self._kept_prompt(request.prompt)
         meta = {**completion.extra, "route": answer.route, "key": key.name if key else None, **cut}
+        if request.input is not None:  # the raw input: what distill --from-traffic and accept read back
+            meta["input"], input_cut = self._kept_prompt(request.input, "input")
+            meta.update(input_cut)
         stamp = now()
         self.store.record_call(CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
@@ -349,7 +358,7 @@ class Gateway:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
         with self._lock:
             if self.refusal_run_id is None:
-                self.refusal_run_id = self._open_run("gateway:refused", "", "-", "-")
+                self.refusal_run_id = self._open_run("gateway:refused", "-")
         kept, cut = self._kept_prompt(prompt)
         meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
                 **({"param": error.param} if error.param else {}), **cut}
