@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from llmbus.store.schema import (
     FLOW_TABLES,
+    MONITOR_TABLES,
     QUALITY_TABLES,
     cache,
     calls,
@@ -83,6 +84,11 @@ def _m009_embeddings(conn: Connection) -> None:
     embeddings.create(conn, checkfirst=True)
 
 
+def _m011_monitor(conn: Connection) -> None:
+    for table in MONITOR_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -94,4 +100,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("007_label_show_fields", _m007_label_show_fields),
     ("008_key_spend", _m008_key_spend),
     ("009_embeddings", _m009_embeddings),
+    ("011_monitor", _m011_monitor),
 ]
