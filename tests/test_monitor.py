@@ -235,3 +235,36 @@ def test_sampling_and_label_probabilities():
     capped = inclusion_probabilities(np.array([10.0, 1, 1, 1, 1]), 3)
     assert capped[0] == 1.0 and capped.sum() == pytest.approx(3) and capped[1] == pytest.approx(0.5)
     assert inclusion_probabilities(np.array([0.2, 0.1]), 5).tolist() == [1.0, 1.0]
+
+
+def test_every_repeats_until_ctrl_c_and_quality_without_labels_alerts(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "m.db"
+    store = Store(str(db))
+    store.create_run(task="gateway:sms", task_path="", spec_version="-", spec_json="{}", model="openai:x",
+                     metric="none", n_planned=0, concurrency=0)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "llmbus.cli", "monitor", "sms", "--judge", str(SMS_JUDGE),
+                             "--every", "1s", "--db", str(db), "--json"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(2)]  # two passes, a second apart
+    finally:
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    assert rc == 0 and [line["considered"] for line in lines] == [0, 0]
+    assert lines[0]["project"] == "monitor-sms"
+    runner = CliRunner()
+    alert = runner.invoke(app, ["quality", "sms", "--db", str(db), "--alert-below", "0.5"])
+    assert alert.exit_code == 1 and "no estimate" in alert.output
+    unknown = runner.invoke(app, ["quality", "chat", "--db", str(db)])
+    assert unknown.exit_code == 2 and "not monitored" in unknown.output
+    bad = runner.invoke(app, ["monitor", "sms", "--judge", str(SMS_JUDGE), "--every", "soon", "--db", str(db)])
+    assert bad.exit_code == 2 and "--every 'soon'" in bad.output
