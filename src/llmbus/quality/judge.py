@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -178,9 +178,11 @@ class _JudgeContext:
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,
-              limit: int | None = None, concurrency: int = 4, provider: Provider | None = None) -> JudgeReport:
-    """Judge the answers of run `target` (pairwise: against run `other`); every judge call and verdict is
-    logged. Raises JudgeSchemaError after logging when no verdict fit the label set."""
+              limit: int | None = None, concurrency: int = 4, provider: Provider | None = None,
+              call_ids: Collection[int] | None = None) -> JudgeReport:
+    """Judge the answers of run `target` (pairwise: against run `other`), or only its calls in `call_ids`;
+    every judge call and verdict is logged. Raises JudgeSchemaError after logging when no verdict fit the
+    label set."""
     mode = judge_mode(spec)
     if (mode == "pairwise") != (other is not None):
         raise LlmbusError(f"judge {spec.name} is {mode}: " + ("give the second run with --against RUN_B"
@@ -190,7 +192,7 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
     target_run = store.get_run(target)
     other_run = store.get_run(other) if other else None
     fields_by_id = run_items(store, target_run)
-    pairs = list(_pairs(store, target_run, other_run, limit))
+    pairs = list(_pairs(store, target_run, other_run, limit, None if call_ids is None else set(call_ids)))
     owned = provider is None
     provider = provider or open_judge_provider(model)
     try:
@@ -221,11 +223,12 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
 
 
 def _pairs(store: Store, target: dict[str, Any], other: dict[str, Any] | None,
-           limit: int | None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+           limit: int | None,
+           call_ids: set[int] | None = None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     others = {c["item_id"]: c for c in store.iter_calls(other["id"])} if other else {}
     count = 0
     for call in store.iter_calls(target["id"]):
-        if other and call["item_id"] not in others:
+        if (other and call["item_id"] not in others) or (call_ids is not None and call["id"] not in call_ids):
             continue
         if limit is not None and count >= limit:
             return

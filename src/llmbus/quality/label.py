@@ -2,7 +2,9 @@
 with skip and undo, import/export as JSONL, and inter-annotator agreement.
 
 A project's candidates are the calls of one run; items enter its queue (with a priority and the strategy that
-chose them) from `llmbus label select` or when the project is created. Labels are linked to those calls.
+chose them) from `llmbus label select` or when the project is created. `enqueue_calls` queues calls of any
+runs by call id (`llmbus monitor` sends a served model's traffic, one gateway run per start). Labels are
+linked to those calls.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from llmbus.errors import DataError, LabelError
 from llmbus.quality.agreement import cohen_kappa, fleiss_kappa
 from llmbus.quality.judge import answer_text, run_items
-from llmbus.store import Store, now
+from llmbus.store import Store, decode_call, now
 from llmbus.store.schema import annotators, calls, label_items, label_projects, labels, runs
 from llmbus.task.data import read_jsonl
 
@@ -160,11 +162,42 @@ def enqueue(store: Store, project: str, chosen: list[tuple[str, float]], strateg
         raise LabelError(f"items not answered by run {run['id']}: {', '.join(unknown[:5])}")
     fields = run_items(store, run)
     already = set(queued_ids(store, project))
-    rows = [{"project": project, "item_id": item_id, "call_id": calls[item_id]["id"], "priority": priority,
+    return _insert_queued(project, [(calls[item_id], fields.get(item_id, {}), priority)
+                                    for item_id, priority in chosen if item_id not in already], strategy, store)
+
+
+def enqueue_calls(store: Store, project: str, chosen: list[tuple[int, float]], strategy: str) -> int:
+    """Put (call id, priority) pairs into the queue, the calls from any runs (a served model's traffic spans one
+    gateway run per start); item ids must not repeat within the project. Returns how many were new."""
+    get_project(store, project)
+    wanted = dict(chosen)
+    with store.engine.connect() as conn:
+        rows = [decode_call(dict(r)) for r in conn.execute(sa.select(calls).where(calls.c.id.in_(list(wanted))))
+                .mappings()]
+    unknown = sorted(set(wanted) - {r["id"] for r in rows})
+    if unknown:
+        raise LabelError(f"calls not in the call log: {', '.join(map(str, unknown[:5]))}")
+    already = set(queued_ids(store, project))
+    fields: dict[str, dict[str, dict[str, Any]]] = {}
+    entries = []
+    for call in sorted(rows, key=lambda r: -wanted[r["id"]]):
+        if call["item_id"] in already:
+            continue
+        if call["run_id"] not in fields:
+            fields[call["run_id"]] = run_items(store, store.get_run(call["run_id"]))
+        entries.append((call, fields[call["run_id"]].get(call["item_id"], {}), wanted[call["id"]]))
+        already.add(call["item_id"])
+    return _insert_queued(project, entries, strategy, store)
+
+
+def _insert_queued(project: str, entries: list[tuple[dict[str, Any], dict[str, Any], float]], strategy: str,
+                   store: Store) -> int:
+    """Queue (call, item fields, priority) entries with what the annotator sees."""
+    rows = [{"project": project, "item_id": call["item_id"], "call_id": call["id"], "priority": priority,
              "strategy": strategy, "added_at": now(),
-             "fields_json": json.dumps({"fields": fields.get(item_id, {}), "answer": answer_text(calls[item_id]),
-                                        "expected": calls[item_id]["expected"]}, ensure_ascii=False, default=str)}
-            for item_id, priority in chosen if item_id not in already]
+             "fields_json": json.dumps({"fields": fields, "answer": answer_text(call), "expected": call["expected"]},
+                                       ensure_ascii=False, default=str)}
+            for call, fields, priority in entries]
     if rows:
         with store.engine.begin() as conn:
             conn.execute(sa.insert(label_items), rows)
@@ -274,7 +307,8 @@ def import_labels(store: Store, project: str, path: Path, annotator: str) -> int
     """Labels from a JSONL file ({"item_id", "label", optional "correction"}); items not yet queued are added.
     Every line is checked before anything is written: an unknown item or label names its file and line."""
     schema = get_project(store, project)["schema"]
-    run_calls = {c["item_id"] for c in store.iter_calls(get_project(store, project)["run_id"])}
+    queued = set(queued_ids(store, project))  # a project over traffic queues calls of several runs
+    run_calls = {c["item_id"] for c in store.iter_calls(get_project(store, project)["run_id"])} | queued
     rows = []
     for line_no, row in read_jsonl(path):
         item_id, value = str(row.get("item_id", "")), row.get("label")
@@ -285,7 +319,7 @@ def import_labels(store: Store, project: str, path: Path, annotator: str) -> int
             raise DataError(f"{path}:{line_no}: label {value!r} is not one of {', '.join(schema.values)}; "
                             "nothing was imported")
         rows.append((item_id, None if value is None else str(value), row.get("correction")))
-    enqueue(store, project, [(item_id, 0.0) for item_id, _, _ in rows], "import")
+    enqueue(store, project, [(item_id, 0.0) for item_id, _, _ in rows if item_id not in queued], "import")
     for item_id, value, correction in rows:
         save_label(store, project, annotator, item_id, value, correction)
     return len(rows)

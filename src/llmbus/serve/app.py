@@ -5,7 +5,8 @@ as the backend produces them), GET /v1/models, /metrics (Prometheus; behind `met
 A served model with a `task` renders the task's prompt around the caller's text, so clients send the raw input
 (an SMS, a tweet) and get the task's answer. Request bodies are checked field by field (`ChatBody`,
 `CompletionBody`); a refused request is answered with an OpenAI-style error body, counted by kind
-(`llmbus_gateway_refused_total`) and logged (`Gateway.refuse`).
+(`llmbus_gateway_refused_total`) and logged (`Gateway.refuse`). Monitored served models (`llmbus monitor`)
+export their judge-corrected pass rate as `llmbus_quality_estimate{model, bound}`, read from the store.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmbus.errors import GatewayError, ProviderError
+from llmbus.errors import GatewayError, LlmbusError, ProviderError
 from llmbus.providers.replicas import ReplicaStats
+from llmbus.quality.estimate import Estimate
+from llmbus.quality.monitor import latest_estimates
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
@@ -65,14 +68,39 @@ class ReplicaCollector:
         yield from (in_flight, healthy, requests, errors, ejections, latency)
 
 
+class QualityCollector:
+    """The judge-corrected pass rate of each monitored served model (`llmbus monitor`), read from the store at
+    each scrape."""
+
+    def __init__(self, read: Callable[[], dict[str, Estimate]]):
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """llmbus_quality_estimate by served model and bound (lower, point, upper of the 95% interval)."""
+        gauge = GaugeMetricFamily("llmbus_quality_estimate", "Pass rate of the served model's monitored traffic: "
+                                  "PPI++ from the judged sample and the human labels (llmbus quality)",
+                                  labels=["model", "bound"])
+        try:
+            estimates = self.read()
+        except LlmbusError:  # a store that cannot answer leaves the series out, never the scrape
+            estimates = {}
+        for model, estimate in estimates.items():
+            for bound, value in (("lower", estimate.lo), ("point", estimate.value), ("upper", estimate.hi)):
+                gauge.add_metric([model, bound], value)
+        yield gauge
+
+
 class GatewayMetrics:
     """Prometheus series of one gateway (its own registry: no global state); `replicas` reads the backends'
-    per-replica stats at scrape time."""
+    per-replica stats and `quality` the monitored models' estimates at scrape time."""
 
-    def __init__(self, replicas: Callable[[], dict[str, list[ReplicaStats]]] | None = None) -> None:
+    def __init__(self, replicas: Callable[[], dict[str, list[ReplicaStats]]] | None = None,
+                 quality: Callable[[], dict[str, Estimate]] | None = None) -> None:
         self.registry = CollectorRegistry()
         if replicas is not None:
             self.registry.register(ReplicaCollector(replicas))
+        if quality is not None:
+            self.registry.register(QualityCollector(quality))
         self.requests = Counter("llmbus_gateway_requests_total", "Requests by model, route and status",
                                 ["model", "route", "status"], registry=self.registry)
         self.latency = Histogram("llmbus_gateway_request_seconds", "Request latency", ["model", "route"],
@@ -200,7 +228,8 @@ def _text(content: Any) -> str:
 
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app; starting it starts every backend, stopping it stops them."""
-    metrics = GatewayMetrics(gateway.replica_stats)
+    metrics = GatewayMetrics(gateway.replica_stats,
+                             lambda: latest_estimates(gateway.store, list(gateway.config.models)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:

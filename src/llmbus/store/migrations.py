@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from llmbus.store.schema import (
     FLOW_TABLES,
+    MONITOR_TABLES,
     QUALITY_TABLES,
     cache,
     calls,
@@ -87,6 +88,11 @@ def _m010_flow_step_calls(conn: Connection) -> None:
     _add_column_if_missing(conn, "flow_steps", "call_id", "INTEGER")
 
 
+def _m011_monitor(conn: Connection) -> None:
+    for table in MONITOR_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -99,4 +105,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("008_key_spend", _m008_key_spend),
     ("009_embeddings", _m009_embeddings),
     ("010_flow_step_calls", _m010_flow_step_calls),
+    ("011_monitor", _m011_monitor),
 ]

@@ -258,3 +258,32 @@ doc_chunks = sa.Table(
 FLOW_TABLES = (flow_runs, flow_steps, review_items, example_pool, doc_chunks)
 
 QUALITY_TABLES = (judge_runs, verdicts, label_projects, label_items, annotators, labels)
+
+
+# Stop 3 on served traffic (created by 011_monitor): what `llmbus monitor` set up per served model, and every
+# gateway call it considered, with the probability it was judged with (inverse-probability weights) and the
+# probability it was sent to a human.
+monitors = sa.Table(
+    "monitors", metadata,
+    sa.Column("served", sa.String(200), primary_key=True),  # the served model name (runs gateway:<served>)
+    sa.Column("judge_path", sa.Text, nullable=False),
+    sa.Column("judge_model", sa.String(400), nullable=False),
+    sa.Column("positive", sa.String(100), nullable=False),  # the judge's pass verdict
+    sa.Column("project", sa.String(200), sa.ForeignKey("label_projects.name"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+monitor_calls = sa.Table(
+    "monitor_calls", metadata,
+    sa.Column("call_id", sa.Integer, sa.ForeignKey("calls.id"), primary_key=True),
+    sa.Column("served", sa.String(200), nullable=False, index=True),
+    sa.Column("uncertainty", sa.Float, nullable=False),  # 1 − the answer's confidence (1 without one)
+    sa.Column("probability", sa.Float, nullable=False),  # P(judged)
+    sa.Column("sampled", sa.Boolean, nullable=False),
+    sa.Column("judge_run_id", sa.String(32), sa.ForeignKey("runs.id")),  # set once judged
+    sa.Column("label_probability", sa.Float),  # P(sent to a human | judged); None until judged
+    sa.Column("queued", sa.Boolean, nullable=False, default=False),
+    sa.Column("considered_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+MONITOR_TABLES = (monitors, monitor_calls)
