@@ -6,7 +6,9 @@ A served model with a `task` renders the task's prompt around the caller's text,
 (an SMS, a tweet) and get the task's answer. Request bodies are checked field by field (`ChatBody`,
 `CompletionBody`); a refused request is answered with an OpenAI-style error body, counted by kind
 (`llmbus_gateway_refused_total`) and logged (`Gateway.refuse`). Monitored served models (`llmbus monitor`)
-export their judge-corrected pass rate as `llmbus_quality_estimate{model, bound}`, read from the store.
+export their judge-corrected pass rate as `llmbus_quality_estimate{model, bound}`, read from the store; a
+canary (canary.py) its candidate's share (`llmbus_canary_share{model}`) and the guard's decisions
+(`llmbus_canary_decisions_total{model, decision}`, counted from the store, so they survive a restart).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from llmbus.errors import GatewayError, LlmbusError, ProviderError
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.quality.estimate import Estimate
 from llmbus.quality.monitor import latest_estimates
+from llmbus.serve.canary import decision_counts
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
@@ -90,13 +93,39 @@ class QualityCollector:
         yield gauge
 
 
+class CanaryCollector:
+    """Each canary's share (from the running gateway) and its decisions (from the store) at each scrape."""
+
+    def __init__(self, shares: Callable[[], dict[str, float]], decisions: Callable[[], dict[tuple[str, str], int]]):
+        self.shares, self.decisions = shares, decisions
+
+    def collect(self) -> Iterator[Metric]:
+        """llmbus_canary_share by served model, llmbus_canary_decisions_total by served model and decision."""
+        share = GaugeMetricFamily("llmbus_canary_share", "Share of the served model's traffic its canary "
+                                  "candidate gets (0 after a rollback, 1 once promoted)", labels=["model"])
+        decisions = CounterMetricFamily("llmbus_canary_decisions", "Canary guard decisions (promote, hold, "
+                                        "rollback) by served model", labels=["model", "decision"])
+        for model, value in self.shares().items():
+            share.add_metric([model], value)
+        try:
+            counts = self.decisions()
+        except LlmbusError:  # a store that cannot answer leaves the series out, never the scrape
+            counts = {}
+        for (model, decision), count in sorted(counts.items()):
+            decisions.add_metric([model, decision], count)
+        yield from (share, decisions)
+
+
 class GatewayMetrics:
     """Prometheus series of one gateway (its own registry: no global state); `replicas` reads the backends'
-    per-replica stats and `quality` the monitored models' estimates at scrape time."""
+    per-replica stats, `quality` the monitored models' estimates and `canaries` the canaries at scrape time."""
 
     def __init__(self, replicas: Callable[[], dict[str, list[ReplicaStats]]] | None = None,
-                 quality: Callable[[], dict[str, Estimate]] | None = None) -> None:
+                 quality: Callable[[], dict[str, Estimate]] | None = None,
+                 canaries: CanaryCollector | None = None) -> None:
         self.registry = CollectorRegistry()
+        if canaries is not None:
+            self.registry.register(canaries)
         if replicas is not None:
             self.registry.register(ReplicaCollector(replicas))
         if quality is not None:
@@ -229,7 +258,8 @@ def _text(content: Any) -> str:
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app; starting it starts every backend, stopping it stops them."""
     metrics = GatewayMetrics(gateway.replica_stats,
-                             lambda: latest_estimates(gateway.store, list(gateway.config.models)))
+                             lambda: latest_estimates(gateway.store, list(gateway.config.models)),
+                             CanaryCollector(gateway.canaries.shares, lambda: decision_counts(gateway.store)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:

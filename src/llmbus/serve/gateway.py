@@ -9,7 +9,10 @@ time to first token (`ttft_s`). The meta also keeps the request's raw input (`in
 prompt is rendered around), which `distill --from-traffic` learns from and `accept` replays; a served task's
 run keeps its spec.
 
-Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py.
+Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py;
+a served model's `canary:` (a candidate on a share of its traffic, promoted or rolled back window by window) is
+in canary.py: the canary arm's route is the candidate with the incumbent as its first fallback, its answers are
+cached under the candidate, and each call's meta says its `arm`.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from llmbus.providers.openai import OpenAIProvider
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
+from llmbus.serve.canary import Canaries, CanaryConfig
 from llmbus.serve.gateway_keys import KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
 from llmbus.store import CallRecord, Store, now
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt
+from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt, yaml_line
 
 
 class _Config(BaseModel):
@@ -71,6 +75,7 @@ class ServeConfig(_Config):
     cache: CacheConfig = CacheConfig()
     metrics_key: str | None = None  # literal or env:NAME: /metrics then needs `Authorization: Bearer KEY`
     log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
+    canary: dict[str, CanaryConfig] = Field(default_factory=dict)  # served model → its candidate on live traffic
     source: Path | None = Field(default=None, exclude=True)
 
     def secret_refs(self) -> list[tuple[str, str]]:
@@ -87,9 +92,17 @@ def load_serve_config(path: str | Path) -> ServeConfig:
         raise SpecError(f"{path}:1: serve config is a mapping with `models:` (and keys, cache…), not a "
                         f"{type(raw).__name__}")
     try:
-        return ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
+        config = ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
+    for name, canary in config.canary.items():
+        if name not in config.models:
+            raise SpecError(f"{path}:{yaml_line(node, ['canary', name])}: canary.{name}: not a served model "
+                            f"(models: {', '.join(sorted(config.models))})")
+        if canary.candidate == config.models[name].model:
+            raise SpecError(f"{path}:{yaml_line(node, ['canary', name, 'candidate'])}: canary.{name}.candidate: "
+                            f"{canary.candidate} already serves {name}")
+    return config
 
 
 class Gateway:
@@ -110,6 +123,10 @@ class Gateway:
                                                        split_items(self.specs[name], load_items(self.specs[name])).pool,
                                                        store.embeddings)
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
+        self.canaries = Canaries(store, config.canary, {name: config.models[name].model for name in config.canary})
+        # a rolled-back candidate gets no traffic, so it is not started either
+        refs |= {canary.candidate for name, canary in config.canary.items()
+                 if self.canaries.states[name].status != "rolled_back"}
         self._model_configs = load_model_configs()
         self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
@@ -160,8 +177,9 @@ class Gateway:
         if key is None or key.budget_usd is None:
             return 0.0
         route = self.config.models[name]
+        candidate = [c.candidate for n, c in self.config.canary.items() if n == name and c.candidate in self.models]
         return self.keys.hold(key, max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
-                                       for ref in [route.model, *route.fallbacks]))
+                                       for ref in [route.model, *route.fallbacks, *candidate]))
 
     # --- answering ---------------------------------------------------------------------------------------
     def prompt_for(self, name: str, raw_input: str) -> str | None:
@@ -188,22 +206,22 @@ class Gateway:
     def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
         """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
         released once the real cost is logged."""
-        route = self.config.models[name]
+        route, arm = self._route(name, request)
         tick = time.perf_counter()
         try:
-            hit = self._cached(name, request)
+            hit = self._cached(name, route.model, request)
             if hit is not None:
                 completion, kind = hit
-                answer = Answer(completion, kind, route.model, time.perf_counter() - tick)
+                answer = Answer(completion, kind, route.model, time.perf_counter() - tick, arm=arm)
             else:
                 try:
                     completion, used, kind = self._call_with_fallbacks(route, request)
                 except GatewayError as exc:
-                    failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick)
+                    failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick, arm=arm)
                     self._log(name, request, failed, key, ProviderError("all_failed", str(exc)))
                     raise
-                answer = Answer(completion, kind, used, time.perf_counter() - tick)
-                self._remember(name, request, completion)
+                answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
+                self._remember(name, route.model, request, completion)
             self._log(name, request, answer, key)
             return answer
         finally:
@@ -213,14 +231,14 @@ class Gateway:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
         answer) is there, so a backend that fails before it still falls back and a request that nobody can
         answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
-        route = self.config.models[name]
+        route, arm = self._route(name, request)
         tick = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
         relayed = False  # the relay logs the answer and releases the hold
         try:
-            hit = self._cached(name, request)
+            hit = self._cached(name, route.model, request)
             if hit is not None:
-                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id)
+                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id, arm)
                 answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
                 self._log(name, request, answer, key)
                 return AnswerStream(_replay(answer), request_id)
@@ -230,7 +248,8 @@ class Gateway:
                 first = pump.next()
                 if first.kind in ("piece", "done"):
                     kind = "backend" if position == 0 else "fallback"
-                    relay = self._relay(name, request, key, Answer(Completion(""), kind, ref, 0.0, request_id),
+                    relay = self._relay(name, route.model, request, key,
+                                        Answer(Completion(""), kind, ref, 0.0, request_id, arm),
                                         tick, held_usd, pump, first)
                     relayed = True
                     return AnswerStream(relay, request_id, stop_backend=pump.cancel)
@@ -238,14 +257,14 @@ class Gateway:
                 errors.append(f"{ref}: {first.failure(route.timeout_s)}")
             message = "all backends failed: " + "; ".join(errors)
             self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
-                                            request_id), key, ProviderError("all_failed", message))
+                                            request_id, arm), key, ProviderError("all_failed", message))
             raise GatewayError(502, message)
         finally:
             if not relayed:
                 self.keys.release(key, held_usd)
 
-    def _relay(self, name: str, request: Request, key: KeyConfig | None, answer: Answer, tick: float,
-               held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
+    def _relay(self, name: str, primary: str, request: Request, key: KeyConfig | None, answer: Answer,
+               tick: float, held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
         """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
         release the request's budget hold."""
         pieces: list[str] = []
@@ -265,7 +284,7 @@ class Gateway:
                 if event.kind == "done":
                     answer.completion = event.value
                     answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
-                    self._remember(name, request, answer.completion)
+                    self._remember(name, primary, request, answer.completion)
                     self._log(name, request, answer, key)
                 else:
                     pump.cancel()
@@ -277,29 +296,38 @@ class Gateway:
             raise event.failure(self.config.models[name].timeout_s)
         return answer
 
-    def _scope(self, name: str, request: Request) -> str:
-        return f"{name}:{request.max_tokens}:{request.temperature}"
+    def _route(self, name: str, request: Request) -> tuple[RouteConfig, str | None]:
+        """The route this request takes and its canary arm (None without a canary): the canary arm's route is
+        the candidate, with the incumbent as its first fallback."""
+        route = self.config.models[name]
+        arm = self.canaries.arm(name, request.input if request.input is not None else request.prompt)
+        if arm != "canary":
+            return route, arm
+        candidate = self.config.canary[name].candidate
+        return route.model_copy(update={"model": candidate, "fallbacks": [route.model, *route.fallbacks]}), arm
 
-    def _remember(self, name: str, request: Request, completion: Completion) -> None:
-        """Put a fresh greedy answer into the caches."""
+    def _scope(self, name: str, model: str, request: Request) -> str:
+        return f"{name}:{model}:{request.max_tokens}:{request.temperature}"
+
+    def _remember(self, name: str, model: str, request: Request, completion: Completion) -> None:
+        """Put a fresh greedy answer into the caches, under the model its route asked first."""
         if request.temperature != 0:
             return
-        model = self.config.models[name].model
         if self.exact is not None:
             self.exact.put(request, model, completion)
         if self.semantic is not None and request.input:
-            self.semantic.add(self._scope(name, request), request.input, completion.cache_dict())
+            self.semantic.add(self._scope(name, model, request), request.input, completion.cache_dict())
 
-    def _cached(self, name: str, request: Request) -> tuple[Completion, str] | None:
+    def _cached(self, name: str, model: str, request: Request) -> tuple[Completion, str] | None:
         """A cached answer to a greedy request (exact first, then semantic) and which cache gave it."""
         if request.temperature != 0:
             return None
         if self.exact is not None:
-            cached = self.exact.get(request, self.config.models[name].model)
+            cached = self.exact.get(request, model)
             if cached is not None:
                 return cached, "cache_exact"
         if self.semantic is not None and request.input:
-            found = self.semantic.lookup(self._scope(name, request), request.input)
+            found = self.semantic.lookup(self._scope(name, model, request), request.input)
             if found is not None:
                 completion = Completion(**found[0])
                 completion.extra["similarity"] = round(found[1], 4)
@@ -340,6 +368,8 @@ class Gateway:
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
         prompt, cut = self._kept_prompt(request.prompt)
         meta = {**completion.extra, "route": answer.route, "key": key.name if key else None, **cut}
+        if answer.arm is not None:
+            meta["arm"] = answer.arm
         if request.input is not None:  # the raw input: what distill --from-traffic and accept read back
             meta["input"], input_cut = self._kept_prompt(request.input, "input")
             meta.update(input_cut)
@@ -354,6 +384,8 @@ class Gateway:
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
             error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
         self.keys.spend(key, cost)
+        self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
+                              answer.latency_s, answer.request_id)
 
     def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""

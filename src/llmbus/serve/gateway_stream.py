@@ -31,6 +31,7 @@ class Answer:
     model: str
     latency_s: float
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    arm: str | None = None  # canary | incumbent, for a served model with a canary
 
 
 @dataclass

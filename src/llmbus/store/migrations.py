@@ -17,6 +17,7 @@ from llmbus.store.schema import (
     QUALITY_TABLES,
     cache,
     calls,
+    canary_decisions,
     embeddings,
     ix_calls_task_item,
     key_spend,
@@ -93,6 +94,10 @@ def _m011_monitor(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _m012_canary(conn: Connection) -> None:
+    canary_decisions.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -106,4 +111,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("009_embeddings", _m009_embeddings),
     ("010_flow_step_calls", _m010_flow_step_calls),
     ("011_monitor", _m011_monitor),
+    ("012_canary", _m012_canary),
 ]

@@ -287,3 +287,20 @@ monitor_calls = sa.Table(
 )
 
 MONITOR_TABLES = (monitors, monitor_calls)
+
+
+# Canary releases in the gateway (created by 012_canary): every decision the guard took for a served model's
+# candidate, with the window's figures per arm and the reason; the last one is the canary's state at startup.
+canary_decisions = sa.Table(
+    "canary_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("served", sa.String(200), nullable=False, index=True),
+    sa.Column("candidate", sa.String(400), nullable=False),
+    sa.Column("incumbent", sa.String(400), nullable=False),
+    sa.Column("decision", sa.String(20), nullable=False),  # promote | hold | rollback
+    sa.Column("share_before", sa.Float, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),  # the candidate's share from now on (0 after a rollback)
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("figures_json", sa.Text, nullable=False),  # per arm: calls, errors, error rate, p95, judge pass rate
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+)
