@@ -73,6 +73,8 @@ def test_a_good_candidate_is_promoted_step_by_step_and_keeps_its_place_after_a_r
             # Promoted: the candidate is the route's model, every new request goes to it.
             before = incumbent.requests
             assert {ask(client, f"after promotion {j}") for j in range(20)} == {"openai:candidate"}
+            streamed = client.completions.create(model="chat", prompt="streamed after promotion", stream=True)
+            assert "".join(chunk.choices[0].text for chunk in streamed) == "ham"
             assert incumbent.requests == before
             text = metrics_text(url)
             rows = [c for c in gateway.store.iter_calls(gateway.run_ids["chat"])]
@@ -83,8 +85,9 @@ def test_a_good_candidate_is_promoted_step_by_step_and_keeps_its_place_after_a_r
             observed = arms["openai:candidate"] / sum(arms.values())
             assert observed == pytest.approx(share, abs=0.12), (share, arms)
         # Every call is an ordinary gateway row with its arm, and the candidate really got the canary's calls.
-        canary_calls = sum(arms["openai:candidate"] for arms in arms_by_share.values()) + 20
-        assert Counter(r["meta"]["arm"] for r in rows) == {"canary": canary_calls, "incumbent": i + 20 - canary_calls}
+        canary_calls = sum(arms["openai:candidate"] for arms in arms_by_share.values()) + 21
+        assert Counter(r["meta"]["arm"] for r in rows) == {"canary": canary_calls, "incumbent": i + 21 - canary_calls}
+        assert rows[-1]["meta"]["ttft_s"] is not None  # the streamed request, logged on the canary arm
         assert all(r["model"] == ("openai:candidate" if r["meta"]["arm"] == "canary" else "openai:incumbent")
                    for r in rows)
         assert candidate.requests == canary_calls
