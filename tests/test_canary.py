@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -192,3 +193,21 @@ def test_the_guard_holds_on_too_few_calls_and_rolls_back_on_latency_or_the_judge
     assert decide(guard, figures(20, 0, 0.1, judge=0.85), figures(40, 0, 0.1, judge=0.9))[0] == "promote"
     # one error in 20 against none: +0.05 is more than the 0.02 allowed
     assert decide(guard, figures(20, 1, 0.1), figures(40, 0, 0.1))[0] == "rollback"
+
+
+def test_a_window_in_seconds_with_too_few_calls_is_held_at_the_same_share(tmp_path: Path):
+    with StubServer() as incumbent, StubServer() as candidate:
+        config = write_canary_configs(tmp_path, incumbent.base_url, candidate.base_url,
+                                      {"window": None, "window_s": 0.5, "share": 0.5})
+        db = tmp_path / "gw.db"
+        with running_gateway(config, db) as (url, gateway):
+            client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
+            for j in range(3):
+                ask(client, f"early {j}")
+            time.sleep(0.6)
+            ask(client, "the call that closes the window")
+            state = gateway.canaries.states["chat"]
+            assert (state.status, state.share, state.window) == ("running", 0.5, [])
+    made = decisions(db)
+    assert [(d["decision"], d["share_before"], d["share"]) for d in made] == [("hold", 0.5, 0.5)]
+    assert "need 5 each" in made[0]["reason"]
