@@ -209,5 +209,6 @@ def test_a_window_in_seconds_with_too_few_calls_is_held_at_the_same_share(tmp_pa
             state = gateway.canaries.states["chat"]
             assert (state.status, state.share, state.window) == ("running", 0.5, [])
     made = decisions(db)
-    assert [(d["decision"], d["share_before"], d["share"]) for d in made] == [("hold", 0.5, 0.5)]
-    assert "need 5 each" in made[0]["reason"]
+    # On a loaded machine the three early calls may already span a window: every window holds, none moves.
+    assert made and {(d["decision"], d["share_before"], d["share"]) for d in made} == {("hold", 0.5, 0.5)}
+    assert all("need 5 each" in d["reason"] for d in made)
