@@ -9,6 +9,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   BADJSON   → a body that is not JSON once
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
+  a prompt ending "Instruction:" or "Words:" (an optimizer's proposer request) → see proposal
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
@@ -157,12 +158,27 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
         if line.endswith("Next:"):  # an agent turn: see agent_turn
             return _completion(body, agent_turn(str(body.get("prompt") or body.get("messages", [{}])[-1].get(
                 "content", ""))), {})
+        if line.endswith(("Instruction:", "Words:")):  # an optimizer's proposer request: see proposal
+            return _completion(body, proposal(_prompt(body)), {})
         if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
         text = label
         sure = 0.3 if "UNSURE" in line else 0.8
         top = {label: math.log(sure), other: math.log((1 - sure) * 0.75), "\n": math.log((1 - sure) * 0.25)}
     return _completion(body, text, top)
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    return str(body.get("prompt") or body.get("messages", [{}])[-1].get("content", ""))
+
+
+def proposal(prompt: str) -> str:
+    """Proposer requests (`llmbus optimize --proposer`): an instruction rewrite that quotes the request's tip,
+    or other words for the labels ham and spam."""
+    if prompt.rstrip().endswith("Words:"):
+        return "ham: fine\nspam: junk"
+    tip = next((ln.removeprefix("Tip: ") for ln in prompt.splitlines() if ln.startswith("Tip: ")), "")
+    return f"Instruction: Tell spam from ham. {tip}"
 
 
 def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:

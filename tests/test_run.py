@@ -99,3 +99,57 @@ def test_remote_free_text_reports_its_probability_when_asked(stub, stub_model: s
         assert sure.confidence == pytest.approx(0.8) and unsure.confidence == pytest.approx(0.3)
     finally:
         provider.close()
+
+
+def test_verbalized_labels_are_shown_scored_and_parsed_back(tmp_path: Path, stub, stub_model: str, store: Store):
+    write_items(tmp_path / "items.jsonl", 30)
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
+                                output={"labels": ["ham", "spam"], "verbalizer": {"Spam": "spam", "Ham": "ham"}}))
+    rows = list(store.iter_calls(run_task(spec, stub_model, store, limit=12)))
+    assert all("Label: Spam" in r["prompt"] or "Label: Ham" in r["prompt"] for r in rows)
+    assert not any("Label: spam" in r["prompt"] or "Label: ham" in r["prompt"] for r in rows)
+    assert all(r["error_kind"] is None and r["parsed"] == r["expected"] for r in rows)
+    assert all(set(r["label_probs"]) == {"ham", "spam"} and r["confidence"] == r["label_probs"][r["parsed"]]
+               for r in rows)
+
+
+def test_content_free_calibration_divides_by_the_na_distribution(tmp_path: Path, stub, stub_model: str,
+                                                                  store: Store):
+    from llmbus.experiments.optimize import calls_spent
+
+    # UNSURE: the stub answers ham at 0.3 (spam gets 0.525): calibration against "N/A" (ham 0.8) flips it.
+    write_items(tmp_path / "items.jsonl", 40, {i: "UNSURE" for i in range(1, 40, 3)})
+    plain = load_spec(write_spec(tmp_path / "plain.yaml", "items.jsonl"))
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
+                                output={"labels": ["ham", "spam"], "calibrate": ["N/A"]}))
+    calibrated_run = run_task(spec, stub_model, store, limit=20, concurrency=4)
+    spent, hits = calls_spent(store, calibrated_run)
+    assert spent == sum(stub.state.attempts.values()) and hits == 0  # every request the stub saw, counted
+    rows = {r["item_id"]: r for r in store.iter_calls(calibrated_run)}
+    # Fixed shots: one content-free prompt for all, asked again only by the calls in flight before it was cached.
+    assert 1 <= sum(r["meta"]["calibration"]["calls"] for r in rows.values()) <= 2 * 4
+    before = {r["item_id"]: r for r in store.iter_calls(run_task(plain, stub_model, store, limit=20))}
+    flipped = [i for i, r in rows.items() if "UNSURE" in r["prompt"].splitlines()[-2]]
+    assert flipped and all(before[i]["parsed"] == "ham" and rows[i]["parsed"] == "spam" for i in flipped)
+    for item_id, row in rows.items():
+        calibration = row["meta"]["calibration"]
+        assert calibration["applied"] and calibration["uncalibrated"] == pytest.approx(before[item_id]["label_probs"])
+        free = calibration["content_free"]
+        assert free["ham"] > 0.8 and sum(free.values()) == pytest.approx(1.0)
+        raw = {k: v / free[k] for k, v in calibration["uncalibrated"].items()}
+        assert row["label_probs"] == pytest.approx({k: v / sum(raw.values()) for k, v in raw.items()})
+        assert row["parsed"] == max(row["label_probs"], key=row["label_probs"].get)
+
+
+def test_a_run_over_items_its_caller_chose_is_tagged_and_cannot_be_resumed(tiny_task: Path, stub, stub_model: str,
+                                                                            store: Store):
+    from llmbus.errors import LlmbusError
+    from llmbus.task.data import Split, load_items, split_items
+
+    spec = load_spec(tiny_task)
+    split = split_items(spec, load_items(spec))
+    run_id = run_task(spec, stub_model, store, subset=Split(pool=split.pool, eval=split.eval[:3]), tag="optimize:x")
+    assert [r["id"] for r in store.list_runs(tag="optimize:x")] == [run_id]
+    assert len(list(store.iter_calls(run_id))) == 3
+    with pytest.raises(LlmbusError, match="cannot be resumed"):
+        run_task(spec, stub_model, store, resume=run_id)

@@ -118,3 +118,41 @@ def test_data_encoding_must_be_a_known_codec(tmp_path: Path):
         load_spec(path)
     assert load_spec(write_spec(tmp_path / "u.yaml", "x.jsonl", data={
         "path": "x.jsonl", "expected": "label", "encoding": "latin-1"})).data.encoding == "latin-1"
+
+
+def test_specs_without_the_later_fields_keep_the_version_stored_before_them():
+    import hashlib
+    import json
+
+    spec = load_spec(SMS_TASK)
+    # The payload as it was hashed before verbalizer, calibrate and fewshot.order existed.
+    payload = spec.model_dump(mode="json", include={"prompt", "output", "fewshot", "params"}, by_alias=True)
+    for section, name in (("output", "verbalizer"), ("output", "calibrate"), ("fewshot", "order")):
+        del payload[section][name]
+    assert spec.version == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    later = spec.model_copy(update={"fewshot": spec.fewshot.model_copy(update={"order": "reverse"})})
+    assert later.version != spec.version
+
+
+def test_verbalizer_shows_labels_and_parses_back(tmp_path: Path):
+    from llmbus.task.output import parse_output
+
+    spec = load_spec(write_spec(tmp_path / "t.yaml", "x.jsonl",
+                                output={"labels": ["ham", "spam"], "verbalizer": {"Junk": "spam"}}))
+    assert spec.output.shown_labels() == ["ham", "Junk"]
+    assert parse_output(spec, " junk.").value == "spam" and parse_output(spec, "ham").value == "ham"
+    assert parse_output(spec, "spam").error_kind == "label_not_in_set"  # the contract is the shown text
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ({"labels": ["ham", "spam"], "verbalizer": {"Junk": "scam"}}, "'scam', which is not one of output.labels"),
+    ({"labels": ["ham", "spam"], "verbalizer": {"Junk": "spam", "Trash": "spam"}}, "each label is shown one way"),
+    ({"labels": ["ham", "spam"], "verbalizer": {"ham": "spam"}}, "every label needs its own"),
+    ({"labels": ["ham", "spam"], "calibrate": []}, "at least one content-free input"),
+    ({"schema": {"type": "object"}, "calibrate": ["N/A"]}, "need a label set"),
+])
+def test_bad_verbalizer_or_calibration_is_one_line_naming_file_and_field(tmp_path: Path, output, message):
+    path = write_spec(tmp_path / "t.yaml", "x.jsonl", output=output)
+    with pytest.raises(SpecError) as raised:
+        load_spec(path)
+    assert f"{path}:" in str(raised.value) and ": output" in str(raised.value) and message in str(raised.value)

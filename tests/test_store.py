@@ -77,3 +77,48 @@ def test_postgres_password_stays_out_of_messages(postgres_url: str):
     with pytest.raises(LlmbusError, match=r"cannot connect to database postgresql\+psycopg://llmbus:\*\*\*@") as info:
         Store(dead)
     assert "pw-s3cret-42" not in str(info.value)
+
+
+def test_run_tag_column_is_added_to_a_database_made_before_migration_013(tmp_path):
+    path = tmp_path / "old.db"
+    Store(str(path)).close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # back to how 012 left it
+        conn.execute(sa.text("DROP INDEX ix_runs_tag"))
+        conn.execute(sa.text("ALTER TABLE runs DROP COLUMN tag"))
+        conn.execute(sa.text("DELETE FROM migrations WHERE name = '013_run_tag'"))
+        conn.execute(sa.text("INSERT INTO runs (id, task, spec_version, spec_json, model, metric, n_planned, "
+                             "concurrency, status, created_at, wall_s) VALUES ('old', 't', 'v', '{}', 'm', "
+                             "'accuracy', 1, 1, 'done', '2026-01-01', 0)"))
+    engine.dispose()
+    store = Store(str(path))
+    tagged = store.create_run(task="t", task_path="", spec_version="v", spec_json="{}", model="m",
+                              metric="accuracy", n_planned=1, concurrency=1, tag="optimize:abc")
+    assert [r["id"] for r in store.list_runs(tag="optimize:abc")] == [tagged]
+    assert store.get_run("old")["tag"] is None and len(store.list_runs("t")) == 2
+    store.close()
+
+
+def test_cache_writers_racing_for_the_same_keys_keep_the_first_answer(tmp_path):
+    import threading
+
+    store = Store(str(tmp_path / "race.db"))
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def writer(n: int) -> None:
+        start.wait()
+        for round_ in range(40):
+            try:
+                store.cache_put_many([(f"k{round_}-{i}", "m", {"text": f"w{n}"}) for i in range(3)])
+            except BaseException as exc:  # noqa: BLE001 - the race must never surface
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(store.cache_get(f"k{r}-{i}") is not None for r in range(40) for i in range(3))
+    store.close()

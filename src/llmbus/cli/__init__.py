@@ -7,6 +7,7 @@ from llmbus.cli import (
     experiments,  # noqa: F401  (registers compare, ui)
     flow,  # noqa: F401  (registers flow run/show/resume, review serve)
     monitor,  # noqa: F401  (registers monitor, quality)
+    optimize,  # noqa: F401  (registers optimize)
     quality,  # noqa: F401  (registers eval, judge, label)
     saving,  # noqa: F401  (registers distill, serve, report)
     tasks,  # noqa: F401  (registers run, runs, show, advise)

@@ -51,7 +51,7 @@ def run(
     spec = load_spec(task)
     if dry_run:
         items, selector = eval_items(spec, 1)
-        sys.stdout.write(next(render_items(spec, items, selector))[1] + "\n")
+        sys.stdout.write(next(render_items(spec, items, selector)).prompt + "\n")
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

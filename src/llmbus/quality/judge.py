@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.run.adapter import CallPlan, answer_batch
+from llmbus.run.adapter import CallPlan, Job, answer_batch
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.store.traffic import is_traffic_run, logged_input
@@ -174,7 +174,7 @@ class _JudgeContext:
                     for ex in self.selector.select(item)]
         prompt = render_prompt(self.spec, fields, examples)
         plan = CallPlan(self.call_spec, self.model, self.run_id, use_cache=False)
-        return answer_batch(plan, self.provider, None, [(item, prompt)])[0]
+        return answer_batch(plan, self.provider, None, [Job(item, prompt)])[0]
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from llmbus.errors import ProviderError
 from llmbus.providers import Completion, Provider, Request
-from llmbus.providers.base import complete_many
+from llmbus.providers.base import complete_many, normalize_probs
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord, now
 from llmbus.task import metrics
 from llmbus.task.data import Item
-from llmbus.task.output import parse_output
-from llmbus.task.spec import TaskSpec
+from llmbus.task.output import Parsed, parse_output
+from llmbus.task.spec import TaskSpec, render_prompt
+
+CALIBRATION_FLOOR = 1e-6  # a content-free probability below this is taken as this (no division by zero)
 
 
 def build_request(spec: TaskSpec | None, prompt: str, raw_input: str | None = None, *,
@@ -29,7 +32,7 @@ def build_request(spec: TaskSpec | None, prompt: str, raw_input: str | None = No
     Schema) and the raw input; the keyword arguments override the spec's parameters (the gateway's body)."""
     labels = json_schema = None
     if spec is not None:
-        labels = tuple(spec.output.labels) if spec.kind == "classify" and spec.output.labels else None
+        labels = tuple(spec.output.shown_labels()) if spec.kind == "classify" and spec.output.labels else None
         json_schema = spec.output.json_schema if spec.kind == "extract" else None
     return Request(prompt=prompt,
                    max_tokens=max_tokens if max_tokens is not None else (spec.params.max_tokens if spec else 256),
@@ -44,9 +47,29 @@ def item_request(spec: TaskSpec, item: Item, prompt: str) -> Request:
     return build_request(spec, prompt, item.text(spec.data.input))
 
 
-def example_fields(examples: list[Item]) -> list[dict[str, object]]:
-    """Few-shot examples as the template sees them: all fields of each pool item."""
-    return [dict(example.fields) for example in examples]
+def example_fields(examples: list[Item], spec: TaskSpec | None = None) -> list[dict[str, object]]:
+    """Few-shot examples as the template sees them: all fields of each pool item, the expected answer shown
+    through the spec's verbalizer when it has one."""
+    if spec is None or not spec.output.verbalizer:
+        return [dict(example.fields) for example in examples]
+    field = spec.data.expected
+    return [{**example.fields, field: spec.output.shown(str(example.expected))} for example in examples]
+
+
+def content_free_prompts(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> tuple[str, ...]:
+    """The item's prompt with its input replaced by each content-free text (calibrated classify specs only)."""
+    if spec.kind != "classify" or not spec.output.calibrate:
+        return ()
+    return tuple(render_prompt(spec, {**item.fields, spec.data.input: text}, examples)
+                 for text in spec.output.calibrate)
+
+
+class Job(NamedTuple):
+    """One item to answer: its rendered prompt and, for calibrated specs, its content-free prompts."""
+
+    item: Item
+    prompt: str
+    content_free: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,15 +84,16 @@ class CallPlan:
 
 
 def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
-                 jobs: list[tuple[Item, str]]) -> list[CallRecord]:
+                 jobs: list[Job]) -> list[CallRecord]:
     """Answer rendered items (cached answers first, the rest in one provider pass) as call records; never
     raises for provider or output errors: those are recorded with their kind. Fresh answers to cache ride
-    on `record.extra["cache_put"]`, for the caller to write with its batch of records."""
+    on `record.extra["cache_put"]`, for the caller to write with its batch of records. Calibrated specs also
+    ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`)."""
     spec = plan.spec
-    requests = [item_request(spec, item, prompt) for item, prompt in jobs]
-    records = [CallRecord(run_id=plan.run_id, task=spec.name, spec_version=spec.version, item_id=item.id,
-                          model=plan.model, prompt=prompt, expected=item.expected, started_at=now(),
-                          finished_at=now()) for item, prompt in jobs]
+    requests = [item_request(spec, job.item, job.prompt) for job in jobs]
+    records = [CallRecord(run_id=plan.run_id, task=spec.name, spec_version=spec.version, item_id=job.item.id,
+                          model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=now(),
+                          finished_at=now()) for job in jobs]
     tick = time.perf_counter()
     use_cache = plan.use_cache and cache is not None
     cached = [cache.get(request, plan.model) if use_cache and cache else None for request in requests]
@@ -82,6 +106,9 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
             records[i].latency_s, records[i].finished_at = time.perf_counter() - tick, now()
         answers, fresh = [], []
     completions: dict[int, Completion] = dict(zip(fresh, answers, strict=True))
+    answered = [i for i in range(len(jobs)) if cached[i] is not None or i in completions]
+    content_free = _content_free_answers(plan, provider, cache if use_cache else None,
+                                         [jobs[i] for i in answered])
     latency = (time.perf_counter() - tick) / max(1, len(jobs))  # a batch's time, shared by its items
     for i, record in enumerate(records):
         hit = cached[i]
@@ -91,12 +118,107 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
         record.latency_s, record.finished_at = latency, now()
         _fill(record, completion, cached=hit is not None)
         parsed = parse_output(spec, completion.text)
+        if record.label_probs and spec.kind == "classify":  # keyed by the labels, not their shown texts
+            record.label_probs = {spec.output.label_of(k): v for k, v in record.label_probs.items()}
+        if jobs[i].content_free:
+            parsed = _calibrate(record, content_free.get(jobs[i].prompt), parsed)
+        if record.label_probs and parsed.error_kind is None:
+            record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
         record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
-                                          jobs[i][0].expected)
+                                          jobs[i].item.expected)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
     return records
+
+
+@dataclass
+class _ContentFree:
+    """One item's content-free answers (label distributions), what the fresh ones cost, or why none came."""
+
+    probs: list[dict[str, float] | None]
+    calls: int = 0
+    tokens_in: int = 0
+    cost_usd: float = 0.0
+    cpu_s: float | None = None
+    error: ProviderError | None = None
+
+
+def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache | None,
+                          jobs: list[Job]) -> dict[str, _ContentFree]:
+    """Each calibrated job's content-free answers, keyed by the job's prompt; a content-free prompt shared by
+    several items (fixed shots) is asked once, and its cost goes to the first item that needed it."""
+    spec = plan.spec
+    wanted: dict[str, Request] = {}
+    for job in jobs:
+        for prompt, text in zip(job.content_free, spec.output.calibrate or [], strict=False):
+            wanted.setdefault(prompt, build_request(spec, prompt, text))
+    if not wanted:
+        return {}
+    found = {prompt: cache.get(request, plan.model) if cache else None for prompt, request in wanted.items()}
+    missing = [prompt for prompt, hit in found.items() if hit is None]
+    error: ProviderError | None = None
+    try:
+        for prompt, completion in zip(missing, complete_many(provider, [wanted[p] for p in missing]), strict=True):
+            found[prompt] = completion
+    except ProviderError as exc:
+        error = exc
+    if cache is not None:  # at once, not with the batch: the next batches of a fixed-shot run then hit
+        new = [(p, hit) for p in missing if (hit := found[p]) is not None and hit.label_probs]
+        cache.put_many([cache.entry(wanted[p], plan.model, hit) for p, hit in new])
+    charged: set[str] = set()  # a fresh call (answered or failed) counts once, for the first item needing it
+    out: dict[str, _ContentFree] = {}
+    for job in jobs:
+        if not job.content_free:
+            continue
+        result = _ContentFree(probs=[], error=error if any(found[p] is None for p in job.content_free) else None)
+        for prompt in job.content_free:
+            answer = found[prompt]
+            result.probs.append({spec.output.label_of(k): v for k, v in answer.label_probs.items()}
+                                if answer is not None and answer.label_probs else None)
+            if prompt in missing and prompt not in charged:
+                charged.add(prompt)
+                result.calls += 1
+                if answer is not None:
+                    result.cost_usd += answer.cost_usd
+                    if answer.cpu_seconds is not None:
+                        result.cpu_s = (result.cpu_s or 0.0) + answer.cpu_seconds
+            if answer is not None:
+                result.tokens_in += answer.tokens_in
+        out[job.prompt] = result
+    return out
+
+
+def _calibrate(record: CallRecord, content_free: _ContentFree | None, parsed: Parsed) -> Parsed:
+    """Divide the record's label probabilities by the mean content-free distribution; the answer is then the
+    most likely calibrated label. Counts, tokens and cost of the content-free calls join the record."""
+    if content_free is None:
+        return parsed
+    record.tokens_in += content_free.tokens_in
+    record.cost_usd += content_free.cost_usd  # fresh content-free calls only
+    if content_free.cpu_s is not None:
+        record.cpu_s = (record.cpu_s or 0.0) + content_free.cpu_s
+    meta = dict(record.meta or {})
+    if content_free.error is not None:
+        record.meta = {**meta, "calibration": {"calls": content_free.calls}}
+        return Parsed(error_kind=content_free.error.kind, error=f"content-free call: {content_free.error}")
+    distributions = [p for p in content_free.probs if p]
+    if not record.label_probs or len(distributions) != len(content_free.probs):
+        record.meta = {**meta, "calibration": {"calls": content_free.calls, "applied": False,
+                                               "why": "the model gave no label probabilities"}}
+        return parsed
+    mean = {label: sum(d.get(label, 0.0) for d in distributions) / len(distributions) for label in record.label_probs}
+    probs = calibrated(record.label_probs, mean)
+    record.meta = {**meta, "calibration": {"calls": content_free.calls, "applied": True, "content_free": mean,
+                                           "uncalibrated": record.label_probs}}
+    record.label_probs = probs
+    return Parsed(max(probs, key=lambda label: probs[label]))
+
+
+def calibrated(probs: dict[str, float], content_free: dict[str, float]) -> dict[str, float]:
+    """Contextual calibration (Zhao et al. 2021): p(label | item) / p(label | content-free input), renormalized."""
+    return normalize_probs({label: p / max(content_free.get(label, 0.0), CALIBRATION_FLOOR)
+                            for label, p in probs.items()})
 
 
 def _fill(record: CallRecord, completion: Completion, cached: bool) -> None:

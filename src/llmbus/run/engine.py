@@ -25,8 +25,8 @@ from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
-from llmbus.task.data import Item, load_items, sample_order, split_items
-from llmbus.task.fewshot import ExampleSelector
+from llmbus.task.data import Item, Split, load_items, sample_order, split_items
+from llmbus.task.fewshot import NEAREST, ExampleSelector
 from llmbus.task.spec import TaskSpec, render_prompt
 
 # Failures worth another try on resume; schema violations and the like are final answers.
@@ -38,6 +38,7 @@ FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most thi
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
 EXECUTORS = ("local", "ray")
+SUBSET = "subset"  # the sampling recorded for a run over items its caller chose (`run_task(subset=…)`)
 
 
 @dataclass
@@ -87,7 +88,7 @@ def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
 def check_items(spec: TaskSpec, items: list[Item], pool: list[Item]) -> None:
     """Render every item's prompt once (with stand-in examples) so a row missing a field fails before any call,
     naming its file, line and item."""
-    template_examples = example_fields(pool[: spec.fewshot.k])
+    template_examples = example_fields(pool[: spec.fewshot.k], spec)
     for item in items:
         try:
             render_prompt(spec, dict(item.fields), template_examples)
@@ -101,23 +102,36 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
              provider: Provider | None = None, sampling: str = "representative",
              on_stage: Callable[[str], None] | None = None,
              on_warning: Callable[[str], None] | None = None, executor: str = "local",
-             ray_address: str | None = None, workers: int | None = None) -> str:
+             ray_address: str | None = None, workers: int | None = None, subset: Split | None = None,
+             tag: str | None = None) -> str:
     """Answer the task's eval items with `model`, logging every call; returns the run id.
 
     `on_stage` hears what is being prepared (starting the model, embedding the pool), `on_warning` what makes the
     sample weak (labels it never expects, few items) before the first call. `executor="ray"` answers on a Ray
-    cluster (`ray_address`, `workers` actors) instead of this process's thread pool."""
+    cluster (`ray_address`, `workers` actors) instead of this process's thread pool. `subset` answers its own
+    items with examples from its own pool instead (the optimizer's validation items; `limit` and `offset` apply to
+    them, and a run made so resumes only with the same subset); `tag` is stored with the run (what made it, e.g.
+    optimize:ID)."""
     if executor not in EXECUTORS:
         raise LlmbusError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if subset is not None and executor != "local":
+        raise LlmbusError("a run over items its caller chose answers in this process (executor local)")
     stage = on_stage or (lambda _text: None)
     if resume:
         run = store.get_run(resume)
+        if run.get("sampling") == SUBSET and subset is None:
+            raise LlmbusError(f"run {run['id']} answered items its caller chose (tag {run.get('tag')}): it cannot "
+                              "be resumed from the spec")
         if run["task"] != spec.name or run["spec_version"] != spec.version:
             raise LlmbusError(f"run {run['id']} is task {run['task']} version {run['spec_version']}, but the spec "
                               f"is now {spec.name} version {spec.version}: start a new run instead")
         model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
         offset, sampling = run["item_offset"] or 0, run.get("sampling") or "representative"
-    items, selector = eval_items(spec, limit, offset, sampling, store.embeddings)
+    if subset is None:
+        items, selector = eval_items(spec, limit, offset, sampling, store.embeddings)
+    else:
+        items = subset.eval[offset:offset + limit] if limit else subset.eval[offset:]
+        selector, sampling = ExampleSelector(spec, subset.pool, store.embeddings), SUBSET
     answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
     todo = [item for item in items if item.id not in answered]
     check_items(spec, todo, selector.pool)
@@ -138,8 +152,8 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
             run_id = store.create_run(task=spec.name, task_path=str(spec.source or ""), spec_version=spec.version,
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
                                       metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
-                                      item_offset=offset, sampling=sampling)
-        if spec.fewshot.k and spec.fewshot.strategy == "nearest" and todo:
+                                      item_offset=offset, sampling=sampling, tag=tag)
+        if spec.fewshot.k and spec.fewshot.strategy in NEAREST and todo:
             stage(f"embedding {len(selector.pool)} pool examples")
         plan = CallPlan(spec, model, run_id, use_cache)
         runner: Executor

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from llmbus.providers import Provider
 from llmbus.providers.base import batch_size
-from llmbus.run.adapter import CallPlan, answer_batch, example_fields
+from llmbus.run.adapter import CallPlan, Job, answer_batch, content_free_prompts, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord
 from llmbus.task.data import Item
@@ -33,12 +33,14 @@ class Executor(Protocol):
 
 
 def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
-                 chunk: int = 256) -> Iterator[tuple[Item, str]]:
-    """(item, prompt) pairs, selecting examples a chunk at a time (nearest search is batched)."""
+                 chunk: int = 256) -> Iterator[Job]:
+    """Each item's job (its prompt, and content-free prompts when calibrated), selecting examples a chunk at a
+    time (nearest search is batched)."""
     it = iter(items)
     while batch := list(islice(it, chunk)):
         for item, examples in zip(batch, selector.select_many(batch), strict=True):
-            yield item, render_prompt(spec, dict(item.fields), example_fields(examples))
+            shown = example_fields(examples, spec)
+            yield Job(item, render_prompt(spec, dict(item.fields), shown), content_free_prompts(spec, item, shown))
 
 
 class LocalExecutor:

@@ -189,7 +189,7 @@ class Gateway:
             return None
         item = Item(id="request", fields={spec.data.input: raw_input}, expected=None)
         try:
-            return render_prompt(spec, dict(item.fields), example_fields(self.selectors[name].select(item)))
+            return render_prompt(spec, dict(item.fields), example_fields(self.selectors[name].select(item), spec))
         except SpecError as exc:
             raise GatewayError(400, f"task {spec.name} cannot render a prompt from one input: {exc}") from None
 

@@ -117,14 +117,14 @@ class Store:
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
                    metric: str, n_planned: int, concurrency: int, item_offset: int = 0,
-                   sampling: str | None = None) -> str:
-        """Insert a new run and return its id."""
+                   sampling: str | None = None, tag: str | None = None) -> str:
+        """Insert a new run and return its id (`tag` says what made it, e.g. optimize:ID)."""
         run_id = secrets.token_hex(4)
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
                 model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
-                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling))
+                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling, tag=tag))
         return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:
@@ -140,11 +140,13 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
-    def list_runs(self, task: str | None = None) -> list[dict[str, Any]]:
-        """All runs, oldest first, optionally of one task."""
+    def list_runs(self, task: str | None = None, tag: str | None = None) -> list[dict[str, Any]]:
+        """All runs, oldest first, optionally of one task or with one tag."""
         query = sa.select(runs).order_by(runs.c.created_at)
         if task:
             query = query.where(runs.c.task == task)
+        if tag:
+            query = query.where(runs.c.tag == tag)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
@@ -221,12 +223,17 @@ class Store:
         fresh = {key: (model, completion) for key, model, completion in entries}
         if not fresh:
             return
-        with self.engine.begin() as conn:
-            taken = set(conn.scalars(sa.select(cache.c.key).where(cache.c.key.in_(list(fresh)))))
-            rows = [{"key": key, "model": model, "created_at": now(), "completion_json": json.dumps(completion)}
-                    for key, (model, completion) in fresh.items() if key not in taken]
-            if rows:
-                conn.execute(sa.insert(cache), rows)
+        try:
+            with self.engine.begin() as conn:
+                taken = set(conn.scalars(sa.select(cache.c.key).where(cache.c.key.in_(list(fresh)))))
+                rows = [{"key": key, "model": model, "created_at": now(), "completion_json": json.dumps(completion)}
+                        for key, (model, completion) in fresh.items() if key not in taken]
+                if rows:
+                    conn.execute(sa.insert(cache), rows)
+        except sa.exc.IntegrityError:  # another writer stored one of the keys meanwhile: theirs stays
+            if len(fresh) > 1:
+                for key, (model, completion) in fresh.items():
+                    self.cache_put_many([(key, model, completion)])
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -20,6 +20,7 @@ from llmbus.store.schema import (
     canary_decisions,
     embeddings,
     ix_calls_task_item,
+    ix_runs_tag,
     key_spend,
     runs,
 )
@@ -98,6 +99,11 @@ def _m012_canary(conn: Connection) -> None:
     canary_decisions.create(conn, checkfirst=True)
 
 
+def _m013_run_tag(conn: Connection) -> None:
+    _add_column_if_missing(conn, "runs", "tag", "VARCHAR(100)")
+    ix_runs_tag.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -112,4 +118,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("010_flow_step_calls", _m010_flow_step_calls),
     ("011_monitor", _m011_monitor),
     ("012_canary", _m012_canary),
+    ("013_run_tag", _m013_run_tag),
 ]

@@ -30,6 +30,7 @@ runs = sa.Table(
     sa.Column("item_offset", sa.Integer, default=0),  # added by 005: eval items skipped (--offset)
     # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
     sa.Column("sampling", sa.String(20)),
+    sa.Column("tag", sa.String(100)),  # added by 013: what made the run (optimize:ID), else NULL
 )
 
 calls = sa.Table(
@@ -94,6 +95,7 @@ migrations_table = sa.Table(
 # Defined once: an Index built inside the migration attached itself to `calls` again on every new database,
 # so the third fresh store in one process issued CREATE INDEX twice.
 ix_calls_task_item = sa.Index("ix_calls_task_item", calls.c.task, calls.c.item_id)
+ix_runs_tag = sa.Index("ix_runs_tag", runs.c.tag)  # added by 013
 
 
 # Stop 3: judges and labeling (created by 002_quality).

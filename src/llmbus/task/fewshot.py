@@ -1,16 +1,25 @@
-"""Pick the solved examples that go into each prompt: fixed, random, or nearest by MiniLM embedding."""
+"""Pick the solved examples that go into each prompt: one fixed set, a label-balanced or random set per item,
+or the nearest pool examples by MiniLM embedding, TF-IDF cosine or BM25.
+
+An item never gets itself as an example: eval items are never in the pool, but the optimizer's validation
+items are pool items, so every strategy leaves the item out (leave-one-out) and stays honest there too.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
 from llmbus.embed import EmbeddingCache, embed
 from llmbus.task.data import Item
 from llmbus.task.spec import TaskSpec
+
+NEAREST = ("nearest", "tfidf", "bm25")  # the strategies that rank the pool by similarity to the item
+BM25_K1, BM25_B = 1.5, 0.75  # Robertson's usual constants
 
 
 class ExampleSelector:
@@ -22,7 +31,8 @@ class ExampleSelector:
         self.cache = cache  # the store's embedding cache, passed in (this layer sits below the store)
         self.k = min(spec.fewshot.k, len(pool))
         self._fixed: list[Item] | None = None
-        self._pool_vectors: np.ndarray | None = None
+        self._index: Any = None  # the pool's vectors (MiniLM), or its TF-IDF / BM25 index
+        self._position = {item.id: i for i, item in enumerate(pool)}
 
     def select(self, item: Item) -> list[Item]:
         """The examples for one item; nearest puts the most similar example last, next to the item."""
@@ -33,32 +43,99 @@ class ExampleSelector:
         if self.k == 0:
             return [[] for _ in items]
         strategy = self.spec.fewshot.strategy
+        if strategy in NEAREST:
+            chosen = self._nearest_examples(items)
+        else:
+            chosen = [self._drawn_examples(item, strategy) for item in items]
+        if self.spec.fewshot.order == "reverse":
+            chosen = [list(reversed(examples)) for examples in chosen]
+        return chosen
+
+    def _others(self, item: Item) -> list[Item]:
+        """The pool without the item itself."""
+        if item.id not in self._position:
+            return self.pool
+        return [p for p in self.pool if p.id != item.id]
+
+    def _drawn_examples(self, item: Item, strategy: str) -> list[Item]:
+        seed = self.spec.fewshot.seed
         if strategy == "fixed":
-            return [self._fixed_examples() for _ in items]
-        if strategy == "random":
-            return [self._random_examples(item) for item in items]
-        return self._nearest_examples(items)
-
-    def _fixed_examples(self) -> list[Item]:
-        if self._fixed is None:
-            self._fixed = balanced_pick(self.pool, self.k, self.spec.fewshot.seed)
-        return self._fixed
-
-    def _random_examples(self, item: Item) -> list[Item]:
-        seed = int(hashlib.sha256(f"{self.spec.fewshot.seed}:{item.id}".encode()).hexdigest(), 16)
-        return random.Random(seed).sample(self.pool, self.k)
+            if self._fixed is None:
+                self._fixed = balanced_pick(self.pool, self.k, seed)
+            if all(example.id != item.id for example in self._fixed):
+                return self._fixed
+            return balanced_pick(self._others(item), self.k, seed)
+        per_item = int(hashlib.sha256(f"{seed}:{item.id}".encode()).hexdigest(), 16)
+        others = self._others(item)
+        if strategy == "balanced":
+            return balanced_pick(others, self.k, per_item)
+        return random.Random(per_item).sample(others, min(self.k, len(others)))
 
     def _nearest_examples(self, items: list[Item]) -> list[list[Item]]:
         field = self.spec.data.input
-        if self._pool_vectors is None:
-            self._pool_vectors = embed([p.text(field) for p in self.pool], cache=self.cache)
-        queries = embed([item.text(field) for item in items], cache=self.cache)
-        similarity = queries @ self._pool_vectors.T
+        pool_texts = [p.text(field) for p in self.pool]
+        queries = [item.text(field) for item in items]
+        strategy = self.spec.fewshot.strategy
+        if strategy == "nearest":
+            if self._index is None:
+                self._index = embed(pool_texts, cache=self.cache)
+            similarity = embed(queries, cache=self.cache) @ self._index.T
+        elif strategy == "tfidf":
+            if self._index is None:
+                self._index = TfidfIndex(pool_texts)
+            similarity = self._index.scores(queries)
+        else:
+            if self._index is None:
+                self._index = Bm25Index(pool_texts)
+            similarity = self._index.scores(queries)
         chosen = []
-        for row in similarity:
+        for item, row in zip(items, similarity, strict=True):
+            row = np.array(row, dtype=np.float64)
+            if item.id in self._position:
+                row[self._position[item.id]] = -np.inf  # never the item itself
             best = np.argsort(-row, kind="stable")[: self.k]
             chosen.append([self.pool[i] for i in reversed(best)])
         return chosen
+
+
+class TfidfIndex:
+    """Cosine similarity of TF-IDF word vectors (sublinear term frequency, like the TF-IDF baselines)."""
+
+    def __init__(self, texts: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(sublinear_tf=True).fit(texts)
+        self.matrix = self.vectorizer.transform(texts)
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        """(queries × pool) similarities."""
+        return np.asarray((self.vectorizer.transform(queries) @ self.matrix.T).toarray())
+
+
+class Bm25Index:
+    """Okapi BM25 scores of the pool texts for each query's words."""
+
+    def __init__(self, texts: list[str]):
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        self.vectorizer = CountVectorizer().fit(texts)
+        counts = self.vectorizer.transform(texts).tocsr().astype(np.float64)
+        lengths = np.asarray(counts.sum(axis=1)).ravel()
+        n = counts.shape[0]
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        self.idf = np.log1p((n - df + 0.5) / (df + 0.5))
+        # Per (document, term): tf·(k1+1) / (tf + k1·(1 − b + b·len/avglen)), stored sparse like the counts.
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(1e-9, float(lengths.mean())))
+        weights = counts.copy()
+        rows = np.repeat(np.arange(n), np.diff(counts.indptr))
+        weights.data = counts.data * (BM25_K1 + 1) / (counts.data + norm[rows])
+        self.weights = weights
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        """(queries × pool) BM25 scores (each query word counted once)."""
+        present = self.vectorizer.transform(queries).tocsr()
+        present.data[:] = 1.0
+        return np.asarray((present.multiply(self.idf) @ self.weights.T).toarray())
 
 
 def balanced_pick(pool: list[Item], k: int, seed: int) -> list[Item]:
@@ -75,3 +152,9 @@ def balanced_pick(pool: list[Item], k: int, seed: int) -> list[Item]:
                 picked.append(group.pop())
     rng.shuffle(picked)
     return picked
+
+
+def needs_per_item_examples(spec: TaskSpec) -> bool:
+    """Whether items get examples of their own (so a prompt prefix is not shared by every item)."""
+    return spec.fewshot.k > 0 and spec.fewshot.strategy != "fixed"
+

@@ -24,12 +24,12 @@ class Parsed:
 def parse_output(spec: TaskSpec, text: str) -> Parsed:
     """Parse raw model text according to the spec's output contract."""
     if spec.kind == "classify":
-        assert spec.output.labels is not None
-        label = match_label(text, tuple(spec.output.labels))
+        shown = spec.output.shown_labels()
+        label = match_label(text, tuple(shown))
         if label is None:
             return Parsed(error_kind="label_not_in_set", error=f"answer {text.strip()[:60]!r} is not one of "
-                                                               f"{', '.join(spec.output.labels)}")
-        return Parsed(label)
+                                                               f"{', '.join(shown)}")
+        return Parsed(spec.output.label_of(label))
     if spec.kind == "extract":
         return parse_json(text, spec.output.json_schema or {})
     if spec.output.answer_pattern:

@@ -38,6 +38,12 @@ class OutputSpec(_Strict):
     labels: list[str] | None = None
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     answer_pattern: str | None = None  # generate: regex whose first group is the answer
+    # classify: how labels are shown to the model, shown text → label ({Junk: spam}); labels not named show as
+    # themselves. Few-shot examples show it, label scoring scores it, and answers are parsed back to the label.
+    verbalizer: dict[str, str] | None = None
+    # classify: content-free calibration (Zhao et al. 2021): the item's input is replaced by each of these texts
+    # ("N/A"), and the label probabilities are divided by their mean distribution before the answer is taken
+    calibrate: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_contract(self) -> OutputSpec:
@@ -45,7 +51,40 @@ class OutputSpec(_Strict):
             raise ValueError("give either labels or schema, not both")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels needs at least two distinct labels")
+        if (self.verbalizer is not None or self.calibrate is not None) and self.labels is None:
+            raise ValueError("verbalizer and calibrate need a label set (output.labels)")
+        if self.verbalizer is not None:
+            _check_verbalizer(self.verbalizer, self.labels or [])
+        if self.calibrate is not None and not self.calibrate:
+            raise ValueError("calibrate lists at least one content-free input, e.g. [\"N/A\"]")
         return self
+
+    def shown(self, label: str) -> str:
+        """How a label is shown to the model (its verbalizer text, else the label itself)."""
+        for text, target in (self.verbalizer or {}).items():
+            if target == label:
+                return text
+        return label
+
+    def shown_labels(self) -> list[str]:
+        """The label set as the model sees it, in output.labels order."""
+        return [self.shown(label) for label in self.labels or []]
+
+    def label_of(self, shown: str) -> str:
+        """The label a shown text stands for (the text itself when it is not a verbalizer entry)."""
+        return (self.verbalizer or {}).get(shown, shown)
+
+
+def _check_verbalizer(verbalizer: dict[str, str], labels: list[str]) -> None:
+    targets = list(verbalizer.values())
+    unknown = [t for t in targets if t not in labels]
+    if unknown:
+        raise ValueError(f"verbalizer maps to {unknown[0]!r}, which is not one of output.labels")
+    if len(set(targets)) != len(targets):
+        raise ValueError("verbalizer: each label is shown one way (two texts map to the same label)")
+    shown = {text for text in verbalizer} | {label for label in labels if label not in targets}
+    if any(not text.strip() for text in verbalizer) or len(shown) != len(labels):
+        raise ValueError("verbalizer: every label needs its own non-empty shown text")
 
 
 class DataSpec(_Strict):
@@ -76,7 +115,10 @@ class FewShotSpec(_Strict):
     """How many solved examples go into each prompt and how they are picked."""
 
     k: int = Field(default=0, ge=0, le=64)
-    strategy: Literal["fixed", "random", "nearest"] = "nearest"
+    # fixed: one label-balanced set for every item; balanced: a label-balanced random set per item; random: k
+    # random pool items per item; nearest: most similar by MiniLM; tfidf / bm25: most similar by words
+    strategy: Literal["fixed", "balanced", "random", "nearest", "tfidf", "bm25"] = "nearest"
+    order: Literal["default", "reverse"] = "default"  # reverse: the most similar example first, not last
     pool_fraction: float = Field(default=0.2, gt=0, lt=1)  # share of the dataset held out as the pool
     # A separate file of solved examples (same format and fields as data): then every row of data.path is an
     # eval item and the pool comes from this file instead of the hash split.
@@ -127,6 +169,10 @@ class TaskSpec(_Strict):
     def version(self) -> str:
         """Hash of prompt, output contract, few-shot settings and params: what changes the model's input."""
         payload = self.model_dump(mode="json", include={"prompt", "output", "fewshot", "params"}, by_alias=True)
+        # Fields added after versions were first stored count only when set, so older specs keep their version.
+        for section, name, default in _LATER_FIELDS:
+            if payload[section].get(name) == default:
+                del payload[section][name]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def resolve(self, relative: str) -> Path:
@@ -136,6 +182,9 @@ class TaskSpec(_Strict):
             return path
         return self.source.parent / path
 
+
+# (section, field, default) of spec fields added after spec versions were first stored.
+_LATER_FIELDS = (("output", "verbalizer", None), ("output", "calibrate", None), ("fewshot", "order", "default"))
 
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 # Plain JSON for prompts (Jinja's own `tojson` HTML-escapes quotes and angle brackets).
