@@ -108,9 +108,10 @@ def test_the_proposer_rewrites_the_instruction_in_a_tagged_run(tmp_path: Path, s
     assert result.proposals is not None and result.proposals.run_id is not None
     proposer_run = store.get_run(result.proposals.run_id)
     assert proposer_run["tag"] == result.tag and proposer_run["task"] == "tiny:proposer"
-    rows = list(store.iter_calls(proposer_run["id"]))
-    assert len(rows) == 4 and all(r["prompt"].rstrip().endswith(("Instruction:", "Words:")) for r in rows)
-    assert "Label each SMS as spam or ham." in rows[0]["prompt"]  # the current instruction is shown
+    rows = {r["item_id"]: r for r in store.iter_calls(proposer_run["id"])}
+    assert sorted(rows) == ["instruction-1", "instruction-2", "instruction-3", "words"]
+    assert all(r["prompt"].rstrip().endswith(("Instruction:", "Words:")) for r in rows.values())
+    assert "Label each SMS as spam or ham." in rows["instruction-1"]["prompt"]  # the current instruction is shown
     assert result.proposals.instructions[0] == "Tell spam from ham. Keep it to one or two plain sentences."
     assert result.proposals.words == {"ham": "fine", "spam": "junk"}
     names = {t.candidate.name: t for t in result.trials}
@@ -218,3 +219,15 @@ def test_the_embedded_model_on_tiny_data(tmp_path: Path, store: Store, monkeypat
                for t in result.trials if t.deepest)
     winner = store.get_run(result.confirmation.winner_run)
     assert winner["tag"] == result.tag and winner["model"] == "local:gemma-3-270m"
+
+
+def test_stage_three_combines_the_best_change_of_each_setting():
+    from dataclasses import replace
+
+    from llmbus.experiments.candidates import Settings, combined
+
+    incumbent = Settings("m", 4, "nearest")
+    better = [replace(incumbent, calibrate=("N/A",)), replace(incumbent, verbalizer=(("Spam", "spam"),)),
+              replace(incumbent, verbalizer=(("junk", "spam"),)), replace(incumbent, order="reverse")]
+    merged = combined(incumbent, better)
+    assert merged == Settings("m", 4, "nearest", "reverse", (("Spam", "spam"),), ("N/A",))

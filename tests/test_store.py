@@ -111,7 +111,7 @@ def test_cache_writers_racing_for_the_same_keys_keep_the_first_answer(tmp_path):
         for round_ in range(40):
             try:
                 store.cache_put_many([(f"k{round_}-{i}", "m", {"text": f"w{n}"}) for i in range(3)])
-            except BaseException as exc:  # noqa: BLE001 - the race must never surface
+            except BaseException as exc:  # the race must never surface
                 errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]

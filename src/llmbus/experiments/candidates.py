@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from llmbus.task.spec import TaskSpec
 
@@ -157,10 +158,10 @@ def neighbour_candidates(spec: TaskSpec, incumbent: Settings, base: Settings, mo
 
 
 def combined(incumbent: Settings, improvements: list[Settings]) -> Settings:
-    """The incumbent with every setting that some improving neighbour changed (the later one wins)."""
-    merged = incumbent
+    """The incumbent with the changes of its improving neighbours (best first): per setting, the best one's."""
+    changes: dict[str, Any] = {}
     for better in improvements:
-        changes = {field: getattr(better, field) for field in Settings.__dataclass_fields__
-                   if getattr(better, field) != getattr(incumbent, field)}
-        merged = replace(merged, **changes)
-    return merged
+        for name in Settings.__dataclass_fields__:
+            if getattr(better, name) != getattr(incumbent, name):
+                changes.setdefault(name, getattr(better, name))
+    return replace(incumbent, **changes)

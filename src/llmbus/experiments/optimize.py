@@ -40,7 +40,7 @@ from llmbus.task.spec import TaskSpec
 
 OBJECTIVES = ("quality", "cost")
 MAX_VALIDATION = 1000  # validation items drawn from the pool at most
-STAGE_SHARE = (0.55, 0.7, 1.0)  # of the search calls still unspent when each stage starts
+STAGE_SHARE = (0.55, 0.85, 1.0)  # of the search calls still unspent when each stage starts
 
 
 @dataclass
@@ -345,9 +345,10 @@ def _stages(spec: TaskSpec, models: list[str], base: Settings, stage1: list[Cand
     stage2 = [incumbent] + [Trial(c, 2) for c in neighbours[1:]]
     trials += stage2[1:]
     winner = _run_stage(stage2, search, rank, STAGE_SHARE[1]) or incumbent
-    # Stage 3: every change that beat the incumbent on the items both answered, together.
-    improving = [t.candidate.settings for t in stage2[1:]
-                 if (pair := _shared(t, incumbent)) is not None and _quality(pair[0]) > _quality(pair[1])]
+    # Stage 3: every change that beat the incumbent on the items both answered (evaluate's paired comparison of
+    # their runs), together.
+    better = sorted((t for t in stage2[1:] if _beats(search.store, t, incumbent)), key=lambda t: -_quality(t.deepest))
+    improving = [t.candidate.settings for t in better]
     if len(improving) < 2:
         return trials, winner
     combo = space.make(spec, space.combined(incumbent.candidate.settings, improving), base, instructions)
@@ -362,10 +363,11 @@ def _stages(spec: TaskSpec, models: list[str], base: Settings, stage1: list[Cand
     return trials, winner
 
 
-def _shared(trial: Trial, other: Trial) -> tuple[Measure, Measure] | None:
-    """Both trials' measures on the most validation items both answered."""
-    both = set(trial.measures) & set(other.measures)
-    return (trial.measures[max(both)], other.measures[max(both)]) if both else None
+def _beats(store: Store, trial: Trial, other: Trial) -> bool:
+    """Whether the trial's main metric is higher than the other's on the validation items both answered."""
+    if trial.deepest is None or other.deepest is None:
+        return False
+    return compare(store, other.deepest.run_id, trial.deepest.run_id, rounds=1).delta.value > 0
 
 
 Rank = Callable[[list[tuple[int, Measure | None]]], list[int]]
