@@ -158,14 +158,17 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=3000, help="SMS budget; topics gets --topics-budget")
     parser.add_argument("--topics-budget", type=int, default=None, help="default: --budget")
     parser.add_argument("--eval", type=int, default=400, help="held-out eval items every system answers")
+    parser.add_argument("--topics-eval", type=int, default=None, help="default: --eval")
     parser.add_argument("--objective", default="quality")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("LLMBUS_THREADS", "2")))
     args = parser.parse_args()
     os.environ["LLMBUS_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="llmbus-bench-optimize-") as tmp:
         for name in args.tasks.split(","):
-            budget = args.budget if name == "sms_spam" or args.topics_budget is None else args.topics_budget
-            bench_task(name, budget, args.eval, args.objective, args.threads, Path(tmp))
+            topics = name == "topics"
+            budget = args.topics_budget if topics and args.topics_budget else args.budget
+            n_eval = args.topics_eval if topics and args.topics_eval else args.eval
+            bench_task(name, budget, n_eval, args.objective, args.threads, Path(tmp))
 
 
 if __name__ == "__main__":

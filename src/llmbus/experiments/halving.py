@@ -1,9 +1,9 @@
 """Successive halving (Jamieson & Talwalkar 2016) over prompt candidates, in validation items and model calls.
 
-Every candidate answers the first n₀ validation items; the better half (1/η) answers the first η·n₀, and so on
-until one is left. Items of an earlier rung are answered again from the exact cache, free, so a rung costs only
-its new items. `schedule` picks the largest n₀ whose worst case (every survivor at the dearest candidate's
-calls per item) fits the budget, cutting candidates from the end of the list when even `min_items` does not.
+Every candidate answers the first n₀ validation items; the best 1/η (η = 3) answer the first η·n₀, and so on
+until one is left. A survivor's run grows (its earlier answers stay), so a rung costs only its new items.
+`schedule` picks the largest n₀ whose worst case (every survivor at the dearest candidate's calls per item) fits
+the budget, cutting candidates from the end of the list when even `min_items` does not.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-ETA = 2
+ETA = 3  # Hyperband's usual rate: fewer, cheaper rungs than halving, so more candidates fit a budget
 MIN_ITEMS = 16
 
 
