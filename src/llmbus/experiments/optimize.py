@@ -423,8 +423,9 @@ def _confirm(spec: TaskSpec, model: str, winner: Candidate, search: _Search, n: 
     elif delta.hi < 0:
         verdict = f"worse: {comparison.metric} {delta.value:+.3f} (95% CI {delta.lo:+.3f} to {delta.hi:+.3f})"
     else:
+        lower = " (lower on these items, within the noise)" if delta.value < 0 else ""
         verdict = (f"not significantly better: {comparison.metric} {delta.value:+.3f}, 95% CI {delta.lo:+.3f} to "
-                   f"{delta.hi:+.3f} includes 0")
+                   f"{delta.hi:+.3f} includes 0{lower}")
     if comparison.p_mcnemar is not None:
         verdict += f"; McNemar p={comparison.p_mcnemar:.3g}"
     return Confirmation(n, original_run, winner_run, original.values[original.metric], found.values[found.metric],

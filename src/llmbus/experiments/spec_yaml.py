@@ -20,7 +20,7 @@ SECTIONS = ("prompt", "output", "fewshot", "data")
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings as literal blocks (`|-`), the way prompts are written by hand."""
+    """Multi-line strings as literal blocks (`|-`) and short lists inline, the way specs are written by hand."""
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -28,7 +28,13 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceNode:
+    flow = all(isinstance(v, str | int | float | bool) and "\n" not in str(v) for v in value)  # [ham, spam]
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
 _BlockDumper.add_representer(str, _str)
+_BlockDumper.add_representer(list, _list)
 
 
 def changed_sections(original: TaskSpec, changed: TaskSpec, raw: dict[str, Any],
