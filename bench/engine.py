@@ -164,7 +164,7 @@ def main() -> None:
                 spec = load_spec(task)
                 items, selector = eval_items(spec)
                 requests: list[Request] = [item_request(spec, item, prompt)
-                                           for item, prompt in render_items(spec, items, selector)]
+                                           for item, prompt, _ in render_items(spec, items, selector)]
                 bodies = [to_payload("stub-model", "chat", r) for r in requests]
                 plain = plain_pool(base_url, bodies, args.concurrency)
                 ours, peak = llmbus_run(task, folder, args.concurrency)
