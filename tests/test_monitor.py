@@ -34,7 +34,7 @@ from llmbus.store.schema import calls, label_items, monitor_calls, verdicts
 from llmbus.task.data import load_items
 from llmbus.task.spec import load_spec
 from openai_stub import StubServer
-from quality_helpers import add_run
+from test_finetune import _labeled_project
 from test_serve import running_gateway, write_configs
 
 SMS_JUDGE = SMS_TASK.parent / "judge.yaml"
@@ -46,20 +46,10 @@ def _draw(salt: str, call_id: int) -> float:
 
 
 def _head_judge(store: Store, tmp_path: Path) -> str:
-    """A head judge trained on 240 real SMS whose answers are wrong for every third (as tests/test_finetune)."""
-    items = load_items(load_spec(SMS_TASK))[:240]
-    flip = {"spam": "ham", "ham": "spam"}
-    rows, human = [], []
-    for k, item in enumerate(items):
-        answer = flip[item.expected] if k % 3 == 0 else item.expected
-        rows.append({"item_id": item.id, "parsed": answer, "expected": item.expected})
-        human.append({"item_id": item.id, "label": "pass" if answer == item.expected else "fail"})
-    run_id = add_run(store, rows, task="sms_spam", labels=["ham", "spam"], task_path=str(SMS_TASK))
-    label.create_project(store, "train", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")))
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(h) + "\n" for h in human))
-    label.import_labels(store, "train", path, "gold")
-    return train_judge(store, "train", tmp_path / "head", kind="head", folds=2)[1]
+    """A head judge trained on 240 real SMS whose answers are wrong for every third (tests/test_finetune's
+    labeled project, project "sms")."""
+    _labeled_project(store, tmp_path, 240)
+    return train_judge(store, "sms", tmp_path / "head", kind="head", folds=2)[1]
 
 
 def _send(url: str, messages: list[str]) -> list[str]:
