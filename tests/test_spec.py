@@ -4,7 +4,8 @@ import pytest
 
 from conftest import SMS_TASK, write_spec
 from llmbus.errors import SpecError
-from llmbus.task.spec import load_spec, render_prompt
+from llmbus.task.render import render_prompt
+from llmbus.task.spec import load_spec
 
 
 def test_example_spec_loads_and_has_a_stable_version():

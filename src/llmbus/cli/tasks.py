@@ -31,7 +31,9 @@ def run(
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt and exit"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt (a messages: spec: its turns, "
+                                                          "with --json the request's messages, tools and "
+                                                          "response_format) and exit"),
     executor: str = typer.Option("local", "--executor", help="local (a thread pool here) or ray (a Ray cluster; "
                                                              "with several nodes, --db postgresql://…)"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to use (auto, host:port, "
@@ -50,8 +52,15 @@ def run(
 
     spec = load_spec(task)
     if dry_run:
+        from llmbus.run.adapter import item_request
+
         items, selector = eval_items(spec, 1)
-        sys.stdout.write(next(render_items(spec, items, selector)).prompt + "\n")
+        job = next(render_items(spec, items, selector))
+        if as_json:
+            request = item_request(spec, job)
+            print_json({"messages": list(request.messages), **request.options(), "prompt": request.prompt})
+        else:
+            sys.stdout.write(_shown_turns(job.messages) if job.messages else job.prompt + "\n")
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -66,6 +75,11 @@ def run(
         out.print_json(data=summary.as_dict())
     else:
         _print_runs([summary], title=f"run {run_id}")
+
+
+def _shown_turns(messages: tuple[dict[str, Any], ...]) -> str:
+    """Chat turns as a person reads them: each turn's role in brackets, then its content as sent."""
+    return "".join(f"[{turn['role']}]\n{turn.get('content') or ''}\n" for turn in messages)
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:

@@ -339,7 +339,7 @@ def _stages(spec: TaskSpec, models: list[str], base: Settings, stage1: list[Cand
     rank = ranking(objective, margin)
     trials = [Trial(c, 1) for c in stage1]
     incumbent = _halve(trials, plan.stage1, search, rank)
-    instructions = [space.instruction_of(spec.prompt), *(proposals.instructions if proposals else [])]
+    instructions = [space.spec_instruction(spec), *(proposals.instructions if proposals else [])]
     words = proposals.words if proposals else None
     neighbours = space.neighbour_candidates(spec, incumbent.candidate.settings, base, models, instructions, words)
     stage2 = [incumbent] + [Trial(c, 2) for c in neighbours[1:]]

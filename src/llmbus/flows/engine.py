@@ -32,8 +32,10 @@ from llmbus.providers import Provider, Request, open_provider
 from llmbus.run.adapter import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import CallRecord, Store, now
+from llmbus.task.chat import is_single_user_turn
 from llmbus.task.output import parse_output
-from llmbus.task.spec import TaskSpec, read_utf8, render_prompt
+from llmbus.task.render import render
+from llmbus.task.spec import TaskSpec, read_utf8
 
 
 @dataclass(frozen=True)
@@ -150,22 +152,29 @@ class FlowContext:
         self._providers.clear()
 
     # step kinds ----------------------------------------------------------------------------------
-    def llm(self, key: str, prompt: str, *, model: str | None = None, max_tokens: int = 64,
-            stop: tuple[str, ...] = (), labels: tuple[str, ...] | None = None, temperature: float = 0.0,
-            json_schema: dict[str, Any] | None = None) -> LlmAnswer:
-        """One model call; the prompt, raw answer, tokens and cost go on the step row."""
-        request = Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, stop=stop, labels=labels,
-                          json_schema=json_schema)
+    def llm(self, key: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
+            model: str | None = None, max_tokens: int = 64, stop: tuple[str, ...] = (),
+            labels: tuple[str, ...] | None = None, temperature: float = 0.0,
+            json_schema: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None) -> LlmAnswer:
+        """One model call on a prompt or on chat turns (`messages`, OpenAI-style); the prompt, raw answer, tool
+        calls, tokens and cost go on the step row."""
+        if (prompt is None) == (messages is None):
+            raise LlmbusError(f"step {key!r}: give ctx.llm a prompt or messages (one of them)")
+        request = Request(prompt=prompt or "", messages=tuple(messages or ()), max_tokens=max_tokens,
+                          temperature=temperature, stop=stop, labels=labels, json_schema=json_schema,
+                          tools=tuple(tools) if tools else None)
         ref = model or self.settings.model
-        out = self.step(key, "llm", lambda: self._complete(key, ref, request), {"prompt": prompt, "model": ref})
-        return LlmAnswer(out["text"], out.get("label_probs"))
+        given: dict[str, Any] = {"prompt": prompt} if messages is None else {"messages": messages}
+        out = self.step(key, "llm", lambda: self._complete(key, ref, request), {**given, "model": ref})
+        return LlmAnswer(out["text"], out.get("label_probs"), out.get("tool_calls"))
 
     def _complete(self, key: str, ref: str, request: Request, spec: TaskSpec | None = None) -> StepResult:
         """One model call, logged as a row of `calls` before the step row; a task step's answer is parsed by
         its output contract, and a broken answer is logged, then fails the step."""
         record = CallRecord(run_id="", task=spec.name if spec else f"flow:{self.calls.flow}",
                             spec_version=spec.version if spec else "-", item_id=call_item_id(self.run_id, key),
-                            model=ref, prompt=request.prompt, started_at=now(), finished_at=now())
+                            model=ref, prompt=request.prompt, started_at=now(), finished_at=now(),
+                            messages=None if is_single_user_turn(request.messages) else list(request.messages))
         meta: dict[str, Any] = {"flow_run": self.run_id, "step": key}
         if request.input is not None:
             meta["input"] = request.input
@@ -179,6 +188,7 @@ class FlowContext:
         parsed = parse_output(spec, completion.text) if spec else None
         record.raw_output, record.parsed = completion.text, completion.text if parsed is None else parsed.value
         record.confidence, record.label_probs = completion.confidence, completion.label_probs
+        record.tool_calls, record.reasoning = completion.tool_calls, completion.reasoning
         record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
         record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds
         record.meta = {**completion.extra, **meta}
@@ -188,7 +198,8 @@ class FlowContext:
         if spec is not None and parsed is not None and parsed.error_kind:
             raise ProviderError(parsed.error_kind, f"{spec.name}: {parsed.error}")
         detail = {"prompt": request.prompt, "cpu_s": completion.cpu_seconds}
-        output: Any = {"text": completion.text, "label_probs": completion.label_probs}
+        output: Any = {"text": completion.text, "label_probs": completion.label_probs,
+                       **({"tool_calls": completion.tool_calls} if completion.tool_calls else {})}
         if spec is not None and parsed is not None:
             output = parsed.value
             detail.update(task=spec.name, spec_version=spec.version, raw=completion.text)
@@ -202,9 +213,9 @@ class FlowContext:
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
-        prompt = render_prompt(spec, fields, examples or [])
+        rendered = render(spec, fields, examples or [])
         raw_input = str(fields[spec.data.input]) if spec.data.input in fields else None  # what students read
-        request = build_request(spec, prompt, raw_input)
+        request = build_request(spec, rendered, raw_input)
         ref = model or self.settings.model
         return self.step(key, "llm", lambda: self._complete(key, ref, request, spec),
                          {"task": spec.name, "fields": fields, "model": ref})

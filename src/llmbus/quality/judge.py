@@ -6,7 +6,8 @@
 
 The judge's data file holds solved judging examples (the few-shot pool and the judge's own eval split). The
 prompt sees the judged run's item fields plus `item.answer` (pairwise: `item.answer_a`, `item.answer_b`),
-already inside <answer>…</answer> delimiters that the judged text cannot close. With local models the verdict
+already inside <answer>…</answer> delimiters that the judged text cannot close; a judged chat call adds
+`item.conversation` (its turns as one fenced text) and `item.messages` (the turns). With local models the verdict
 is label-scored, so it is always one of the labels and carries a probability; remote answers outside the label
 set are logged with their raw text and counted as broken verdicts.
 
@@ -29,13 +30,15 @@ import sqlalchemy as sa
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.run.adapter import CallPlan, Job, answer_batch
+from llmbus.run.adapter import CallPlan, answer_batch, job_of
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.store.traffic import is_traffic_run, logged_input
+from llmbus.task.chat import transcript
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, load_spec, render_prompt
+from llmbus.task.render import render
+from llmbus.task.spec import TaskSpec, load_spec
 
 PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")
@@ -172,9 +175,8 @@ class _JudgeContext:
                     expected=None)
         examples = [{k: fence(v) if k in FENCED_FIELDS else v for k, v in ex.fields.items()}
                     for ex in self.selector.select(item)]
-        prompt = render_prompt(self.spec, fields, examples)
         plan = CallPlan(self.call_spec, self.model, self.run_id, use_cache=False)
-        return answer_batch(plan, self.provider, None, [Job(item, prompt)])[0]
+        return answer_batch(plan, self.provider, None, [job_of(item, render(self.spec, fields, examples))])[0]
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,
@@ -239,6 +241,8 @@ def _pairs(store: Store, target: dict[str, Any], other: dict[str, Any] | None,
 def _judge_one(ctx: _JudgeContext, fields: dict[str, Any], call: dict[str, Any],
                other: dict[str, Any] | None) -> tuple[Verdict, list[CallRecord]]:
     item_id = call["item_id"]
+    if call.get("messages"):  # a chat call: the judge may read the conversation it answered
+        fields = {**fields, "conversation": fence(transcript(call["messages"])), "messages": call["messages"]}
     if other is None:
         record = ctx.call(item_id, {**fields, "answer": fence(answer_text(call))}, answer_text(call))
         label = record.parsed if record.error_kind is None else None

@@ -27,7 +27,8 @@ from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
 from llmbus.task.data import Item, Split, load_items, sample_order, split_items
 from llmbus.task.fewshot import NEAREST, ExampleSelector
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.render import render_prompt
+from llmbus.task.spec import TaskSpec
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",

@@ -14,12 +14,12 @@ from typing import Protocol
 
 from llmbus.providers import Provider
 from llmbus.providers.base import batch_size
-from llmbus.run.adapter import CallPlan, Job, answer_batch, content_free_prompts, example_fields
+from llmbus.run.adapter import CallPlan, Job, answer_batch, example_fields, render_job
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord
 from llmbus.task.data import Item
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.spec import TaskSpec
 
 
 class Executor(Protocol):
@@ -39,8 +39,7 @@ def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
     it = iter(items)
     while batch := list(islice(it, chunk)):
         for item, examples in zip(batch, selector.select_many(batch), strict=True):
-            shown = example_fields(examples, spec)
-            yield Job(item, render_prompt(spec, dict(item.fields), shown), content_free_prompts(spec, item, shown))
+            yield render_job(spec, item, example_fields(examples, spec))
 
 
 class LocalExecutor:

@@ -69,6 +69,9 @@ class CallRecord:
     error: str | None = None
     meta: dict[str, Any] | None = None  # routing decisions worth keeping (cascade route, cache kind…)
     extra: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None  # chat turns as sent (None: the prompt was one user turn)
+    tool_calls: list[dict[str, Any]] | None = None  # the answer's tool calls
+    reasoning: str | None = None  # a reasoning model's reasoning text
 
     def to_row(self) -> dict[str, Any]:
         """Column values for the calls table."""
@@ -78,6 +81,8 @@ class CallRecord:
         row["label_probs_json"] = _dump(row.pop("label_probs"))
         row["expected_json"] = _dump(row.pop("expected"))
         row["meta_json"] = _dump(row.pop("meta"))
+        row["messages_json"] = _dump(row.pop("messages"))
+        row["tool_calls_json"] = _dump(row.pop("tool_calls"))
         return row
 
 
@@ -86,12 +91,17 @@ def _dump(value: Any) -> str | None:
 
 
 def decode_call(row: dict[str, Any]) -> dict[str, Any]:
-    """A calls row with its JSON columns decoded (parsed, label_probs, expected, meta)."""
+    """A calls row with its JSON columns decoded (parsed, label_probs, expected, meta; messages and tool_calls
+    when the row has them)."""
     out = dict(row)
-    for column in ("parsed_json", "label_probs_json", "expected_json", "meta_json"):
-        value = out.pop(column)
-        out[column.removesuffix("_json")] = None if value is None else json.loads(value)
+    for column in ("parsed_json", "label_probs_json", "expected_json", "meta_json", "messages_json", "tool_calls_json"):
+        if column in out or column in _ALWAYS_DECODED:
+            value = out.pop(column)
+            out[column.removesuffix("_json")] = None if value is None else json.loads(value)
     return out
+
+
+_ALWAYS_DECODED = ("parsed_json", "label_probs_json", "expected_json", "meta_json")
 
 
 class Store:

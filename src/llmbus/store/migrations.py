@@ -104,6 +104,11 @@ def _m013_run_tag(conn: Connection) -> None:
     ix_runs_tag.create(conn, checkfirst=True)
 
 
+def _m014_chat(conn: Connection) -> None:
+    for column in ("messages_json", "tool_calls_json", "reasoning"):
+        _add_column_if_missing(conn, "calls", column, "TEXT")
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -119,4 +124,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("011_monitor", _m011_monitor),
     ("012_canary", _m012_canary),
     ("013_run_tag", _m013_run_tag),
+    ("014_chat", _m014_chat),
 ]
