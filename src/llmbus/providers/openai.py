@@ -22,11 +22,12 @@ import httpx
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.providers.base import Completion, Request, sse_data, whole
 from llmbus.providers.config import ModelConfig
-from llmbus.providers.openai_wire import StreamedAnswer, from_response, relays, text_of, to_payload
+from llmbus.providers.openai_wire import StreamedAnswer, from_response, relays, text_of, to_payload, wire_api
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 
 
 class OpenAIProvider:
@@ -70,32 +71,40 @@ class OpenAIProvider:
 
     def complete(self, request: Request) -> Completion:
         """One call with retries; raises ProviderError with a kind once retries are spent."""
-        body = to_payload(self.remote_model, self.config.api, request)
+        api = self._api(request)
+        body = to_payload(self.remote_model, api, request)
         with self._slots:
-            lease, data = self._post_with_retries(self._path, body, request.prompt)
+            lease, data = self._post_with_retries(PATHS[api], body, request.prompt)
             self.replicas.release(lease, "ok")
-        return self._priced(from_response(self.config.api, data, request))
+        return self._priced(from_response(api, data, request))
 
     def stream(self, request: Request) -> Generator[str, None, Completion]:
         """Text pieces as the endpoint streams them; returns the Completion (usage from the last chunk).
         Label sets are answered whole: their probabilities come from the logprobs of a complete answer."""
         if request.labels:
             return (yield from whole(self.complete(request)))
-        return (yield from text_of(self.config.api, self.stream_events(request)))
+        return (yield from text_of(self._api(request), self.stream_events(request)))
 
     def relays(self, request: Request) -> bool:
-        """Whether the gateway may relay this endpoint's own response and chunks for the request."""
-        return relays(request, self.config.api)
+        """Whether the gateway may relay this endpoint's own response and chunks: a pass-through request,
+        which goes to the endpoint its client wrote it for."""
+        return relays(request, self._api(request))
+
+    def _api(self, request: Request) -> str:
+        """The endpoint a request goes to: the one a pass-through body was written for (the backend answers
+        as it would answer the client directly), else the model's configured `api`."""
+        return wire_api(request.wire) if request.wire is not None else self.config.api
 
     def stream_events(self, request: Request) -> Generator[dict[str, Any], None, Completion]:
         """The endpoint's stream chunks as they come (the gateway relays them unchanged); returns the
         Completion they add up to. Usage is always asked for (`stream_options.include_usage`): it prices the
         call; a relay leaves it out when its client did not ask."""
-        body = to_payload(self.remote_model, self.config.api, request)
+        api = self._api(request)
+        body = to_payload(self.remote_model, api, request)
         body.update(stream=True, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
-        streamed = StreamedAnswer(self.config.api)
+        streamed = StreamedAnswer(api)
         with self._slots:
-            lease, response = self._post_with_retries(self._path, body, request.prompt, stream=True)
+            lease, response = self._post_with_retries(PATHS[api], body, request.prompt, stream=True)
             where = self._where(lease.replica.url)
             outcome: Outcome = "abandoned"  # unless the stream ends: the caller stopped reading
             try:
@@ -118,10 +127,6 @@ class OpenAIProvider:
         if not streamed.finished:  # the body ended cleanly but the answer did not
             raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
         return self._priced(streamed.completion())
-
-    @property
-    def _path(self) -> str:
-        return "/chat/completions" if self.config.api == "chat" else "/completions"
 
     def _where(self, url: str) -> str:
         """The model's name in an error, with the replica's (masked) URL when there are several."""

@@ -205,13 +205,17 @@ def _insert_queued(project: str, entries: list[tuple[dict[str, Any], dict[str, A
 
 
 def _item(store: Store, project: str, item_id: str) -> dict[str, Any]:
-    query = (sa.select(label_items, calls.c.confidence).outerjoin(calls, calls.c.id == label_items.c.call_id)
+    query = (sa.select(label_items, calls.c.confidence, calls.c.messages_json)
+             .outerjoin(calls, calls.c.id == label_items.c.call_id)
              .where(label_items.c.project == project, label_items.c.item_id == item_id))
     with store.engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is None:
         raise LabelError(f"item {item_id!r} is not in the queue of project {project!r}")
-    return {**dict(row), **json.loads(row["fields_json"])}
+    item = {**dict(row), **json.loads(row["fields_json"])}
+    messages = item.pop("messages_json", None)
+    item["conversation"] = json.loads(messages) if messages else None  # a chat call's turns, shown as turns
+    return item
 
 
 def annotator_view(item: dict[str, Any], show_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -220,6 +224,8 @@ def annotator_view(item: dict[str, Any], show_fields: tuple[str, ...]) -> dict[s
     fields = item.get("fields") or {}
     view = {"item_id": item["item_id"], "answer": item["answer"],
             "fields": {name: fields[name] for name in show_fields if name in fields and name != CONFIDENCE}}
+    if item.get("conversation"):  # a chat call: the turns the model answered (shown as turns)
+        view["conversation"] = item["conversation"]
     if CONFIDENCE in show_fields:
         view[CONFIDENCE] = item.get(CONFIDENCE)
     return view

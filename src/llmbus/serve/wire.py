@@ -161,14 +161,18 @@ def sampling_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 def passthrough_request(body: dict[str, Any], chat: bool) -> Request:
     """The request for a route without a task: the client's body (all but `model` and `stream`, which the
-    gateway sets) on `wire`, and the fields llmbus acts on read from it."""
+    gateway sets) on `wire`, and the fields llmbus acts on read from it. A body without `temperature` is
+    answered greedily by backends llmbus drives itself (base models, students) and cached like a greedy one, as
+    the gateway always did; an OpenAI-compatible backend gets the body as it came (its own default applies)."""
     turns = body_turns(body, chat)
     tools = body.get("tools")
+    fields = sampling_fields(body)
+    fields["temperature"] = 0.0 if fields["temperature"] is None else fields["temperature"]
     return Request(prompt=transcript(turns), messages=tuple(turns), input=last_user_text(turns),
                    n=body.get("n"), tools=tuple(tools) if tools else None, tool_choice=body.get("tool_choice"),
                    response_format=body.get("response_format"), logprobs=body.get("logprobs"),
                    top_logprobs=body.get("top_logprobs"),
-                   wire={k: v for k, v in body.items() if k not in ("model", "stream")}, **sampling_fields(body))
+                   wire={k: v for k, v in body.items() if k not in ("model", "stream")}, **fields)
 
 
 # OpenAI's error `type` for each refusal status

@@ -163,14 +163,19 @@ class TaskSpec(_Strict):
     params: Params = Params()
     source: Path | None = Field(default=None, exclude=True)
 
+    @field_validator("messages")
+    @classmethod
+    def _chat_turns(cls, value: list[MessageTemplate] | None) -> list[MessageTemplate] | None:
+        if value is not None:
+            check_turns([turn.role for turn in value])
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give either prompt (one text) or messages (chat turns), not both" if self.prompt
                              is not None else "missing prompt: give prompt (one text) or messages (chat turns)")
-        if self.messages is not None:
-            check_turns([turn.role for turn in self.messages])
-        elif self.fewshot.as_ == "turns":
+        if self.messages is None and self.fewshot.as_ == "turns":
             raise ValueError("fewshot.as: turns needs a messages: spec (a prompt: spec has no turns)")
         for i, tool in enumerate(self.tools or []):
             if tool.get("type") != "function" or not isinstance(tool.get("function"), dict) \
@@ -226,9 +231,9 @@ def check_turns(roles: list[str]) -> None:
     and the last turn is the user's (the model answers it)."""
     leading = next((i for i, role in enumerate(roles) if role not in ("system", "developer")), len(roles))
     if any(role in ("system", "developer") for role in roles[leading:]):
-        raise ValueError("messages: system (and developer) turns come first, before any user turn")
+        raise ValueError("system (and developer) turns come first, before any user turn")
     if not roles or roles[-1] != "user":
-        raise ValueError("messages: the last turn is the user's (the item's turn the model answers)")
+        raise ValueError("the last turn is the user's (the item's turn the model answers)")
 
 def read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, Any]:
     """The YAML document at `path` and its node tree (for line numbers); one-line SpecError otherwise."""
