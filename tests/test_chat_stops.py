@@ -46,8 +46,9 @@ def test_a_chat_task_rides_every_stop_on_the_stub(tmp_path: Path):
         assert calls[0]["prompt"].startswith(f"System: {SYSTEM}\nUser: ")
         _ok(llmbus("eval", run["run_id"], "--db", db), "accuracy")
 
-        optimized = json.loads(_ok(llmbus("optimize", str(task), "--model", "openai:primary", "--budget", "300", "--confirm", "30",
-                                          "--db", db, "--json", "-o", str(tmp_path / "chat.opt.yaml"))))
+        optimized = json.loads(_ok(llmbus("optimize", str(task), "--model", "openai:primary", "--budget", "300",
+                                          "--confirm", "30", "--db", db, "--json", "-o",
+                                          str(tmp_path / "chat.opt.yaml"))))
         tried = {c["candidate"] for c in optimized["candidates"]}
         assert "input spec" in tried and any("shots as block" in name for name in tried), tried
         assert "messages" in yaml.safe_load((tmp_path / "chat.opt.yaml").read_text())

@@ -126,3 +126,24 @@ def test_dry_run_prints_the_turns_as_sent(chat_task: Path):
     assert shown.stdout.startswith(f"[system]\n{SYSTEM}\n[user]\nSMS: ")
     as_json = json.loads(llmbus("run", str(chat_task), "--dry-run", "--json").stdout)
     assert [t["role"] for t in as_json["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+
+
+
+def test_show_prints_a_chat_call_as_turns(chat_task: Path, tmp_path: Path):
+    from openai_stub import StubServer
+    from test_serve import write_configs
+
+    db = str(tmp_path / "calls.db")
+    with StubServer() as backend:
+        write_configs(tmp_path, backend.base_url)
+        run = json.loads(llmbus("run", str(chat_task), "--model", "openai:primary", "--limit", "3", "--db", db,
+                                "--json").stdout)
+    from llmbus.store import Store
+
+    call = next(c for c in Store(db).iter_calls(run["run_id"]) if c["parsed"] == "ham")
+    shown = llmbus("show", run["run_id"], "--item", call["item_id"], "--db", db)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"[system]\n{SYSTEM}\n[user]\nSMS: ") and "[assistant]\nham\n[parsed] \"ham\"" \
+        in shown.stdout
+    missing = llmbus("show", run["run_id"], "--item", "nope", "--db", db)
+    assert missing.returncode == 2 and "has no item 'nope'" in missing.stderr

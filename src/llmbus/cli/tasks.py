@@ -77,9 +77,21 @@ def run(
         _print_runs([summary], title=f"run {run_id}")
 
 
-def _shown_turns(messages: tuple[dict[str, Any], ...]) -> str:
-    """Chat turns as a person reads them: each turn's role in brackets, then its content as sent."""
-    return "".join(f"[{turn['role']}]\n{turn.get('content') or ''}\n" for turn in messages)
+def _shown_turns(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
+    """Chat turns as a person reads them: each turn's role in brackets, then its content (and tool calls)."""
+    return "".join(f"[{turn['role']}]\n{turn.get('content') or ''}\n"
+                   + "".join(f"→ {c['function']['name']}({c['function'].get('arguments', '')})\n"
+                             for c in turn.get("tool_calls") or []) for turn in messages)
+
+
+def _shown_call(call: dict[str, Any]) -> str:
+    """One call whole: the conversation (or prompt), then the answer, tool calls and reasoning."""
+    answer = {"role": "assistant", "content": call["raw_output"], "tool_calls": call.get("tool_calls")}
+    text = _shown_turns([*(call.get("messages") or [{"role": "user", "content": call["prompt"]}]), answer])
+    if call.get("reasoning"):
+        text += f"[reasoning]\n{call['reasoning']}\n"
+    return text + f"[parsed] {json.dumps(call['parsed'], ensure_ascii=False)} · expected " \
+                  f"{json.dumps(call['expected'], ensure_ascii=False)} · {call['error_kind'] or 'ok'}\n"
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
@@ -172,15 +184,25 @@ def runs(
 @friendly_errors
 def show(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    item: str | None = typer.Option(None, "--item", help="Show this item whole: its prompt (a chat call: its "
+                                                         "turns), answer, tool calls and reasoning"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Per-item rows of a run."""
+    from llmbus.errors import LlmbusError
     from llmbus.store import Store
 
     store = Store(db)
     run = store.get_run(run_id)
     rows = list(store.iter_calls(run["id"]))
+    if item is not None:
+        rows = [r for r in rows if r["item_id"] == item]
+        if not rows:
+            raise LlmbusError(f"run {run['id']} has no item {item!r}")
+        if not as_json:
+            sys.stdout.write(_shown_call(rows[0]))
+            return
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
         return
