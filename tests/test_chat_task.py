@@ -147,3 +147,26 @@ def test_show_prints_a_chat_call_as_turns(chat_task: Path, tmp_path: Path):
         in shown.stdout
     missing = llmbus("show", run["run_id"], "--item", "nope", "--db", db)
     assert missing.returncode == 2 and "has no item 'nope'" in missing.stderr
+
+
+def test_a_flow_step_sends_turns_and_gets_tool_calls_back(stub, stub_model, store):
+    from llmbus.flows.engine import FlowSettings, flow, start
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+    @flow("chat_flow")
+    def chat_flow(ctx, value):  # type: ignore[no-untyped-def]
+        turns = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": value["text"]}]
+        call = ctx.llm("tool", messages=turns, tools=tools)
+        label = ctx.llm("label", messages=turns, labels=("ham", "spam"))
+        return {"calls": call.tool_calls, "label": label.text}
+
+    outcome = start(store, chat_flow, {"text": "win a spam prize"}, FlowSettings(model=stub_model))
+    assert outcome.status == "done", outcome.error
+    assert outcome.output["label"] == "spam"
+    assert outcome.output["calls"][0]["function"]["name"] == "get_weather"
+    sent = next(b for b in stub.state.bodies if "tools" in b)
+    assert sent["messages"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "win a spam prize"}]
+    logged = [c for run in store.list_runs() for c in store.iter_calls(run["id"])]
+    assert {c["tool_calls"][0]["function"]["name"] for c in logged if c["tool_calls"]} == {"get_weather"}
+    assert all(c["messages"][0]["content"] == SYSTEM for c in logged)
