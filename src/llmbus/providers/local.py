@@ -78,9 +78,13 @@ class LocalProvider:
         self.config = config
         speculation = config.speculative_args(resolve_gguf(config.draft_gguf) if config.draft_gguf else None)
         knobs = config.engine_knobs()
-        self.server = LlamaServer(resolve_gguf(config.gguf), threads=config.threads, parallel=config.parallel,
+        gguf = resolve_gguf(config.gguf)
+        # an instruct model answers through its own chat template; a distilled student reads its input template
+        self.chat = config.input_template is None and chat_template(gguf) is not None
+        self.server = LlamaServer(gguf, threads=config.threads, parallel=config.parallel,
                                   ctx_per_slot=config.ctx_per_slot,
-                                  extra_args=(*speculation, *engine_args(knobs), *extra_args))
+                                  extra_args=(*speculation, *engine_args(knobs), *(("--jinja",) if self.chat else ()),
+                                              *extra_args))
         self.context: ContextCache | None = None
         directory = config.context_cache_dir()
         if directory is not None:
@@ -89,8 +93,6 @@ class LocalProvider:
                                         tokenize=lambda text: self.tokenize(text, special=True))
         self._cpu: CpuShare | None = None
         self._token_cache: dict[str, list[int]] = {}
-        # an instruct model answers through its own chat template; a distilled student reads its input template
-        self.chat = config.input_template is None and chat_template(self.server.gguf) is not None
 
     def check(self) -> None:
         """Start the server now (model load errors, and engine knobs this llama-server build lacks, surface
