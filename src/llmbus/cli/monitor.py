@@ -28,6 +28,7 @@ def monitor_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge a sample of a served model's new traffic and queue the answers a human label is worth most."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.quality.monitor import MonitorSettings, monitor_once, parse_duration
     from llmbus.store import Store
 
@@ -37,7 +38,8 @@ def monitor_command(
     store = Store(db)
     try:
         while True:
-            report = monitor_once(store, served, settings)
+            with stage_progress(disable=as_json) as progress:
+                report = monitor_once(store, served, settings, progress=progress)
             if as_json:
                 print_json(report.as_dict())
             else:

@@ -105,11 +105,14 @@ def judge_run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.quality.judge import load_judge, run_judge
     from llmbus.store import Store
 
     spec = load_judge(judge_spec)
-    report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency)
+    with stage_progress(disable=as_json) as progress:
+        report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency,
+                           progress=progress)
     if as_json:
         print_json(report.as_dict())
         return

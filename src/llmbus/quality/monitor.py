@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from llmbus.embed import StageCallback
 from llmbus.errors import EstimateError, LlmbusError
 from llmbus.providers import Provider
 from llmbus.quality.estimate import (
@@ -171,17 +172,18 @@ def open_monitor(store: Store, served: str, settings: MonitorSettings) -> dict[s
     return values
 
 
-def monitor_once(store: Store, served: str, settings: MonitorSettings,
-                 provider: Provider | None = None) -> MonitorReport:
-    """Consider the served model's new calls, judge the sampled ones, queue those worth a human label. A pass
-    that stopped halfway (a judge error) is finished by the next: sampled but unjudged calls are judged then."""
+def monitor_once(store: Store, served: str, settings: MonitorSettings, provider: Provider | None = None,
+                 progress: StageCallback | None = None) -> MonitorReport:
+    """Consider the served model's new calls, judge the sampled ones (each verdict reported to `progress`), queue
+    those worth a human label. A pass that stopped halfway (a judge error) is finished by the next: sampled but
+    unjudged calls are judged then."""
     if not 0 < settings.sample <= 1:
         raise LlmbusError(f"--sample {settings.sample:g}: the share of traffic to judge lies in (0, 1]")
     if not 0 <= settings.uncertain_share <= 1:
         raise LlmbusError(f"--uncertain-share {settings.uncertain_share:g}: give a number in [0, 1]")
     monitor = open_monitor(store, served, settings)
     considered, sampled = _consider(store, served, settings)
-    judged, run_ids = _judge_pending(store, served, settings, provider)
+    judged, run_ids = _judge_pending(store, served, settings, provider, progress)
     queued = _queue_for_humans(store, served, monitor, settings.label_n)
     return MonitorReport(served, monitor["project"], considered, sampled, judged, queued, run_ids)
 
@@ -208,8 +210,8 @@ def _consider(store: Store, served: str, settings: MonitorSettings) -> tuple[int
     return len(rows), sum(r["sampled"] for r in rows)
 
 
-def _judge_pending(store: Store, served: str, settings: MonitorSettings,
-                   provider: Provider | None) -> tuple[int, list[str]]:
+def _judge_pending(store: Store, served: str, settings: MonitorSettings, provider: Provider | None,
+                   progress: StageCallback | None = None) -> tuple[int, list[str]]:
     """Judge the sampled calls not judged yet, one judge run per gateway run they belong to."""
     query = (sa.select(monitor_calls.c.call_id, calls.c.run_id).join(calls, calls.c.id == monitor_calls.c.call_id)
              .where(monitor_calls.c.served == served, monitor_calls.c.sampled.is_(True),
@@ -226,7 +228,8 @@ def _judge_pending(store: Store, served: str, settings: MonitorSettings,
     judge_runs = []
     try:
         for run_id, ids in pending.items():
-            report = run_judge(spec, store, run_id, model=settings.judge_model, provider=provider, call_ids=ids)
+            report = run_judge(spec, store, run_id, model=settings.judge_model, provider=provider, call_ids=ids,
+                               progress=progress)
             judge_runs.append(report.judge_run_id)
             with store.engine.begin() as conn:
                 conn.execute(monitor_calls.update().where(monitor_calls.c.call_id.in_(ids))
