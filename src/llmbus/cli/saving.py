@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,16 @@ def serve(
     gateway = Gateway(load_serve_config(config), Store(db))
     out.print(f"llmbus gateway on http://{host}:{port}/v1 · models: {', '.join(gateway.config.models)}")
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+
+
+@app.command("build-llama")
+@friendly_errors
+def build_llama_command() -> None:
+    """Build llama.cpp's llama-server, llama-bench and llama-quantize once (~10 min: cmake, a C++ compiler) into
+    $LLMBUS_HOME/llama.cpp/; prints the bin folder. Binaries of your own: set LLMBUS_LLAMA_BIN=FOLDER instead."""
+    from llmbus.providers.llama_build import build_llama
+
+    sys.stdout.write(f"{build_llama()}\n")
 
 
 @app.command()

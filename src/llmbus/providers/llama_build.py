@@ -43,9 +43,9 @@ def build_dir(home: Path | None = None) -> Path:
 
 def not_found(name: str) -> str:
     """The one-line error for a llama.cpp tool found nowhere: each place looked in, and the fixes."""
-    places = [f"$LLMBUS_LLAMA_BIN ({os.environ['LLMBUS_LLAMA_BIN']})"] if os.environ.get("LLMBUS_LLAMA_BIN") else []
-    places += [str(build_dir()), "PATH"]
-    message = (f"{name} not found in {', '.join(places)}: build it with `llmbus build-llama` (writes {build_dir()}) "
+    own = os.environ.get("LLMBUS_LLAMA_BIN")
+    places = ([f"LLMBUS_LLAMA_BIN={own}"] if own else []) + [str(build_dir())]
+    message = (f"{name} not found in {' or '.join(places)} or on PATH: build it there with `llmbus build-llama`, "
                "or set LLMBUS_LLAMA_BIN to a folder that holds it")
     elsewhere = build_dir(default_home())
     if elsewhere != build_dir() and (elsewhere / name).is_file():
