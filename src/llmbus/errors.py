@@ -45,7 +45,7 @@ class MissingExtra(LlmbusError):
     """A feature needs an optional package that is not installed; the message names the extra that brings it."""
 
     def __init__(self, extra: str, module: str, feature: str, reason: str):
-        super().__init__(f"{feature} needs the '{extra}' extra: pip install 'llmbus[{extra}]' ({reason})")
+        super().__init__(f"{feature}: install the '{extra}' extra: pip install 'llmbus[{extra}]' ({reason})")
         self.extra, self.module = extra, module
 
 

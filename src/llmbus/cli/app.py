@@ -10,7 +10,6 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -42,7 +41,7 @@ class BusGroup(TyperGroup):
             if name in panels and isinstance(command, TyperCommand | TyperGroup):
                 command.rich_help_panel = panels[name]
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:  # typer's vendored click Context
         """Command names in the bus's order; any command missing from STOPS comes last."""
         order = [name for names in STOPS.values() for name in names]
         return sorted(self.commands, key=lambda name: order.index(name) if name in order else len(order))

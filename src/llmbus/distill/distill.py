@@ -35,6 +35,7 @@ from llmbus.distill.teacher_coverage import check_coverage, gold_coverage_warnin
 from llmbus.distill.teacher_filter import decisions
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
+from llmbus.extras import check
 from llmbus.providers.config import add_models
 from llmbus.run.cache import choose_threshold, validation_pairs
 from llmbus.store import Store
@@ -357,6 +358,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
+    check("train", "llmbus distill")
     settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
     teacher = run_teacher(spec, store, teacher_run, how) if isinstance(teacher_run, str) else teacher_run
     examples, by_split, files = split_examples(teacher.examples, teacher.what, teacher.how, out_dir, teacher.more)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.embed import EmbeddingCache, embed
+from llmbus.extras import check
 from llmbus.task.data import Item
 from llmbus.task.spec import TaskSpec
 
@@ -35,6 +36,8 @@ class ExampleSelector:
         self._fixed: list[Item] | None = None
         self._index: Any = None  # the pool's vectors (MiniLM), or its TF-IDF / BM25 index
         self._position = {item.id: i for i, item in enumerate(pool)}
+        if spec.fewshot.strategy == "nearest" and self.k:  # fail before a run starts, not at its first item
+            check("embed", "fewshot strategy nearest (MiniLM; tfidf and bm25 need no extra)")
 
     def select(self, item: Item) -> list[Item]:
         """The examples for one item; nearest puts the most similar example last, next to the item."""
