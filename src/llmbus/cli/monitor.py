@@ -90,16 +90,23 @@ def _interval(estimate: Any) -> str:
     return f"{fmt(estimate.value)} [{fmt(estimate.lo)}, {fmt(estimate.hi)}]" if estimate else "–"
 
 
+def _agreement(estimate: Any) -> str:
+    """The judge against the humans on the labeled answers: what the corrections rest on."""
+    a = estimate.agreement if estimate else None
+    return f"κ {fmt(a.kappa, '.2f')} · TPR {fmt(a.tpr, '.2f')} · TNR {fmt(a.tnr, '.2f')}" if a else "–"
+
+
 def _row(name: str, judged: str, labeled: str, judge_rate: str, estimate: Any) -> list[str]:
     found = estimate.estimates if estimate else {}
     ppi = found.get("ppi++")
-    return [name, judged, labeled, judge_rate, _interval(ppi), _interval(found.get("human-only")),
-            fmt(ppi.lam, ".2f") if ppi else "–"]
+    return [name, judged, labeled, judge_rate, _interval(ppi), _interval(found.get("rogan-gladen")),
+            _interval(found.get("human-only")), fmt(ppi.lam, ".2f") if ppi else "–", _agreement(estimate)]
 
 
 def _print_windows(served: str, windows: list[Any]) -> None:
     table = Table(title=f"quality of {plain(served)} (judged sample weighted 1/p, human labels 1/(p·π))")
-    for column in ("window", "judged", "labeled", "judge-only", "PPI++ (95% CI)", "human-only", "λ"):
+    for column in ("window", "judged", "labeled", "judge-only", "PPI++ (95% CI)", "Rogan–Gladen", "human-only",
+                   "λ", "judge vs humans"):
         table.add_column(column)
     notes = []
     for w in windows:
