@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
 
 
@@ -44,6 +42,7 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
+    from llmbus.cli.progress import RunProgress
     from llmbus.run.engine import eval_items, run_task
     from llmbus.run.executors import render_items
     from llmbus.run.summary import summarize
@@ -64,7 +63,7 @@ def run(
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    bar = _progress_bar(disable=as_json)
+    bar = RunProgress(disable=as_json)
     with bar as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
                           use_cache=not no_cache, resume=resume, on_progress=on_progress,
@@ -96,45 +95,6 @@ def _shown_call(call: dict[str, Any]) -> str:
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
-
-
-class _progress_bar:
-    """Rich progress with items/s, errors and the running metric; shown from the first update on, so errors
-    raised while loading data or starting the model stay one line."""
-
-    def __init__(self, disable: bool):
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} items/s  errors {task.fields[errors]}  "
-                                            "{task.fields[metric]}"),
-                                 TimeElapsedColumn(), console=err, disable=disable)
-        self.task_id = self.progress.add_task("answering", total=None, rate="–", errors=0, metric="")
-
-        self.started = False
-
-    def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
-        return self.progress, self.update
-
-    def _start(self) -> None:
-        if not self.started:
-            self.progress.start()
-            self.started = True
-
-    def stage(self, text: str) -> None:
-        """Show what is being prepared before the first answer (starting the model, embedding the pool)."""
-        self._start()
-        self.progress.update(self.task_id, description=f"{plain(text)}…")
-
-    def update(self, p: Any) -> None:
-        self._start()
-        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
-        self.progress.update(self.task_id, description="answering", completed=p.done, total=p.total,
-                             rate=f"{rate:.1f}", errors=p.errors, metric=f"{p.metric_name} {fmt(p.metric_value)}")
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if self.started:
-            # On an error the bar goes away, so the error stays the one line the user reads.
-            self.progress.live.transient = exc_type is not None
-            self.progress.stop()
 
 
 def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:

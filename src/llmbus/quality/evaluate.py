@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from array import array
 from collections import Counter
 from collections.abc import Iterable
@@ -18,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from llmbus.errors import LlmbusError
 from llmbus.store import Store
@@ -300,11 +300,21 @@ def compare_samples(a: Sample, b: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: 
     if right_a is not None and right_b is not None:
         b_only, a_only = int(np.sum(right_b & ~right_a)), int(np.sum(right_a & ~right_b))
         result.mcnemar_b_only, result.mcnemar_a_only = b_only, a_only
-        result.p_mcnemar = float(binomtest(b_only, b_only + a_only, 0.5).pvalue) if b_only + a_only else 1.0
+        result.p_mcnemar = mcnemar_exact(b_only, a_only)
     better = "B" if lo > 0 else "A" if hi < 0 else None
     result.verdict = (f"{better} is better on {metric} (95% CI of B−A excludes 0)" if better
                       else f"no significant difference on {metric} (95% CI of B−A includes 0)")
     return result
+
+
+def mcnemar_exact(b_only: int, a_only: int) -> float:
+    """McNemar's exact test: the two-sided binomial p-value of b_only successes in b_only + a_only fair draws
+    (scipy's `binomtest(b_only, n, 0.5).pvalue`; tests compare). Exact integers: no underflow at large n."""
+    n = b_only + a_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b_only, a_only) + 1))
+    return min(1.0, 2 * tail / 2**n)
 
 
 def paired(samples: list[Sample]) -> list[Sample]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from llmbus.embed import StageCallback
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
@@ -181,10 +182,10 @@ class _JudgeContext:
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,
               limit: int | None = None, concurrency: int = 4, provider: Provider | None = None,
-              call_ids: Collection[int] | None = None) -> JudgeReport:
+              call_ids: Collection[int] | None = None, progress: StageCallback | None = None) -> JudgeReport:
     """Judge the answers of run `target` (pairwise: against run `other`), or only its calls in `call_ids`;
-    every judge call and verdict is logged. Raises JudgeSchemaError after logging when no verdict fit the
-    label set."""
+    every judge call and verdict is logged, each reported to `progress`. Raises JudgeSchemaError after logging
+    when no verdict fit the label set."""
     mode = judge_mode(spec)
     if (mode == "pairwise") != (other is not None):
         raise LlmbusError(f"judge {spec.name} is {mode}: " + ("give the second run with --against RUN_B"
@@ -211,7 +212,12 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-judge") as pool:
             results = pool.map(lambda pair: _judge_one(context, fields_by_id.get(pair[0]["item_id"], {}), *pair),
                                pairs)
-            made = [_record(store, run_id, verdict, records) for verdict, records in results]
+            made = []
+            stage = f"judging {len(pairs):,} answers of run {target_run['id']}"
+            for verdict, records in results:
+                made.append(_record(store, run_id, verdict, records))
+                if progress:
+                    progress(stage, len(made), len(pairs))
         store.update_run(run_id, status="done", finished_at=now())
     finally:
         if owned:

@@ -151,6 +151,27 @@ def queued_ids(store: Store, project: str) -> list[str]:
         return list(conn.scalars(query))
 
 
+def queued_items(store: Store, project: str, unlabeled: bool = False) -> list[dict[str, Any]]:
+    """The project's queue, highest priority first: each item's id, call, priority, how it was queued, the
+    answer, all its fields and the labels it has ({annotator: label}); with `unlabeled`, only items nobody
+    labeled yet. For the project owner (annotators see `annotator_view`)."""
+    get_project(store, project)  # an unknown project is an error, not an empty queue
+    given = labels_by_item(store, project)
+    query = (sa.select(label_items).where(label_items.c.project == project)
+             .order_by(label_items.c.priority.desc(), label_items.c.id))
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    out = []
+    for row in rows:
+        if unlabeled and row["item_id"] in given:
+            continue
+        shown = json.loads(row.pop("fields_json"))
+        out.append({**row, "added_at": row["added_at"].isoformat() if row["added_at"] else None,
+                    "answer": shown["answer"], "expected": shown.get("expected"), "fields": shown["fields"],
+                    "labels": given.get(row["item_id"], {})})
+    return out
+
+
 def enqueue(store: Store, project: str, chosen: list[tuple[str, float]], strategy: str) -> int:
     """Put (item_id, priority) pairs into the queue with what the annotator sees; returns how many were new."""
     meta = get_project(store, project)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from llmbus.errors import LlmbusError
+from llmbus.extras import require
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
@@ -35,7 +36,8 @@ def database_url(db: str | None) -> str:
     """`--db` value → SQLAlchemy URL: a URL as given, else a SQLite file path ($LLMBUS_DB, ./llmbus.db)."""
     db = db_setting(db)
     if "://" in db:
-        if db.startswith(("postgresql://", "postgres://")):
+        if db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            require("postgres", "psycopg", "a PostgreSQL store")  # before SQLAlchemy's own ImportError
             return "postgresql+psycopg://" + db.split("://", 1)[1]
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
