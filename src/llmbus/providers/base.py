@@ -49,6 +49,8 @@ class Completion:
     cost_usd: float = 0.0
     cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None  # why generation stopped (stop, length…), when the backend says
+    response_model: str | None = None  # the model the backend says answered, when it says
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""

@@ -61,7 +61,8 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
     text = text or ""
     usage = data.get("usage") or {}
     completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                            tokens_out=int(usage.get("completion_tokens") or 0))
+                            tokens_out=int(usage.get("completion_tokens") or 0),
+                            finish_reason=choice.get("finish_reason"), response_model=data.get("model"))
     if request.labels:
         label = match_label(text, request.labels)
         completion.text = label if label is not None else text
@@ -212,7 +213,7 @@ class OpenAIProvider:
         if finished is None:  # the body ended cleanly but the answer did not
             raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
         return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
-                                       tokens_out=int(usage.get("completion_tokens") or 0)))
+                                       tokens_out=int(usage.get("completion_tokens") or 0), finish_reason=finished))
 
     @property
     def _path(self) -> str:

@@ -21,6 +21,7 @@ from llmbus.task import metrics
 from llmbus.task.data import Item
 from llmbus.task.output import Parsed, parse_output
 from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.telemetry import observe_call
 
 CALIBRATION_FLOOR = 1e-6  # a content-free probability below this is taken as this (no division by zero)
 
@@ -129,6 +130,8 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
                                           jobs[i].item.expected)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
+    for i, record in enumerate(records):  # a span per call (telemetry on), a log record per failed call
+        observe_call(record, requests[i], cached[i] or completions.get(i), provider)
     return records
 
 
