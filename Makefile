@@ -4,14 +4,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export LLMBUS_HOME ?= $(HOME)/.cache/llmbus
 
-.PHONY: demo test setup llama system-deps lint bench clean
+.PHONY: demo test setup llama system-deps phoenix lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[examples,dev,scale]'
+	$(PY) -m pip install -q -e '.[examples,dev,scale,otel]'
 	touch $(STAMP)
 
 setup: $(STAMP) llama
@@ -27,11 +27,16 @@ system-deps:
 demo: setup
 	bash examples/demo.sh
 
+# Arize Phoenix, the OTLP receiver the telemetry test reads spans back from: its own venv, cached under
+# $(LLMBUS_HOME)/phoenix (~860 MB, about a minute once).
+phoenix:
+	bash scripts/install-phoenix.sh >/dev/null
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
-test: setup system-deps lint
+test: setup system-deps phoenix lint
 	LLMBUS_THREADS=1 $(VENV)/bin/pytest -q -ra
 
 bench: setup

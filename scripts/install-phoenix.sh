@@ -12,7 +12,8 @@ fi
 echo "installing arize-phoenix $VERSION into $DEST (about 1-2 minutes)" >&2
 rm -rf "$DEST"
 python3 -m venv "$DEST"
-"$DEST/bin/python" -m pip install --quiet --upgrade pip >&2
-"$DEST/bin/python" -m pip install --quiet "arize-phoenix==$VERSION" >&2
+# pip's notes about package index folders that are not there say nothing about this install
+"$DEST/bin/python" -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored" || true; } >&2
+"$DEST/bin/python" -m pip install --quiet "arize-phoenix==$VERSION" 2>&1 | { grep -v "is ignored" || true; } >&2
 touch "$DEST/.installed"
 echo "$DEST/bin"
