@@ -127,7 +127,7 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
             record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
         record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
-                                          jobs[i].item.expected)
+                                          jobs[i].item.expected, jobs[i].item.fields)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
     for i, record in enumerate(records):  # a span per call (telemetry on), a log record per failed call

@@ -203,7 +203,7 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
             flush()
         done += 1
         errors += record.error_kind is not None
-        tally.add(record.parsed if record.error_kind is None else None, record.expected)
+        tally.add(record.parsed if record.error_kind is None else None, record.expected, record.score)
 
     status = "failed"
     try:
