@@ -164,8 +164,9 @@ class _JudgeContext:
 
     def __init__(self, spec: TaskSpec, model: str, provider: Provider, store: Store, run_id: str):
         self.spec, self.model, self.provider, self.store, self.run_id = spec, model, provider, store, run_id
-        split = split_items(spec, load_items(spec))
-        self.selector = ExampleSelector(spec, split.pool)
+        # a judge without examples (k 0, e.g. an assertion's rubric) reads no data file
+        pool = split_items(spec, load_items(spec)).pool if spec.fewshot.k else []
+        self.selector = ExampleSelector(spec, pool)
         # Calls read their raw input from JUDGE_INPUT (item input + answers): what trained judges classify.
         self.call_spec = spec.model_copy(update={"data": spec.data.model_copy(update={"input": JUDGE_INPUT})})
 
