@@ -78,6 +78,8 @@ class Tally:
         self.n += 1
         if is_custom(self.metric):
             self.sums[0] += score if score is not None else item_score(self.metric, predicted, expected)
+            if self.labels:  # classify: which labels the sample expects still tells how well it covers them
+                self.confusion[(str(expected), None if predicted is None else str(predicted))] += 1
         elif self.metric in CLASS_METRICS:
             self.confusion[(str(expected), None if predicted is None else str(predicted))] += 1
         elif self.metric == "entity_f1":
