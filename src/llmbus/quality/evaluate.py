@@ -261,10 +261,6 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS, judge: b
     intervals = bootstrap(sample, rounds)
     report = EvalReport(run_id=run["id"], task=run["task"], model=run["model"], n=sample.n, errors=sample.errors,
                         metric=sample.metric, values={m: intervals[m] for m in sample.metric_names()})
-    for result in run_checks(store, run, judge, on_stage):
-        report.assertions[result.name] = result.rate()
-        if result.skipped:
-            report.warnings.append(f"assert {result.name}: {result.skipped}")
     if sample.kind == "classify" and sample.pred is not None and sample.gold is not None:
         k = len(sample.classes)
         report.classes = sample.classes
@@ -272,6 +268,10 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS, judge: b
                                        minlength=k * (k + 1)).reshape(k, k + 1).tolist()
         report.per_class = metrics.per_class_scores(report.confusion, sample.classes)
         report.warnings = classify_warnings(run, report)
+    for result in run_checks(store, run, judge, on_stage):
+        report.assertions[result.name] = result.rate()
+        if result.skipped:
+            report.warnings.append(f"assert {result.name}: {result.skipped}")
     if 0 < sample.n < 30:
         report.warnings.append(f"only {sample.n} items: the intervals are wide")
     return report
