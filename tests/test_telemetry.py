@@ -137,3 +137,15 @@ def test_a_run_and_each_failed_call_leave_logging_records(tmp_path: Path, stub_m
     warnings = [text for name, level, text in messages if name == "llmbus.calls" and level == "WARNING"]
     assert len(failed) == 1 and warnings == [f"call failed: task tiny, run {run_id}, item {failed[0]['item_id']}, "
                                              f"model {stub_model}: http_500: {failed[0]['error']}"]
+
+
+def test_the_cli_prints_logging_records_at_llmbus_log_level(tmp_path: Path, stub_model: str):
+    write_items(tmp_path / "items.jsonl", 6)
+    task = write_spec(tmp_path / "task.yaml", "items.jsonl")
+    quiet = subprocess.run([sys.executable, "-m", "llmbus.cli", "run", str(task), "-m", stub_model], text=True,
+                           capture_output=True, timeout=120)
+    loud = subprocess.run([sys.executable, "-m", "llmbus.cli", "run", str(task), "-m", stub_model, "--no-cache"],
+                          text=True, capture_output=True, timeout=120, env={**os.environ, "LLMBUS_LOG_LEVEL": "info"})
+    assert quiet.returncode == loud.returncode == 0, loud.stderr
+    assert "llmbus.run.engine" not in quiet.stderr
+    assert " INFO llmbus.run.engine: run " in loud.stderr and " done (" in loud.stderr
