@@ -202,3 +202,31 @@ def test_a_metric_outside_0_1_is_refused_and_checks_do_not_change_the_spec_versi
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=r"metric scoring:broken returned 7 for item .*: return a bool or a number"):
         run_task(load_spec(tmp_path / "broken.yaml"), stub_model, store, use_cache=False)
+
+
+def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path: Path, stub_model: str,
+                                                                        store: Store):
+    from fastapi.testclient import TestClient
+
+    from llmbus.web.runs_web import create_app
+
+    spec = load_spec(spec_path)
+    first = run_task(spec, stub_model, store, limit=10)
+    second = run_task(spec, stub_model, store, limit=10, use_cache=False)
+    rate = evaluate(store, first, rounds=20).assertions["no_spam"]
+    client = TestClient(create_app(store, rounds=20))
+    page = client.get(f"/runs/{first}").text
+    assert 'id="assertions"' in page and 'data-name="no_spam"' in page
+    assert f"{rate['passed']}/{rate['n']}" in page and f"{rate['lo']:.3f}–{rate['hi']:.3f}" in page
+    matrix = client.get(f"/compare?run={first}&run={second}").text
+    assert "assert:no_spam" in matrix and f"{rate['value']:.3f} ({rate['lo']:.3f}–{rate['hi']:.3f})" in matrix
+
+
+def test_optimize_reports_each_candidates_pass_rates(spec_path: Path, stub_model: str, store: Store):
+    from llmbus.experiments.optimize import measure_run
+
+    run_id = run_task(load_spec(spec_path), stub_model, store, limit=10)
+    measure = measure_run(store, run_id)
+    report = evaluate(store, run_id, rounds=20)
+    assert measure.assertions == {name: rate["value"] for name, rate in report.assertions.items()}
+    assert measure.quality.value == report.values["scoring:tone"].value  # the custom metric is the objective
