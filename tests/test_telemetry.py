@@ -149,3 +149,52 @@ def test_the_cli_prints_logging_records_at_llmbus_log_level(tmp_path: Path, stub
     assert quiet.returncode == loud.returncode == 0, loud.stderr
     assert "llmbus.run.engine" not in quiet.stderr
     assert " INFO llmbus.run.engine: run " in loud.stderr and " done (" in loud.stderr
+
+
+GATEWAY = """
+import json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from llmbus.serve.app import create_app
+from llmbus.serve.gateway import Gateway, load_serve_config
+from llmbus.store import Store
+
+config, db, trace = sys.argv[1:4]
+with TestClient(create_app(Gateway(load_serve_config(config), Store(db)))) as client:
+    body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "see you at lunch"}]}
+    with client.stream("POST", "/v1/chat/completions", json=body,
+                       headers={"traceparent": f"00-{trace}-{'1' * 16}-01"}) as response:
+        text = "".join(response.iter_text())
+    Path(db + ".headers").write_text(json.dumps(dict(response.headers)))
+    assert "[DONE]" in text, text
+"""
+
+
+def test_a_streamed_gateway_answer_nests_its_call_under_the_request(tmp_path: Path, stub_model: str):
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump({"models": {"chat": {"model": stub_model}}}))
+    trace = os.urandom(16).hex()
+    db = str(tmp_path / "gateway.db")
+    out = tmp_path / "spans.json"
+    code = f"sys.argv = ['x', {str(tmp_path / 'serve.yaml')!r}, {db!r}, {trace!r}]\n" + GATEWAY
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "otel_capture.py"), str(out), "-c",
+                           "import sys\n" + code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LLMBUS_OTEL": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(Path(db + ".headers").read_text())["x-trace-id"] == trace
+    spans = json.loads(out.read_text())
+    (request,) = [s for s in spans if s["name"] == "llmbus gateway chat"]
+    (call,) = [s for s in spans if s["name"] == "chat stub-model"]
+    # the pieces were pulled from other threads after the handler returned; the call span still nests here
+    assert call["parent_id"] == request["span_id"] and call["trace_id"] == trace
+    (row,) = list(Store(db).iter_calls(call["attributes"]["llmbus.run_id"]))
+    assert call["attributes"]["llmbus.item_id"] == row["item_id"] and row["meta"]["ttft_s"] >= 0
+    assert call["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+
+
+def test_telemetry_on_without_the_extra_is_one_error_line(monkeypatch: pytest.MonkeyPatch):
+    from llmbus.errors import LlmbusError
+    from llmbus.telemetry import _tracer
+
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if `llmbus[otel]` was not installed
+    with pytest.raises(LlmbusError, match=r"OpenTelemetry is not installed: pip install 'llmbus\[otel\]'"):
+        _tracer.__wrapped__("llmbus")

@@ -198,8 +198,12 @@ def carry_context(fn: Callable[..., R]) -> Callable[..., R]:
 
 
 def carry_generator(generator: Generator[Y, None, R]) -> Generator[Y, None, R]:
-    """A generator stepped from other threads (a streamed response) that runs within its creator's context."""
-    captured = contextvars.copy_context()
+    """A generator stepped from other threads (a streamed response) that runs within the context of the code that
+    called this (captured now, not at the first step, which happens elsewhere)."""
+    return _stepped_in(contextvars.copy_context(), generator)
+
+
+def _stepped_in(captured: contextvars.Context, generator: Generator[Y, None, R]) -> Generator[Y, None, R]:
     try:
         while True:
             try:
