@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -200,8 +201,10 @@ def test_a_metric_outside_0_1_is_refused_and_checks_do_not_change_the_spec_versi
     spec = yaml.safe_load((tmp_path / "task.yaml").read_text())
     spec["metric"] = "scoring:broken"
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(ValueError, match=r"metric scoring:broken returned 7 for item .*: return a bool or a number"):
-        run_task(load_spec(tmp_path / "broken.yaml"), stub_model, store, use_cache=False)
+    done = _llmbus("run", str(tmp_path / "broken.yaml"), "-m", stub_model, "--no-cache")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert re.search(r"metric scoring:broken returned 7 for expected '(ham|spam)', answer '(ham|spam)': return a "
+                     r"bool or a number in \[0, 1\]", done.stderr.replace("\n", "")), done.stderr
 
 
 def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path: Path, stub_model: str,

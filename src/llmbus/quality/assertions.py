@@ -92,10 +92,7 @@ def custom_scorer(store: Store, run: dict[str, Any], metric: str) -> Callable[[d
     fields = run_items(store, run)
 
     def score(call: dict[str, Any]) -> float:
-        try:
-            return custom_score(fn, metric, call["expected"], call["parsed"], fields.get(call["item_id"], {}))
-        except ValueError as exc:
-            raise LlmbusError(f"run {run['id']}: {exc}") from None
+        return custom_score(fn, metric, call["expected"], call["parsed"], fields.get(call["item_id"], {}))
 
     return score
 

@@ -36,6 +36,8 @@ import jinja2
 import jsonschema
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from llmbus.errors import DataError
+
 KINDS = ("contains", "icontains", "regex", "equals", "is-json", "json-schema", "python", "judge")
 VALUELESS = frozenset({"is-json"})  # kinds that may stand alone (is-json takes an optional schema)
 FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -150,14 +152,18 @@ def resolve_function(ref: str, folder: Path | None = None) -> Callable[..., Any]
 
 
 def custom_score(fn: Callable[..., Any], ref: str, expected: Any, answer: Any, item: dict[str, Any]) -> float:
-    """One item's score from a custom metric: a bool or a number in [0, 1]; anything else is a ValueError naming
-    the metric and the item (a score outside the scale would silently skew every figure)."""
-    value = fn(expected, answer, item)
+    """One item's score from a custom metric: a bool or a number in [0, 1]; anything else, or the function
+    raising, is a DataError naming the metric and the item (a score outside the scale would skew every figure)."""
+    try:
+        value = fn(expected, answer, item)
+    except Exception as exc:
+        raise DataError(f"metric {ref} raised {exc.__class__.__name__}: {exc} on item with fields "
+                        f"{sorted(item)} (expected {expected!r}, answer {answer!r})") from None
     if isinstance(value, bool):
         return float(value)
     if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise ValueError(f"metric {ref} returned {value!r} for item {item.get('id', '?')!r}: return a bool or a "
-                         "number in [0, 1]")
+        raise DataError(f"metric {ref} returned {value!r} for expected {expected!r}, answer {answer!r}: return a "
+                        "bool or a number in [0, 1]")
     return float(value)
 
 
