@@ -26,6 +26,7 @@ from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 
+SMS_JUDGE = Path(__file__).resolve().parents[1] / "examples" / "sms_spam" / "judge.yaml"
 SCORING = '''
 def tone(expected, answer, item):
     """1 when right; half a point for a wrong answer on a lunch message."""
@@ -147,8 +148,14 @@ def test_compare_shows_each_runs_pass_rates_on_the_shared_items(spec_path: Path,
 
 def test_a_judge_assertion_runs_once_through_the_judge_machinery(tmp_path: Path, stub_model: str, store: Store):
     write_items(tmp_path / "items.jsonl", 24)
+    judge = yaml.safe_load(SMS_JUDGE.read_text())  # a judge spec file, with its few-shot examples
+    judge["data"]["path"] = str(SMS_JUDGE.parent / "judge_examples.jsonl")
+    judge["prompt"] = judge["prompt"].rstrip().removesuffix("Verdict:") + "Grade:"  # the stub grades pass/fail
+    (tmp_path / "judges").mkdir()
+    (tmp_path / "judges" / "sms.yaml").write_text(yaml.safe_dump(judge))
     rubric = {"judge": "The label is not spam", "model": stub_model, "name": "not_spam"}
-    spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl", **{"assert": [rubric]}))
+    from_file = {"judge": "judges/sms.yaml", "model": stub_model, "name": "sms_judge"}
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl", **{"assert": [rubric, from_file]}))
     run_id = run_task(spec, stub_model, store)
     waiting = evaluate(store, run_id, rounds=50)  # compare, the gate and the run browser never spend on judges
     assert waiting.assertions["not_spam"]["value"] is None
@@ -157,6 +164,8 @@ def test_a_judge_assertion_runs_once_through_the_judge_machinery(tmp_path: Path,
     rows = list(store.iter_calls(run_id))
     hams = sum(r["raw_output"] == "ham" for r in rows)  # the stub's grader fails answers that say spam
     assert judged.assertions["not_spam"]["passed"] == hams and judged.assertions["not_spam"]["n"] == len(rows)
+    assert judged.assertions["sms_judge"]["passed"] == hams  # the judge spec file, few-shot examples and all
+    assert store.get_run(judged.assertions["sms_judge"]["judge_run_id"])["task"] == judge["name"]
     judge_run = judged.assertions["not_spam"]["judge_run_id"]
     assert store.get_run(judge_run)["task"] == "tiny.not_spam"
     again = evaluate(store, run_id, rounds=50, judge=True)  # read back, not judged again
