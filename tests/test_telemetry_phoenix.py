@@ -60,6 +60,8 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Phoenix]:
     work = tmp_path_factory.mktemp("phoenix")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "LLMBUS_"))}
+    # its gRPC receiver binds every interface (Phoenix 20 has no host setting for it): nothing is sent there, the
+    # spans go over OTLP/HTTP to 127.0.0.1 only, and the process lives for this module's tests
     env.update(PHOENIX_WORKING_DIR=str(work), PHOENIX_HOST="127.0.0.1", PHOENIX_PORT=str(port),
                PHOENIX_GRPC_PORT=str(free_port()), PHOENIX_TELEMETRY_ENABLED="false")
     with (work / "phoenix.log").open("w") as log:
