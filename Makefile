@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export LLMBUS_HOME ?= $(HOME)/.cache/llmbus
 
-.PHONY: demo test setup llama system-deps lint bench clean lock
+.PHONY: demo test setup llama system-deps phoenix lint bench clean lock
 
 # The exact versions the tests ran with are in constraints.txt; pyproject.toml states lower bounds only.
 $(STAMP): pyproject.toml constraints.txt
@@ -38,11 +38,16 @@ system-deps:
 demo: setup
 	bash examples/demo.sh
 
+# Arize Phoenix, the OTLP receiver the telemetry test reads spans back from: its own venv, cached under
+# $(LLMBUS_HOME)/phoenix (~860 MB, about a minute once).
+phoenix:
+	bash scripts/install-phoenix.sh >/dev/null
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
 
-test: setup system-deps lint
+test: setup system-deps phoenix lint
 	LLMBUS_THREADS=1 $(VENV)/bin/pytest -q -ra
 
 bench: setup

@@ -11,6 +11,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   a prompt ending "Instruction:" or "Words:" (an optimizer's proposer request) → see proposal
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
+  a prompt ending "Grade:" (a pass/fail judge) → "fail" when the line before mentions spam, else "pass"
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
@@ -168,6 +169,8 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
             return _completion(body, proposal(_prompt(body)), {})
         if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
+        if line.endswith("Grade:"):  # a pass/fail grader (judges): an answer line mentioning spam fails
+            label, other = ("fail", "pass") if "spam" in line.lower() else ("pass", "fail")
         text = label
         sure = 0.3 if "UNSURE" in line else 0.8
         top = {label: math.log(sure), other: math.log((1 - sure) * 0.75), "\n": math.log((1 - sure) * 0.25)}

@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmbus"
 
 # Bottom to top: a module may import only from its own line or the lines above it.
 LAYERS: list[set[str]] = [
-    {"errors", "settings", "redact", "extras", "embed", "pages"},  # shared helpers (pages: the one base template
-    # the report and the web UIs extend; extras: the optional packages, imported only through `require`)
+    {"errors", "settings", "redact", "extras", "embed", "pages", "telemetry"},  # shared helpers (pages: the one
+    # base template the report and the web UIs extend; extras: the optional packages, imported only through
+    # `require`; telemetry: OpenTelemetry spans and logging records)
     {"task"},
     {"train"},  # encoder training: read by providers/encoder.py, used by trained judges and students
     {"providers"},

@@ -9,8 +9,13 @@ The names below load on first use, so `import llmbus` stays cheap.
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+# A library's records are the application's to route: silent unless it (or LLMBUS_LOG_LEVEL in the CLI) adds a
+# handler, so Python's last-resort handler never prints llmbus warnings on its own.
+logging.getLogger("llmbus").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("llmbus")

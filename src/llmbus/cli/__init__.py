@@ -14,10 +14,12 @@ from llmbus.cli import (
     tasks,  # noqa: F401  (registers run, runs, show, advise)
 )
 from llmbus.cli.app import app
+from llmbus.telemetry import configure_logging
 
 
 def main() -> None:
     """Console-script entry point."""
+    configure_logging()  # LLMBUS_LOG_LEVEL=info: llmbus's logging records on stderr
     app()
 
 

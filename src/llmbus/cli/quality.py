@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 
 
 @app.command("eval")
@@ -19,17 +20,26 @@ def eval_command(
     baseline: str | None = typer.Option(None, "--baseline", help="Fail when the metric dropped vs this run"),
     max_drop: float = typer.Option(0.0, "--max-drop", min=0.0, help="Allowed drop of the metric vs --baseline"),
     rounds: int = typer.Option(1000, "--rounds", min=10, help="Bootstrap resamples"),
+    junit: str | None = typer.Option(None, "--junit", help="Write the assert: checks as JUnit XML (a test case "
+                                                           "per item and assertion) to this file"),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="Run judge assertions not judged yet (their "
+                                                                "model calls are logged as judge runs)"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Metrics with 95% bootstrap intervals; paired comparison; exit 1 when a gate fails (for CI)."""
+    """Metrics with 95% bootstrap intervals, assertion pass rates; paired comparison; exit 1 when a gate fails."""
+    from llmbus.quality.assertions import junit_xml, run_checks
     from llmbus.quality.evaluate import compare, evaluate
     from llmbus.quality.gate import check_drop, check_gate, parse_gate
     from llmbus.store import Store
 
     conditions = parse_gate(gate) if gate else None  # a malformed gate fails before any work
     store = Store(db)
-    reports = [evaluate(store, r, rounds) for r in (run_a, run_b) if r]
+    stage = None if as_json else (lambda text: err.print(text, highlight=False, markup=False))
+    reports = [evaluate(store, r, rounds, judge=judge, on_stage=stage) for r in (run_a, run_b) if r]
+    if junit:
+        runs = [store.get_run(report.run_id) for report in reports]
+        Path(junit).write_text(junit_xml([(run, run_checks(store, run)) for run in runs]), encoding="utf-8")
     comparison = compare(store, run_a, run_b, rounds) if run_b else None
     results = []
     if conditions:
@@ -64,6 +74,15 @@ def _print_report(report: Any) -> None:
         label = f"[bold]{name}[/]" if name == report.metric else name
         table.add_row(label, fmt(iv.value, ".4f"), f"{fmt(iv.lo)} – {fmt(iv.hi)}")
     out.print(table)
+    if report.assertions:
+        checks = Table(title="assertions (pass rate, 95% Wilson CI)", title_justify="left")
+        for column in ("assert", "kind", "passed", "pass rate", "95% CI"):
+            checks.add_column(column, justify="left" if column in {"assert", "kind"} else "right")
+        for name, rate in report.assertions.items():
+            checks.add_row(plain(name), rate["kind"], f"{rate['passed']}/{rate['n']}" if rate["value"] is not None
+                           else "–", fmt(rate["value"]), f"{fmt(rate['lo'])} – {fmt(rate['hi'])}"
+                           if rate["value"] is not None else "not judged")
+        out.print(checks)
     if report.per_class:
         classes = Table(title="per class (confusion: rows expected, columns predicted)", title_justify="left")
         for column in ("class", "precision", "recall", "f1", "support", *report.classes, "failed"):
@@ -75,6 +94,13 @@ def _print_report(report: Any) -> None:
         out.print(classes)
     for warning in report.warnings:
         warn(f"run {report.run_id}: {warning}")
+
+
+def pass_rate_cell(rate: dict[str, Any] | None) -> str:
+    """An assertion's pass rate for a table cell: value (lo–hi), or – when there is none."""
+    if not rate or rate["value"] is None:
+        return "–"
+    return f"{fmt(rate['value'])} ({fmt(rate['lo'])}–{fmt(rate['hi'])})"
 
 
 def _print_comparison(c: Any) -> None:

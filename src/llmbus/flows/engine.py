@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from llmbus.flows.retrieval import Index, Source
 from llmbus.flows.review import Decision, ReviewQueue
 from llmbus.flows.steps import FlowPaused, LlmAnswer, StepResult
 from llmbus.flows.tools import Tool, call_tool, tool
-from llmbus.providers import Provider, Request, open_provider
+from llmbus.providers import Completion, Provider, Request, open_provider
 from llmbus.run.adapter import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import CallRecord, Store, now
@@ -36,6 +37,9 @@ from llmbus.task.chat import is_single_user_turn
 from llmbus.task.output import parse_output
 from llmbus.task.render import render
 from llmbus.task.spec import TaskSpec, read_utf8
+from llmbus.telemetry import observe_call, set_attributes, span
+
+logger = logging.getLogger(__name__)  # `log` names the flow log in this module
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,9 @@ class FlowContext:
         self.log.write_step(self.run_id, key, kind=kind, status="running", input_json=step_input,
                             started_at=started, finished_at=None, error_kind=None, error=None)
         try:
-            result = body()
+            with span(f"llmbus step {key}", {"llmbus.flow_run_id": self.run_id, "llmbus.flow_step": key,
+                                              "llmbus.flow_step_kind": kind}, expected=(FlowPaused,)):
+                result = body()
         except FlowPaused:
             self.log.write_step(self.run_id, key, status="waiting", latency_s=time.perf_counter() - tick)
             raise
@@ -183,7 +189,7 @@ class FlowContext:
             completion = self.provider(ref).complete(request)
         except ProviderError as exc:
             record.error_kind, record.error, record.meta = exc.kind, str(exc), meta
-            self._log_call(key, record, tick)
+            self._log_call(key, record, tick, request)
             raise
         parsed = parse_output(spec, completion.text) if spec else None
         record.raw_output, record.parsed = completion.text, completion.text if parsed is None else parsed.value
@@ -194,7 +200,7 @@ class FlowContext:
         record.meta = {**completion.extra, **meta}
         if parsed is not None and parsed.error_kind:
             record.error_kind, record.error = parsed.error_kind, parsed.error
-        self._log_call(key, record, tick)
+        self._log_call(key, record, tick, request, completion)
         if spec is not None and parsed is not None and parsed.error_kind:
             raise ProviderError(parsed.error_kind, f"{spec.name}: {parsed.error}")
         detail = {"prompt": request.prompt, "cpu_s": completion.cpu_seconds}
@@ -206,9 +212,11 @@ class FlowContext:
         return StepResult(output, detail=detail, model=ref, tokens_in=completion.tokens_in,
                           tokens_out=completion.tokens_out, cost_usd=completion.cost_usd)
 
-    def _log_call(self, key: str, record: CallRecord, tick: float) -> None:
+    def _log_call(self, key: str, record: CallRecord, tick: float, request: Request | None = None,
+                  completion: Completion | None = None, ref: str | None = None) -> None:
         record.latency_s, record.finished_at = time.perf_counter() - tick, now()
         self._call_ids[key] = self.calls.record(record)
+        observe_call(record, request, completion, self._providers.get(ref or record.model))
 
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
@@ -359,9 +367,14 @@ def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]
     calls = calls or FlowCalls(store, flow_def.name, flow_def.path, settings.model)
     ctx = FlowContext(store, run_id, settings, resources, calls)
     outcome = FlowOutcome(run_id, "running")
+    logger.info("flow run %s: %s", run_id, flow_def.name)
     try:
-        outcome.output = flow_def.fn(ctx, run["input"])
-        outcome.status = "done"
+        with span(f"llmbus flow {flow_def.name}", {"llmbus.flow": flow_def.name, "llmbus.flow_run_id": run_id,
+                                                    "llmbus.model": settings.model},
+                  expected=(FlowPaused,)) as current:
+            outcome.output = flow_def.fn(ctx, run["input"])
+            outcome.status = "done"
+            set_attributes(current, {"llmbus.flow_status": "done"})
     except FlowPaused:
         outcome.status = "waiting_review"
     except KeyboardInterrupt:
@@ -381,4 +394,5 @@ def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]
             calls.close()
     log.update_run(run_id, status=outcome.status, error=outcome.error,
                    output_json=dumps(outcome.output) if outcome.status == "done" else None)
+    logger.info("flow run %s %s%s", run_id, outcome.status, f": {outcome.error}" if outcome.error else "")
     return outcome

@@ -112,6 +112,7 @@ class Completion:
     reasoning: str | None = None  # reasoning_content of reasoning models (not part of the answer)
     finish_reason: str | None = None
     response: dict[str, Any] | None = None
+    response_model: str | None = None  # the model the backend says answered, when it says
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""

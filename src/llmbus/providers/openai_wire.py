@@ -74,7 +74,7 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
                             tokens_out=int(usage.get("completion_tokens") or 0),
                             tool_calls=message.get("tool_calls") or None,
                             reasoning=message.get("reasoning_content") or None,
-                            finish_reason=choice.get("finish_reason"),
+                            finish_reason=choice.get("finish_reason"), response_model=data.get("model"),
                             response=data if relays(request, api) else None)
     if request.labels:
         label = match_label(text, request.labels)
@@ -133,11 +133,13 @@ class StreamedAnswer:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # the model the chunks name
 
     def add(self, event: dict[str, Any]) -> str:
         """Take one chunk; returns the text it adds."""
         piece, finish = stream_piece(self.api, event)
         self.usage = event.get("usage") or self.usage
+        self.model = self.model or event.get("model")
         self.finish_reason = self.finish_reason or finish
         choices = event.get("choices") or []
         delta = (choices[0].get("delta") or {}) if choices and self.api == "chat" else {}
@@ -168,7 +170,8 @@ class StreamedAnswer:
         return Completion(text="".join(self.pieces), tokens_in=int(self.usage.get("prompt_tokens") or 0),
                           tokens_out=int(self.usage.get("completion_tokens") or 0),
                           tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-                          reasoning="".join(self.reasoning) or None, finish_reason=self.finish_reason)
+                          reasoning="".join(self.reasoning) or None, finish_reason=self.finish_reason,
+                          response_model=self.model)
 
 
 def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],

@@ -18,6 +18,7 @@ latency); `judge_runs` and `verdicts` link it to the run and calls it judged.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -40,11 +41,13 @@ from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.render import render
 from llmbus.task.spec import TaskSpec, load_spec
+from llmbus.telemetry import carry_context, span
 
 PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")
 SCORE_LABELS = [str(k) for k in range(1, 6)]
 JUDGE_INPUT = "_judge_input"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,8 +168,9 @@ class _JudgeContext:
 
     def __init__(self, spec: TaskSpec, model: str, provider: Provider, store: Store, run_id: str):
         self.spec, self.model, self.provider, self.store, self.run_id = spec, model, provider, store, run_id
-        split = split_items(spec, load_items(spec))
-        self.selector = ExampleSelector(spec, split.pool)
+        # a judge without examples (k 0, e.g. an assertion's rubric) reads no data file
+        pool = split_items(spec, load_items(spec)).pool if spec.fewshot.k else []
+        self.selector = ExampleSelector(spec, pool)
         # Calls read their raw input from JUDGE_INPUT (item input + answers): what trained judges classify.
         self.call_spec = spec.model_copy(update={"data": spec.data.model_copy(update={"input": JUDGE_INPUT})})
 
@@ -209,9 +213,16 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
                 other_run_id=other_run["id"] if other_run else None, labels_json=json.dumps(spec.output.labels),
                 positive=positive_label(spec)))
         context = _JudgeContext(spec, model, provider, store, run_id)
-        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-judge") as pool:
-            results = pool.map(lambda pair: _judge_one(context, fields_by_id.get(pair[0]["item_id"], {}), *pair),
-                               pairs)
+        log.info("judge run %s: %s (%s) on %s over run %s, %d judgments", run_id, spec.name, mode, model,
+                 target_run["id"], len(pairs))
+        with span(f"llmbus judge {spec.name}", {"llmbus.run_id": run_id, "llmbus.task": spec.name,
+                                                 "llmbus.spec_version": spec.version, "llmbus.model": model,
+                                                 "llmbus.judge.mode": mode, "llmbus.judge.target_run_id":
+                                                 target_run["id"], "llmbus.items": len(pairs)}), \
+                ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-judge") as pool:
+            # each judgment in this context: its calls' spans nest under the judge run's
+            results = pool.map(carry_context(lambda pair: _judge_one(context, fields_by_id.get(pair[0]["item_id"],
+                                                                                               {}), *pair)), pairs)
             made = []
             stage = f"judging {len(pairs):,} answers of run {target_run['id']}"
             for verdict, records in results:
@@ -219,6 +230,7 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
                 if progress:
                     progress(stage, len(made), len(pairs))
         store.update_run(run_id, status="done", finished_at=now())
+        log.info("judge run %s done: %d verdicts", run_id, len(made))
     finally:
         if owned:
             provider.close()

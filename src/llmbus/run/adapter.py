@@ -23,6 +23,7 @@ from llmbus.task.data import Item
 from llmbus.task.output import Parsed, parse_output
 from llmbus.task.render import Rendered, render
 from llmbus.task.spec import TaskSpec
+from llmbus.telemetry import observe_call
 
 CALIBRATION_FLOOR = 1e-6  # a content-free probability below this is taken as this (no division by zero)
 
@@ -148,9 +149,11 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
             record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
         record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
-                                          jobs[i].item.expected)
+                                          jobs[i].item.expected, jobs[i].item.fields)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
+    for i, record in enumerate(records):  # a span per call (telemetry on), a log record per failed call
+        observe_call(record, requests[i], cached[i] or completions.get(i), provider)
     return records
 
 

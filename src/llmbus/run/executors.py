@@ -20,6 +20,7 @@ from llmbus.store import CallRecord
 from llmbus.task.data import Item
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.spec import TaskSpec
+from llmbus.telemetry import carry_context
 
 
 class Executor(Protocol):
@@ -58,7 +59,9 @@ class LocalExecutor:
         size = batch_size(self.provider)
         while True:
             while len(self._pending) < 2 * self.concurrency and (jobs := list(islice(prompts, size))):
-                self._pending.add(self._pool.submit(answer_batch, plan, self.provider, self.cache, jobs))
+                # in the caller's context: the calls' spans nest under the run's
+                self._pending.add(self._pool.submit(carry_context(answer_batch), plan, self.provider, self.cache,
+                                                    jobs))
             if not self._pending:
                 return
             finished, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)

@@ -13,6 +13,7 @@ canary (canary.py) its candidate's share (`llmbus_canary_share{model}`) and the 
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import iterate_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -36,6 +37,9 @@ from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
 from llmbus.serve.wire import body_turns, check_body, completion_body, error_body, sse_events
 from llmbus.task.chat import transcript
+from llmbus.telemetry import carry_generator, response_headers, span, tracer
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaCollector:
@@ -159,7 +163,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         warning = gateway.open_warning()
         if warning:
             print(warning, file=sys.stderr)
+        tracer()  # telemetry on: set up before the first request, so the server's own HTTP spans join too
         gateway.start()
+        log.info("gateway started: %s", ", ".join(f"{name} → {route.model}"
+                                                 for name, route in gateway.config.models.items()))
         yield
         gateway.close()
 
@@ -223,7 +230,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             if body.get("stream"):
                 stream = gateway.open_stream(name, request, key, held)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key))
+                # stepped from other threads later: within this request's context (its call span nests here)
+                events = carry_generator(sse_events(name, stream, chat, usage,
+                                                    lambda: observe(name, stream.answer, key)))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
             answer = gateway.answer(name, request, key, held)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
@@ -247,13 +256,28 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not answer.route.startswith("cache"):
             metrics.cost.labels(name, key.name if key else "").inc(answer.completion.cost_usd)
 
+    def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
+        """`handle` inside the request's span (telemetry on: parent from an incoming traceparent), its trace id
+        returned in the x-trace-id and traceresponse headers, refusals included."""
+        name = body.get("model") if isinstance(body.get("model"), str) else ""
+        with span(f"llmbus gateway {name}", {"llmbus.served_model": name, "url.path": request.url.path},
+                  kind="SERVER", parent_headers=dict(request.headers)) as current:
+            headers = response_headers(current)
+            try:
+                result = handle(body, request.headers.get("authorization"), chat)
+            except GatewayError as exc:
+                exc.headers.update(headers)
+                raise
+            (result if isinstance(result, StreamingResponse) else response).headers.update(headers)
+            return result
+
     @app.post("/v1/chat/completions")
-    def chat_completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), chat=True)
+    def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return traced(body, request, response, chat=True)
 
     @app.post("/v1/completions")
-    def completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), chat=False)
+    def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return traced(body, request, response, chat=False)
 
     app.state.gateway = gateway
     app.state.metrics = metrics

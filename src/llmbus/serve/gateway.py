@@ -50,6 +50,7 @@ from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.render import render
 from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, yaml_line
+from llmbus.telemetry import observe_call
 
 
 class _Config(BaseModel):
@@ -391,7 +392,7 @@ class Gateway:
             meta["input"], input_cut = self._kept_prompt(request.input, "input")
             meta.update(input_cut)
         stamp = now()
-        self.store.record_call(CallRecord(
+        record = CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
             if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
             started_at=stamp, finished_at=stamp, raw_output=completion.text,
@@ -401,7 +402,9 @@ class Gateway:
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
+            error=str(error) if error else None, meta=meta)
+        self.store.record_call(record, spend_key=key.name if key else None)
+        observe_call(record, request, completion, self.providers.get(answer.model), answer.route)
         self.keys.spend(key, cost)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
                               answer.latency_s, answer.request_id)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmbus.errors import DataError, SpecError
+from llmbus.task.checks import FUNCTION_REF, Check, named, resolve_function
 from llmbus.task.templates import compiled
 
 Kind = Literal["classify", "extract", "generate"]
@@ -159,9 +160,17 @@ class TaskSpec(_Strict):
     output: OutputSpec = OutputSpec()
     data: DataSpec
     fewshot: FewShotSpec = FewShotSpec()
-    metric: str | None = None
+    metric: str | None = None  # one of the kind's metrics, or your own: package.module:function (task/checks.py)
     params: Params = Params()
     source: Path | None = Field(default=None, exclude=True)
+    # per-item assertions (task/checks.py); like `metric`, they score answers and never change the prompt, so
+    # they are not part of the spec version
+    checks: list[Check] = Field(default_factory=list, alias="assert")
+
+    @field_validator("checks")
+    @classmethod
+    def _named_checks(cls, value: list[Check]) -> list[Check]:
+        return named(value)
 
     @field_validator("messages")
     @classmethod
@@ -189,8 +198,9 @@ class TaskSpec(_Strict):
         if self.kind == "extract" and not self.output.json_schema:
             raise ValueError("kind extract needs output.schema")
         allowed = METRICS_BY_KIND[self.kind]
-        if self.metric is not None and self.metric not in allowed:
-            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)}")
+        if self.metric is not None and self.metric not in allowed and not FUNCTION_REF.match(self.metric):
+            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)} "
+                             "or your own function as module:function")
         return self
 
     @property
@@ -298,6 +308,7 @@ def load_spec(path: str | Path) -> TaskSpec:
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
     check_templates(spec)
+    check_references(spec, path, node)
     return spec
 
 
@@ -310,6 +321,27 @@ def check_templates(spec: TaskSpec) -> None:
             compiled(str(text))
         except jinja2.TemplateSyntaxError as exc:
             raise SpecError(f"{spec.source}: {where} template line {exc.lineno}: {exc.message}") from None
+
+
+def check_references(spec: TaskSpec, path: Path, node: yaml.Node | None) -> None:
+    """Import the spec's own metric and python assertions, and find its judge specs, so a bad reference is one
+    error line naming the file, line and field before anything runs."""
+    folder = path.resolve().parent
+    if spec.metric is not None and FUNCTION_REF.match(spec.metric):
+        try:
+            resolve_function(spec.metric, folder)
+        except ValueError as exc:
+            raise SpecError(f"{path}:{yaml_line(node, ['metric'])}: metric: {exc}") from None
+    for i, check in enumerate(spec.checks):
+        try:
+            if check.kind == "python":
+                resolve_function(str(check.value), folder)
+            elif check.kind == "judge" and str(check.value).endswith((".yaml", ".yml")) \
+                    and not spec.resolve(str(check.value)).is_file():
+                raise ValueError(f"judge spec {spec.resolve(str(check.value))} not found")
+        except ValueError as exc:
+            where = yaml_line(node, ["assert", i])
+            raise SpecError(f"{path}:{where}: assert.{i} ({check.name}): {exc}") from None
 
 
 def describe_validation_error(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:
