@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"distill", "experiments"},  # stop 5, and stop 2's compare and run browser (above quality's eval)
     {"serve"},
     {"web"},
-    {"cli", "__init__"},  # the package root's lazy API sits on top with the CLI
+    {"project"},  # the public API's Project: the stops as methods (under the CLI, over every stop)
+    {"cli", "__init__", "testing"},  # the package root's lazy API sits on top with the CLI
 ]
 APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the other
 

@@ -142,9 +142,10 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     for warning in sample_warnings(spec, items):
         if on_warning:
             on_warning(warning)
-    config = resolve_model(model)  # an unknown model fails here, before any progress line
+    # an unknown model fails here, before any progress line (a provider given by the caller needs no config)
+    config = resolve_model(model) if provider is None else None
     owned = provider is None and executor == "local"  # Ray workers open their own
-    provider = provider or (open_provider(config) if executor == "local" else None)
+    provider = provider or (open_provider(config) if config is not None and executor == "local" else None)
     try:
         if provider is not None:
             stage(f"starting {model}")
@@ -167,6 +168,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
             from llmbus.run.ray_executor import RayExecutor  # Ray is imported only when asked for
 
             stage("connecting to the Ray cluster")
+            assert config is not None
             runner = RayExecutor(config, store, concurrency, ray_address, workers)
         log.info("run %s: task %s (spec %s) on %s, %d of %d items to answer", run_id, spec.name, spec.version,
                  model, len(todo), len(items))

@@ -24,6 +24,7 @@ from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
 from llmbus.store.migrations import MIGRATIONS
+from llmbus.store.rows import Call, Run
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
 
@@ -147,6 +148,14 @@ class Store:
             raise LlmbusError(f"run {run_id!r} {'not found' if not rows else 'is ambiguous'} in {self.url}")
         return dict(rows[0])
 
+    def run(self, run_id: str) -> Run:
+        """A run by id or unique id prefix, as a typed row."""
+        return Run.from_row(self.get_run(run_id))
+
+    def runs(self, task: str | None = None, tag: str | None = None) -> list[Run]:
+        """All runs, oldest first (optionally of one task or with one tag), as typed rows."""
+        return [Run.from_row(row) for row in self.list_runs(task, tag)]
+
     def update_run(self, run_id: str, **values: Any) -> None:
         """Set columns of a run (status, finished_at, wall_s…)."""
         with self.engine.begin() as conn:
@@ -218,6 +227,10 @@ class Store:
         with self.engine.connect() as conn:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings():
                 yield decode_call(dict(row))
+
+    def calls(self, run_id: str) -> Iterator[Call]:
+        """A run's calls as typed rows, in the order they were logged; streams (flat memory)."""
+        return (Call.from_row(row) for row in self.iter_calls(run_id))
 
     # response cache --------------------------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
