@@ -12,7 +12,20 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import (
+    DB_OPTION,
+    JSON_OPTION,
+    app,
+    err,
+    fmt,
+    friendly_errors,
+    out,
+    plain,
+    print_json,
+    print_price_sources,
+    usd,
+    warn,
+)
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
 
 
@@ -44,7 +57,7 @@ def run(
     """Answer a task's items with a model; every call goes into the call log."""
     from llmbus.run.engine import eval_items, run_task
     from llmbus.run.executors import render_items
-    from llmbus.run.summary import summarize
+    from llmbus.run.summary import spend, summarize
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
@@ -66,6 +79,7 @@ def run(
         out.print_json(data=summary.as_dict())
     else:
         _print_runs([summary], title=f"run {run_id}")
+        out.print(spend(store, [run_id]).line(), highlight=False)
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
@@ -113,20 +127,25 @@ class _progress_bar:
 
 def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:
     table = Table(title=title, title_justify="left")
-    columns = ["run", "task", "model", "items", "errors", "metric", "value", "tokens in/out", "cost $",
-               "$/1k", "p50 s", "p95 s", "items/s"]
+    columns = ["run", "task", "model", "items", "errors", "metric", "value", "tokens in/out", "cached/reasoning",
+               "cost $", "$/1k", "p50 s", "p95 s", "items/s"]
     if traffic:
         columns += ["$/month", "need items/s", "replicas"]
     for column in columns:
         table.add_column(column, justify="left" if column in {"run", "task", "model", "metric"} else "right")
     for s in summaries:
         cells = [s.run_id, s.task, s.model, f"{s.items}/{s.planned}", str(s.errors), s.metric, fmt(s.value),
-                 f"{s.tokens_in}/{s.tokens_out}", fmt(s.cost_usd, ".4f"), fmt(s.cost_per_1k, ".4f"),
+                 f"{s.tokens_in}/{s.tokens_out}", f"{s.tokens_cached}/{s.tokens_reasoning}",
+                 usd(s.cost_usd, s.price_known, ".4f"), usd(s.cost_per_1k, s.price_known, ".4f"),
                  fmt(s.latency_p50_s), fmt(s.latency_p95_s), fmt(s.items_per_s, ".2f")]
         if traffic:
-            cells += [fmt(s.usd_per_month, ",.2f"), fmt(s.needed_items_per_s, ".2f"), str(s.replicas_needed or "–")]
+            cells += [usd(s.usd_per_month, s.price_known, ",.2f"), fmt(s.needed_items_per_s, ".2f"),
+                      str(s.replicas_needed or "–")]
         table.add_row(*cells)
     out.print(table)
+    print_price_sources([(s.model, s.price_source) for s in summaries])
+    for line in dict.fromkeys(s.price_warning for s in summaries if s.price_warning):
+        warn(line)  # once per model, however many of its runs are listed
     for s in summaries:
         for warning in s.warnings:
             warn(f"run {s.run_id}: {warning}")

@@ -49,11 +49,14 @@ class Completion:
     cost_usd: float = 0.0
     cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tokens_cached: int = 0  # of tokens_in, those read from the backend's prompt cache
+    tokens_reasoning: int = 0  # of tokens_out, hidden reasoning tokens
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""
         return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "label_probs": self.label_probs, "answer_prob": self.answer_prob}
+                "label_probs": self.label_probs, "answer_prob": self.answer_prob,
+                "tokens_cached": self.tokens_cached, "tokens_reasoning": self.tokens_reasoning}
 
     @property
     def confidence(self) -> float | None:

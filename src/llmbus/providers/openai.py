@@ -23,6 +23,7 @@ import httpx
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 from llmbus.providers.config import ModelConfig
+from llmbus.providers.prices import price_of, usage_of
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
 from llmbus.task.output import match_label
@@ -59,9 +60,7 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
     except (KeyError, IndexError, TypeError):
         raise ProviderError("bad_response", f"response has no choices[0] text: {str(data)[:200]}") from None
     text = text or ""
-    usage = data.get("usage") or {}
-    completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                            tokens_out=int(usage.get("completion_tokens") or 0))
+    completion = usage_completion(text, data.get("usage") or {})
     if request.labels:
         label = match_label(text, request.labels)
         completion.text = label if label is not None else text
@@ -69,6 +68,16 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
     elif request.want_confidence:
         completion.answer_prob = answer_prob_from_logprobs(api, choice)
     return completion
+
+
+def usage_completion(text: str, usage: dict[str, Any]) -> Completion:
+    """A Completion with an OpenAI usage object's token counts: prompt and completion tokens, and of them the
+    prompt tokens read from the provider's cache and the hidden reasoning tokens (0 where not reported)."""
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
+                      tokens_out=int(usage.get("completion_tokens") or 0), tokens_cached=int(cached or 0),
+                      tokens_reasoning=int(reasoning or 0))
 
 
 def answer_prob_from_logprobs(api: str, choice: dict[str, Any]) -> float | None:
@@ -136,6 +145,7 @@ class OpenAIProvider:
         self.name = config.name
         self.config = config
         self.remote_model = config.model or config.name.partition(":")[2]
+        self.price = price_of(config)
         headers = {}
         key = os.environ.get(config.api_key_env)
         if key:
@@ -211,8 +221,7 @@ class OpenAIProvider:
                 self.replicas.release(lease, outcome)
         if finished is None:  # the body ended cleanly but the answer did not
             raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
-        return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
-                                       tokens_out=int(usage.get("completion_tokens") or 0)))
+        return self._priced(usage_completion("".join(pieces), usage))
 
     @property
     def _path(self) -> str:
@@ -223,8 +232,8 @@ class OpenAIProvider:
         return self.name if len(self.clients) == 1 else f"{self.name} at {masked_url(url)}"
 
     def _priced(self, completion: Completion) -> Completion:
-        completion.cost_usd = (completion.tokens_in * self.config.usd_per_1m_input
-                               + completion.tokens_out * self.config.usd_per_1m_output) / 1e6
+        # an unknown price costs 0 here: the run's stored price says its cost is unknown (shown as ?)
+        completion.cost_usd = self.price.cost(usage_of(completion)) or 0.0
         return completion
 
     def _post_with_retries(self, path: str, body: dict[str, Any], prompt: str,

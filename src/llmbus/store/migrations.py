@@ -104,6 +104,12 @@ def _m013_run_tag(conn: Connection) -> None:
     ix_runs_tag.create(conn, checkfirst=True)
 
 
+def _m015_token_kinds(conn: Connection) -> None:
+    _add_column_if_missing(conn, "calls", "tokens_cached", "INTEGER NOT NULL DEFAULT 0")
+    _add_column_if_missing(conn, "calls", "tokens_reasoning", "INTEGER NOT NULL DEFAULT 0")
+    _add_column_if_missing(conn, "runs", "price_json", "TEXT")
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -119,4 +125,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("011_monitor", _m011_monitor),
     ("012_canary", _m012_canary),
     ("013_run_tag", _m013_run_tag),
+    ("015_token_kinds", _m015_token_kinds),
 ]
