@@ -12,6 +12,8 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   a prompt ending "Instruction:" or "Words:" (an optimizer's proposer request) → see proposal
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
+  CACHED / REASONING (anywhere in the prompt) → usage reports half the prompt tokens as cached
+              (`prompt_tokens_details.cached_tokens`) / 7 reasoning tokens (`completion_tokens_details`)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
@@ -213,7 +215,13 @@ def agent_turn(prompt: str) -> str:
 
 def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[str, Any]:
     chat = "messages" in body
-    usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    usage: dict[str, Any] = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    prompt = _prompt(body)
+    if "CACHED" in prompt:  # half the prompt read from the provider's prompt cache, as OpenAI reports it
+        usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_tokens"] // 2}
+    if "REASONING" in prompt:  # hidden reasoning tokens, counted in completion_tokens too
+        usage["completion_tokens"] += 7
+        usage["completion_tokens_details"] = {"reasoning_tokens": 7}
     if chat:
         message = {"role": "assistant", "content": text}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}

@@ -1,7 +1,8 @@
 """What a call costs, for every provider and the gateway's budget estimate: one price per model, with its source.
 
 A price comes from, in order:
-- `llmbus.yaml` (`usd_per_1m_input`, `_output`, `_cached_input`, `_reasoning`; each field overrides the table's),
+- `llmbus.yaml` (`usd_per_1m_input`, `_output`, and optionally `_cached_input`, `_reasoning`): when it gives
+  any price, it replaces the table's,
 - the offline price table of the pinned `genai-prices` package (its bundled data, read in-process; its
   auto-update, which would fetch from the network, is never started): providers, models, dated price changes,
   cached-input and reasoning-token prices,
@@ -159,7 +160,7 @@ def table_cost(table: tuple[str, str], usage: Usage) -> float:
     return float(calc_price(TableUsage(**kinds), model_ref=model, provider_id=provider).total_price)
 
 
-def table_rates(model: Any, provider: Any) -> dict[str, float | None]:
+def table_rates(model: Any) -> dict[str, float | None]:
     """The table's current price per 1M tokens of each kind (a tiered price: its base rate)."""
     from datetime import UTC, datetime
 
@@ -187,22 +188,21 @@ def price_of(config: ModelConfig, resolve: Any = None) -> Price:
 
 
 def token_price(config: ModelConfig) -> Price:
-    """A remote model's price: llmbus.yaml's fields over the table's; unknown when neither has input and output."""
-    remote = config.model or config.name.partition(":")[2]
+    """A remote model's price: llmbus.yaml's when it sets any (cached input defaulting to its input price,
+    reasoning to its output price), else the table's; unknown when neither has input and output prices."""
     configured = {kind: getattr(config, key) for kind, key in CONFIG_KEYS.items()}
-    found = table_lookup(remote, config.urls)
-    table = table_rates(found[1], found[0]) if found else dict.fromkeys(TABLE_KEYS)
-    rates = {kind: configured[kind] if configured[kind] is not None else table[kind] for kind in TABLE_KEYS}
-    table_name = f"{table_version()}: {found[0].id}/{found[1].id}" if found else None
-    overridden = [kind for kind, value in configured.items() if value is not None]
-    if rates["input"] is None or rates["output"] is None:
-        missing = " and ".join(CONFIG_KEYS[k] for k in ("input", "output") if rates[k] is None)
-        return Price(config.name, "unknown", f"not in {table_version()}; {missing} not set")
-    source = str(table_name) if not overridden else str(config.price_source) if not found \
-        else f"{config.price_source} over {table_name}"
-    return Price(config.name, "tokens", source, input=rates["input"], cached_input=rates["cached_input"],
-                 output=rates["output"], reasoning=rates["reasoning"],
-                 table=(found[0].id, found[1].id) if found and not overridden else None)
+    if any(value is not None for value in configured.values()):
+        missing = [CONFIG_KEYS[k] for k in ("input", "output") if configured[k] is None]
+        if missing:
+            return Price(config.name, "unknown", f"{config.price_source}: {' and '.join(missing)} not set")
+        return Price(config.name, "tokens", str(config.price_source), **configured)
+    found = table_lookup(config.model or config.name.partition(":")[2], config.urls)
+    rates = table_rates(found[1]) if found else {}
+    if not found or rates["input"] is None or rates["output"] is None:
+        return Price(config.name, "unknown", f"not in {table_version()}, and llmbus.yaml sets no price")
+    provider, model = found
+    return Price(config.name, "tokens", f"{table_version()}: {provider.id}/{model.id}", **rates,
+                 table=(provider.id, model.id))
 
 
 def combined(name: str, parts: list[Price]) -> Price:

@@ -127,9 +127,15 @@ class Spend:
     def line(self) -> str:
         """`spent $0.0123 on 40 calls`, or with unpriced models `spent ? …` naming them."""
         if not self.unknown:
-            return f"spent ${self.usd:.4f} on {self.calls} calls"
-        priced = f"${self.usd:.4f} priced, " if self.usd else ""
+            return f"spent {dollars(self.usd)} on {self.calls} calls"
+        priced = f"{dollars(self.usd)} priced, " if self.usd else ""
         return f"spent ? on {self.calls} calls ({priced}no price for {', '.join(self.unknown)})"
+
+
+def dollars(usd: float) -> str:
+    """An amount for a sentence: cents for dollars and up, six decimals below a dollar (calls cost fractions
+    of a cent)."""
+    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.6f}"
 
 
 def spend(store: Store, run_ids: list[str]) -> Spend:
