@@ -65,7 +65,8 @@ def test_a_listed_model_is_priced_by_the_table_for_every_token_kind(tmp_path: Pa
     assert c["cost_usd"] == pytest.approx(by_hand)
     summary = summarize(store, store.get_run(run_id))
     assert summary.price_known and summary.price_source.endswith("(genai-prices 0.2.5: openai/gpt-4o-mini)")
-    assert summary.tokens_cached == sum(c["tokens_cached"] for c in calls) and summary.tokens_reasoning == 7 * len(calls)
+    assert summary.tokens_cached == sum(c["tokens_cached"] for c in calls)
+    assert summary.tokens_reasoning == 7 * len(calls)
     assert json.loads(store.get_run(run_id)["price_json"])["table"] == ["openai", "gpt-4o-mini"]
 
 
@@ -89,7 +90,7 @@ def test_a_config_price_overrides_the_table(tmp_path: Path, store: Store):
     for c in store.iter_calls(run_id):  # reasoning falls back to the configured output price
         cached = c["tokens_cached"]
         assert c["cost_usd"] == pytest.approx(((c["tokens_in"] - cached) * 1.0 + cached * 0.25 + 8 * 4.0) / 1e6)
-    assert f"llmbus.yaml:4" in summarize(store, store.get_run(run_id)).price_source
+    assert "llmbus.yaml:4" in summarize(store, store.get_run(run_id)).price_source
 
 
 def test_an_unpriced_model_is_unknown_never_zero(tmp_path: Path):
