@@ -150,7 +150,7 @@ def cheapest_path(systems: list[System], a: Assumptions) -> list[Crossover]:
     if not priced:
         return []
     current = min(priced, key=lambda s: (s.one_off_usd or 0.0, monthly_per_item(s, a)))
-    volume, found = 0.0, []
+    volume, found = 0.0, list[Crossover]()
     while True:
         met = [(v, monthly_per_item(s, a), s) for s in priced
                if monthly_per_item(s, a) < monthly_per_item(current, a)

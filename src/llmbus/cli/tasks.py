@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST
 from llmbus.cli.app import (
     DB_OPTION,
     JSON_OPTION,
@@ -213,20 +214,46 @@ def advise(
     task: str = typer.Argument(..., help="Task spec YAML"),
     db: str | None = DB_OPTION,
     usd_per_hour: float = typer.Option(USD_PER_HOUR, "--usd-per-hour", help="CPU price used for baseline cost"),
+    volume: str | None = typer.Option(None, "--volume", help="Items a month (1M/month, 250k): adds the "
+                                                             "break-even table over the task's systems"),
+    error_cost: float = typer.Option(ERROR_COST, "--error-cost", min=0, help="USD a wrong answer costs"),
+    label_cost: float = typer.Option(LABEL_COST, "--label-cost", min=0, help="USD a human label costs"),
+    horizon: float = typer.Option(HORIZON_MONTHS, "--horizon", min=0.1, help="Months one-off costs are "
+                                                                            "weighed over"),
+    current: str | None = typer.Option(None, "--current", help="The system run today (a run id or model; "
+                                                               "default: the best LLM run)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
+    """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side; with --volume,
+    which system pays at that volume (run, error and one-off costs, payback, crossovers)."""
     from llmbus.advise.advise import advise as run_advice
+    from llmbus.advise.breakeven import Assumptions, parse_volume
     from llmbus.cli.progress import stage_progress
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
+    assumptions = Assumptions(parse_volume(volume), error_cost, label_cost, horizon) if volume else None
+    store = Store(db)
     with stage_progress(disable=as_json) as progress:
-        advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour, progress=progress)
+        advice = run_advice(spec, store, usd_per_hour=usd_per_hour, progress=progress)
+    economics = None
+    if assumptions is not None:
+        from llmbus.distill.decision import economics as weigh
+
+        economics = weigh(spec, store, advice, assumptions, current=current, usd_per_hour=usd_per_hour)
     if as_json:
-        print_json(advice.as_dict())
+        print_json({**advice.as_dict(), **({"breakeven": economics.as_dict()} if economics else {})})
         return
+    _print_advice(spec, advice)
+    if economics is not None:
+        from llmbus.cli.breakeven import print_decision
+
+        out.print()
+        print_decision(economics, advice.metric)
+
+
+def _print_advice(spec: Any, advice: Any) -> None:
     out.print(f"[bold]{spec.name}[/] · kind {spec.kind} → tier [bold]{advice.tier}[/] ({advice.tier_params})")
     out.print(advice.reason, highlight=False)
     table = Table(title=f"{advice.metric} on {advice.n_eval} held-out items (pool of {advice.n_train} for "
@@ -237,6 +264,6 @@ def advise(
         table.add_column(column, justify="left" if column in {"system", "kind"} else "right")
     for row in advice.rows:
         table.add_row(row.system, row.kind, fmt(row.value), str(row.n_items), fmt(row.baseline_on_same_items),
-                      fmt(row.latency_ms, ".2f"), fmt(row.usd_per_1k, ".3g"))
+                      fmt(row.latency_ms, ".2f"), usd(row.usd_per_1k, row.price_known, ".3g"))
     out.print(table)
     out.print(advice.verdict, highlight=False)
