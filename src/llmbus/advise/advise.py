@@ -4,13 +4,14 @@ and the task's LLM runs side by side (metric, latency per item, cost per 1k item
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from llmbus.advise.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.embed import StageCallback
+from llmbus.errors import LlmbusError
 from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
@@ -77,12 +78,17 @@ class Advice:
 
 
 def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD_PER_HOUR,
-           progress: StageCallback | None = None) -> Advice:
-    """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs; each
-    baseline's training and scoring (and MiniLM's embedding) is reported to `progress`."""
+           progress: StageCallback | None = None, only: set[str] | None = None) -> Advice:
+    """Tier, baselines trained on the pool split and scored on the eval split (`only` these eval item ids, when
+    given: the items some runs answered), and logged LLM runs; each baseline's training and scoring (and
+    MiniLM's embedding) is reported to `progress`."""
     task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
     tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
     split = split_items(spec, load_items(spec))
+    if only is not None:
+        split = replace(split, eval=[item for item in split.eval if item.id in only])
+        if not split.eval:
+            raise LlmbusError(f"none of the {len(only)} items the runs answered is an eval item of {spec.name}")
     advice = Advice(task=spec.name, task_type=task_type, tier=tier, tier_params=params,
                     reason=f"{task_type}: {why}.", metric=spec.main_metric, n_train=len(split.pool),
                     n_eval=len(split.eval))

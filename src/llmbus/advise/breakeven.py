@@ -252,9 +252,11 @@ def dollars(usd: float | None) -> str:
     """An amount for the table and the sentence: `?` when unpriced."""
     if usd is None or not math.isfinite(usd):
         return "?"
+    if usd == 0:
+        return "$0"
     if usd >= 100:
         return f"${usd:,.0f}"
-    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.4f}" if usd >= 0.0001 or usd == 0 else f"${usd:.2e}"
+    return f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.4f}" if usd >= 0.0001 else f"${usd:.2e}"
 
 
 def months_text(months: float) -> str:

@@ -11,8 +11,9 @@ from llmbus.cli.app import fmt, out, plain, warn
 from llmbus.providers.prices import unknown_price_warning
 
 
-def print_decision(economics: Any, metric: str) -> None:
-    """The decision table, its sentence, its notes, and one warning per unpriced model."""
+def print_decision(economics: Any, metric: str, price_warnings: bool = True) -> None:
+    """The decision table, its sentence, its notes, and (unless printed already) one warning per unpriced
+    model."""
     d = economics.decision
     a = d.assumptions
     table = Table(title=plain(f"break-even at {volume_text(a.volume)} items a month · wrong answers at "
@@ -37,6 +38,6 @@ def print_decision(economics: Any, metric: str) -> None:
             out.print(f"  {plain(system.name)}: {plain(system.note)}", highlight=False)
     for note in economics.notes:
         out.print(f"  note: {plain(note)}", highlight=False)
-    for name in d.unpriced:
+    for name in d.unpriced if price_warnings else []:
         warn(unknown_price_warning(name.split(" (run ")[0]) if " (run " in name else
              f"{name}: its one-off cost is unknown (a part of it has no price)")

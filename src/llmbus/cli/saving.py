@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
@@ -240,18 +241,28 @@ def serve(
 @friendly_errors
 def report(
     task: str = typer.Argument(..., help="Task spec YAML"),
-    traffic: int = typer.Option(1_000_000, "--traffic", help="Items per month for the $/month column"),
+    traffic: int = typer.Option(1_000_000, "--traffic", help="Items per month for the $/month column and the "
+                                                             "break-even"),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write"),
     runs: str | None = typer.Option(None, "--runs", help="Comma-separated run ids (default: latest of each kind)"),
+    error_cost: float = typer.Option(ERROR_COST, "--error-cost", min=0, help="USD a wrong answer costs"),
+    label_cost: float = typer.Option(LABEL_COST, "--label-cost", min=0, help="USD a human label costs"),
+    horizon: float = typer.Option(HORIZON_MONTHS, "--horizon", min=0.1, help="Months one-off costs are weighed "
+                                                                            "over"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
+    """Before/after page: teacher, student, cascade, cached and the cheap baselines on the same items — quality,
+    latency, cost, Pareto plot — and the break-even at the traffic, with a cost-vs-volume plot."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.serve.report import build_report, render_html
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
-    result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None)
+    spec = load_spec(task)
+    with stage_progress(disable=as_json) as progress:
+        result = build_report(spec, Store(db), traffic, runs.split(",") if runs else None, error_cost=error_cost,
+                              label_cost=label_cost, horizon=horizon, progress=progress)
     output.write_text(render_html(result), encoding="utf-8")
     if as_json:
         out.print_json(data={**result.as_dict(), "output": str(output), "warnings": result.warnings})
@@ -259,4 +270,10 @@ def report(
     out.print(result.headline, highlight=False)
     for warning in result.warnings:
         warn(warning)
-    out.print(f"wrote {output} ({len(result.rows)} configurations)")
+    if result.baseline_note:
+        out.print(f"  {plain(result.baseline_note)}", highlight=False)
+    if result.economics is not None:
+        from llmbus.cli.breakeven import print_decision
+
+        print_decision(result.economics, result.metric, price_warnings=False)  # the report's warnings said them
+    out.print(f"wrote {output} ({len(result.rows)} configurations, {len(result.baselines)} baselines)")
