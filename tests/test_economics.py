@@ -8,6 +8,8 @@ import os
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,12 @@ def test_report_shows_an_unpriced_model_as_unknown_with_one_warning(tmp_path: Pa
     page = render_html(report)
     assert page.count('title="no price: see the warning">?</td>') == 2
     assert "openai:mystery" not in report.economics.decision.sentence.split(":")[0]  # never the choice
+    shown = subprocess.run([sys.executable, "-m", "llmbus.cli", "report", str(tmp_path / "noisy.yaml"), "--runs",
+                            f"{first},{again}", "--db", str(store.engine.url.database), "-o", str(tmp_path / "r.html")],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "250"})
+    assert shown.returncode == 0, shown.stderr
+    assert [line for line in shown.stderr.splitlines() if "openai:mystery" in line] == [
+        f"warning: {report.warnings[-1]}"]
 
 
 def test_a_projected_student_comes_from_distills_learning_curve(tmp_path: Path, store: Store):

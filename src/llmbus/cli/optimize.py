@@ -38,6 +38,7 @@ def optimize(
     """Search few-shot k, selection, order, verbalizers, calibration, instructions and models within a budget;
     write the winner as a plain task YAML and confirm it on held-out items against the input spec."""
     from llmbus.experiments.optimize import Plan, optimize
+    from llmbus.run.summary import spend
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
@@ -68,8 +69,9 @@ def optimize(
     if result.diff:
         sys.stdout.write(result.diff if result.diff.endswith("\n") else result.diff + "\n")
     out.print(f"wrote {plain(result.output)}; runs tagged {result.tag}", highlight=False)
+    runs = [r["id"] for r in store.list_runs(tag=result.tag)] + [c.winner_run, c.original_run]
     out.print(f"spent: {result.spent} model calls of the budget {result.plan.budget} ({result.cache_hits} answers "
-              "from the cache, free)", highlight=False)
+              f"from the cache, free), {spend(store, runs).amount()}", highlight=False)
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:

@@ -114,6 +114,18 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str | TeacherData, f
               f"{report.semantic_hit_rate:.0%} of synthetic paraphrases (perturbed inputs) hit, "
               f"{report.semantic_false_hit_rate:.1%} false hits (negated inputs, inputs with another teacher answer)")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
+    out.print(_training_spent(report.train_cpu_seconds if report.train_cpu_seconds == report.train_cpu_seconds
+                              else report.train_seconds) + "; no model calls (the teacher's answers came from the "
+              "call log)", highlight=False)
+
+
+def _training_spent(seconds: float, what: str = "CPU-seconds") -> str:
+    """What training cost, at the CPU price local models are priced at."""
+    from llmbus.advise.breakeven import dollars
+    from llmbus.settings import USD_PER_HOUR
+
+    return (f"spent: training {seconds:,.0f} {what} ≈ {dollars(seconds * USD_PER_HOUR / 3600)} at "
+            f"${USD_PER_HOUR:g}/CPU-hour")
 
 
 def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
@@ -150,6 +162,24 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
     out.print(f"  ✓ = registered as [bold]{report.student}[/] (smallest file within {target:.0%} of F16 on "
               f"validation); every precision is registered as {report.student}-f16/-q8_0/-q4_k_m")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · adapter: {report.out_dir}/student/adapter")
+    out.print(_lora_spent(report), highlight=False)
+
+
+def _lora_spent(report: Any) -> str:
+    """Training plus the held-out answers of every variant, the teacher's top-up calls priced as it is."""
+    import math
+
+    from llmbus.advise.breakeven import dollars
+    from llmbus.providers.prices import price_for
+
+    answers = {"teacher": report.n_test, "base": report.n_test}  # students answered validation items too
+    calls = sum(v["cost_per_1k"] * answers.get(v["quant"], report.n_val + report.n_test) / 1000
+                for v in report.variants if math.isfinite(v["cost_per_1k"]))
+    price = price_for(report.teacher_model)
+    teacher = f"the teacher's {report.n_test} answers included" if price is None or price.known else \
+        f"plus ? for the teacher's {report.n_test} answers (no price for {report.teacher_model})"
+    wall = _training_spent(report.train["seconds"], "seconds (wall clock, priced as one CPU)")
+    return f"{wall}; held-out answers {dollars(calls)} ({teacher})"
 
 
 def _print_heading(student: str, teacher_model: str, teacher_run: str, n_train: int, seconds: float,

@@ -124,6 +124,13 @@ class Spend:
     calls: int
     unknown: list[str] = field(default_factory=list)  # models without a price
 
+    def amount(self) -> str:
+        """`$0.001234`, or `?` naming the models without a price."""
+        if not self.unknown:
+            return dollars(self.usd)
+        priced = f"{dollars(self.usd)} priced, " if self.usd else ""
+        return f"? ({priced}no price for {', '.join(self.unknown)})"
+
     def line(self) -> str:
         """`spent $0.0123 on 40 calls`, or with unpriced models `spent ? …` naming them."""
         if not self.unknown:
