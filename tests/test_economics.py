@@ -39,7 +39,7 @@ A = Assumptions(volume=1_000_000, error_cost=0.05, label_cost=0.10, horizon_mont
 def noisy_task(tmp_path: Path, n: int = 300) -> TaskSpec:
     """A classify task whose labels do not follow from the text: cheap baselines score about chance."""
     rng = random.Random(7)
-    words = "lunch prize call home win free meeting tomorrow money late".split()
+    words = ["lunch", "prize", "call", "home", "win", "free", "meeting", "tomorrow", "money", "late"]
     with (tmp_path / "noisy.jsonl").open("w") as handle:
         for i in range(n):
             text = " ".join(rng.choice(words) for _ in range(6))
