@@ -77,9 +77,10 @@ def test_report_verdict_says_overlapping_intervals_do_not_pick_a_winner(tmp_path
     assert rows["student"].quality >= rows["teacher"].quality_lo  # the intervals overlap
     assert report.baselines and all(b.n == 100 for b in report.baselines)  # on the runs' items
     assert all(b.quality_hi < rows["student"].quality_lo for b in report.baselines)  # chance-level baselines
+    lo, hi = rows["teacher"].quality_lo, rows["teacher"].quality_hi
     assert report.headline == (
         f"Run student encoder:{tmp_path}/student: its accuracy 0.930 is within the 95% interval of the best, "
-        f"teacher openai:gpt-4o-mini (0.950, 95% CI {rows['teacher'].quality_lo:.3f}–{rows['teacher'].quality_hi:.3f}), "
+        f"teacher openai:gpt-4o-mini (0.950, 95% CI {lo:.3f}–{hi:.3f}), "
         "so these items do not tell them apart, and it costs 200× less per item ($1.00 instead of $200.00 a month "
         "at 1,000,000 items).")
     decision = report.economics.decision
