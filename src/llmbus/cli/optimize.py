@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, usd
 from llmbus.settings import DEFAULT_MODEL
 
 
@@ -93,10 +93,11 @@ def _print_candidates(data: dict[str, Any]) -> None:
     for row in data["candidates"]:
         table.add_row(str(row["stage"]), plain(row["candidate"]), plain(row["model"]), str(row["items"]),
                       _ci(row["quality"]) if row["quality"] else "–", fmt(row["prompt_tokens_per_item"], ".0f"),
-                      fmt(row["cost_per_1k"], ".4f"), fmt(row["latency_p50_s"]), str(row["calls"]),
+                      usd(row["cost_per_1k"], row["price_known"]), fmt(row["latency_p50_s"]), str(row["calls"]),
                       "*" if row["pareto"] else "", plain(row["note"]))
     out.print(table)
     front = sorted(data["pareto"], key=lambda r: (r["cost_per_1k"] or 0.0))
     out.print("pareto front (quality vs $/1k): " + "; ".join(
-        f"{plain(r['candidate'])} {fmt(r['quality']['value'])} at {fmt(r['cost_per_1k'], '.4f')}" for r in front),
+        f"{plain(r['candidate'])} {fmt(r['quality']['value'])} at {usd(r['cost_per_1k'], r['price_known'])}"
+        for r in front),
         highlight=False)
