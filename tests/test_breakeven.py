@@ -60,9 +60,22 @@ def test_overlapping_intervals_are_said_not_ranked():
     wide = systems(teacher_interval=(0.90, 0.99), student_interval=(0.88, 0.97))
     decision = decide([s for s in wide if s.name != "baseline"], A, current="teacher")
     assert decision.choice == "teacher" and decision.overlapping == ["student"]
-    assert "teacher, student cost the same within their 95% quality intervals" in decision.sentence
-    assert "do not pick a winner" in decision.sentence and decision.sentence.count(".") <= 12  # one sentence
+    lines = {line.system: line for line in decision.lines}
+    assert decision.sentence.startswith(
+        f"At 1M items a month, the 95% quality intervals leave student within reach of teacher "
+        f"(${lines['teacher'].total_lo:,.0f}–${lines['teacher'].total_hi:,.0f} over 12 months), so these items do "
+        "not pick a winner: teacher is cheapest at the point estimates, $42,000 over 12 months")
     assert "run teacher:" not in decision.sentence
+
+
+def test_payback_leaves_out_what_the_current_choice_already_paid():
+    # both learned from the same labeled pool ($100): only the baseline's training is still to pay
+    teacher = System("teacher", "llm", 0.95, 0.949, 0.951, usd_per_item=0.001, one_off={"labels": 100.0})
+    baseline = System("baseline", "baseline", 0.96, 0.959, 0.961, usd_per_item=0.000001,
+                      one_off={"labels": 100.0, "training": 3.0})
+    decision = decide([teacher, baseline], A, current="teacher")
+    line = next(line for line in decision.lines if line.system == "baseline")
+    assert line.one_off == pytest.approx(103.0) and line.payback_months == pytest.approx(3.0 / 1499)
 
 
 def test_an_unpriced_system_is_listed_never_ranked():

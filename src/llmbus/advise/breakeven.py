@@ -12,8 +12,9 @@ At V items a month, with a cost per wrong answer E and a horizon of H months:
 The cheapest total wins. Two systems' totals meet where F_s + H·m_s·V = F_t + H·m_t·V, m = c + e·E:
 V* = (F_t − F_s) / (H·(m_s − m_t)), a crossover; along the cheapest of all lines these are the volumes where
 the answer changes. A system's payback against the current choice k is F_s / (monthly_k(V) − monthly_s(V))
-months: never when it saves nothing a month. Unpriced systems (a model without a price) are listed, never
-ranked.
+months, where F_s leaves out what k already paid (its own labels, say): never when it saves nothing a month.
+The totals and crossovers compare the systems from scratch, one-offs included. Unpriced systems (a model without
+a price) are listed, never ranked.
 """
 
 from __future__ import annotations
@@ -163,14 +164,17 @@ def cheapest_path(systems: list[System], a: Assumptions) -> list[Crossover]:
 
 
 def payback_months(system: System, current: System, a: Assumptions) -> float | None:
-    """Months until `system`'s one-off is paid back by what it saves a month against `current` (None: it
-    saves nothing, or it is the current choice)."""
+    """Months until what `system` still has to pay once is paid back by what it saves a month against `current`
+    (None: it saves nothing, or it is the current choice). What the current choice already paid is sunk: each
+    one-off part it has too (the same labeled pool, say) counts only above the current's amount."""
     if system is current or not system.priced or not current.priced:
         return None
     saving = (monthly_per_item(current, a) - monthly_per_item(system, a)) * a.volume
     if saving <= 0:
         return None
-    return (system.one_off_usd or 0.0) / saving
+    paid = current.one_off
+    still = sum(max(0.0, (cost or 0.0) - (paid.get(part) or 0.0)) for part, cost in system.one_off.items())
+    return still / saving
 
 
 def line_of(system: System, a: Assumptions, current: System | None) -> Line:
@@ -227,12 +231,11 @@ def sentence(d: Decision) -> str:
     cost = (f"{dollars(best.total)} over {a.horizon_months:g} months (run {dollars(best.run_month)} + errors "
             f"{dollars(best.errors_month)} a month + {dollars(best.one_off)} one-off)")
     if d.overlapping:
-        names = ", ".join([d.choice, *d.overlapping])
-        ranges = "; ".join(f"{line.system} {dollars(line.total_lo)}–{dollars(line.total_hi)}"
-                           for line in (lines[n] for n in [d.choice, *d.overlapping]))
-        main = (f"{head}, {names} cost the same within their 95% quality intervals ({ranges} over "
-                f"{a.horizon_months:g} months), so these items do not pick a winner: {d.choice} is cheapest at "
-                f"the point estimates, {cost}")
+        others = d.overlapping[:2] + ([f"{len(d.overlapping) - 2} more"] if len(d.overlapping) > 2 else [])
+        main = (f"{head}, the 95% quality intervals leave {', '.join(others[:-1]) + ' and ' if len(others) > 1 else ''}"
+                f"{others[-1]} within reach of {d.choice} ({dollars(best.total_lo)}–{dollars(best.total_hi)} over "
+                f"{a.horizon_months:g} months), so these items do not pick a winner: {d.choice} is cheapest at the "
+                f"point estimates, {cost}")
     else:
         main = f"{head}, run {d.choice}: {cost}"
         if d.current and d.current != d.choice and best.payback_months is not None:
@@ -260,7 +263,11 @@ def dollars(usd: float | None) -> str:
 
 
 def months_text(months: float) -> str:
-    """A payback time: days under a month, else months."""
+    """A payback time: at once, under a day, days under a month, else months."""
+    if months == 0:
+        return "at once"
+    if months * 30 < 1:
+        return "under a day"
     return f"{months * 30:.0f} days" if months < 1 else f"{months:,.1f} months"
 
 

@@ -20,6 +20,7 @@ def print_decision(economics: Any, metric: str, price_warnings: bool = True) -> 
                               f"{dollars(a.error_cost)} each · labels at {dollars(a.label_cost)} each · "
                               f"{a.horizon_months:g}-month horizon · current: {d.current or 'none'}"),
                   title_justify="left")
+    # payback: of the one-off the current choice has not paid already
     columns = ["system", "kind", metric, "95% CI", "run $/month", "errors $/month (95% CI)", "one-off $",
                f"{a.horizon_months:g}-month total", "payback"]
     for column in columns:

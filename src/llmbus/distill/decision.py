@@ -196,7 +196,8 @@ def economics(spec: TaskSpec, store: Store, advice: Advice, assumptions: Assumpt
     systems = baseline_systems(spec, advice, assumptions.label_cost, usd_per_hour,
                                items & set(advice.expected) if items else None)
     systems += [run_system(spec, store, run, assumptions.label_cost, advice.n_train, usd_per_hour) for run in runs]
-    notes = []
+    notes = [f"baselines scored on the {len(items & set(advice.expected))} eval items the runs answered, so every "
+             "row is measured on the same sample"] if items else []
     projected = projected_student(spec, store, systems, usd_per_hour)
     if projected is not None:
         systems.append(projected)
