@@ -81,7 +81,7 @@ def test_report_verdict_says_overlapping_intervals_do_not_pick_a_winner(tmp_path
     assert report.headline == (
         f"Run student encoder:{tmp_path}/student: its accuracy 0.930 is within the 95% interval of the best, "
         f"teacher openai:gpt-4o-mini (0.950, 95% CI {lo:.3f}–{hi:.3f}), "
-        "so these items do not tell them apart, and it costs 200× less per item ($1.00 instead of $200.00 a month "
+        "so these items do not tell them apart, and it costs 200× less per item ($1.00 instead of $200 a month "
         "at 1,000,000 items).")
     decision = report.economics.decision
     assert decision.current == f"openai:gpt-4o-mini (run {teacher})"
@@ -97,7 +97,7 @@ def test_report_verdict_names_a_clear_winner_only_outside_the_others_intervals(t
     student = answered(store, spec, f"encoder:{tmp_path}/student", 60, 100, 0.000001)
     report = build_report(spec, store, 1_000_000, [teacher, student])
     assert report.headline.startswith("Run teacher openai:gpt-4o-mini: its accuracy (0.970, 95% CI")
-    assert "no other system reaches its 95% interval; $200.00 a month at 1,000,000 items." in report.headline
+    assert "no other system's 95% interval reaches it; $200 a month at 1,000,000 items." in report.headline
 
 
 def test_report_shows_an_unpriced_model_as_unknown_with_one_warning(tmp_path: Path, store: Store):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmbus.advise.advise import advise
-from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST, Assumptions
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST, Assumptions, dollars
 from llmbus.distill.decision import Economics, baseline_systems, economics, is_lora_student, row_kind
 from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
@@ -190,35 +190,41 @@ def mark_pareto(rows: list[ReportRow]) -> None:
 def verdict(report: Report) -> str:
     """One sentence: the cheapest system whose quality is within the best one's 95% interval, baselines
     included. Cached rows are left out (their saving depends on how often inputs repeat, not on a model);
-    systems within the interval are said to be indistinguishable on these items, never ranked."""
+    systems whose intervals overlap the best's are said to be indistinguishable on these items, never ranked."""
     systems = [r for r in [*report.rows, *report.baselines] if r.kind != "cached" and math.isfinite(r.quality)]
     if not systems:
         return "Nothing measured yet: run the task on your strongest model first (llmbus run)."
     best = max(systems, key=lambda r: r.quality)
     within = [r for r in systems if r.quality >= best.quality_lo]
+    overlapping = [r for r in systems if r is not best and r.quality_hi >= best.quality_lo]
     priced = [r for r in within if r.price_known and math.isfinite(r.usd_per_1k)]
     month = f"a month at {report.traffic:,} items"
     if not priced:
         return (f"{_name(best)} has the best {report.metric} ({_interval(best)}), but nothing within its interval "
                 "has a price: set the models' prices in llmbus.yaml to compare costs.")
     cheapest = min(priced, key=lambda r: r.usd_per_1k)
-    rest = [r for r in within if r is not cheapest]
-    if not rest:
-        return (f"Run {_name(best)}: its {report.metric} ({_interval(best)}) is the best, and no other system "
-                f"reaches its 95% interval; ${best.usd_per_month:,.2f} {month}.")
-    tied = ", ".join(_name(r) for r in rest)
+    if cheapest is best and not overlapping:
+        return (f"Run {_name(best)}: its {report.metric} ({_interval(best)}) is the best, and no other system's "
+                f"95% interval reaches it; {dollars(best.usd_per_month)} {month}.")
     if cheapest is best:
-        return (f"Run {_name(best)}: it has the best {report.metric} ({_interval(best)}) and is the cheapest of "
-                f"the systems within its 95% interval ({tied}: not told apart from it on these items), at "
-                f"${best.usd_per_month:,.2f} {month}.")
+        return (f"Run {_name(best)}: it has the best {report.metric} ({_interval(best)}) and costs least of the "
+                f"systems whose 95% intervals overlap it ({_names(overlapping)}: not told apart from it on these "
+                f"items), at {dollars(best.usd_per_month)} {month}.")
+    rest = [r for r in overlapping if r is not cheapest]
     factor = best.usd_per_1k / cheapest.usd_per_1k if cheapest.usd_per_1k > 0 else math.inf
     ratio = "∞" if math.isinf(factor) else f"{factor:,.0f}" if factor >= 10 else f"{factor:,.1f}"
     return (f"Run {_name(cheapest)}: its {report.metric} {cheapest.quality:.3f} is within the 95% interval of "
             f"the best, {_name(best)} ({_interval(best)}), so these items do not tell them apart"
-            f"{'' if len(rest) == 1 else f' (nor {len(rest) - 1} more within it)'}, and it costs "
-            + (f"{ratio}× less per item (${cheapest.usd_per_month:,.2f} instead of ${best.usd_per_month:,.2f} "
-               if best.price_known else f"less (${cheapest.usd_per_month:,.2f}; the best has no price) ")
+            f"{'' if len(rest) == 0 else f' (nor {len(rest)} more overlapping it)'}, and it costs "
+            + (f"{ratio}× less per item ({dollars(cheapest.usd_per_month)} instead of "
+               f"{dollars(best.usd_per_month)} " if best.price_known
+               else f"less ({dollars(cheapest.usd_per_month)}; the best has no price) ")
             + f"{month}).")
+
+
+def _names(rows: list[ReportRow]) -> str:
+    shown = [_name(r) for r in rows[:2]] + ([f"{len(rows) - 2} more"] if len(rows) > 2 else [])
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
 
 
 def _name(row: ReportRow) -> str:
