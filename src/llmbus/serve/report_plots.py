@@ -65,10 +65,11 @@ def costs_png(economics: Any, task: str) -> bytes:
     marks = [c.volume for c in decision.crossovers] + [a.volume]
     volumes = np.geomspace(max(1.0, min(marks) / 100), max(marks) * 100, 200)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for system in systems:
+    styles = {"baseline": ":", "projected": "--"}  # one color per system; the line style says its kind
+    for k, system in enumerate(systems):
         totals = [max(horizon_total(system, a, v), 1e-6) for v in volumes]
-        ax.plot(volumes, totals, label=system.name, color=COLORS.get(system.kind), linewidth=1.5,
-                linestyle="--" if system.kind == "projected" else "-")
+        ax.plot(volumes, totals, label=f"{system.kind}: {system.name}", color=f"C{k % 10}", linewidth=1.6,
+                linestyle=styles.get(system.kind, "-"))
     by_name = {s.name: s for s in systems}
     for crossing in decision.crossovers:
         total = horizon_total(by_name[crossing.above], a, crossing.volume)
