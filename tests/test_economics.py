@@ -247,3 +247,25 @@ def test_breakeven_and_report_on_topics(tmp_path: Path):
     assert report.headline.startswith(f"Run {cheapest.kind} {cheapest.model}")
     assert ("do not tell them apart" in report.headline) == (cheapest is not best)
     shutil.rmtree(tmp_path / "distill")
+
+
+def test_advise_volume_json_and_a_bad_volume(tmp_path: Path, store: Store):
+    priced_config(tmp_path)
+    spec = noisy_task(tmp_path)
+    teacher = answered(store, spec, "openai:gpt-4o-mini", 95, 100, 0.0002)
+
+    def advise_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmbus.cli", "advise", str(tmp_path / "noisy.yaml"), *args,
+                               "--db", str(store.engine.url.database)], capture_output=True, text=True, timeout=300)
+
+    shown = advise_cli("--volume", "250k/month", "--error-cost", "0.02", "--json")
+    assert shown.returncode == 0, shown.stderr
+    breakeven = json.loads(shown.stdout)["breakeven"]
+    assert breakeven["assumptions"] == {"volume": 250_000, "error_cost": 0.02, "label_cost": 0.10,
+                                        "horizon_months": 12.0}
+    assert breakeven["current"] == f"openai:gpt-4o-mini (run {teacher})"
+    assert {line["kind"] for line in breakeven["lines"]} == {"baseline", "llm"}
+    assert breakeven["sentence"].startswith("At 250k items a month")
+    bad = advise_cli("--volume", "lots")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --volume 'lots': give items a month, e.g. 1M/month, 250k or 40000"]
