@@ -16,7 +16,7 @@ COLORS = {"teacher": "#c0392b", "student": "#2980b9", "cascade": "#8e44ad", "cac
 
 
 def _pyplot() -> Any:
-    matplotlib = require("report", "matplotlib", "llmbus report's plots")
+    matplotlib = require("report", "matplotlib", "llmbus report's Pareto plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
