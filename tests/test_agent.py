@@ -92,7 +92,9 @@ def test_wall_time_budget(stub, stub_model, store: Store):
     goal = 'AGENT-LOOP AGENT-CALL hang {"seconds": 60}'
     outcome = start(store, agentic, {"goal": goal, "budget": {"max_wall_s": 1.0, "tool_timeout_s": 0.6}},
                     FlowSettings(model=stub_model))
-    assert "wall-time budget of 1s spent" in outcome.output["why"] and outcome.output["turns"] == 2
+    # each turn takes at least the 0.6 s tool timeout: the 1 s budget ends the loop after the second turn, or after
+    # the first when a loaded machine makes that turn alone take the second
+    assert "wall-time budget of 1s spent" in outcome.output["why"] and outcome.output["turns"] in (1, 2)
 
 
 def test_prompt_shows_tools_and_the_turns_so_far():

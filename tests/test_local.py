@@ -66,10 +66,13 @@ def test_prompt_tokens_reused_from_the_servers_cache_are_logged(local: LocalProv
 
 
 def test_json_schema_is_enforced_by_the_grammar(local: LocalProvider):
-    schema = {"type": "object", "properties": {"entities": {"type": "array", "items": {
-        "type": "object", "properties": {"text": {"type": "string"}, "type": {"enum": ["person", "geo-loc"]}},
+    # maxItems and maxLength bound the answer, so a greedy loop of entities cannot run past max_tokens (a cut
+    # answer is not JSON whatever the grammar): what is generated must parse and fit the schema
+    schema = {"type": "object", "properties": {"entities": {"type": "array", "maxItems": 2, "items": {
+        "type": "object", "properties": {"text": {"type": "string", "maxLength": 30},
+                                         "type": {"enum": ["person", "geo-loc"]}},
         "required": ["text", "type"]}}}, "required": ["entities"]}
-    result = local.complete(Request("Tweet: Obama flew to Paris today\nEntities as JSON:", max_tokens=60,
+    result = local.complete(Request("Tweet: Obama flew to Paris today\nEntities as JSON:", max_tokens=120,
                                     json_schema=schema))
     import jsonschema
 
