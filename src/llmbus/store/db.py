@@ -22,7 +22,7 @@ from llmbus.errors import LlmbusError
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
-from llmbus.store.migrations import MIGRATIONS
+from llmbus.store.migrations import MIGRATIONS, lock_for_migrations
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
 
@@ -104,15 +104,21 @@ class Store:
         self.migrate()
         self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
 
-    def migrate(self) -> None:
-        """Apply every migration not yet recorded."""
+    def migrate(self) -> list[str]:
+        """Apply every migration not yet recorded, under a lock that many processes opening the same fresh
+        database at once take in turn (the first applies them, the others find them done); returns the names
+        this call applied."""
+        applied = []
         with self.engine.begin() as conn:
+            lock_for_migrations(conn)
             migrations_table.create(conn, checkfirst=True)
             done = set(conn.scalars(sa.select(migrations_table.c.name)))
             for name, apply in MIGRATIONS:
                 if name not in done:
                     apply(conn)
                     conn.execute(migrations_table.insert().values(name=name, applied_at=now()))
+                    applied.append(name)
+        return applied
 
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,

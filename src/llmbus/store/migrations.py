@@ -25,6 +25,22 @@ from llmbus.store.schema import (
     runs,
 )
 
+# pg_advisory_xact_lock's key: any fixed 64-bit number no other program on the database uses ("llmbus" in ASCII).
+MIGRATION_LOCK_KEY = 0x6C6C6D627573
+
+
+def lock_for_migrations(conn: Connection) -> None:
+    """Take the database-wide migration lock for the rest of `conn`'s transaction.
+
+    Without it, ten processes opening one fresh database at once all try CREATE TABLE and nine die on a
+    unique violation. PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback, also when
+    the process dies). SQLite: BEGIN IMMEDIATE, the database's write lock, taken before the first read so the
+    check of what is applied and the migrations themselves are one step (waits up to the busy timeout)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
 
 def _m001_runs_calls_cache(conn: Connection) -> None:
     for table in (runs, calls, cache):
