@@ -33,6 +33,7 @@ from llmbus.errors import GatewayError, LlmbusError, ProviderError
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.quality.estimate import Estimate
 from llmbus.quality.monitor import latest_estimates
+from llmbus.serve.access_log import AccessLog, AccessNote
 from llmbus.serve.canary import decision_counts
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
@@ -271,6 +272,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         gateway.close()
 
     app = FastAPI(title="llmbus gateway", lifespan=lifespan)
+    app.add_middleware(AccessLog)
 
     @app.exception_handler(GatewayError)
     async def _refused(_: Request, exc: GatewayError) -> JSONResponse:
@@ -285,17 +287,21 @@ def create_app(gateway: Gateway) -> FastAPI:
             error = GatewayError(400, "We could not parse the JSON body of your request: it must be a JSON object.")
         except GatewayError as exc:
             error = exc
-        refused(error, name, key, "")
+        refused(error, name, key, "", request.state.access)
         return error_response(error)
 
-    def refused(error: GatewayError, name: str, key: KeyConfig | None, prompt: str) -> None:
+    def refused(error: GatewayError, name: str, key: KeyConfig | None, prompt: str, note: AccessNote) -> None:
         """Count and log a refused request."""
         metrics.refused.labels(error.kind).inc()
-        gateway.refuse(name, error, key, prompt)
+        note.fill(name, "refused", key.name if key else None)
+        gateway.refuse(name, error, key, prompt, note.arrival)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "models": sorted(gateway.config.models)}
+    def health() -> JSONResponse:
+        """`ok` once every served task is warm and its backends are up, `starting` (503) until then."""
+        ready = gateway.ready.is_set()
+        return JSONResponse({"status": "ok" if ready else "starting", "models": sorted(gateway.config.models)},
+                            status_code=200 if ready else 503)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -311,10 +317,11 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
-    def handle(body: dict[str, Any], authorization: str | None, chat: bool) -> Any:
+    def handle(body: dict[str, Any], authorization: str | None, chat: bool, note: AccessNote) -> Any:
         given_name = body.get("model")
         name = given_name if isinstance(given_name, str) else ""
         key, prompt = None, ""
+        note.fill(name)
         try:
             key = gateway.keys.authorize(authorization)
             check_body(body, chat)
@@ -327,25 +334,27 @@ def create_app(gateway: Gateway) -> FastAPI:
             request = gateway.request_for(name, prompt, raw_input, body)
             held = gateway.reserve(name, request, key)
         except GatewayError as exc:
-            refused(exc, name, key, prompt)
+            refused(exc, name, key, prompt, note)
             raise
+        note.fill(key=key.name if key else None)
         metrics.in_flight.inc()
         try:
             if body.get("stream"):
-                stream = gateway.open_stream(name, request, key, held)
+                stream = gateway.open_stream(name, request, key, held, note.arrival)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key))
+                events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key, note))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
-            answer = gateway.answer(name, request, key, held)
+            answer = gateway.answer(name, request, key, held, note.arrival)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
-            observe(name, None, key)
+            observe(name, None, key, note)
             raise
-        observe(name, answer, key)
+        observe(name, answer, key, note)
         return completion_body(name, answer, chat)
 
-    def observe(name: str, answer: Answer | None, key: KeyConfig | None) -> None:
+    def observe(name: str, answer: Answer | None, key: KeyConfig | None, note: AccessNote) -> None:
         """Count a finished request (None: it failed, before or during its stream)."""
         metrics.in_flight.dec()
+        note.fill(route=answer.route if answer is not None else "failed")
         if answer is None:
             metrics.requests.labels(name, "none", "error").inc()
             return
@@ -360,11 +369,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     def chat_completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), chat=True)
+        return handle(body, request.headers.get("authorization"), True, request.state.access)
 
     @app.post("/v1/completions")
     def completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), chat=False)
+        return handle(body, request.headers.get("authorization"), False, request.state.access)
 
     app.state.gateway = gateway
     app.state.metrics = metrics

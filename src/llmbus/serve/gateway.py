@@ -24,11 +24,13 @@ import uuid
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmbus.embed import StageCallback
 from llmbus.errors import GatewayError, ProviderError, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
@@ -37,13 +39,20 @@ from llmbus.providers.openai import OpenAIProvider
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
+from llmbus.serve.call_writer import Arrival, CallWriter
 from llmbus.serve.canary import Canaries, CanaryConfig
-from llmbus.serve.gateway_keys import KeyConfig, Keys, bearer_token, check_secrets, estimate_cost, secret_value
+from llmbus.serve.gateway_keys import KeyConfig, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
+from llmbus.serve.limits import Keys
+from llmbus.serve.warmup import warm_selectors
 from llmbus.store import CallRecord, Store, now
+from llmbus.store.gateway_state import Hold, KeyLedger, SemanticEntries
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt, yaml_line
+
+# A budget hold outlives its route's timeouts by this much (queueing, logging) before it lapses on its own.
+HOLD_GRACE_S = 60.0
 
 
 class _Config(BaseModel):
@@ -131,23 +140,37 @@ class Gateway:
         self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.exact = ExactCache(store) if config.cache.exact else None
-        self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
-        self.keys = Keys(config.keys, store.open_key_spend([k.name for k in config.keys]))
+        self.semantic = (SemanticCache(config.cache.semantic_threshold, saved=SemanticEntries(store.engine))
+                         if config.cache.semantic else None)
+        self.keys = Keys(config.keys, KeyLedger(store.engine))
+        self.calls = CallWriter(store)  # the call log, written in batches off the request path
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
         self._lock = threading.Lock()
+        self.ready = threading.Event()  # set by `start` once pools are embedded and backends are up
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
         self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name))
                         for name, route in config.models.items()}
         self.refusal_run_id: str | None = None  # made with the first refusal
 
-    def start(self) -> None:
-        """Start every backend now (load errors surface at startup, not on the first request)."""
-        for provider in self.providers.values():
+    def start(self, progress: StageCallback | None = None) -> None:
+        """Warm up before the first request: embed each served task's nearest-shot pool (vectors the store's
+        embedding cache holds are read, not computed), load the saved semantic cache and start every backend
+        (load errors surface here, not on the first request). Idempotent; `ready` is set once done."""
+        if self.ready.is_set():
+            return
+        warm_selectors(self.selectors, self.store.embeddings, progress)
+        if self.semantic is not None:
+            self.semantic.load([f"{name}:" for name in self.config.models])
+        for ref, provider in self.providers.items():
+            if progress:
+                progress(f"starting {ref}", None, None)
             provider.check()
+        self.ready.set()
 
     def close(self) -> None:
-        """Stop backends and worker threads."""
+        """Stop backends and worker threads; write the call-log rows still queued."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.calls.close()
         for provider in self.providers.values():
             provider.close()
         for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
@@ -171,15 +194,17 @@ class Gateway:
         if self.metrics_secret and not hmac.compare_digest(bearer_token(header).encode(), self.metrics_secret.encode()):
             raise GatewayError(401, "/metrics needs the metrics key (Authorization: Bearer …)")
 
-    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> float:
+    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> Hold | None:
         """Hold the request's estimated cost against its key's budget (the most any of the route's models
-        could charge); returns the amount held, for `answer`/`open_stream` to release once the call is logged."""
+        could charge) for as long as the route can take; returns the hold, for `answer`/`open_stream` to settle
+        once the call is logged."""
         if key is None or key.budget_usd is None:
-            return 0.0
+            return None
         route = self.config.models[name]
         candidate = [c.candidate for n, c in self.config.canary.items() if n == name and c.candidate in self.models]
+        refs = [route.model, *route.fallbacks, *candidate]
         return self.keys.hold(key, max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
-                                       for ref in [route.model, *route.fallbacks, *candidate]))
+                                       for ref in refs), ttl_s=HOLD_GRACE_S + route.timeout_s * len(refs))
 
     # --- answering ---------------------------------------------------------------------------------------
     def prompt_for(self, name: str, raw_input: str) -> str | None:
@@ -203,11 +228,12 @@ class Gateway:
                              temperature=float(body.get("temperature") or 0.0),
                              stop=tuple([stop] if isinstance(stop, str) else stop))
 
-    def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
-        """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
-        released once the real cost is logged."""
+    def answer(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+               arrival: Arrival | None = None) -> Answer:
+        """Cache, then the model, then its fallbacks; logs the call either way. `hold` (from `reserve`) is
+        settled once the real cost is logged; latency counts from `arrival` (when the request came in)."""
         route, arm = self._route(name, request)
-        tick = time.perf_counter()
+        tick = arrival.tick if arrival else time.perf_counter()
         try:
             hit = self._cached(name, route.model, request)
             if hit is not None:
@@ -218,21 +244,22 @@ class Gateway:
                     completion, used, kind = self._call_with_fallbacks(route, request)
                 except GatewayError as exc:
                     failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick, arm=arm)
-                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)))
+                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)), hold)
                     raise
                 answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
                 self._remember(name, route.model, request, completion)
-            self._log(name, request, answer, key)
+            self._log(name, request, answer, key, hold=hold)
             return answer
         finally:
-            self.keys.release(key, held_usd)
+            self.keys.release(hold)
 
-    def open_stream(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> AnswerStream:
+    def open_stream(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+                    arrival: Arrival | None = None) -> AnswerStream:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
         answer) is there, so a backend that fails before it still falls back and a request that nobody can
         answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
         route, arm = self._route(name, request)
-        tick = time.perf_counter()
+        tick = arrival.tick if arrival else time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
         relayed = False  # the relay logs the answer and releases the hold
         try:
@@ -240,7 +267,7 @@ class Gateway:
             if hit is not None:
                 answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id, arm)
                 answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
-                self._log(name, request, answer, key)
+                self._log(name, request, answer, key, hold=hold)
                 return AnswerStream(_replay(answer), request_id)
             errors = []
             for position, ref in enumerate([route.model, *route.fallbacks]):
@@ -250,21 +277,21 @@ class Gateway:
                     kind = "backend" if position == 0 else "fallback"
                     relay = self._relay(name, route.model, request, key,
                                         Answer(Completion(""), kind, ref, 0.0, request_id, arm),
-                                        tick, held_usd, pump, first)
+                                        tick, hold, pump, first)
                     relayed = True
                     return AnswerStream(relay, request_id, stop_backend=pump.cancel)
                 pump.cancel()
                 errors.append(f"{ref}: {first.failure(route.timeout_s)}")
             message = "all backends failed: " + "; ".join(errors)
             self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
-                                            request_id, arm), key, ProviderError("all_failed", message))
+                                            request_id, arm), key, ProviderError("all_failed", message), hold)
             raise GatewayError(502, message)
         finally:
             if not relayed:
-                self.keys.release(key, held_usd)
+                self.keys.release(hold)
 
     def _relay(self, name: str, primary: str, request: Request, key: KeyConfig | None, answer: Answer,
-               tick: float, held_usd: float, pump: Pump, event: Event) -> Generator[str, None, Answer]:
+               tick: float, hold: Hold | None, pump: Pump, event: Event) -> Generator[str, None, Answer]:
         """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
         release the request's budget hold."""
         pieces: list[str] = []
@@ -285,13 +312,13 @@ class Gateway:
                     answer.completion = event.value
                     answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
                     self._remember(name, primary, request, answer.completion)
-                    self._log(name, request, answer, key)
+                    self._log(name, request, answer, key, hold=hold)
                 else:
                     pump.cancel()
                     answer.completion.text = "".join(pieces)
-                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s), hold)
             finally:
-                self.keys.release(key, held_usd)
+                self.keys.release(hold)
         if event.kind != "done":
             raise event.failure(self.config.models[name].timeout_s)
         return answer
@@ -363,7 +390,9 @@ class Gateway:
         return prompt[:limit], {f"{what}_chars": len(prompt)}
 
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
-             error: ProviderError | None = None) -> None:
+             error: ProviderError | None = None, hold: Hold | None = None) -> None:
+        """Queue the call's row (started when the request came in: `answer.latency_s` before now) and count its
+        cost against the key (a budgeted key's at once, settling its hold; others' with the row)."""
         completion = answer.completion
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
         prompt, cut = self._kept_prompt(request.prompt)
@@ -373,21 +402,22 @@ class Gateway:
         if request.input is not None:  # the raw input: what distill --from-traffic and accept read back
             meta["input"], input_cut = self._kept_prompt(request.input, "input")
             meta.update(input_cut)
-        stamp = now()
-        self.store.record_call(CallRecord(
+        finished = now()
+        counted = self.keys.settle(key, hold, cost)
+        self.calls.write(CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
             if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
-            started_at=stamp, finished_at=stamp, raw_output=completion.text,
+            started_at=finished - timedelta(seconds=answer.latency_s), finished_at=finished, raw_output=completion.text,
             parsed=None if error else completion.text, confidence=completion.confidence,
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta), spend_key=key.name if key else None)
-        self.keys.spend(key, cost)
+            error=str(error) if error else None, meta=meta), spend_key=key.name if key and not counted else None)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
                               answer.latency_s, answer.request_id)
 
-    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
+    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "",
+               arrival: Arrival | None = None) -> None:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
         with self._lock:
             if self.refusal_run_id is None:
@@ -395,11 +425,11 @@ class Gateway:
         kept, cut = self._kept_prompt(prompt)
         meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
                 **({"param": error.param} if error.param else {}), **cut}
-        stamp = now()
-        self.store.record_call(CallRecord(
+        started, finished, latency = (arrival or Arrival.now()).stamps()
+        self.calls.write(CallRecord(
             run_id=self.refusal_run_id, task="gateway:refused", spec_version="-", item_id=uuid.uuid4().hex[:16],
-            model=name[:200] or "-", prompt=kept, started_at=stamp, finished_at=stamp, error_kind=error.kind,
-            error=str(error)[:2000], meta=meta))
+            model=name[:200] or "-", prompt=kept, started_at=started, finished_at=finished, latency_s=latency,
+            error_kind=error.kind, error=str(error)[:2000], meta=meta))
 
 
 def _replay(answer: Answer) -> Generator[str, None, Answer]:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from llmbus.store.schema import (
     FLOW_TABLES,
+    GATEWAY_STATE_TABLES,
     MONITOR_TABLES,
     QUALITY_TABLES,
     cache,
@@ -120,6 +121,11 @@ def _m013_run_tag(conn: Connection) -> None:
     ix_runs_tag.create(conn, checkfirst=True)
 
 
+def _m016_gateway_state(conn: Connection) -> None:
+    for table in GATEWAY_STATE_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -135,4 +141,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("011_monitor", _m011_monitor),
     ("012_canary", _m012_canary),
     ("013_run_tag", _m013_run_tag),
+    ("016_gateway_state", _m016_gateway_state),
 ]
