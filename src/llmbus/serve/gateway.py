@@ -44,12 +44,12 @@ from llmbus.serve.canary import Canaries, CanaryConfig
 from llmbus.serve.gateway_keys import KeyConfig, bearer_token, check_secrets, estimate_cost, secret_value
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
 from llmbus.serve.limits import Keys
-from llmbus.serve.warmup import warm_selectors
+from llmbus.serve.warmup import served_specs, warm_selectors
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.gateway_state import Hold, KeyLedger, SemanticEntries
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, render_prompt, yaml_line
+from llmbus.task.spec import TaskSpec, describe_validation_error, read_yaml, render_prompt, yaml_line
 
 # A budget hold outlives its route's timeouts by this much (queueing, logging) before it lapses on its own.
 HOLD_GRACE_S = 60.0
@@ -120,17 +120,9 @@ class Gateway:
     def __init__(self, config: ServeConfig, store: Store):
         check_secrets(config.source or "serve config", config.secret_refs())
         self.config, self.store = config, store
-        self.specs: dict[str, TaskSpec] = {}
-        self.selectors: dict[str, ExampleSelector] = {}
-        for name, route in config.models.items():
-            if route.task:
-                task_path = Path(route.task)
-                if not task_path.is_absolute() and config.source is not None:
-                    task_path = config.source.parent / task_path
-                self.specs[name] = load_spec(task_path)
-                self.selectors[name] = ExampleSelector(self.specs[name],
-                                                       split_items(self.specs[name], load_items(self.specs[name])).pool,
-                                                       store.embeddings)
+        self.specs = served_specs(config.models, config.source)
+        self.selectors = {name: ExampleSelector(spec, split_items(spec, load_items(spec)).pool, store.embeddings)
+                          for name, spec in self.specs.items()}
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
         self.canaries = Canaries(store, config.canary, {name: config.models[name].model for name in config.canary})
         # a rolled-back candidate gets no traffic, so it is not started either
