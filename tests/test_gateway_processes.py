@@ -147,3 +147,60 @@ def test_sigterm_under_load_loses_no_row_of_an_answered_request(tmp_path: Path):
     logged = sqlite3.connect(db).execute("select count(*) from calls where task = 'gateway:chat'").fetchone()[0]
     assert logged == len(answered), err[-2000:]
     assert "Traceback" not in err
+
+
+def test_workers_share_the_store_log_each_request_and_rows_carry_the_latency_the_client_saw(tmp_path: Path):
+    db = str(tmp_path / "gw.db")
+    with StubServer(delay_s=0.2) as backend:
+        config = write_configs(tmp_path, backend.base_url, keys=[{"key": "sk-secret-a", "name": "team-a"}])
+        with gateway_process(config, db, "--workers", "2") as (url, process), \
+                httpx.Client(timeout=30) as client, ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: _post(client, url, "sk-secret-a", f"hi {i}"), range(24)))
+            assert _post(client, url, "sk-wrong", "who") == 401
+        err = process.stderr.read() if process.stderr else ""
+    assert codes == [200] * 24
+    access = [line for line in err.splitlines() if '"POST /v1/completions HTTP/1.1"' in line]
+    assert len(access) == 25 and sum(" 200 model=chat route=backend key=team-a " in line for line in access) == 24
+    assert sum(" 401 model=chat route=refused key=- " in line for line in access) == 1
+    assert "sk-secret-a" not in err and "sk-wrong" not in err
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    rows = conn.execute("select started_at, finished_at, latency_s from calls where task = 'gateway:chat'").fetchall()
+    assert len(rows) == 24
+    assert conn.execute("select count(*) from runs where task = 'gateway:chat'").fetchone()[0] == 2  # one a worker
+    from datetime import datetime
+
+    for started, finished, latency in rows:
+        span = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        assert latency >= 0.2 and span == pytest.approx(latency, abs=1e-3)  # not started_at == finished_at
+
+
+def test_a_served_nearest_shot_task_is_warm_before_the_first_request_and_restarts_from_the_cache(tmp_path: Path):
+    from conftest import write_items, write_spec
+    from llmbus.serve.gateway import Gateway, load_serve_config
+    from llmbus.store import Store
+
+    write_items(tmp_path / "items.jsonl", 200)  # a pool of 100: more than one embedding batch
+    task = write_spec(tmp_path / "task.yaml", "items.jsonl",
+                      fewshot={"k": 2, "strategy": "nearest", "pool_fraction": 0.5})
+    with StubServer() as backend:
+        config = load_serve_config(write_configs(tmp_path, backend.base_url, task=task))
+        for start in ("cold", "warm"):
+            stages: list[tuple[str, int | None, int | None]] = []
+            store = Store(str(tmp_path / "gw.db"))
+            gateway = Gateway(config, store)
+            assert not gateway.ready.is_set()
+            gateway.start(lambda stage, done, total, seen=stages: seen.append((stage, done, total)))
+            pool = len(gateway.selectors["sms"].pool)
+            embedded = [s for s in stages if s[0].startswith("embedding")]
+            if start == "cold":  # the pool embedded at start, with progress
+                assert embedded and embedded[-1] == (f"embedding {pool} sms pool examples", pool, pool)
+            else:  # the next start reads the vectors from the store: nothing embedded
+                assert embedded == [] and store.embeddings.hits >= pool
+            assert gateway.ready.is_set() and ("starting openai:primary", None, None) in stages
+            misses = store.embeddings.misses
+            assert gateway.prompt_for("sms", "win a free prize now") is not None
+            assert store.embeddings.misses - misses <= 1  # the request embeds its own text only
+            gateway.close()
+            store.close()
