@@ -204,3 +204,21 @@ def test_a_served_nearest_shot_task_is_warm_before_the_first_request_and_restart
             assert store.embeddings.misses - misses <= 1  # the request embeds its own text only
             gateway.close()
             store.close()
+
+
+def test_health_says_starting_until_the_gateway_is_warm(tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from llmbus.serve.app import create_app
+    from llmbus.serve.gateway import Gateway, load_serve_config
+    from llmbus.store import Store
+
+    with StubServer() as backend:
+        gateway = Gateway(load_serve_config(write_configs(tmp_path, backend.base_url)), Store(str(tmp_path / "g.db")))
+        client = TestClient(create_app(gateway))  # no lifespan yet: nothing warmed
+        starting = client.get("/health")
+        gateway.start()
+        ready = client.get("/health")
+        gateway.close()
+    assert (starting.status_code, starting.json()["status"]) == (503, "starting")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ok")

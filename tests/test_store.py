@@ -135,11 +135,12 @@ def fresh_postgres_database(server_url: str, name: str) -> str:
 
 
 @pytest.mark.slow
-def test_ten_processes_opening_a_fresh_postgres_store_at_once_migrate_it_once(postgres_url: str):
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_ten_processes_opening_a_fresh_store_at_once_migrate_it_once(postgres_url: str, tmp_path, dialect: str):
     import subprocess
     import sys
 
-    url = fresh_postgres_database(postgres_url, "fresh_ten")
+    url = fresh_postgres_database(postgres_url, "fresh_ten") if dialect == "postgresql" else str(tmp_path / "f.db")
     command = [sys.executable, "-m", "llmbus.cli", "runs", "--db", url, "--json"]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(10)]
