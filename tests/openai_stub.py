@@ -11,11 +11,15 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   a prompt ending "Instruction:" or "Words:" (an optimizer's proposer request) → see proposal
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
+  a prompt ending "Grade:" (a pass/fail judge) → "fail" when the line before mentions spam, else "pass"
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
+Chat requests with `tools` whose last turn is the user's get a `tool_calls` answer (the first tool, called with
+{"query": the user's text}); after a `tool` turn the answer is text again. `n` gives that many choices. Every
+POST body is kept in `state.bodies`, so a test can see exactly what arrived.
 GET /health answers 200, or 503 while `state.healthy` is False (llama-server and vLLM have the route); any other
 GET answers the model list. `StubServer.kill()` stops the server like a dead process: the port refuses new
 connections and every open one (idle or mid-request) is cut.
@@ -46,6 +50,7 @@ class StubState:
         self.healthy = True  # what GET /health says
         self.health_checks = 0  # GET /health requests
         self.connections: set[socket.socket] = set()  # open client connections (cut by kill)
+        self.bodies: list[dict[str, Any]] = []  # every POST body, as received
 
     def attempt(self, key: str) -> int:
         with self.lock:
@@ -54,7 +59,7 @@ class StubState:
 
 
 def _last_line(body: dict[str, Any]) -> str:
-    text = body["messages"][-1]["content"] if "messages" in body else body.get("prompt", "")
+    text = body["messages"][-1].get("content") if "messages" in body else body.get("prompt", "")
     lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
     # The item is on the second-to-last line for "…\nLabel:" prompts; use the last two lines.
     return " ".join(lines[-2:]) if lines else ""
@@ -108,6 +113,8 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 return
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length))
+            with state.lock:
+                state.bodies.append(body)
             line = _last_line(body)
             n = state.attempt(line)
             if state.delay_s:
@@ -162,6 +169,8 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
             return _completion(body, proposal(_prompt(body)), {})
         if line.endswith("Verdict:"):  # guardrail tier 2: an answer line with FABRICATED is unsupported
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
+        if line.endswith("Grade:"):  # a pass/fail grader (judges): an answer line mentioning spam fails
+            label, other = ("fail", "pass") if "spam" in line.lower() else ("pass", "fail")
         text = label
         sure = 0.3 if "UNSURE" in line else 0.8
         top = {label: math.log(sure), other: math.log((1 - sure) * 0.75), "\n": math.log((1 - sure) * 0.25)}
@@ -185,8 +194,23 @@ def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str
     """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk."""
     chat = "messages" in body
     choice = result["choices"][0]
-    text = choice["message"]["content"] if chat else choice["text"]
+    text = (choice["message"]["content"] or "") if chat else choice["text"]
     kind = "chat.completion.chunk" if chat else "text_completion"
+    if chat and choice["message"].get("tool_calls"):
+        call = choice["message"]["tool_calls"][0]
+        arguments = call["function"]["arguments"]
+        events = [{"id": "stub", "object": kind, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "role": "assistant", "content": None, "tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                                  "function": {"name": call["function"]["name"],
+                                                                               "arguments": ""}}]}}]}]
+        events += [{"id": "stub", "object": kind, "choices": [{"index": 0, "finish_reason": None, "delta": {
+            "tool_calls": [{"index": 0, "function": {"arguments": arguments[i:i + 8]}}]}}]}
+            for i in range(0, len(arguments), 8)]
+        events.append({"id": "stub", "object": kind, "choices": [{"index": 0, "delta": {},
+                                                                  "finish_reason": "tool_calls"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({"id": "stub", "object": kind, "choices": [], "usage": result["usage"]})
+        return events
 
     def chunk(piece: str, finish: str | None = None) -> dict[str, Any]:
         part = {"delta": {"content": piece} if piece or not finish else {}} if chat else {"text": piece}
@@ -211,9 +235,30 @@ def agent_turn(prompt: str) -> str:
     return f"call {call}" if call else "answer nothing to do"
 
 
+def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The stub's tool call: the first offered tool, when the last turn is the user's."""
+    tools = body.get("tools") or []
+    if not tools or body.get("tool_choice") == "none" or body["messages"][-1].get("role") != "user":
+        return None
+    query = str(body["messages"][-1].get("content"))
+    return {"id": "call_stub_1", "type": "function",
+            "function": {"name": tools[0]["function"]["name"], "arguments": json.dumps({"query": query})}}
+
+
 def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[str, Any]:
+    result = _one_completion(body, text, top)
+    for i in range(1, int(body.get("n") or 1)):
+        result["choices"].append({**result["choices"][0], "index": i})
+    return result
+
+
+def _one_completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[str, Any]:
     chat = "messages" in body
     usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    if chat and (call := tool_call(body)) is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return {"id": "stub", "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
     if chat:
         message = {"role": "assistant", "content": text}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}

@@ -76,3 +76,25 @@ def test_a_pool_item_never_gets_itself_as_an_example(tmp_path: Path, strategy: s
     for item, examples in zip(selector.pool, selector.select_many(selector.pool), strict=True):
         assert item.id not in {e.id for e in examples}
         assert len(examples) == 9
+
+
+def test_tfidf_and_bm25_indexes_equal_scikit_learns_vectorizers():
+    """The core's own TF-IDF / BM25 (no scikit-learn at run time) equal scikit-learn's on real-looking text:
+    its tokens (lowercased words of 2+ word characters, accents and punctuation as sklearn treats them)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+    from llmbus.task.fewshot import BM25_B, BM25_K1, TfidfIndex
+
+    pool = [*TEXTS, "Ünïcode café — naïve FREE!!! prize2win", "a I x", "", "free free free prize"]
+    queries = ["FREE prize now?", "café lunch", "nothing matches zzz", "", "free-prize_call"]
+    vectorizer = TfidfVectorizer(sublinear_tf=True).fit(pool)
+    expected = (vectorizer.transform(queries) @ vectorizer.transform(pool).T).toarray()
+    assert np.allclose(TfidfIndex(pool).scores(queries), expected, atol=1e-12)
+
+    counts = CountVectorizer().fit(pool).transform(pool).toarray().astype(float)
+    lengths, df = counts.sum(axis=1), (counts > 0).sum(axis=0)
+    idf = np.log1p((len(pool) - df + 0.5) / (df + 0.5))
+    weights = counts * (BM25_K1 + 1) / (counts + BM25_K1 * (1 - BM25_B + BM25_B * lengths / lengths.mean())[:, None])
+    present = (CountVectorizer().fit(pool).transform(queries).toarray() > 0).astype(float)
+    assert np.allclose(Bm25Index(pool).scores(queries), (present * idf) @ weights.T, atol=1e-12)

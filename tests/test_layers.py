@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmbus"
 
 # Bottom to top: a module may import only from its own line or the lines above it.
 LAYERS: list[set[str]] = [
-    {"errors", "settings", "redact", "embed", "pages"},  # shared helpers (pages: the one base template the
-    # report and the web UIs extend)
+    {"errors", "settings", "redact", "extras", "embed", "pages", "telemetry"},  # shared helpers (pages: the one
+    # base template the report and the web UIs extend; extras: the optional packages, imported only through
+    # `require`; telemetry: OpenTelemetry spans and logging records)
     {"task"},
     {"train"},  # encoder training: read by providers/encoder.py, used by trained judges and students
     {"providers"},
@@ -26,7 +27,8 @@ LAYERS: list[set[str]] = [
     {"distill", "experiments"},  # stop 5, and stop 2's compare and run browser (above quality's eval)
     {"serve"},
     {"web"},
-    {"cli", "__init__"},  # the package root's lazy API sits on top with the CLI
+    {"project"},  # the public API's Project: the stops as methods (under the CLI, over every stop)
+    {"cli", "__init__", "testing"},  # the package root's lazy API sits on top with the CLI
 ]
 APART = {frozenset({"quality", "flows"})}  # same layer, but neither imports the other
 

@@ -2,15 +2,22 @@
 
 The package reads as the five stops, each importing only from the ones below it (tests/test_layers.py):
 errors, settings and shared helpers → task/ → train/ → providers/ → store/ → run/ → advise/ (stop 1) →
-quality/ (stop 3) | flows/ (stop 4) → distill/ (stop 5) → serve/ → web/ → cli/.
-The names below load on first use, so `import llmbus` stays cheap.
+quality/ (stop 3) | flows/ (stop 4) → distill/ (stop 5) → serve/ → web/ → project.py → cli/.
+The names below load on first use, so `import llmbus` stays cheap. Start with `llmbus.open()` (a Project: the
+stops as methods over one call log), `llmbus.load_task(path)` and `llmbus.get_model(ref)`; `llmbus.testing`
+has a scripted provider for tests.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+# A library's records are the application's to route: silent unless it (or LLMBUS_LOG_LEVEL in the CLI) adds a
+# handler, so Python's last-resort handler never prints llmbus warnings on its own.
+logging.getLogger("llmbus").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("llmbus")
@@ -19,17 +26,39 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "LlmbusError": "llmbus.errors",
-    "load_spec": "llmbus.task.spec",
+    # the entry points: a project on a store, a task, a model
+    "open": "llmbus.project",
+    "Project": "llmbus.project",
+    "load_task": "llmbus.project",
+    "get_model": "llmbus.providers.model",
+    "Model": "llmbus.providers.model",
+    # options of a run
+    "RunOptions": "llmbus.project",
+    "ScaleOptions": "llmbus.project",
+    "RunHooks": "llmbus.project",
+    # values in and out
     "TaskSpec": "llmbus.task.spec",
+    "Request": "llmbus.providers.base",
+    "Completion": "llmbus.providers.base",
+    "Run": "llmbus.store.rows",
+    "Call": "llmbus.store.rows",
+    # errors (the tree is drawn in llmbus.errors)
+    "LlmbusError": "llmbus.errors",
+    "SpecError": "llmbus.errors",
+    "DataError": "llmbus.errors",
+    "ModelError": "llmbus.errors",
+    "ProviderError": "llmbus.errors",
+    # flows: what a flow file needs (`from llmbus import FlowContext, flow`)
+    "flow": "llmbus.flows.engine",
+    "FlowContext": "llmbus.flows.engine",
+    # the lower-level functions the API is made of (kept for code written against them)
+    "load_spec": "llmbus.task.spec",
     "load_items": "llmbus.task.data",
     "open_provider": "llmbus.providers",
     "Store": "llmbus.store",
     "run_task": "llmbus.run.engine",
     "advise": "llmbus.advise.advise",
     "evaluate": "llmbus.quality.evaluate",
-    "flow": "llmbus.flows.engine",  # what a flow file needs: `from llmbus import FlowContext, flow`
-    "FlowContext": "llmbus.flows.engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]

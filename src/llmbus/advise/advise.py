@@ -11,6 +11,7 @@ import numpy as np
 
 from llmbus.advise.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.embed import StageCallback
+from llmbus.extras import check
 from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
@@ -71,6 +72,7 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD
            progress: StageCallback | None = None) -> Advice:
     """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs; each
     baseline's training and scoring (and MiniLM's embedding) is reported to `progress`."""
+    check("embed", "llmbus advise's baselines")
     task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
     tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
     split = split_items(spec, load_items(spec))

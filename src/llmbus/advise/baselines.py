@@ -10,17 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from llmbus.embed import StageCallback, embed, load_minilm
 from llmbus.errors import DataError
+from llmbus.extras import require
 from llmbus.task.data import Item, bio_to_entities
 from llmbus.task.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
+
+# scikit-learn comes with the embed extra, like the MiniLM baselines beside these
+FEATURE = "llmbus advise's baselines"
+
+
+def _sklearn(module: str) -> Any:
+    return require("embed", f"sklearn.{module}", FEATURE)
 
 
 class Fitted(Protocol):
@@ -56,13 +64,13 @@ def _fit_classifier(featurize: Callable[[list[str]], Any], spec: TaskSpec, pool:
     if len(set(labels)) < 2:
         raise DataError(f"{spec.source}: the pool split has fewer than two labels; raise fewshot.pool_fraction")
     features = featurize([i.text(spec.data.input) for i in pool])
-    model = LogisticRegression(max_iter=2000, class_weight="balanced").fit(features, labels)
+    model = _sklearn("linear_model").LogisticRegression(max_iter=2000, class_weight="balanced").fit(features, labels)
     return TextClassifier(featurize, model, spec.data.input)
 
 
 def train_tfidf_classifier(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """TF-IDF word 1–2-grams + logistic regression."""
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+    vectorizer = _sklearn("feature_extraction.text").TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
     vectorizer.fit([i.text(spec.data.input) for i in pool])
     return _fit_classifier(vectorizer.transform, spec, pool)
 
@@ -116,13 +124,13 @@ class TokenTagger:
 def _fit_tagger(featurize: Callable[[list[list[str]]], Any], pool: list[Item]) -> TokenTagger:
     sentences = [_tokens(i) for i in pool]
     tags = [str(t) for i in pool for t in i.fields.get("tags", [])]
-    model = LogisticRegression(max_iter=1000, C=2.0).fit(featurize(sentences), tags)
+    model = _sklearn("linear_model").LogisticRegression(max_iter=1000, C=2.0).fit(featurize(sentences), tags)
     return TokenTagger(featurize, model)
 
 
 def train_feature_tagger(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """Sparse word features + logistic regression per token."""
-    vectorizer = DictVectorizer()
+    vectorizer = _sklearn("feature_extraction").DictVectorizer()
     vectorizer.fit([word_features(s, i) for s in (_tokens(p) for p in pool) for i in range(len(s))])
 
     def featurize(sentences: list[list[str]]) -> Any:
@@ -134,9 +142,9 @@ def train_feature_tagger(spec: TaskSpec, pool: list[Item], progress: StageCallba
 def minilm_word_vectors(sentences: list[list[str]], progress: StageCallback | None = None) -> np.ndarray:
     """One contextual MiniLM vector per word (mean of its word pieces), all sentences stacked; with
     `progress`, reported per batch when there is more than one."""
-    import torch
-
     model = load_minilm()
+    import torch  # sentence-transformers' own dependency, loaded with it
+
     tokenizer = model.tokenizer
     encoder: Any = model[0].auto_model  # a transformers model; its stubs type the attribute as a Tensor
     rows: list[np.ndarray] = []
@@ -190,7 +198,8 @@ class NearestAnswer:
 
 def train_tfidf_retrieval(spec: TaskSpec, pool: list[Item], progress: StageCallback | None = None) -> Fitted:
     """TF-IDF nearest neighbour's answer."""
-    vectorizer = TfidfVectorizer(sublinear_tf=True).fit([i.text(spec.data.input) for i in pool])
+    vectorizer = _sklearn("feature_extraction.text").TfidfVectorizer(sublinear_tf=True)
+    vectorizer.fit([i.text(spec.data.input) for i in pool])
     vectors = vectorizer.transform([i.text(spec.data.input) for i in pool])
     return NearestAnswer(vectorizer.transform, vectors, [i.expected for i in pool], spec.data.input)
 

@@ -14,10 +14,40 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from llmbus.errors import LlmbusError, RunInterrupted
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# The bus: `llmbus --help` shows one panel per stop, in the order a feature meets them, each command in the
+# order it is used there. Every command belongs to a panel (tests/test_cli_help.py checks).
+STOPS: dict[str, tuple[str, ...]] = {
+    "Stop 1 · Do you need an LLM?": ("advise",),
+    "Stop 2 · Prompt-driven development": ("run", "runs", "show", "compare", "optimize", "ui"),
+    "Stop 3 · Quality": ("eval", "judge", "label"),
+    "Stop 4 · Architecture": ("flow", "review"),
+    "Stop 5 · Saving": ("distill", "report"),
+    "Serving": ("serve", "build-llama"),
+    "Production loop": ("monitor", "quality", "accept"),
+}
+
+
+class BusGroup(TyperGroup):
+    """The root command group: commands listed stop by stop (STOPS), whichever module registered them first."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        panels = {name: title for title, names in STOPS.items() for name in names}
+        for name, command in self.commands.items():
+            if name in panels and isinstance(command, TyperCommand | TyperGroup):
+                command.rich_help_panel = panels[name]
+
+    def list_commands(self, ctx: Any) -> list[str]:  # typer's vendored click Context
+        """Command names in the bus's order; any command missing from STOPS comes last."""
+        order = [name for names in STOPS.values() for name in names]
+        return sorted(self.commands, key=lambda name: order.index(name) if name in order else len(order))
+
+
+app = typer.Typer(cls=BusGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Carry one LLM feature from prompt to production: run, evaluate, distill, serve.")
 # Piped output keeps whole table rows instead of rich's 80-column default. No emoji codes: user text such as
 # the model name `openai:x:` must print as written, not as an emoji.

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.quality import pass_rate_cell
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -41,8 +42,9 @@ def print_matrix(matrix: Any) -> None:
     """The compare matrix as a table, then its warnings."""
     table = Table(title=plain(f"{matrix.task} · {matrix.metric} on the {matrix.n_shared} items every run answered · "
                               f"baseline {matrix.baseline}"), title_justify="left")
+    checks = list(dict.fromkeys(name for row in matrix.rows for name in row.assertions))
     columns = ["run", "spec", "model", matrix.metric, "95% CI", "Δ vs base", "p boot", "p McNemar", "W/T/L",
-               "errors", "$/1k", "p50 s", "p95 s"]
+               "errors", "$/1k", "p50 s", "p95 s", *(f"assert:{name}" for name in checks)]
     for column in columns:
         table.add_column(column, justify="left" if column in {"run", "spec", "model"} else "right")
     for row in matrix.rows:
@@ -52,10 +54,12 @@ def print_matrix(matrix: Any) -> None:
             fmt(row.metric.value), f"{fmt(row.metric.lo)}–{fmt(row.metric.hi)}",
             f"{c.delta.value:+.3f}{_mark(c)}" if c else "–", p_value(c.p_bootstrap) if c else "–",
             p_value(c.p_mcnemar) if c else "–", f"{row.wins}/{row.ties}/{row.losses}" if c else "–", str(row.errors),
-            fmt(row.cost_per_1k, ".4f"), fmt(row.latency_p50_s), fmt(row.latency_p95_s))
+            fmt(row.cost_per_1k, ".4f"), fmt(row.latency_p50_s), fmt(row.latency_p95_s),
+            *(pass_rate_cell(row.assertions.get(name)) for name in checks))
     out.print(table)
     out.print("Δ: run − baseline on the same items; * its paired-bootstrap 95% CI excludes 0. W/T/L: items the run "
-              "scores higher / the same / lower than the baseline.", highlight=False)
+              "scores higher / the same / lower than the baseline." + (" assert:NAME: pass rate (95% Wilson CI)."
+                                                                       if checks else ""), highlight=False)
     for warning in matrix.warnings:
         warn(warning)
 

@@ -28,6 +28,7 @@ def monitor_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge a sample of a served model's new traffic and queue the answers a human label is worth most."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.quality.monitor import MonitorSettings, monitor_once, parse_duration
     from llmbus.store import Store
 
@@ -37,7 +38,8 @@ def monitor_command(
     store = Store(db)
     try:
         while True:
-            report = monitor_once(store, served, settings)
+            with stage_progress(disable=as_json) as progress:
+                report = monitor_once(store, served, settings, progress=progress)
             if as_json:
                 print_json(report.as_dict())
             else:
@@ -88,16 +90,23 @@ def _interval(estimate: Any) -> str:
     return f"{fmt(estimate.value)} [{fmt(estimate.lo)}, {fmt(estimate.hi)}]" if estimate else "–"
 
 
+def _agreement(estimate: Any) -> str:
+    """The judge against the humans on the labeled answers: what the corrections rest on."""
+    a = estimate.agreement if estimate else None
+    return f"κ {fmt(a.kappa, '.2f')} · TPR {fmt(a.tpr, '.2f')} · TNR {fmt(a.tnr, '.2f')}" if a else "–"
+
+
 def _row(name: str, judged: str, labeled: str, judge_rate: str, estimate: Any) -> list[str]:
     found = estimate.estimates if estimate else {}
     ppi = found.get("ppi++")
-    return [name, judged, labeled, judge_rate, _interval(ppi), _interval(found.get("human-only")),
-            fmt(ppi.lam, ".2f") if ppi else "–"]
+    return [name, judged, labeled, judge_rate, _interval(ppi), _interval(found.get("rogan-gladen")),
+            _interval(found.get("human-only")), fmt(ppi.lam, ".2f") if ppi else "–", _agreement(estimate)]
 
 
 def _print_windows(served: str, windows: list[Any]) -> None:
     table = Table(title=f"quality of {plain(served)} (judged sample weighted 1/p, human labels 1/(p·π))")
-    for column in ("window", "judged", "labeled", "judge-only", "PPI++ (95% CI)", "human-only", "λ"):
+    for column in ("window", "judged", "labeled", "judge-only", "PPI++ (95% CI)", "Rogan–Gladen", "human-only",
+                   "λ", "judge vs humans"):
         table.add_column(column)
     notes = []
     for w in windows:

@@ -85,14 +85,16 @@ def _ci(interval: Any) -> str:
 def _print_candidates(data: dict[str, Any]) -> None:
     table = Table(title=f"candidates (validation items from the pool; {data['metric']} with 95% CI)",
                   title_justify="left")
+    checks = list(dict.fromkeys(name for row in data["candidates"] for name in row.get("assertions") or {}))
     for column in ("stage", "candidate", "model", "items", data["metric"], "prompt tok/item", "$/1k", "p50 s",
-                   "calls", "pareto", "note"):
+                   "calls", "pareto", "note", *(f"assert:{name}" for name in checks)):
         table.add_column(column, justify="left" if column in {"candidate", "model", "note"} else "right")
     for row in data["candidates"]:
         table.add_row(str(row["stage"]), plain(row["candidate"]), plain(row["model"]), str(row["items"]),
                       _ci(row["quality"]) if row["quality"] else "–", fmt(row["prompt_tokens_per_item"], ".0f"),
                       fmt(row["cost_per_1k"], ".4f"), fmt(row["latency_p50_s"]), str(row["calls"]),
-                      "*" if row["pareto"] else "", plain(row["note"]))
+                      "*" if row["pareto"] else "", plain(row["note"]),
+                      *(fmt((row.get("assertions") or {}).get(name)) for name in checks))
     out.print(table)
     front = sorted(data["pareto"], key=lambda r: (r["cost_per_1k"] or 0.0))
     out.print("pareto front (quality vs $/1k): " + "; ".join(

@@ -1,14 +1,14 @@
-"""Stop 3: eval with intervals and a CI gate; LLM judges; labeling; calibration; trained judges."""
+"""Stop 3: eval with intervals and a CI gate; LLM judges; calibration; trained judges (labeling: label.py)."""
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 
 
 @app.command("eval")
@@ -20,17 +20,26 @@ def eval_command(
     baseline: str | None = typer.Option(None, "--baseline", help="Fail when the metric dropped vs this run"),
     max_drop: float = typer.Option(0.0, "--max-drop", min=0.0, help="Allowed drop of the metric vs --baseline"),
     rounds: int = typer.Option(1000, "--rounds", min=10, help="Bootstrap resamples"),
+    junit: str | None = typer.Option(None, "--junit", help="Write the assert: checks as JUnit XML (a test case "
+                                                           "per item and assertion) to this file"),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="Run judge assertions not judged yet (their "
+                                                                "model calls are logged as judge runs)"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Metrics with 95% bootstrap intervals; paired comparison; exit 1 when a gate fails (for CI)."""
+    """Metrics with 95% bootstrap intervals, assertion pass rates; paired comparison; exit 1 when a gate fails."""
+    from llmbus.quality.assertions import junit_xml, run_checks
     from llmbus.quality.evaluate import compare, evaluate
     from llmbus.quality.gate import check_drop, check_gate, parse_gate
     from llmbus.store import Store
 
     conditions = parse_gate(gate) if gate else None  # a malformed gate fails before any work
     store = Store(db)
-    reports = [evaluate(store, r, rounds) for r in (run_a, run_b) if r]
+    stage = None if as_json else (lambda text: err.print(text, highlight=False, markup=False))
+    reports = [evaluate(store, r, rounds, judge=judge, on_stage=stage) for r in (run_a, run_b) if r]
+    if junit:
+        runs = [store.get_run(report.run_id) for report in reports]
+        Path(junit).write_text(junit_xml([(run, run_checks(store, run)) for run in runs]), encoding="utf-8")
     comparison = compare(store, run_a, run_b, rounds) if run_b else None
     results = []
     if conditions:
@@ -65,6 +74,15 @@ def _print_report(report: Any) -> None:
         label = f"[bold]{name}[/]" if name == report.metric else name
         table.add_row(label, fmt(iv.value, ".4f"), f"{fmt(iv.lo)} – {fmt(iv.hi)}")
     out.print(table)
+    if report.assertions:
+        checks = Table(title="assertions (pass rate, 95% Wilson CI)", title_justify="left")
+        for column in ("assert", "kind", "passed", "pass rate", "95% CI"):
+            checks.add_column(column, justify="left" if column in {"assert", "kind"} else "right")
+        for name, rate in report.assertions.items():
+            checks.add_row(plain(name), rate["kind"], f"{rate['passed']}/{rate['n']}" if rate["value"] is not None
+                           else "–", fmt(rate["value"]), f"{fmt(rate['lo'])} – {fmt(rate['hi'])}"
+                           if rate["value"] is not None else "not judged")
+        out.print(checks)
     if report.per_class:
         classes = Table(title="per class (confusion: rows expected, columns predicted)", title_justify="left")
         for column in ("class", "precision", "recall", "f1", "support", *report.classes, "failed"):
@@ -76,6 +94,13 @@ def _print_report(report: Any) -> None:
         out.print(classes)
     for warning in report.warnings:
         warn(f"run {report.run_id}: {warning}")
+
+
+def pass_rate_cell(rate: dict[str, Any] | None) -> str:
+    """An assertion's pass rate for a table cell: value (lo–hi), or – when there is none."""
+    if not rate or rate["value"] is None:
+        return "–"
+    return f"{fmt(rate['value'])} ({fmt(rate['lo'])}–{fmt(rate['hi'])})"
 
 
 def _print_comparison(c: Any) -> None:
@@ -105,11 +130,14 @@ def judge_run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.quality.judge import load_judge, run_judge
     from llmbus.store import Store
 
     spec = load_judge(judge_spec)
-    report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency)
+    with stage_progress(disable=as_json) as progress:
+        report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency,
+                           progress=progress)
     if as_json:
         print_json(report.as_dict())
         return
@@ -171,182 +199,6 @@ def judge_calibrate(
         out.print(("[green]" if report.trusted else "[bold red]") + plain(report.reason) + "[/]", highlight=False)
     if gate and not report.trusted:
         raise typer.Exit(1)
-
-
-label_app = typer.Typer(no_args_is_help=True, help="Human labeling: projects, annotators, the web UI, export.")
-app.add_typer(label_app, name="label")
-
-
-@label_app.command("create")
-@friendly_errors
-def label_create(
-    name: str = typer.Argument(..., help="Project name"),
-    run_id: str = typer.Option(..., "--run", help="The run whose calls are labeled"),
-    schema: str = typer.Option("labels", "--schema", help="labels | score (1–5) | text (free-text correction)"),
-    labels: str | None = typer.Option(None, "--labels", help="Comma-separated labels, e.g. pass,fail"),
-    correction: bool = typer.Option(False, "--correction", help="Also ask for an optional free-text correction"),
-    instructions: str | None = typer.Option(None, "--instructions", help="Markdown file shown to annotators"),
-    queue: int = typer.Option(0, "--queue", min=0, help="Queue the run's first N items now"),
-    show_fields: str | None = typer.Option(None, "--show-fields", help="Item fields annotators see besides the "
-                                           "answer, e.g. text,label; 'confidence' adds the model's (default: the "
-                                           "input field only: no gold answer, no confidence)"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Create a labeling project over a run's calls."""
-    from pathlib import Path
-
-    from llmbus.errors import DataError
-    from llmbus.quality import label
-    from llmbus.store import Store
-    from llmbus.task.spec import read_utf8
-
-    parsed = label.parse_schema(schema, labels, correction)
-    text = ""
-    if instructions:
-        if not Path(instructions).is_file():
-            raise DataError(f"{instructions}: instructions file not found")
-        text = read_utf8(Path(instructions))
-    store = Store(db)
-    label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
-    added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
-                          "initial") if queue else 0
-    shown = ", ".join(label.get_project(store, name)["show_fields"])
-    out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued; annotators see "
-              f"{shown} and the answer", highlight=False)
-
-
-@label_app.command("show-fields")
-@friendly_errors
-def label_show_fields(
-    fields: str | None = typer.Argument(None, help="Comma-separated item fields (and 'confidence') annotators see "
-                                        "besides the answer; omit to go back to the default (the input field)"),
-    project: str = typer.Option(..., "--project"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Change what a project's annotators see (the gold answer and confidence only when listed)."""
-    from llmbus.quality import label
-    from llmbus.store import Store
-
-    store = Store(db)
-    label.set_show_fields(store, project, label.parse_show_fields(fields))
-    shown = ", ".join(label.get_project(store, project)["show_fields"])
-    out.print(f"project {project}: annotators see {shown} and the answer", highlight=False)
-
-
-def _first(rows: Any, n: int) -> list[Any]:
-    from itertools import islice
-
-    return list(islice(rows, n))
-
-
-@label_app.command("annotator")
-@friendly_errors
-def label_annotator(
-    name: str = typer.Argument(..., help="Annotator name"),
-    project: str = typer.Option(..., "--project"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Add an annotator and print their sign-in token."""
-    from llmbus.quality.label import add_annotator
-    from llmbus.store import Store
-
-    sys.stdout.write(add_annotator(Store(db), project, name) + "\n")
-
-
-@label_app.command("serve")
-@friendly_errors
-def label_serve(
-    project: str = typer.Option(..., "--project"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Serve the labeling web UI."""
-    from llmbus.store import Store
-    from llmbus.web.label_web import serve
-
-    out.print(f"labeling {project} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
-    serve(Store(db), project, host, port)
-
-
-@label_app.command("import")
-@friendly_errors
-def label_import(
-    path: str = typer.Argument(..., help='JSONL: {"item_id": …, "label": …, "correction": …} per line'),
-    project: str = typer.Option(..., "--project"),
-    annotator: str = typer.Option(..., "--annotator", help="Whose labels these are"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Import labels (all lines are checked before any is written)."""
-    from pathlib import Path
-
-    from llmbus.quality.label import import_labels
-    from llmbus.store import Store
-
-    n = import_labels(Store(db), project, Path(path), annotator)
-    out.print(f"imported {n} labels into {project} as {annotator}", highlight=False)
-
-
-@label_app.command("export")
-@friendly_errors
-def label_export(
-    project: str = typer.Option(..., "--project"),
-    output: str | None = typer.Option(None, "--out", "-o", help="File to write (default stdout)"),
-    db: str | None = DB_OPTION,
-) -> None:
-    """Export a project's labels as JSONL."""
-    from llmbus.quality.label import export_jsonl
-    from llmbus.store import Store
-
-    lines = export_jsonl(Store(db), project)
-    if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-    else:
-        sys.stdout.writelines(lines)
-
-
-@label_app.command("agreement")
-@friendly_errors
-def label_agreement(
-    project: str = typer.Option(..., "--project"),
-    db: str | None = DB_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Inter-annotator agreement: Cohen's kappa per pair, Fleiss' kappa overall."""
-    from llmbus.quality.label import agreement
-    from llmbus.store import Store
-
-    stats = agreement(Store(db), project)
-    if as_json:
-        print_json(stats.as_dict())
-        return
-    for pair, kappa in stats.cohen.items():
-        out.print(f"Cohen's kappa {pair.replace('|', ' · ')}: {fmt(kappa)}", highlight=False)
-    out.print(f"Fleiss' kappa over {stats.items_multi} items with 2+ labels: {fmt(stats.fleiss)}", highlight=False)
-
-
-@label_app.command("select")
-@friendly_errors
-def label_select(
-    project: str = typer.Option(..., "--project"),
-    strategy: str = typer.Option("uncertainty", "--strategy", help="uncertainty | disagreement | diversity | random"),
-    n: int = typer.Option(50, "--n", min=1, help="How many items to queue"),
-    judge_run: str | None = typer.Option(None, "--judge-run", help="disagreement: an LLM judge run on the same run"),
-    seed: int = typer.Option(0, "--seed"),
-    db: str | None = DB_OPTION,
-    as_json: bool = JSON_OPTION,
-) -> None:
-    """Active learning: choose the next items to label and put them into the project's queue."""
-    from llmbus.quality.active import select
-    from llmbus.store import Store
-
-    chosen = select(Store(db), project, strategy, n, judge_run=judge_run, seed=seed)
-    if as_json:
-        print_json([{"item_id": i, "priority": p} for i, p in chosen])
-        return
-    out.print(f"queued {len(chosen)} items by {strategy}: " + ", ".join(i for i, _ in chosen[:20])
-              + (" …" if len(chosen) > 20 else ""), highlight=False)
 
 
 @judge_app.command("train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,7 @@ def accept(
     against: str = typer.Option(..., "--against", help="The served model (its serve.yaml name) whose traffic is "
                                                        "replayed"),
     sample: int = typer.Option(200, "--sample", min=1, help="Distinct logged inputs to replay"),
-    max_drop: float = typer.Option(0.01, "--max-drop", min=0.0, help="Refuse when the 95%% lower bound of "
+    max_drop: float = typer.Option(0.01, "--max-drop", min=0.0, help="Refuse when the 95% lower bound of "
                                                                      "candidate − incumbent quality is below −this"),
     slice_field: str | None = typer.Option(None, "--slice", help="Also gate each value of: answer (the incumbent's), "
                                                                  "reference (human or incumbent), key, route, …"),
@@ -177,12 +178,14 @@ def accept(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Replay a served model's traffic through a candidate; exit 0 to accept it, 1 to refuse (with the table)."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.distill.accept import accept as run_accept
     from llmbus.store import Store
     from llmbus.store.traffic import parse_since
 
-    report = run_accept(Store(db), candidate, against, sample=sample, max_drop=max_drop, slice_field=slice_field,
-                        since=parse_since(since) if since else None, concurrency=concurrency)
+    with stage_progress(disable=as_json) as progress:
+        report = run_accept(Store(db), candidate, against, sample=sample, max_drop=max_drop, slice_field=slice_field,
+                            since=parse_since(since) if since else None, concurrency=concurrency, progress=progress)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -240,6 +243,16 @@ def serve(
     server.run(gateway, config, db, host, port, workers, access_log)
 
 
+@app.command("build-llama")
+@friendly_errors
+def build_llama_command() -> None:
+    """Build llama.cpp's llama-server, llama-bench and llama-quantize once (~10 min: cmake, a C++ compiler) into
+    $LLMBUS_HOME/llama.cpp/; prints the bin folder. Binaries of your own: set LLMBUS_LLAMA_BIN=FOLDER instead."""
+    from llmbus.providers.llama_build import build_llama
+
+    sys.stdout.write(f"{build_llama()}\n")
+
+
 @app.command()
 @friendly_errors
 def report(
@@ -251,11 +264,13 @@ def report(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
+    from llmbus.cli.progress import stage_progress
     from llmbus.serve.report import build_report, render_html
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
-    result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None)
+    with stage_progress(disable=as_json) as progress:
+        result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None, progress)
     output.write_text(render_html(result), encoding="utf-8")
     if as_json:
         out.print_json(data={**result.as_dict(), "output": str(output), "warnings": result.warnings})

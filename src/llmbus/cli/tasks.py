@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
 
 
@@ -31,7 +29,9 @@ def run(
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="Requests in flight"),
     resume: str | None = typer.Option(None, "--resume", help="Finish the missing items of this run"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the response cache"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt and exit"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the first item's prompt (a messages: spec: its turns, "
+                                                          "with --json the request's messages, tools and "
+                                                          "response_format) and exit"),
     executor: str = typer.Option("local", "--executor", help="local (a thread pool here) or ray (a Ray cluster; "
                                                              "with several nodes, --db postgresql://…)"),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster to use (auto, host:port, "
@@ -42,6 +42,7 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
+    from llmbus.cli.progress import RunProgress
     from llmbus.run.engine import eval_items, run_task
     from llmbus.run.executors import render_items
     from llmbus.run.summary import summarize
@@ -50,12 +51,19 @@ def run(
 
     spec = load_spec(task)
     if dry_run:
+        from llmbus.run.adapter import item_request
+
         items, selector = eval_items(spec, 1)
-        sys.stdout.write(next(render_items(spec, items, selector)).prompt + "\n")
+        job = next(render_items(spec, items, selector))
+        if as_json:
+            request = item_request(spec, job)
+            print_json({"messages": list(request.messages), **request.options(), "prompt": request.prompt})
+        else:
+            sys.stdout.write(_shown_turns(job.messages) if job.messages else job.prompt + "\n")
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    bar = _progress_bar(disable=as_json)
+    bar = RunProgress(disable=as_json)
     with bar as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
                           use_cache=not no_cache, resume=resume, on_progress=on_progress,
@@ -68,47 +76,25 @@ def run(
         _print_runs([summary], title=f"run {run_id}")
 
 
+def _shown_turns(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
+    """Chat turns as a person reads them: each turn's role in brackets, then its content (and tool calls)."""
+    return "".join(f"[{turn['role']}]\n{turn.get('content') or ''}\n"
+                   + "".join(f"→ {c['function']['name']}({c['function'].get('arguments', '')})\n"
+                             for c in turn.get("tool_calls") or []) for turn in messages)
+
+
+def _shown_call(call: dict[str, Any]) -> str:
+    """One call whole: the conversation (or prompt), then the answer, tool calls and reasoning."""
+    answer = {"role": "assistant", "content": call["raw_output"], "tool_calls": call.get("tool_calls")}
+    text = _shown_turns([*(call.get("messages") or [{"role": "user", "content": call["prompt"]}]), answer])
+    if call.get("reasoning"):
+        text += f"[reasoning]\n{call['reasoning']}\n"
+    return text + f"[parsed] {json.dumps(call['parsed'], ensure_ascii=False)} · expected " \
+                  f"{json.dumps(call['expected'], ensure_ascii=False)} · {call['error_kind'] or 'ok'}\n"
+
+
 def _raise_keyboard_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
-
-
-class _progress_bar:
-    """Rich progress with items/s, errors and the running metric; shown from the first update on, so errors
-    raised while loading data or starting the model stay one line."""
-
-    def __init__(self, disable: bool):
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} items/s  errors {task.fields[errors]}  "
-                                            "{task.fields[metric]}"),
-                                 TimeElapsedColumn(), console=err, disable=disable)
-        self.task_id = self.progress.add_task("answering", total=None, rate="–", errors=0, metric="")
-
-        self.started = False
-
-    def __enter__(self) -> tuple[Progress, Callable[[Any], None]]:
-        return self.progress, self.update
-
-    def _start(self) -> None:
-        if not self.started:
-            self.progress.start()
-            self.started = True
-
-    def stage(self, text: str) -> None:
-        """Show what is being prepared before the first answer (starting the model, embedding the pool)."""
-        self._start()
-        self.progress.update(self.task_id, description=f"{plain(text)}…")
-
-    def update(self, p: Any) -> None:
-        self._start()
-        rate = (p.done / p.elapsed_s) if p.elapsed_s else 0.0
-        self.progress.update(self.task_id, description="answering", completed=p.done, total=p.total,
-                             rate=f"{rate:.1f}", errors=p.errors, metric=f"{p.metric_name} {fmt(p.metric_value)}")
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if self.started:
-            # On an error the bar goes away, so the error stays the one line the user reads.
-            self.progress.live.transient = exc_type is not None
-            self.progress.stop()
 
 
 def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:
@@ -158,15 +144,25 @@ def runs(
 @friendly_errors
 def show(
     run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    item: str | None = typer.Option(None, "--item", help="Show this item whole: its prompt (a chat call: its "
+                                                         "turns), answer, tool calls and reasoning"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Per-item rows of a run."""
+    from llmbus.errors import LlmbusError
     from llmbus.store import Store
 
     store = Store(db)
     run = store.get_run(run_id)
     rows = list(store.iter_calls(run["id"]))
+    if item is not None:
+        rows = [r for r in rows if r["item_id"] == item]
+        if not rows:
+            raise LlmbusError(f"run {run['id']} has no item {item!r}")
+        if not as_json:
+            sys.stdout.write(_shown_call(rows[0]))
+            return
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
         return

@@ -26,6 +26,7 @@ from statistics import median
 from typing import Any
 
 from llmbus.distill.teacher_filter import Decision, human_decisions
+from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
 from llmbus.providers import Provider, open_provider
 from llmbus.quality.evaluate import BOOTSTRAP_ROUNDS, Interval, compare_samples, sample_from
@@ -112,10 +113,11 @@ class TrafficItem:
 
 def accept(store: Store, candidate: str, served: str, *, sample: int = 200, max_drop: float = 0.01,
            slice_field: str | None = None, since: datetime | None = None, concurrency: int = 4,
-           provider: Provider | None = None, rounds: int = BOOTSTRAP_ROUNDS) -> AcceptReport:
-    """Replay up to `sample` distinct inputs of the served model's traffic through the candidate (logged as a run)
-    and decide: accepted when candidate − incumbent agreement has a 95% lower bound ≥ −max_drop, overall and in
-    each gated slice."""
+           provider: Provider | None = None, rounds: int = BOOTSTRAP_ROUNDS,
+           progress: StageCallback | None = None) -> AcceptReport:
+    """Replay up to `sample` distinct inputs of the served model's traffic through the candidate (logged as a run,
+    each answer reported to `progress`) and decide: accepted when candidate − incumbent agreement has a 95% lower
+    bound ≥ −max_drop, overall and in each gated slice."""
     gateway_runs = served_runs(store, served)
     served_spec = served_task(gateway_runs, served)
     spec, model = candidate_spec(candidate, served_spec, gateway_runs[-1]["model"])
@@ -125,7 +127,9 @@ def accept(store: Store, candidate: str, served: str, *, sample: int = 200, max_
                           f"{f' since {since:%Y-%m-%d %H:%M %Z}' if since else ''} to replay")
     items = sorted(items, key=lambda item: item.id)[:sample]  # hash order: a uniform sample, the same every time
     slice_of = slicer(slice_field, items)
-    replay_run, records = replay(store, spec, model, items, concurrency, provider)
+    replay_run, records = replay(store, spec, model, items, concurrency, provider, progress)
+    if progress:
+        progress("comparing candidate and incumbent (bootstrap)", None, None)
     answers = {r.item_id: (None if r.error_kind else r.parsed) for r in records}
     metric = agreement_metric(served_spec)
     results = [compare_slice(served_spec, metric, "all", items, answers, replay_run, max_drop, rounds, True)]
@@ -234,9 +238,9 @@ def slicer(slice_field: str | None, items: list[TrafficItem]) -> Callable[[Traff
 
 
 def replay(store: Store, spec: TaskSpec, model: str, items: list[TrafficItem], concurrency: int,
-           provider: Provider | None = None) -> tuple[str, list[CallRecord]]:
+           provider: Provider | None = None, progress: StageCallback | None = None) -> tuple[str, list[CallRecord]]:
     """Answer the items with `model` as an ordinary run (no cache: the candidate's own answers, latency and
-    cost); returns the run id and its call records."""
+    cost; each reported to `progress`); returns the run id and its call records."""
     owned = provider is None
     provider = provider or open_provider(model)
     try:
@@ -257,6 +261,8 @@ def replay(store: Store, spec: TaskSpec, model: str, items: list[TrafficItem], c
                                    "traffic_call": by_id[record.item_id].call["id"]}
                 store.record_calls(batch)
                 records.extend(batch)
+                if progress:
+                    progress(f"replaying {len(items):,} inputs through {model}", len(records), len(items))
             status = "done"
         finally:
             executor.close()

@@ -35,9 +35,11 @@ from llmbus.distill.teacher_coverage import check_coverage, gold_coverage_warnin
 from llmbus.distill.teacher_filter import decisions
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import LlmbusError
+from llmbus.extras import check
 from llmbus.providers.config import add_models
 from llmbus.run.cache import choose_threshold, validation_pairs
 from llmbus.store import Store
+from llmbus.store.traffic import GATEWAY_PREFIX
 from llmbus.task import metrics
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.spec import TaskSpec
@@ -122,6 +124,11 @@ class TeacherData:
     how: str = "none"
     more: str = "run the teacher on more items"  # the fix when there are too few answers
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def runs_teacher(self) -> bool:
+        """More answers come from running the teacher (a teacher run), not from serving or labeling traffic."""
+        return not self.ref.startswith(GATEWAY_PREFIX)
 
 
 def run_teacher(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none") -> TeacherData:
@@ -357,10 +364,12 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
     if spec.kind == "generate":
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
+    check("train", "llmbus distill")
     settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
     teacher = run_teacher(spec, store, teacher_run, how) if isinstance(teacher_run, str) else teacher_run
     examples, by_split, files = split_examples(teacher.examples, teacher.what, teacher.how, out_dir, teacher.more)
-    warnings = teacher.warnings + check_coverage(spec, teacher.what, by_split["train"], allow_missing_labels)
+    warnings = teacher.warnings + check_coverage(spec, teacher.what, by_split["train"], allow_missing_labels,
+                                                 None if teacher.runs_teacher else teacher.more)
     student_dir = out_dir / "student"
     tick = time.perf_counter()
     train, val, test = by_split["train"], by_split["val"], by_split["test"]
@@ -397,14 +406,15 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
         teacher_latency_ms=1000 * teacher.latency_s, train_seconds=train_seconds, out_dir=str(out_dir), files=files,
         reference=teacher.reference,
         recipe=choice.recipe, recipe_scores=choice.scores, recipe_one_label=choice.one_label,
-        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test])
+        warnings=warnings + one_answer_warning(spec, val_answers + test_answers, [e.teacher for e in val + test],
+                                               None if teacher.runs_teacher else teacher.more)
         + gold_coverage_warning(spec, test),
         heldout_teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in val + test)),
         heldout_student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(val_answers + test_answers,
                                                                                val + test, strict=True))),
     )
     add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, teacher.answered),
-                       teacher.items_left, progress)
+                       teacher.items_left, progress, None if teacher.runs_teacher else teacher.more)
     pool = train + val
     if progress:
         progress("semantic-cache threshold", 0, None)
@@ -419,7 +429,8 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
 
 
 def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels: list[str], answers_per_item: float,
-                       items_left: int | None = None, progress: StageCallback | None = None) -> None:
+                       items_left: int | None = None, progress: StageCallback | None = None,
+                       more: str | None = None) -> None:
     """The student's share of the teacher on the held-out items; below TARGET_SHARE, the curve over train
     fractions and its projection of the teacher answers needed (classify students only: the tagger keeps one
     recipe). The curve's students are never served, so scoring them on the test items too halves the noise."""
@@ -439,7 +450,8 @@ def add_learning_curve(report: DistillReport, choice: RecipeChoice, train_labels
         if projection.n_needed is not None:
             report.projected_teacher_answers = round(projection.n_needed * n_answers / report.n_train)
     report.learning_curve_message = curve_message(share, report.n_train, n_answers, 1 / answers_per_item,
-                                                  projection, report.n_val + report.n_test, items_left)
+                                                  projection, report.n_val + report.n_test, items_left,
+                                                  more=more)
 
 
 def predict(spec: TaskSpec, student: Student, examples: list[Example]) -> tuple[list[Any], list[float]]:

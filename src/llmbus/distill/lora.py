@@ -24,6 +24,7 @@ import numpy as np
 
 from llmbus.embed import torch_for_training
 from llmbus.errors import ModelError
+from llmbus.extras import require
 from llmbus.settings import llmbus_home
 
 STUDENT_TEMPLATE = "Input: {input}\nOutput:"
@@ -72,7 +73,7 @@ def hf_cache_dir(gguf_path: Path) -> Path:
 
 def load_base(gguf_path: Path, threads: int = 2) -> tuple[Any, Any]:
     """(model, tokenizer) of a GGUF in float32 via transformers; the first load is cached as a HF folder."""
-    torch = torch_for_training(threads)
+    torch = torch_for_training(threads, "a LoRA student's base model")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = hf_cache_dir(gguf_path)
@@ -112,7 +113,8 @@ def train_lora(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], setting
     """Fit LoRA adapters on (prompt, answer) pairs; returns the peft model and the loss curve's ends."""
     if not pairs:
         raise ModelError("LoRA training needs at least one (prompt, answer) pair")
-    torch = torch_for_training(settings.threads)
+    torch = torch_for_training(settings.threads, "LoRA training")
+    require("train", "peft", "LoRA training")
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(settings.seed)

@@ -19,6 +19,7 @@ from typing import Any
 from llmbus.distill.distill import Scored, cascade_entry, cascade_on, distillation_data
 from llmbus.distill.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.distill.quantize import Variant, build_variants, local_model, measure
+from llmbus.extras import check
 from llmbus.providers.config import ModelConfig, add_models, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
 from llmbus.store import Store
@@ -63,6 +64,7 @@ def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
                  on_step: Callable[[int, int, float], None] | None = None) -> LoraDistillReport:
     """Teach a small causal LM the teacher's answers with LoRA, merge, quantize, compare precisions, and pick
     the cascade threshold."""
+    check("train", "llmbus distill --student lora")
     settings = settings or LoraSettings()
     _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
     base = resolve_gguf(base_gguf)

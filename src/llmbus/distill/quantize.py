@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.errors import ModelError
+from llmbus.extras import require
 from llmbus.providers import Completion, Request, open_provider
 from llmbus.providers.config import ModelConfig
 from llmbus.providers.llamacpp import find_binary
@@ -27,7 +28,7 @@ QUANT_TYPES = ("Q8_0", "Q4_K_M")
 
 def write_merged_gguf(base: Path, deltas: dict[str, np.ndarray], out: Path) -> Path:
     """Write base + deltas as an F16 GGUF at `out`; every delta must name a tensor of the base."""
-    import gguf
+    gguf = require("train", "gguf", "merging a LoRA student into a GGUF")
     from gguf.quants import dequantize
 
     reader = gguf.GGUFReader(base)

@@ -64,20 +64,23 @@ def coverage_problems(spec: TaskSpec, train: list[Example]) -> tuple[list[str], 
     return problems, warnings
 
 
-def check_coverage(spec: TaskSpec, teacher: str, train: list[Example], allow_missing_labels: bool) -> list[str]:
+def check_coverage(spec: TaskSpec, teacher: str, train: list[Example], allow_missing_labels: bool,
+                   more: str | None = None) -> list[str]:
     """Refuse teacher answers a student cannot learn from (unless allowed); the warnings to report. `teacher`
-    names where the answers come from ("teacher run 1a2b3c4d", "the traffic of gateway:sms")."""
+    names where the answers come from ("teacher run 1a2b3c4d", "the traffic of gateway:sms"); `more` how to get
+    more answers when not by running the teacher (traffic: serve more, label more)."""
     problems, warnings = coverage_problems(spec, train)
     if problems and not allow_missing_labels:
-        raise LlmbusError(f"{teacher}: {'; '.join(problems)}. Run the teacher on more, representative "
-                          "items (`llmbus run TASK --limit N` samples every class), or pass --allow-missing-labels "
-                          "to train anyway")
+        fix = (f"Get more answers: {more}" if more else "Run the teacher on more, representative items (`llmbus run "
+               "TASK --limit N` samples every class)")
+        raise LlmbusError(f"{teacher}: {'; '.join(problems)}. {fix}, or pass --allow-missing-labels to train anyway")
     return [f"{p} (--allow-missing-labels)" for p in problems] + warnings
 
 
-def one_answer_warning(spec: TaskSpec, answers: list[Any], teacher: list[Any]) -> list[str]:
+def one_answer_warning(spec: TaskSpec, answers: list[Any], teacher: list[Any], more: str | None = None) -> list[str]:
     """A warning when the student gives one answer (or, extracting, no entity) on every held-out item where the
-    teacher gives several: its scores there measure the majority answer, not learning."""
+    teacher gives several: its scores there measure the majority answer, not learning (`more`: see
+    check_coverage)."""
     if spec.kind == "extract":
         found = sum(len(a or []) for a in answers)
         return [] if found or not any(teacher) else [
@@ -86,8 +89,8 @@ def one_answer_warning(spec: TaskSpec, answers: list[Any], teacher: list[Any]) -
     if len({str(a) for a in answers}) > 1 or len({str(t) for t in teacher}) < 2:
         return []
     return [f"the student answers {answers[0]!r} on all {len(answers)} held-out items (the teacher gives "
-            f"{len({str(t) for t in teacher})} labels there): it learned the majority label only; run the teacher "
-            "on more items"]
+            f"{len({str(t) for t in teacher})} labels there): it learned the majority label only; "
+            f"{more or 'run the teacher on more items'}"]
 
 
 def gold_coverage_warning(spec: TaskSpec, test: list[Example]) -> list[str]:

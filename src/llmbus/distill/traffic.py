@@ -16,7 +16,7 @@ from statistics import median
 
 from llmbus.distill.distill import TeacherData, split_of, teacher_answer
 from llmbus.distill.examples import Example
-from llmbus.distill.teacher_filter import decisions
+from llmbus.distill.teacher_filter import decisions, label_projects_on
 from llmbus.store import Store
 from llmbus.store.traffic import GATEWAY_PREFIX, logged_input, served_runs, traffic_calls, traffic_item_id
 from llmbus.task.output import parse_output
@@ -71,4 +71,15 @@ def traffic_teacher(spec: TaskSpec, store: Store, served: str, how: str = "none"
     return TeacherData(ref=f"{GATEWAY_PREFIX}{served}", what=where, model=gateway_runs[-1]["model"],
                        examples=examples, latency_s=median(latencies) if latencies else float("nan"),
                        answered=len(inputs), reference=reference, how=how,
-                       more="serve more requests, widen --since, or label more", warnings=warnings)
+                       more=more_traffic(store, run_ids, how, served), warnings=warnings)
+
+
+def more_traffic(store: Store, run_ids: list[str], how: str, served: str) -> str:
+    """How to get more teacher data from traffic: the fix depends on what the filter keeps."""
+    if how == "human":
+        projects = label_projects_on(store, run_ids)
+        return (f"label more of the served answers (llmbus label serve --project {projects[-1] if projects else '…'})"
+                ", or widen --since")
+    if how == "judge":
+        return f"judge more of the traffic (llmbus monitor {served} --judge JUDGE.yaml), or widen --since"
+    return "serve more requests, or widen --since"

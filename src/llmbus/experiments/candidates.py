@@ -1,8 +1,10 @@
 """The prompt settings the optimizer tries, as plain values: what a user would otherwise change by hand.
 
 A candidate is the input spec with some `Settings` changed: few-shot k, selection strategy and order, label
-verbalizer, content-free calibration, the instruction (the prompt's static text before its first Jinja tag),
-and the model. Every candidate is an ordinary spec, so the winner is a YAML file any `llmbus run` reads.
+verbalizer, content-free calibration, the instruction (a `messages:` spec's system turn, else the
+prompt's static text before its first Jinja tag), where a `messages:` spec's shots go (a block inside the
+item's turn, or user/assistant turns), and the model. Every candidate is an ordinary spec, so the winner is a
+YAML file any `llmbus run` reads.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Settings:
     verbalizer: tuple[tuple[str, str], ...] | None = None  # (shown, label) pairs; None: labels as themselves
     calibrate: tuple[str, ...] | None = None
     instruction: int = 0
+    shots_as: str = "block"  # messages: specs: the examples as a block inside the item's turn, or as turns
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ def base_settings(spec: TaskSpec, model: str) -> Settings:
     """The input spec's own settings."""
     verbalizer = tuple(spec.output.verbalizer.items()) if spec.output.verbalizer else None
     calibrate = tuple(spec.output.calibrate) if spec.output.calibrate else None
-    return Settings(model, spec.fewshot.k, spec.fewshot.strategy, spec.fewshot.order, verbalizer, calibrate)
+    return Settings(model, spec.fewshot.k, spec.fewshot.strategy, spec.fewshot.order, verbalizer, calibrate,
+                    shots_as=spec.fewshot.as_)
 
 
 def instruction_of(prompt: str) -> str:
@@ -71,16 +75,34 @@ def with_instruction(prompt: str, instruction: str) -> str:
     return prompt[:start] + instruction.strip() + prompt[start + len(old):]
 
 
+def spec_instruction(spec: TaskSpec) -> str:
+    """The instruction of a spec: a `messages:` spec's leading system (or developer) turn, else the instruction
+    of its prompt (or of its first turn)."""
+    if spec.messages is None:
+        return instruction_of(str(spec.prompt))
+    first = spec.messages[0]
+    return first.content.strip() if first.role in ("system", "developer") else instruction_of(first.content)
+
+
+def with_spec_instruction(spec: TaskSpec, instruction: str) -> dict[str, Any]:
+    """The spec fields that replace its instruction (see `spec_instruction`)."""
+    if spec.messages is None:
+        return {"prompt": with_instruction(str(spec.prompt), instruction)}
+    first = spec.messages[0]
+    content = instruction.strip() if first.role in ("system", "developer") else \
+        with_instruction(first.content, instruction)
+    return {"messages": [first.model_copy(update={"content": content}), *spec.messages[1:]]}
+
+
 def build(spec: TaskSpec, settings: Settings, instructions: list[str]) -> TaskSpec:
     """The spec these settings make from the input spec."""
     fewshot = spec.fewshot.model_copy(update={"k": settings.k, "strategy": settings.strategy,
-                                              "order": settings.order})
+                                              "order": settings.order, "as_": settings.shots_as})
     output = spec.output.model_copy(update={
         "verbalizer": dict(settings.verbalizer) if settings.verbalizer else None,
         "calibrate": list(settings.calibrate) if settings.calibrate else None})
-    prompt = spec.prompt if settings.instruction == 0 else with_instruction(spec.prompt,
-                                                                            instructions[settings.instruction])
-    return spec.model_copy(update={"fewshot": fewshot, "output": output, "prompt": prompt})
+    changed = {} if settings.instruction == 0 else with_spec_instruction(spec, instructions[settings.instruction])
+    return spec.model_copy(update={"fewshot": fewshot, "output": output, **changed})
 
 
 def describe(settings: Settings, base: Settings) -> str:
@@ -97,6 +119,8 @@ def describe(settings: Settings, base: Settings) -> str:
         parts.append("calibrated" if settings.calibrate else "uncalibrated")
     if settings.instruction != base.instruction:
         parts.append(f"instruction {settings.instruction}")
+    if settings.shots_as != base.shots_as:
+        parts.append(f"shots as {settings.shots_as}")
     if settings.model != base.model:
         parts.append(settings.model)
     return " · ".join(parts) or "input spec"
@@ -154,6 +178,8 @@ def neighbour_candidates(spec: TaskSpec, incumbent: Settings, base: Settings, mo
         settings.append(replace(incumbent, calibrate=None if incumbent.calibrate else CONTENT_FREE))
     if incumbent.k > 1:
         settings.append(replace(incumbent, order="reverse" if incumbent.order == "default" else "default"))
+    if incumbent.k > 0 and spec.messages is not None:
+        settings.append(replace(incumbent, shots_as="turns" if incumbent.shots_as == "block" else "block"))
     return distinct([make(spec, s, base, instructions) for s in settings])
 
 

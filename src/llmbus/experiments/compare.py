@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from llmbus.errors import LlmbusError
+from llmbus.quality.assertions import passed_by_item, run_checks
+from llmbus.quality.estimate import wilson
 from llmbus.quality.evaluate import (
     BOOTSTRAP_ROUNDS,
     Comparison,
@@ -23,6 +25,7 @@ from llmbus.quality.evaluate import (
     bootstrap,
     collect,
     compare_samples,
+    item_hash,
     item_scores,
     paired,
 )
@@ -52,6 +55,8 @@ class MatrixRow:
     wins: int | None = None  # items this run scores higher on than the baseline
     ties: int | None = None
     losses: int | None = None
+    # the run's spec's assertions on the shared items: name → pass rate with its 95% Wilson interval
+    assertions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +87,7 @@ def compare_runs(store: Store, run_ids: Sequence[str] = (), task: str | None = N
     if other_metrics:
         warnings.append(f"runs use other metrics ({', '.join(other_metrics)}): every run is scored on the "
                         f"baseline's {metric}")
-    samples = [replace(collect(store, r), metric=metric) for r in runs]
+    samples = [collect(store, r, metric) for r in runs]
     if metric not in samples[0].metric_names():
         raise LlmbusError(f"run {base['id']}: metric {metric!r} is not one llmbus computes for {samples[0].kind} "
                           "runs, so there is nothing to compare")
@@ -98,6 +103,7 @@ def compare_runs(store: Store, run_ids: Sequence[str] = (), task: str | None = N
     rows = []
     for run, sample, full in zip(runs, shared, samples, strict=True):
         row = _row(run, sample, full.n, rounds, seed)
+        row.assertions = shared_pass_rates(store, run, sample.ids)
         if run is base:
             row.baseline = True
         else:
@@ -164,6 +170,22 @@ def _sharing_warnings(samples: list[Sample], n: int) -> list[str]:
     if left_out:
         warnings.append(f"only the {n} items every run answered count; left out: {', '.join(left_out)}")
     return warnings
+
+
+def shared_pass_rates(store: Store, run: dict[str, Any], ids: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Each assertion's pass rate over the items `ids` (judge assertions as judged so far; none until judged)."""
+    rates: dict[str, dict[str, Any]] = {}
+    for result in run_checks(store, run):
+        passed = passed_by_item(result, ids, item_hash)
+        known = passed[~np.isnan(passed)]
+        if result.skipped or not len(known):
+            rates[result.name] = {"kind": result.kind, "value": None, "lo": None, "hi": None, "passed": 0, "n": 0,
+                                  "skipped": result.skipped}
+            continue
+        lo, hi = wilson(float(known.mean()), len(known))
+        rates[result.name] = {"kind": result.kind, "value": float(known.mean()), "lo": lo, "hi": hi,
+                              "passed": int(known.sum()), "n": len(known), "skipped": None}
+    return rates
 
 
 def _row(run: dict[str, Any], sample: Sample, items: int, rounds: int, seed: int) -> MatrixRow:

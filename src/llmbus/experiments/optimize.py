@@ -54,6 +54,9 @@ class Measure:
     tokens_per_item: float
     cost_per_1k: float  # over this run's fresh calls (cached answers cost nothing again)
     latency_p50_s: float
+    # the spec's assert: checks: name → pass rate (reported beside the objective, never optimized; None for a
+    # judge assertion, which the search does not pay for)
+    assertions: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Trial:
                 "prompt_tokens_per_item": m.tokens_per_item if m else None,
                 "cost_per_1k": m.cost_per_1k if m else None, "latency_p50_s": m.latency_p50_s if m else None,
                 "calls": self.calls, "pareto": self.pareto, "note": self.note,
+                "assertions": m.assertions if m else {},
                 "runs": [x.run_id for x in self.measures.values()]}
 
 
@@ -221,7 +225,7 @@ def measure_run(store: Store, run_id: str) -> Measure:
     final = len(store.answered_items(run_id, TRANSIENT_ERRORS))
     return Measure(run_id, report.n, final, report.values[report.metric],
                    summary.tokens_in / summary.items if summary.items else float("nan"), summary.cost_per_1k,
-                   summary.latency_p50_s)
+                   summary.latency_p50_s, {name: rate["value"] for name, rate in report.assertions.items()})
 
 
 def _quality(m: Measure | None) -> float:
@@ -339,7 +343,7 @@ def _stages(spec: TaskSpec, models: list[str], base: Settings, stage1: list[Cand
     rank = ranking(objective, margin)
     trials = [Trial(c, 1) for c in stage1]
     incumbent = _halve(trials, plan.stage1, search, rank)
-    instructions = [space.instruction_of(spec.prompt), *(proposals.instructions if proposals else [])]
+    instructions = [space.spec_instruction(spec), *(proposals.instructions if proposals else [])]
     words = proposals.words if proposals else None
     neighbours = space.neighbour_candidates(spec, incumbent.candidate.settings, base, models, instructions, words)
     stage2 = [incumbent] + [Trial(c, 2) for c in neighbours[1:]]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmbus.experiments.candidates import instruction_of
+from llmbus.experiments.candidates import spec_instruction
 from llmbus.providers import Provider
 from llmbus.run.engine import run_task
 from llmbus.store import Store
@@ -69,7 +69,7 @@ def requests(spec: TaskSpec, instruction: str, pool: list[Item], n_instructions:
 def propose(spec: TaskSpec, model: str, provider: Provider | None, store: Store, pool: list[Item], tag: str,
             n_instructions: int, on_stage: Callable[[str], None] | None = None) -> Proposals:
     """Ask the proposer model for instruction rewrites and label words (one run, tagged)."""
-    instruction = instruction_of(spec.prompt)
+    instruction = spec_instruction(spec)
     asks = requests(spec, instruction, pool, n_instructions if instruction else 0)
     if not asks:
         return Proposals([], None, None)

@@ -16,7 +16,7 @@ import yaml
 from llmbus.errors import SpecError
 from llmbus.task.spec import TaskSpec, load_spec
 
-SECTIONS = ("prompt", "output", "fewshot", "data")
+SECTIONS = ("prompt", "messages", "output", "fewshot", "data")
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -43,6 +43,8 @@ def changed_sections(original: TaskSpec, changed: TaskSpec, raw: dict[str, Any],
     out: dict[str, Any] = {}
     if changed.prompt != original.prompt:
         out["prompt"] = changed.prompt
+    if changed.messages != original.messages:
+        out["messages"] = [turn.model_dump(mode="json") for turn in changed.messages or []]
     for key in ("output", "fewshot"):
         new = getattr(changed, key).model_dump(mode="json", by_alias=True)
         old = getattr(original, key).model_dump(mode="json", by_alias=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -28,12 +29,17 @@ from llmbus.flows.retrieval import Index, Source
 from llmbus.flows.review import Decision, ReviewQueue
 from llmbus.flows.steps import FlowPaused, LlmAnswer, StepResult
 from llmbus.flows.tools import Tool, call_tool, tool
-from llmbus.providers import Provider, Request, open_provider
+from llmbus.providers import Completion, Provider, Request, open_provider
 from llmbus.run.adapter import build_request
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import CallRecord, Store, now
+from llmbus.task.chat import is_single_user_turn
 from llmbus.task.output import parse_output
-from llmbus.task.spec import TaskSpec, read_utf8, render_prompt
+from llmbus.task.render import render
+from llmbus.task.spec import TaskSpec, read_utf8
+from llmbus.telemetry import observe_call, set_attributes, span
+
+logger = logging.getLogger(__name__)  # `log` names the flow log in this module
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,9 @@ class FlowContext:
         self.log.write_step(self.run_id, key, kind=kind, status="running", input_json=step_input,
                             started_at=started, finished_at=None, error_kind=None, error=None)
         try:
-            result = body()
+            with span(f"llmbus step {key}", {"llmbus.flow_run_id": self.run_id, "llmbus.flow_step": key,
+                                              "llmbus.flow_step_kind": kind}, expected=(FlowPaused,)):
+                result = body()
         except FlowPaused:
             self.log.write_step(self.run_id, key, status="waiting", latency_s=time.perf_counter() - tick)
             raise
@@ -150,22 +158,29 @@ class FlowContext:
         self._providers.clear()
 
     # step kinds ----------------------------------------------------------------------------------
-    def llm(self, key: str, prompt: str, *, model: str | None = None, max_tokens: int = 64,
-            stop: tuple[str, ...] = (), labels: tuple[str, ...] | None = None, temperature: float = 0.0,
-            json_schema: dict[str, Any] | None = None) -> LlmAnswer:
-        """One model call; the prompt, raw answer, tokens and cost go on the step row."""
-        request = Request(prompt=prompt, max_tokens=max_tokens, temperature=temperature, stop=stop, labels=labels,
-                          json_schema=json_schema)
+    def llm(self, key: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
+            model: str | None = None, max_tokens: int = 64, stop: tuple[str, ...] = (),
+            labels: tuple[str, ...] | None = None, temperature: float = 0.0,
+            json_schema: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None) -> LlmAnswer:
+        """One model call on a prompt or on chat turns (`messages`, OpenAI-style); the prompt, raw answer, tool
+        calls, tokens and cost go on the step row."""
+        if (prompt is None) == (messages is None):
+            raise LlmbusError(f"step {key!r}: give ctx.llm a prompt or messages (one of them)")
+        request = Request(prompt=prompt or "", messages=tuple(messages or ()), max_tokens=max_tokens,
+                          temperature=temperature, stop=stop, labels=labels, json_schema=json_schema,
+                          tools=tuple(tools) if tools else None)
         ref = model or self.settings.model
-        out = self.step(key, "llm", lambda: self._complete(key, ref, request), {"prompt": prompt, "model": ref})
-        return LlmAnswer(out["text"], out.get("label_probs"))
+        given: dict[str, Any] = {"prompt": prompt} if messages is None else {"messages": messages}
+        out = self.step(key, "llm", lambda: self._complete(key, ref, request), {**given, "model": ref})
+        return LlmAnswer(out["text"], out.get("label_probs"), out.get("tool_calls"))
 
     def _complete(self, key: str, ref: str, request: Request, spec: TaskSpec | None = None) -> StepResult:
         """One model call, logged as a row of `calls` before the step row; a task step's answer is parsed by
         its output contract, and a broken answer is logged, then fails the step."""
         record = CallRecord(run_id="", task=spec.name if spec else f"flow:{self.calls.flow}",
                             spec_version=spec.version if spec else "-", item_id=call_item_id(self.run_id, key),
-                            model=ref, prompt=request.prompt, started_at=now(), finished_at=now())
+                            model=ref, prompt=request.prompt, started_at=now(), finished_at=now(),
+                            messages=None if is_single_user_turn(request.messages) else list(request.messages))
         meta: dict[str, Any] = {"flow_run": self.run_id, "step": key}
         if request.input is not None:
             meta["input"] = request.input
@@ -174,37 +189,41 @@ class FlowContext:
             completion = self.provider(ref).complete(request)
         except ProviderError as exc:
             record.error_kind, record.error, record.meta = exc.kind, str(exc), meta
-            self._log_call(key, record, tick)
+            self._log_call(key, record, tick, request)
             raise
         parsed = parse_output(spec, completion.text) if spec else None
         record.raw_output, record.parsed = completion.text, completion.text if parsed is None else parsed.value
         record.confidence, record.label_probs = completion.confidence, completion.label_probs
+        record.tool_calls, record.reasoning = completion.tool_calls, completion.reasoning
         record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
         record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds
         record.meta = {**completion.extra, **meta}
         if parsed is not None and parsed.error_kind:
             record.error_kind, record.error = parsed.error_kind, parsed.error
-        self._log_call(key, record, tick)
+        self._log_call(key, record, tick, request, completion)
         if spec is not None and parsed is not None and parsed.error_kind:
             raise ProviderError(parsed.error_kind, f"{spec.name}: {parsed.error}")
         detail = {"prompt": request.prompt, "cpu_s": completion.cpu_seconds}
-        output: Any = {"text": completion.text, "label_probs": completion.label_probs}
+        output: Any = {"text": completion.text, "label_probs": completion.label_probs,
+                       **({"tool_calls": completion.tool_calls} if completion.tool_calls else {})}
         if spec is not None and parsed is not None:
             output = parsed.value
             detail.update(task=spec.name, spec_version=spec.version, raw=completion.text)
         return StepResult(output, detail=detail, model=ref, tokens_in=completion.tokens_in,
                           tokens_out=completion.tokens_out, cost_usd=completion.cost_usd)
 
-    def _log_call(self, key: str, record: CallRecord, tick: float) -> None:
+    def _log_call(self, key: str, record: CallRecord, tick: float, request: Request | None = None,
+                  completion: Completion | None = None, ref: str | None = None) -> None:
         record.latency_s, record.finished_at = time.perf_counter() - tick, now()
         self._call_ids[key] = self.calls.record(record)
+        observe_call(record, request, completion, self._providers.get(ref or record.model))
 
     def task(self, key: str, spec: TaskSpec, fields: dict[str, Any],
              examples: list[dict[str, Any]] | None = None, *, model: str | None = None) -> Any:
         """A task-spec step: the spec's prompt over `fields` and examples, its output contract enforced."""
-        prompt = render_prompt(spec, fields, examples or [])
+        rendered = render(spec, fields, examples or [])
         raw_input = str(fields[spec.data.input]) if spec.data.input in fields else None  # what students read
-        request = build_request(spec, prompt, raw_input)
+        request = build_request(spec, rendered, raw_input)
         ref = model or self.settings.model
         return self.step(key, "llm", lambda: self._complete(key, ref, request, spec),
                          {"task": spec.name, "fields": fields, "model": ref})
@@ -348,9 +367,14 @@ def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]
     calls = calls or FlowCalls(store, flow_def.name, flow_def.path, settings.model)
     ctx = FlowContext(store, run_id, settings, resources, calls)
     outcome = FlowOutcome(run_id, "running")
+    logger.info("flow run %s: %s", run_id, flow_def.name)
     try:
-        outcome.output = flow_def.fn(ctx, run["input"])
-        outcome.status = "done"
+        with span(f"llmbus flow {flow_def.name}", {"llmbus.flow": flow_def.name, "llmbus.flow_run_id": run_id,
+                                                    "llmbus.model": settings.model},
+                  expected=(FlowPaused,)) as current:
+            outcome.output = flow_def.fn(ctx, run["input"])
+            outcome.status = "done"
+            set_attributes(current, {"llmbus.flow_status": "done"})
     except FlowPaused:
         outcome.status = "waiting_review"
     except KeyboardInterrupt:
@@ -370,4 +394,5 @@ def execute(store: Store, run_id: str, flow_def: Flow, resources: dict[str, Any]
             calls.close()
     log.update_run(run_id, status=outcome.status, error=outcome.error,
                    output_json=dumps(outcome.output) if outcome.status == "done" else None)
+    logger.info("flow run %s %s%s", run_id, outcome.status, f": {outcome.error}" if outcome.error else "")
     return outcome

@@ -12,10 +12,12 @@ from llmbus.flows.log import FlowLog
 
 @dataclass
 class LlmAnswer:
-    """An LLM step's answer: the text, and label probabilities when labels were scored."""
+    """An LLM step's answer: the text, label probabilities when labels were scored, and the tool calls a chat
+    model made."""
 
     text: str
     label_probs: dict[str, float] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class FlowPaused(Exception):
@@ -44,8 +46,9 @@ class Steps(Protocol):
         """Run `body` once per run; a recorded done step returns its stored output."""
         ...
 
-    def llm(self, key: str, prompt: str, *, model: str | None = None, max_tokens: int = 64,
-            stop: tuple[str, ...] = (), labels: tuple[str, ...] | None = None, temperature: float = 0.0,
-            json_schema: dict[str, Any] | None = None) -> LlmAnswer:
+    def llm(self, key: str, prompt: str | None = None, *, messages: list[dict[str, Any]] | None = None,
+            model: str | None = None, max_tokens: int = 64, stop: tuple[str, ...] = (),
+            labels: tuple[str, ...] | None = None, temperature: float = 0.0,
+            json_schema: dict[str, Any] | None = None, tools: list[dict[str, Any]] | None = None) -> LlmAnswer:
         """One logged model call."""
         ...

@@ -14,15 +14,31 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from llmbus.errors import ProviderError
+from llmbus.task.chat import Message, transcript, user_turn
+
+# Fields added to Request after cache keys were first stored: they join a key only when set, so a request
+# that does not use them keeps the key (and the cached answer) it always had.
+_LATER_FIELDS = ("messages", "top_p", "seed", "n", "tools", "tool_choice", "response_format", "logprobs",
+                 "top_logprobs", "user", "metadata", "wire")
+# OpenAI fields a Request carries and sends to chat/completion endpoints when they are set.
+OPENAI_OPTIONS = ("top_p", "seed", "n", "tools", "tool_choice", "response_format", "logprobs", "top_logprobs",
+                  "user", "metadata")
 
 
 @dataclass(frozen=True)
 class Request:
-    """One call: the rendered prompt plus the output contract the backend should enforce."""
+    """One call: a chat request (turns + the OpenAI fields that shape the answer) plus llmbus's output contract.
 
-    prompt: str
-    max_tokens: int = 64
-    temperature: float = 0.0
+    `messages` are the turns chat endpoints get; `prompt` is the same conversation as one text, what completion
+    endpoints and models without a chat template read. Give either: a lone `prompt` is one user turn, lone
+    `messages` get their transcript (task.chat). Optional OpenAI fields are None when not given, and then not
+    sent. `wire` is set by the gateway on routes without a task: the client's body, which an OpenAI-compatible
+    backend gets as it came, with only `model` rewritten (the typed fields are read from it, for llmbus's own
+    decisions: cache, budget, local models)."""
+
+    prompt: str = ""
+    max_tokens: int | None = 64  # None: not given (the backend's default)
+    temperature: float | None = 0.0  # None: not given (the backend's default, usually sampling)
     stop: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # classify: answer with one of these, with its probability
     json_schema: dict[str, Any] | None = None  # extract: answer is JSON valid under this schema
@@ -30,16 +46,59 @@ class Request:
     # generate: also report how sure the model was of its answer (a cascade's escalation signal); costs a
     # softmax over the vocabulary per generated token, so only asked for when needed
     want_confidence: bool = False
+    messages: tuple[Message, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+    n: int | None = None
+    tools: tuple[dict[str, Any], ...] | None = None  # OpenAI function schemas
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None  # as given; else a json_schema contract sends its own
+    logprobs: bool | int | None = None  # chat: a boolean; completions: how many alternatives
+    top_logprobs: int | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+    wire: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            object.__setattr__(self, "messages", (user_turn(self.prompt),))
+        elif not self.prompt:
+            object.__setattr__(self, "prompt", transcript(self.messages))
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the same request always gets the same answer (what the caches may keep): temperature 0, or
+        not given on a request that names no sampling of its own (a cache hit then stands for the answer)."""
+        return not self.temperature and (self.n or 1) == 1
 
     def cache_key(self, model: str) -> str:
-        """Response-cache key: model + rendered prompt + every parameter."""
-        payload = json.dumps({"model": model, **asdict(self)}, sort_keys=True, default=list)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        """Response-cache key: model + the whole request (a gateway request: its whole body)."""
+        if self.wire is not None:
+            payload: dict[str, Any] = {"model": model, "wire": self.wire, "labels": self.labels,
+                                       "json_schema": self.json_schema}
+        else:
+            payload = {"model": model, **{name: value for name, value in asdict(self).items()
+                                          if name not in _LATER_FIELDS or value not in (None, ())}}
+            if list(payload.get("messages", ())) == [user_turn(self.prompt)]:
+                del payload["messages"]  # a plain prompt: the key it had before requests held turns
+        text = json.dumps(payload, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def options(self) -> dict[str, Any]:
+        """The optional OpenAI fields that are set, as a body's fields (tools as a list)."""
+        found = {name: getattr(self, name) for name in OPENAI_OPTIONS if getattr(self, name) is not None}
+        if "tools" in found:
+            found["tools"] = list(found["tools"])
+        return found
 
 
 @dataclass
 class Completion:
-    """What came back: the text, token counts, and for label sets the probability of each label."""
+    """What came back: the text, token counts, and for label sets the probability of each label.
+
+    For chat answers also the tool calls, the reasoning text of reasoning models and the finish reason; an
+    OpenAI-compatible backend's whole response body rides in `response` when the request came through the
+    gateway's pass-through (`Request.wire`), so the client gets it unchanged."""
 
     text: str
     tokens_in: int = 0
@@ -49,11 +108,19 @@ class Completion:
     cost_usd: float = 0.0
     cpu_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None  # reasoning_content of reasoning models (not part of the answer)
+    finish_reason: str | None = None
+    response: dict[str, Any] | None = None
+    response_model: str | None = None  # the model the backend says answered, when it says
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+        kept = {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
                 "label_probs": self.label_probs, "answer_prob": self.answer_prob}
+        chat = {"tool_calls": self.tool_calls, "reasoning": self.reasoning, "finish_reason": self.finish_reason,
+                "response": self.response}
+        return {**kept, **{name: value for name, value in chat.items() if value is not None}}
 
     @property
     def confidence(self) -> float | None:

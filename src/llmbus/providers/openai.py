@@ -10,7 +10,6 @@ to another replica.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import threading
@@ -21,110 +20,14 @@ from typing import Any
 import httpx
 
 from llmbus.errors import ProviderError, Unreachable
-from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
+from llmbus.providers.base import Completion, Request, sse_data, whole
 from llmbus.providers.config import ModelConfig
+from llmbus.providers.openai_wire import StreamedAnswer, from_response, relays, text_of, to_payload, wire_api
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
-from llmbus.task.output import match_label
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-def to_payload(model: str, api: str, request: Request) -> dict[str, Any]:
-    """The JSON body for /chat/completions or /completions."""
-    body: dict[str, Any] = {"model": model, "max_tokens": request.max_tokens, "temperature": request.temperature}
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if api == "chat":
-        body["messages"] = [{"role": "user", "content": request.prompt}]
-        if request.labels or request.want_confidence:
-            body["logprobs"] = True
-        if request.labels:
-            body["top_logprobs"] = 20
-    else:
-        body["prompt"] = request.prompt
-        if request.labels or request.want_confidence:
-            body["logprobs"] = 20 if request.labels else 1
-    if request.json_schema is not None:
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "answer", "schema": request.json_schema}}
-    return body
-
-
-def from_response(api: str, data: dict[str, Any], request: Request) -> Completion:
-    """Text, usage and (for label sets) label probabilities from a response body."""
-    try:
-        choice = data["choices"][0]
-        text = choice["message"]["content"] if api == "chat" else choice["text"]
-    except (KeyError, IndexError, TypeError):
-        raise ProviderError("bad_response", f"response has no choices[0] text: {str(data)[:200]}") from None
-    text = text or ""
-    usage = data.get("usage") or {}
-    completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                            tokens_out=int(usage.get("completion_tokens") or 0))
-    if request.labels:
-        label = match_label(text, request.labels)
-        completion.text = label if label is not None else text
-        completion.label_probs = label_probs_from_logprobs(api, choice, request.labels, label)
-    elif request.want_confidence:
-        completion.answer_prob = answer_prob_from_logprobs(api, choice)
-    return completion
-
-
-def answer_prob_from_logprobs(api: str, choice: dict[str, Any]) -> float | None:
-    """Geometric mean probability of the generated tokens, from either API's logprobs shape."""
-    logprobs = choice.get("logprobs") or {}
-    values = [e.get("logprob") for e in logprobs.get("content") or []] if api == "chat" \
-        else logprobs.get("token_logprobs") or []
-    finite = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
-    return math.exp(sum(finite) / len(finite)) if finite else None
-
-
-def stream_piece(api: str, event: dict[str, Any]) -> tuple[str, str | None]:
-    """The text one streamed chunk adds (empty for role-only and usage-only chunks) and its finish reason."""
-    if isinstance(event.get("error"), dict | str):
-        error = event["error"]
-        raise ProviderError("stream_error", str(error.get("message", error) if isinstance(error, dict) else error))
-    choices = event.get("choices") or []
-    if not choices:
-        return "", None
-    choice = choices[0]
-    text = (choice.get("delta") or {}).get("content") if api == "chat" else choice.get("text")
-    return str(text or ""), choice.get("finish_reason")
-
-
-def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],
-                              chosen: str | None) -> dict[str, float] | None:
-    """Label distribution from the first answer token's top logprobs; None when none were returned."""
-    alternatives = first_token_alternatives(api, choice)
-    if not alternatives:
-        return None
-    scores = dict.fromkeys(labels, 0.0)
-    for token, logprob in alternatives.items():
-        piece = token.strip().lower()
-        if not piece:
-            continue
-        matches = [label for label in labels if label.lower().startswith(piece)]
-        if len(matches) == 1:
-            scores[matches[0]] += math.exp(logprob)
-    if chosen is not None and scores[chosen] == 0:
-        return None  # the answer's first token did not name a single label: probabilities would lie
-    return normalize_probs(scores)
-
-
-def first_token_alternatives(api: str, choice: dict[str, Any]) -> dict[str, float]:
-    """{token: logprob} for the first non-blank generated token, from either API's logprobs shape."""
-    logprobs = choice.get("logprobs") or {}
-    if api == "chat":
-        for entry in logprobs.get("content") or []:
-            if entry.get("token", "").strip():
-                return {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs") or []}
-        return {}
-    tokens = logprobs.get("tokens") or []
-    for token, top in zip(tokens, logprobs.get("top_logprobs") or [], strict=False):
-        if token.strip():
-            return dict(top or {})
-    return {}
+PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 
 
 class OpenAIProvider:
@@ -168,35 +71,47 @@ class OpenAIProvider:
 
     def complete(self, request: Request) -> Completion:
         """One call with retries; raises ProviderError with a kind once retries are spent."""
-        body = to_payload(self.remote_model, self.config.api, request)
+        api = self._api(request)
+        body = to_payload(self.remote_model, api, request)
         with self._slots:
-            lease, data = self._post_with_retries(self._path, body, request.prompt)
+            lease, data = self._post_with_retries(PATHS[api], body, request.prompt)
             self.replicas.release(lease, "ok")
-        return self._priced(from_response(self.config.api, data, request))
+        return self._priced(from_response(api, data, request))
 
     def stream(self, request: Request) -> Generator[str, None, Completion]:
         """Text pieces as the endpoint streams them; returns the Completion (usage from the last chunk).
         Label sets are answered whole: their probabilities come from the logprobs of a complete answer."""
         if request.labels:
             return (yield from whole(self.complete(request)))
-        body = {**to_payload(self.remote_model, self.config.api, request), "stream": True,
-                "stream_options": {"include_usage": True}}
-        pieces: list[str] = []
-        usage: dict[str, Any] = {}
-        finished: str | None = None
+        return (yield from text_of(self._api(request), self.stream_events(request)))
+
+    def relays(self, request: Request) -> bool:
+        """Whether the gateway may relay this endpoint's own response and chunks: a pass-through request,
+        which goes to the endpoint its client wrote it for."""
+        return relays(request, self._api(request))
+
+    def _api(self, request: Request) -> str:
+        """The endpoint a request goes to: the one a pass-through body was written for (the backend answers
+        as it would answer the client directly), else the model's configured `api`."""
+        return wire_api(request.wire) if request.wire is not None else self.config.api
+
+    def stream_events(self, request: Request) -> Generator[dict[str, Any], None, Completion]:
+        """The endpoint's stream chunks as they come (the gateway relays them unchanged); returns the
+        Completion they add up to. Usage is always asked for (`stream_options.include_usage`): it prices the
+        call; a relay leaves it out when its client did not ask."""
+        api = self._api(request)
+        body = to_payload(self.remote_model, api, request)
+        body.update(stream=True, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
+        streamed = StreamedAnswer(api)
         with self._slots:
-            lease, response = self._post_with_retries(self._path, body, request.prompt, stream=True)
+            lease, response = self._post_with_retries(PATHS[api], body, request.prompt, stream=True)
             where = self._where(lease.replica.url)
             outcome: Outcome = "abandoned"  # unless the stream ends: the caller stopped reading
             try:
                 for event in sse_data(response.iter_lines()):
-                    usage = event.get("usage") or usage
-                    piece, finish = stream_piece(self.config.api, event)
-                    finished = finished or finish
-                    if piece:
-                        pieces.append(piece)
-                        yield piece
-                outcome = "ok" if finished is not None else "fault"
+                    streamed.add(event)
+                    yield event
+                outcome = "ok" if streamed.finished else "fault"
             except httpx.TimeoutException:
                 outcome = "fault"
                 raise ProviderError("timeout", f"{where}: stream stalled for {self.config.timeout_s:g}s") from None
@@ -209,14 +124,9 @@ class OpenAIProvider:
             finally:
                 response.close()
                 self.replicas.release(lease, outcome)
-        if finished is None:  # the body ended cleanly but the answer did not
+        if not streamed.finished:  # the body ended cleanly but the answer did not
             raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
-        return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
-                                       tokens_out=int(usage.get("completion_tokens") or 0)))
-
-    @property
-    def _path(self) -> str:
-        return "/chat/completions" if self.config.api == "chat" else "/completions"
+        return self._priced(streamed.completion())
 
     def _where(self, url: str) -> str:
         """The model's name in an error, with the replica's (masked) URL when there are several."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from llmbus.embed import embed
 from llmbus.errors import LlmbusError
+from llmbus.extras import require
 from llmbus.providers.head import head_features
 from llmbus.quality.judge import answer_text, judge_input, judge_run_info, load_verdicts, run_items
 from llmbus.quality.label import consensus, enqueue, get_project, queued_ids
@@ -74,9 +75,8 @@ def k_center(vectors: np.ndarray, chosen: list[int], n: int, seed: int = 0) -> l
 def head_probs(train_x: np.ndarray, train_y: list[str], x: np.ndarray,
                seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Class probabilities of `x` from a logistic head fitted on (train_x, train_y)."""
-    from sklearn.linear_model import LogisticRegression
-
-    head = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
+    linear_model = require("embed", "sklearn.linear_model", "label select's head")
+    head = linear_model.LogisticRegression(max_iter=2000, class_weight="balanced", random_state=seed)
     head.fit(train_x, train_y)
     return head.predict_proba(x), [str(c) for c in head.classes_]
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from llmbus.errors import EstimateError
 from llmbus.quality.agreement import BinaryAgreement, binary_agreement
@@ -179,7 +179,7 @@ def z_value(alpha: float) -> float:
     """The two-sided normal quantile for a (1 − alpha) interval."""
     if not 0 < alpha < 1:
         raise EstimateError(f"alpha {alpha!r}: the error level of an interval lies between 0 and 1 (0.05 for 95%)")
-    return float(norm.ppf(1 - alpha / 2))
+    return NormalDist().inv_cdf(1 - alpha / 2)
 
 
 def wilson(p: float, n: float, alpha: float = 0.05) -> tuple[float, float]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from llmbus.errors import LlmbusError
+from llmbus.quality.assertions import custom_scorer, run_checks
 from llmbus.store import Store
 from llmbus.task import metrics
 
@@ -56,6 +57,7 @@ class Sample:
     latency: np.ndarray | None = None  # seconds per item
     cached: np.ndarray | None = None  # bool: answered from the response cache
     failed: np.ndarray | None = None  # bool: the call failed (counted as a wrong answer)
+    custom: dict[str, np.ndarray] = field(default_factory=dict)  # a team's own metric: per-item score (mean)
 
     @property
     def n(self) -> int:
@@ -67,7 +69,7 @@ class Sample:
         names = {"classify": ["accuracy", "macro_f1"], "extract": ["entity_f1", "entity_precision",
                                                                    "entity_recall", "exact_match"],
                  "generate": list(GENERATE_METRICS)}[self.kind]
-        return [self.metric, *[m for m in names if m != self.metric]]
+        return [self.metric, *[m for m in [*self.custom, *names] if m != self.metric]]
 
 
 @dataclass
@@ -85,6 +87,8 @@ class EvalReport:
     classes: list[str] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # rows expected, columns predicted (+ failed)
     warnings: list[str] = field(default_factory=list)  # what makes these figures weak (labels never expected…)
+    # the spec's assert: checks: name → pass rate with its 95% Wilson interval (quality/assertions.py)
+    assertions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json output."""
@@ -118,28 +122,34 @@ def item_hash(item_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
 
 
-def collect(store: Store, run: dict[str, Any]) -> Sample:
-    """Stream a run's calls into a Sample."""
+def collect(store: Store, run: dict[str, Any], metric: str | None = None) -> Sample:
+    """Stream a run's calls into a Sample, scored on `metric` (default: the run's own); a custom metric is
+    computed again from the answers and the dataset's items, like the built-in ones."""
     spec = json.loads(run["spec_json"])
     labels = [str(c) for c in (spec.get("output") or {}).get("labels") or []]
-    return sample_from(run["id"], spec["kind"], run["metric"], labels, store.iter_calls(run["id"]))
+    metric = metric or run["metric"]
+    scorer = custom_scorer(store, run, metric) if metrics.is_custom(metric) else None
+    return sample_from(run["id"], spec["kind"], metric, labels, store.iter_calls(run["id"]), scorer)
 
 
-def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: Iterable[dict[str, Any]]) -> Sample:
+def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: Iterable[dict[str, Any]],
+                scorer: Callable[[dict[str, Any]], float] | None = None) -> Sample:
     """A Sample from call rows: a run's calls, or call-shaped rows (item_id, parsed, expected, error_kind; cost,
     latency and cache hit optional) that score answers against another reference (`accept`: human labels, else
-    the incumbent's answers)."""
+    the incumbent's answers). `scorer` gives a custom metric's score of an answered call (a failed one scores 0)."""
     classes = list(labels)
     index = {c: i for i, c in enumerate(classes)}
     ids, a, b = array("Q"), array("i"), array("i")
     counts, errors = array("q"), 0
     cost, latency, cached, broken = array("d"), array("f"), array("b"), array("b")
     scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
-    chrf_stats = array("d")
+    chrf_stats, custom = array("d"), array("d")
     for call in calls:
         failed = call["error_kind"] is not None
         errors += failed
         broken.append(failed)
+        if scorer is not None:
+            custom.append(0.0 if failed else scorer(call))
         predicted, expected = (None if failed else call["parsed"]), call["expected"]
         ids.append(item_hash(call["item_id"]))
         cost.append(call.get("cost_usd", 0.0))
@@ -166,6 +176,8 @@ def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: I
                     latency=np.frombuffer(latency, dtype=np.float32).copy(),
                     cached=np.frombuffer(cached, dtype=np.int8).astype(bool),
                     failed=np.frombuffer(broken, dtype=np.int8).astype(bool))
+    if scorer is not None:
+        sample.custom = {metric: np.frombuffer(custom, dtype=np.float64).copy()}
     if kind == "classify":
         pred = np.frombuffer(a, dtype=np.int32).copy()
         pred[pred < 0] = len(classes)  # failed answers get their own column
@@ -180,6 +192,12 @@ def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: I
 
 def values_at(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]:
     """Every metric of the sample, over the items `idx` (all items when None; repeats allowed)."""
+    custom = {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
+              for m, v in sample.custom.items()}
+    return {**_kind_values(sample, idx), **custom}
+
+
+def _kind_values(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]:
     if sample.kind == "classify":
         assert sample.pred is not None and sample.gold is not None
         pred, gold = (sample.pred, sample.gold) if idx is None else (sample.pred[idx], sample.gold[idx])
@@ -234,8 +252,10 @@ def _percentiles(values: list[float] | np.ndarray) -> tuple[float, float]:
     return float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))
 
 
-def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS) -> EvalReport:
-    """Metrics of one run with 95% intervals (and per-class figures and confusion for classify)."""
+def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS, judge: bool = False,
+             on_stage: Callable[[str], None] | None = None) -> EvalReport:
+    """Metrics of one run with 95% intervals (and per-class figures and confusion for classify), and the pass
+    rate of each of its spec's assertions; `judge=True` runs the judge assertions not judged yet."""
     run = store.get_run(run_id)
     sample = collect(store, run)
     intervals = bootstrap(sample, rounds)
@@ -248,6 +268,10 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS) -> EvalR
                                        minlength=k * (k + 1)).reshape(k, k + 1).tolist()
         report.per_class = metrics.per_class_scores(report.confusion, sample.classes)
         report.warnings = classify_warnings(run, report)
+    for result in run_checks(store, run, judge, on_stage):
+        report.assertions[result.name] = result.rate()
+        if result.skipped:
+            report.warnings.append(f"assert {result.name}: {result.skipped}")
     if 0 < sample.n < 30:
         report.warnings.append(f"only {sample.n} items: the intervals are wide")
     return report
@@ -300,11 +324,21 @@ def compare_samples(a: Sample, b: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: 
     if right_a is not None and right_b is not None:
         b_only, a_only = int(np.sum(right_b & ~right_a)), int(np.sum(right_a & ~right_b))
         result.mcnemar_b_only, result.mcnemar_a_only = b_only, a_only
-        result.p_mcnemar = float(binomtest(b_only, b_only + a_only, 0.5).pvalue) if b_only + a_only else 1.0
+        result.p_mcnemar = mcnemar_exact(b_only, a_only)
     better = "B" if lo > 0 else "A" if hi < 0 else None
     result.verdict = (f"{better} is better on {metric} (95% CI of B−A excludes 0)" if better
                       else f"no significant difference on {metric} (95% CI of B−A includes 0)")
     return result
+
+
+def mcnemar_exact(b_only: int, a_only: int) -> float:
+    """McNemar's exact test: the two-sided binomial p-value of b_only successes in b_only + a_only fair draws
+    (scipy's `binomtest(b_only, n, 0.5).pvalue`; tests compare). Exact integers: no underflow at large n."""
+    n = b_only + a_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b_only, a_only) + 1))
+    return min(1.0, 2 * tail / 2**n)
 
 
 def paired(samples: list[Sample]) -> list[Sample]:
@@ -324,14 +358,16 @@ def _take(s: Sample, idx: np.ndarray) -> Sample:
     return Sample(s.run_id, s.kind, s.metric, s.ids[idx], s.classes, pick(s.pred), pick(s.gold), pick(s.counts),
                   {m: v[idx] for m, v in s.scores.items()}, pick(s.chrf_stats),
                   s.errors if s.failed is None else int(np.sum(s.failed[idx])), pick(s.cost), pick(s.latency),
-                  pick(s.cached), pick(s.failed))
+                  pick(s.cached), pick(s.failed), {m: v[idx] for m, v in s.custom.items()})
 
 
 def item_scores(s: Sample) -> np.ndarray:
     """Each item's score on the main metric, in [0, 1], as `metrics.item_score` gives it (1 right, 0 wrong for
     right-or-wrong metrics; an item's F1 for entities, 1 when none were expected nor found; sentence chrF)."""
     right = _right_or_wrong(s) if s.metric != "entity_f1" else None
-    if right is not None:
+    if s.metric in s.custom:
+        scores = s.custom[s.metric].copy()
+    elif right is not None:
         scores = right.astype(float)
     elif s.kind == "extract" and s.counts is not None:
         tp, fp, fn = (s.counts[:, i].astype(float) for i in range(3))
@@ -346,6 +382,9 @@ def item_scores(s: Sample) -> np.ndarray:
 
 def _right_or_wrong(s: Sample) -> np.ndarray | None:
     """Per-item correctness when items are simply right or wrong (classify, exact/numeric match), else None."""
+    if s.metric in s.custom:  # a custom metric's scores: right or wrong only when every one is 0 or 1
+        scores = s.custom[s.metric]
+        return np.asarray(scores == 1.0) if np.all((scores == 0.0) | (scores == 1.0)) else None
     if s.kind == "classify" and s.pred is not None and s.gold is not None:
         return np.asarray(s.pred == s.gold)
     if s.kind == "generate" and s.metric in {"exact_match", "numeric_match"}:

@@ -19,6 +19,7 @@ import numpy as np
 
 from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
+from llmbus.extras import check
 from llmbus.providers.head import HeadJudge, head_features
 from llmbus.quality.agreement import cohen_kappa
 from llmbus.quality.calibrate import calibrate
@@ -174,6 +175,7 @@ def train_judge(store: Store, project: str, out_dir: Path, kind: str = "head", f
     """Cross-validate a trained judge on the project's human labels, then train it on all of them and save
     it to out_dir; returns the cross-validation and the model reference to judge with. Each stage (embedding,
     folds, the final training) is reported to `progress`."""
+    check("train", "llmbus judge train")
     data = training_set(store, project, judge_run)
     _check_trainable(data, kind, folds)  # before the embedding, not after it
     # The head's features serve both the folds and the final head: embedded once.

@@ -2,6 +2,8 @@
 
     macro_f1>=0.90                 the point estimate
     accuracy.lo>=0.85, errors<=3   the lower end of the 95% interval; several conditions, all must hold
+    assert:no_pii>=0.99            the pass rate of the spec's assertion named no_pii (.lo/.hi: its Wilson interval)
+    scoring:tone.lo>=0.7           a team's own metric (metric: module:function in the spec)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from llmbus.errors import GateError
 from llmbus.quality.evaluate import Comparison, EvalReport
 
-CONDITION = re.compile(r"^\s*([a-z_0-9]+)(?:\.(lo|hi))?\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+CONDITION = re.compile(r"^\s*(assert:[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*|[a-z_0-9]+)(?:\.(lo|hi))?"
+                       r"\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
@@ -56,7 +59,7 @@ def parse_gate(expression: str) -> list[Condition]:
         match = CONDITION.match(part)
         if match is None:
             raise GateError(f"gate {expression!r}: cannot parse {part.strip()!r}; write METRIC[.lo|.hi] OP NUMBER, "
-                            "e.g. 'macro_f1>=0.90' or 'accuracy.lo>0.8'")
+                            "e.g. 'macro_f1>=0.90', 'accuracy.lo>0.8' or 'assert:no_pii>=0.99'")
         metric, bound, op, number = match.groups()
         conditions.append(Condition(metric, bound, op, float(number)))
     return conditions
@@ -78,11 +81,24 @@ def _lookup(report: EvalReport, cond: Condition) -> float:
               "n": float(report.n)}
     if cond.metric in counts and cond.bound is None:
         return counts[cond.metric]
+    if cond.metric.startswith("assert:"):
+        return _pass_rate(report, cond)
     interval = report.values.get(cond.metric)
     if interval is None:
         known = ", ".join([*report.values, *counts])
         raise GateError(f"gate: run {report.run_id} has no metric {cond.metric!r}; it has {known}")
     return float(getattr(interval, cond.bound or "value"))
+
+
+def _pass_rate(report: EvalReport, cond: Condition) -> float:
+    name = cond.metric.removeprefix("assert:")
+    rate = report.assertions.get(name)
+    if rate is None:
+        known = ", ".join(f"assert:{n}" for n in report.assertions) or "none (its spec has no assert: checks)"
+        raise GateError(f"gate: run {report.run_id} has no assertion {name!r}; it has {known}")
+    if rate["value"] is None:
+        raise GateError(f"gate: assert:{name} of run {report.run_id} has no pass rate: {rate['skipped'] or 'no items'}")
+    return float(rate[cond.bound or "value"])
 
 
 def check_drop(baseline: EvalReport, report: EvalReport, max_drop: float,

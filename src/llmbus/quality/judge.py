@@ -6,7 +6,8 @@
 
 The judge's data file holds solved judging examples (the few-shot pool and the judge's own eval split). The
 prompt sees the judged run's item fields plus `item.answer` (pairwise: `item.answer_a`, `item.answer_b`),
-already inside <answer>…</answer> delimiters that the judged text cannot close. With local models the verdict
+already inside <answer>…</answer> delimiters that the judged text cannot close; a judged chat call adds
+`item.conversation` (its turns as one fenced text) and `item.messages` (the turns). With local models the verdict
 is label-scored, so it is always one of the labels and carries a probability; remote answers outside the label
 set are logged with their raw text and counted as broken verdicts.
 
@@ -17,6 +18,7 @@ latency); `judge_runs` and `verdicts` link it to the run and calls it judged.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -26,21 +28,26 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from llmbus.embed import StageCallback
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.head import HeadProvider
-from llmbus.run.adapter import CallPlan, Job, answer_batch
+from llmbus.run.adapter import CallPlan, answer_batch, job_of
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
 from llmbus.store.traffic import is_traffic_run, logged_input
+from llmbus.task.chat import transcript
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, load_spec, render_prompt
+from llmbus.task.render import render
+from llmbus.task.spec import TaskSpec, load_spec
+from llmbus.telemetry import carry_context, span
 
 PAIRWISE_LABELS = ({"A", "B"}, {"A", "B", "tie"})
 FENCED_FIELDS = ("answer", "answer_a", "answer_b")
 SCORE_LABELS = [str(k) for k in range(1, 6)]
 JUDGE_INPUT = "_judge_input"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,8 +168,9 @@ class _JudgeContext:
 
     def __init__(self, spec: TaskSpec, model: str, provider: Provider, store: Store, run_id: str):
         self.spec, self.model, self.provider, self.store, self.run_id = spec, model, provider, store, run_id
-        split = split_items(spec, load_items(spec))
-        self.selector = ExampleSelector(spec, split.pool)
+        # a judge without examples (k 0, e.g. an assertion's rubric) reads no data file
+        pool = split_items(spec, load_items(spec)).pool if spec.fewshot.k else []
+        self.selector = ExampleSelector(spec, pool)
         # Calls read their raw input from JUDGE_INPUT (item input + answers): what trained judges classify.
         self.call_spec = spec.model_copy(update={"data": spec.data.model_copy(update={"input": JUDGE_INPUT})})
 
@@ -172,17 +180,16 @@ class _JudgeContext:
                     expected=None)
         examples = [{k: fence(v) if k in FENCED_FIELDS else v for k, v in ex.fields.items()}
                     for ex in self.selector.select(item)]
-        prompt = render_prompt(self.spec, fields, examples)
         plan = CallPlan(self.call_spec, self.model, self.run_id, use_cache=False)
-        return answer_batch(plan, self.provider, None, [Job(item, prompt)])[0]
+        return answer_batch(plan, self.provider, None, [job_of(item, render(self.spec, fields, examples))])[0]
 
 
 def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = None, model: str | None = None,
               limit: int | None = None, concurrency: int = 4, provider: Provider | None = None,
-              call_ids: Collection[int] | None = None) -> JudgeReport:
+              call_ids: Collection[int] | None = None, progress: StageCallback | None = None) -> JudgeReport:
     """Judge the answers of run `target` (pairwise: against run `other`), or only its calls in `call_ids`;
-    every judge call and verdict is logged. Raises JudgeSchemaError after logging when no verdict fit the
-    label set."""
+    every judge call and verdict is logged, each reported to `progress`. Raises JudgeSchemaError after logging
+    when no verdict fit the label set."""
     mode = judge_mode(spec)
     if (mode == "pairwise") != (other is not None):
         raise LlmbusError(f"judge {spec.name} is {mode}: " + ("give the second run with --against RUN_B"
@@ -206,11 +213,24 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
                 other_run_id=other_run["id"] if other_run else None, labels_json=json.dumps(spec.output.labels),
                 positive=positive_label(spec)))
         context = _JudgeContext(spec, model, provider, store, run_id)
-        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-judge") as pool:
-            results = pool.map(lambda pair: _judge_one(context, fields_by_id.get(pair[0]["item_id"], {}), *pair),
-                               pairs)
-            made = [_record(store, run_id, verdict, records) for verdict, records in results]
+        log.info("judge run %s: %s (%s) on %s over run %s, %d judgments", run_id, spec.name, mode, model,
+                 target_run["id"], len(pairs))
+        with span(f"llmbus judge {spec.name}", {"llmbus.run_id": run_id, "llmbus.task": spec.name,
+                                                 "llmbus.spec_version": spec.version, "llmbus.model": model,
+                                                 "llmbus.judge.mode": mode, "llmbus.judge.target_run_id":
+                                                 target_run["id"], "llmbus.items": len(pairs)}), \
+                ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llmbus-judge") as pool:
+            # each judgment in this context: its calls' spans nest under the judge run's
+            results = pool.map(carry_context(lambda pair: _judge_one(context, fields_by_id.get(pair[0]["item_id"],
+                                                                                               {}), *pair)), pairs)
+            made = []
+            stage = f"judging {len(pairs):,} answers of run {target_run['id']}"
+            for verdict, records in results:
+                made.append(_record(store, run_id, verdict, records))
+                if progress:
+                    progress(stage, len(made), len(pairs))
         store.update_run(run_id, status="done", finished_at=now())
+        log.info("judge run %s done: %d verdicts", run_id, len(made))
     finally:
         if owned:
             provider.close()
@@ -239,6 +259,8 @@ def _pairs(store: Store, target: dict[str, Any], other: dict[str, Any] | None,
 def _judge_one(ctx: _JudgeContext, fields: dict[str, Any], call: dict[str, Any],
                other: dict[str, Any] | None) -> tuple[Verdict, list[CallRecord]]:
     item_id = call["item_id"]
+    if call.get("messages"):  # a chat call: the judge may read the conversation it answered
+        fields = {**fields, "conversation": fence(transcript(call["messages"])), "messages": call["messages"]}
     if other is None:
         record = ctx.call(item_id, {**fields, "answer": fence(answer_text(call))}, answer_text(call))
         label = record.parsed if record.error_kind is None else None

@@ -151,6 +151,27 @@ def queued_ids(store: Store, project: str) -> list[str]:
         return list(conn.scalars(query))
 
 
+def queued_items(store: Store, project: str, unlabeled: bool = False) -> list[dict[str, Any]]:
+    """The project's queue, highest priority first: each item's id, call, priority, how it was queued, the
+    answer, all its fields and the labels it has ({annotator: label}); with `unlabeled`, only items nobody
+    labeled yet. For the project owner (annotators see `annotator_view`)."""
+    get_project(store, project)  # an unknown project is an error, not an empty queue
+    given = labels_by_item(store, project)
+    query = (sa.select(label_items).where(label_items.c.project == project)
+             .order_by(label_items.c.priority.desc(), label_items.c.id))
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    out = []
+    for row in rows:
+        if unlabeled and row["item_id"] in given:
+            continue
+        shown = json.loads(row.pop("fields_json"))
+        out.append({**row, "added_at": row["added_at"].isoformat() if row["added_at"] else None,
+                    "answer": shown["answer"], "expected": shown.get("expected"), "fields": shown["fields"],
+                    "labels": given.get(row["item_id"], {})})
+    return out
+
+
 def enqueue(store: Store, project: str, chosen: list[tuple[str, float]], strategy: str) -> int:
     """Put (item_id, priority) pairs into the queue with what the annotator sees; returns how many were new."""
     meta = get_project(store, project)
@@ -205,13 +226,17 @@ def _insert_queued(project: str, entries: list[tuple[dict[str, Any], dict[str, A
 
 
 def _item(store: Store, project: str, item_id: str) -> dict[str, Any]:
-    query = (sa.select(label_items, calls.c.confidence).outerjoin(calls, calls.c.id == label_items.c.call_id)
+    query = (sa.select(label_items, calls.c.confidence, calls.c.messages_json)
+             .outerjoin(calls, calls.c.id == label_items.c.call_id)
              .where(label_items.c.project == project, label_items.c.item_id == item_id))
     with store.engine.connect() as conn:
         row = conn.execute(query).mappings().first()
     if row is None:
         raise LabelError(f"item {item_id!r} is not in the queue of project {project!r}")
-    return {**dict(row), **json.loads(row["fields_json"])}
+    item = {**dict(row), **json.loads(row["fields_json"])}
+    messages = item.pop("messages_json", None)
+    item["conversation"] = json.loads(messages) if messages else None  # a chat call's turns, shown as turns
+    return item
 
 
 def annotator_view(item: dict[str, Any], show_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -220,6 +245,8 @@ def annotator_view(item: dict[str, Any], show_fields: tuple[str, ...]) -> dict[s
     fields = item.get("fields") or {}
     view = {"item_id": item["item_id"], "answer": item["answer"],
             "fields": {name: fields[name] for name in show_fields if name in fields and name != CONFIDENCE}}
+    if item.get("conversation"):  # a chat call: the turns the model answered (shown as turns)
+        view["conversation"] = item["conversation"]
     if CONFIDENCE in show_fields:
         view[CONFIDENCE] = item.get(CONFIDENCE)
     return view

@@ -2,11 +2,12 @@
 judgments a human label is worth most to a labeling project, and estimate the pass rate with PPI++ from both.
 
 `monitor_once` (what `llmbus monitor SERVED` runs) takes the calls of the `gateway:SERVED` runs it has not
-considered yet. Each is judged with probability p = sample × ((1 − w) + w × u / mean(u)), clipped to [0, 1],
-where u is the answer's uncertainty (1 − its confidence; 1 without one) and w the uncertain share, so uncertain
-answers are judged more often. The draw is a hash of the call id, so a re-run decides the same, and every
-considered call is recorded with its p (`monitor_calls`): re-runs only look at new traffic, and the estimate
-weighs each judged answer by 1/p.
+considered yet. Each is judged with probability p ∝ (1 − w) + w × u / mean(u), scaled so that p averages
+`sample`, where u is the answer's uncertainty (1 − its confidence; 1 without one) and w the uncertain share, so
+uncertain answers are judged more often. A p that would pass 1 is 1 and the others share the rest, so the
+share judged stays `sample` (`--sample 1` judges every call, whatever w). The draw is a hash of the call id,
+so a re-run decides the same, and every considered call is recorded with its p (`monitor_calls`): re-runs only
+look at new traffic, and the estimate weighs each judged answer by 1/p.
 
 Of the judged answers, the ones worth a human label (a judge unsure of its verdict: pass probability near 0.5;
 or a confident answer the judge fails) are sent to the project with probability proportional to that worth
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from llmbus.embed import StageCallback
 from llmbus.errors import EstimateError, LlmbusError
 from llmbus.providers import Provider
 from llmbus.quality.estimate import (
@@ -102,11 +104,33 @@ def uncertainty(call: dict[str, Any]) -> float:
 
 
 def sampling_probabilities(u: np.ndarray, sample: float, uncertain_share: float) -> np.ndarray:
-    """p_i = sample × ((1 − w) + w × u_i / mean(u)), clipped to [0, 1]; plain `sample` when no answer is
-    uncertain."""
+    """p_i = sample × ((1 − w) + w × u_i / mean(u)) while none passes 1; plain `sample` when no answer is
+    uncertain. Past 1 a p_i is capped at 1 and the others take up the rest: the p_i always average `sample`."""
     mean = float(u.mean()) if len(u) else 0.0
     relative = u / mean if mean > 0 else np.ones(len(u))
-    return np.clip(sample * ((1 - uncertain_share) + uncertain_share * relative), 0.0, 1.0)
+    return capped_shares((1 - uncertain_share) + uncertain_share * relative, sample * len(u))
+
+
+def capped_shares(score: np.ndarray, total: float) -> np.ndarray:
+    """Probabilities proportional to `score` that sum to min(total, items): those that would exceed 1 are 1 and
+    the rest share what is left (items of score 0 share it evenly once every other one is at 1)."""
+    size = len(score)
+    if size == 0 or total <= 0:
+        return np.zeros(size)
+    if total >= size:
+        return np.ones(size)
+    score = np.asarray(score, dtype=float)
+    pi = np.zeros(size)
+    capped = np.zeros(size, dtype=bool)
+    while True:
+        rest = ~capped
+        weight = score[rest].sum()
+        pi[rest] = score[rest] * (total - capped.sum()) / weight if weight > 0 else (total - capped.sum()) / rest.sum()
+        over = rest & (pi >= 1)
+        if not over.any():
+            return pi
+        capped |= over
+        pi[capped] = 1.0
 
 
 def label_worth(judge_pass: np.ndarray, answer_confidence: np.ndarray) -> np.ndarray:
@@ -122,24 +146,8 @@ def label_worth(judge_pass: np.ndarray, answer_confidence: np.ndarray) -> np.nda
 def inclusion_probabilities(worth: np.ndarray, n: int) -> np.ndarray:
     """Probabilities proportional to worth (floored at MIN_WORTH_SHARE of the largest) that sum to min(n, items);
     those that would exceed 1 are 1 and the rest share what is left."""
-    size = len(worth)
-    if size == 0 or n <= 0:
-        return np.zeros(size)
-    if n >= size:
-        return np.ones(size)
-    top = float(worth.max())
-    score = np.maximum(worth, MIN_WORTH_SHARE * top) if top > 0 else np.ones(size)
-    pi = np.zeros(size)
-    capped = np.zeros(size, dtype=bool)
-    while True:
-        rest = ~capped
-        pi[rest] = score[rest] * (n - capped.sum()) / score[rest].sum()
-        over = rest & (pi >= 1)
-        if not over.any():
-            break
-        capped |= over
-        pi[capped] = 1.0
-    return pi
+    top = float(worth.max()) if len(worth) else 0.0
+    return capped_shares(np.maximum(worth, MIN_WORTH_SHARE * top) if top > 0 else np.ones(len(worth)), n)
 
 
 # --- one monitor pass ----------------------------------------------------------------------------------------
@@ -171,17 +179,18 @@ def open_monitor(store: Store, served: str, settings: MonitorSettings) -> dict[s
     return values
 
 
-def monitor_once(store: Store, served: str, settings: MonitorSettings,
-                 provider: Provider | None = None) -> MonitorReport:
-    """Consider the served model's new calls, judge the sampled ones, queue those worth a human label. A pass
-    that stopped halfway (a judge error) is finished by the next: sampled but unjudged calls are judged then."""
+def monitor_once(store: Store, served: str, settings: MonitorSettings, provider: Provider | None = None,
+                 progress: StageCallback | None = None) -> MonitorReport:
+    """Consider the served model's new calls, judge the sampled ones (each verdict reported to `progress`), queue
+    those worth a human label. A pass that stopped halfway (a judge error) is finished by the next: sampled but
+    unjudged calls are judged then."""
     if not 0 < settings.sample <= 1:
         raise LlmbusError(f"--sample {settings.sample:g}: the share of traffic to judge lies in (0, 1]")
     if not 0 <= settings.uncertain_share <= 1:
         raise LlmbusError(f"--uncertain-share {settings.uncertain_share:g}: give a number in [0, 1]")
     monitor = open_monitor(store, served, settings)
     considered, sampled = _consider(store, served, settings)
-    judged, run_ids = _judge_pending(store, served, settings, provider)
+    judged, run_ids = _judge_pending(store, served, settings, provider, progress)
     queued = _queue_for_humans(store, served, monitor, settings.label_n)
     return MonitorReport(served, monitor["project"], considered, sampled, judged, queued, run_ids)
 
@@ -208,8 +217,8 @@ def _consider(store: Store, served: str, settings: MonitorSettings) -> tuple[int
     return len(rows), sum(r["sampled"] for r in rows)
 
 
-def _judge_pending(store: Store, served: str, settings: MonitorSettings,
-                   provider: Provider | None) -> tuple[int, list[str]]:
+def _judge_pending(store: Store, served: str, settings: MonitorSettings, provider: Provider | None,
+                   progress: StageCallback | None = None) -> tuple[int, list[str]]:
     """Judge the sampled calls not judged yet, one judge run per gateway run they belong to."""
     query = (sa.select(monitor_calls.c.call_id, calls.c.run_id).join(calls, calls.c.id == monitor_calls.c.call_id)
              .where(monitor_calls.c.served == served, monitor_calls.c.sampled.is_(True),
@@ -226,7 +235,8 @@ def _judge_pending(store: Store, served: str, settings: MonitorSettings,
     judge_runs = []
     try:
         for run_id, ids in pending.items():
-            report = run_judge(spec, store, run_id, model=settings.judge_model, provider=provider, call_ids=ids)
+            report = run_judge(spec, store, run_id, model=settings.judge_model, provider=provider, call_ids=ids,
+                               progress=progress)
             judge_runs.append(report.judge_run_id)
             with store.engine.begin() as conn:
                 conn.execute(monitor_calls.update().where(monitor_calls.c.call_id.in_(ids))
@@ -384,8 +394,9 @@ def sample_of(answers: list[MonitoredAnswer]) -> tuple[JudgedSample, list[str], 
 
 
 def window_quality(answers: list[MonitoredAnswer], start: datetime | None, end: datetime,
-                   slices: bool = False, alpha: float = 0.05) -> WindowQuality:
-    """estimate_quality (and by_slice) of the answers in one window; a refusal keeps its reason."""
+                   slices: bool = False, alpha: float = 0.05, project: str | None = None) -> WindowQuality:
+    """estimate_quality (and by_slice) of the answers in one window; a refusal keeps its reason. Without human
+    labels the reason names the monitor's labeling `project`, which `llmbus monitor` made and filled."""
     sample, keys, keys_unlabeled = sample_of(answers)
     w = 1 / np.array([a.probability for a in answers]) if answers else np.array([])
     judge_rate = float((w * sample.judge_unlabeled).sum() / w.sum()) if answers else None
@@ -401,6 +412,10 @@ def window_quality(answers: list[MonitoredAnswer], start: datetime | None, end: 
         result.refused = str(exc)
     if result.estimate and "ppi++" in result.estimate.refused:
         result.refused = result.estimate.refused["ppi++"]
+    if sample.n == 0 and project is not None:
+        result.refused = (f"no human labels yet (the judge passed {judge_rate:.3f} of {sample.n_unlabeled} judged "
+                          "answers): a judge's own pass rate is not an estimate of quality; label the answers "
+                          f"`llmbus monitor` queued: llmbus label serve --project {project}")
     return result
 
 
@@ -409,16 +424,17 @@ def quality_report(store: Store, served: str, *, since: datetime | None = None, 
     """The monitored quality per window, oldest first (the newest ends now); one window over everything (since
     `since`) without `window`."""
     answers = monitored_answers(store, served, since, slice_field)
+    project = (monitor_info(store, served) or {}).get("project")
     end = now()
     if window is None:
-        return [window_quality(answers, since, end, slice_field is not None, alpha)]
+        return [window_quality(answers, since, end, slice_field is not None, alpha, project)]
     first = since or min((a.started_at for a in answers), default=end - window)
     count = max(1, int(np.ceil((end - first) / window - 0.01)))  # `--since 3h` a moment ago: 3 windows, not 4
     out = []
     for k in range(count - 1, -1, -1):
         hi, lo = end - k * window, end - (k + 1) * window
         inside = [a for a in answers if lo <= a.started_at < hi or (k == 0 and a.started_at >= hi)]
-        out.append(window_quality(inside, lo, hi, slice_field is not None, alpha))
+        out.append(window_quality(inside, lo, hi, slice_field is not None, alpha, project))
     return out
 
 

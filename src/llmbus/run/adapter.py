@@ -18,33 +18,40 @@ from llmbus.providers.base import complete_many, normalize_probs
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord, now
 from llmbus.task import metrics
+from llmbus.task.chat import Message, user_turn
 from llmbus.task.data import Item
 from llmbus.task.output import Parsed, parse_output
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.render import Rendered, render
+from llmbus.task.spec import TaskSpec
+from llmbus.telemetry import observe_call
 
 CALIBRATION_FLOOR = 1e-6  # a content-free probability below this is taken as this (no division by zero)
 
 
-def build_request(spec: TaskSpec | None, prompt: str, raw_input: str | None = None, *,
+def build_request(spec: TaskSpec | None, prompt: Rendered | str, raw_input: str | None = None, *,
                   max_tokens: int | None = None, temperature: float | None = None,
                   stop: tuple[str, ...] | None = None) -> Request:
-    """The provider request for a rendered prompt, carrying the spec's output contract (label set or JSON
-    Schema) and the raw input; the keyword arguments override the spec's parameters (the gateway's body)."""
+    """The provider request for a rendered prompt (one text, or a spec's turns), carrying the spec's output
+    contract (label set or JSON Schema), its tools and response_format, and the raw input; the keyword arguments
+    override the spec's parameters (the gateway's body)."""
+    rendered = prompt if isinstance(prompt, Rendered) else Rendered(prompt, (user_turn(prompt),))
     labels = json_schema = None
     if spec is not None:
         labels = tuple(spec.output.shown_labels()) if spec.kind == "classify" and spec.output.labels else None
         json_schema = spec.output.json_schema if spec.kind == "extract" else None
-    return Request(prompt=prompt,
+    return Request(prompt=rendered.text, messages=rendered.messages if rendered.is_chat else (),
                    max_tokens=max_tokens if max_tokens is not None else (spec.params.max_tokens if spec else 256),
                    temperature=temperature if temperature is not None else (spec.params.temperature if spec
                                                                            else 0.0),
                    stop=stop if stop is not None else (tuple(spec.params.stop) if spec else ()),
-                   labels=labels, json_schema=json_schema, input=raw_input)
+                   labels=labels, json_schema=json_schema, input=raw_input,
+                   tools=tuple(spec.tools) if spec and spec.tools else None,
+                   response_format=spec.response_format if spec else None)
 
 
-def item_request(spec: TaskSpec, item: Item, prompt: str) -> Request:
+def item_request(spec: TaskSpec, job: Job) -> Request:
     """The request for one item of a task: its prompt and its raw input (what small students read)."""
-    return build_request(spec, prompt, item.text(spec.data.input))
+    return build_request(spec, job.rendered, job.item.text(spec.data.input))
 
 
 def example_fields(examples: list[Item], spec: TaskSpec | None = None) -> list[dict[str, object]]:
@@ -56,20 +63,36 @@ def example_fields(examples: list[Item], spec: TaskSpec | None = None) -> list[d
     return [{**example.fields, field: spec.output.shown(str(example.expected))} for example in examples]
 
 
-def content_free_prompts(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> tuple[str, ...]:
+def content_free_prompts(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> tuple[Rendered, ...]:
     """The item's prompt with its input replaced by each content-free text (calibrated classify specs only)."""
     if spec.kind != "classify" or not spec.output.calibrate:
         return ()
-    return tuple(render_prompt(spec, {**item.fields, spec.data.input: text}, examples)
-                 for text in spec.output.calibrate)
+    return tuple(render(spec, {**item.fields, spec.data.input: text}, examples) for text in spec.output.calibrate)
+
+
+def render_job(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> Job:
+    """One item's job: its prompt (and turns) and, when calibrated, its content-free prompts."""
+    return job_of(item, render(spec, dict(item.fields), examples), content_free_prompts(spec, item, examples))
+
+
+def job_of(item: Item, rendered: Rendered, content_free: tuple[Rendered, ...] = ()) -> Job:
+    """The job answering `item` with an already rendered prompt."""
+    return Job(item, rendered.text, content_free, rendered.messages if rendered.is_chat else ())
 
 
 class Job(NamedTuple):
-    """One item to answer: its rendered prompt and, for calibrated specs, its content-free prompts."""
+    """One item to answer: its rendered prompt (a `messages:` spec: its transcript, and the turns themselves)
+    and, for calibrated specs, its content-free prompts."""
 
     item: Item
     prompt: str
-    content_free: tuple[str, ...] = ()
+    content_free: tuple[Rendered, ...] = ()
+    messages: tuple[Message, ...] = ()
+
+    @property
+    def rendered(self) -> Rendered:
+        """The prompt as `task.render` made it."""
+        return Rendered(self.prompt, self.messages or (user_turn(self.prompt),))
 
 
 @dataclass(frozen=True)
@@ -90,10 +113,10 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
     on `record.extra["cache_put"]`, for the caller to write with its batch of records. Calibrated specs also
     ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`)."""
     spec = plan.spec
-    requests = [item_request(spec, job.item, job.prompt) for job in jobs]
+    requests = [item_request(spec, job) for job in jobs]
     records = [CallRecord(run_id=plan.run_id, task=spec.name, spec_version=spec.version, item_id=job.item.id,
                           model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=now(),
-                          finished_at=now()) for job in jobs]
+                          finished_at=now(), messages=list(job.messages) or None) for job in jobs]
     tick = time.perf_counter()
     use_cache = plan.use_cache and cache is not None
     cached = [cache.get(request, plan.model) if use_cache and cache else None for request in requests]
@@ -126,9 +149,11 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
             record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
         record.score = metrics.item_score(spec.main_metric, parsed.value if parsed.error_kind is None else None,
-                                          jobs[i].item.expected)
+                                          jobs[i].item.expected, jobs[i].item.fields)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
+    for i, record in enumerate(records):  # a span per call (telemetry on), a log record per failed call
+        observe_call(record, requests[i], cached[i] or completions.get(i), provider)
     return records
 
 
@@ -151,8 +176,8 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
     spec = plan.spec
     wanted: dict[str, Request] = {}
     for job in jobs:
-        for prompt, text in zip(job.content_free, spec.output.calibrate or [], strict=False):
-            wanted.setdefault(prompt, build_request(spec, prompt, text))
+        for rendered, text in zip(job.content_free, spec.output.calibrate or [], strict=False):
+            wanted.setdefault(rendered.text, build_request(spec, rendered, text))
     if not wanted:
         return {}
     found = {prompt: cache.get(request, plan.model) if cache else None for prompt, request in wanted.items()}
@@ -171,8 +196,8 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
     for job in jobs:
         if not job.content_free:
             continue
-        result = _ContentFree(probs=[], error=error if any(found[p] is None for p in job.content_free) else None)
-        for prompt in job.content_free:
+        result = _ContentFree(probs=[], error=error if any(found[r.text] is None for r in job.content_free) else None)
+        for prompt in (rendered.text for rendered in job.content_free):
             answer = found[prompt]
             result.probs.append({spec.output.label_of(k): v for k, v in answer.label_probs.items()}
                                 if answer is not None and answer.label_probs else None)
@@ -227,6 +252,7 @@ def _fill(record: CallRecord, completion: Completion, cached: bool) -> None:
     record.raw_output = completion.text
     record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
     record.label_probs, record.confidence = completion.label_probs, completion.confidence
+    record.tool_calls, record.reasoning = completion.tool_calls, completion.reasoning
     record.meta = dict(completion.extra) or None
     if not cached:
         record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds

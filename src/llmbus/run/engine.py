@@ -11,6 +11,7 @@ items still missing (or that failed for a transient reason).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
 from llmbus.task.data import Item, Split, load_items, sample_order, split_items
 from llmbus.task.fewshot import NEAREST, ExampleSelector
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.render import render_prompt
+from llmbus.task.spec import TaskSpec
+from llmbus.telemetry import span
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",
@@ -38,6 +41,7 @@ FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most thi
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
 EXECUTORS = ("local", "ray")
+log = logging.getLogger(__name__)
 SUBSET = "subset"  # the sampling recorded for a run over items its caller chose (`run_task(subset=…)`)
 
 
@@ -138,9 +142,10 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     for warning in sample_warnings(spec, items):
         if on_warning:
             on_warning(warning)
-    config = resolve_model(model)  # an unknown model fails here, before any progress line
+    # an unknown model fails here, before any progress line (a provider given by the caller needs no config)
+    config = resolve_model(model) if provider is None else None
     owned = provider is None and executor == "local"  # Ray workers open their own
-    provider = provider or (open_provider(config) if executor == "local" else None)
+    provider = provider or (open_provider(config) if config is not None and executor == "local" else None)
     try:
         if provider is not None:
             stage(f"starting {model}")
@@ -163,8 +168,14 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
             from llmbus.run.ray_executor import RayExecutor  # Ray is imported only when asked for
 
             stage("connecting to the Ray cluster")
+            assert config is not None
             runner = RayExecutor(config, store, concurrency, ray_address, workers)
-        _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress)
+        log.info("run %s: task %s (spec %s) on %s, %d of %d items to answer", run_id, spec.name, spec.version,
+                 model, len(todo), len(items))
+        with span(f"llmbus run {spec.name}", {"llmbus.run_id": run_id, "llmbus.task": spec.name,
+                                               "llmbus.spec_version": spec.version, "llmbus.model": model,
+                                               "llmbus.items": len(todo)}):
+            _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress)
     finally:
         if owned and provider is not None:
             provider.close()
@@ -195,7 +206,7 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
             flush()
         done += 1
         errors += record.error_kind is not None
-        tally.add(record.parsed if record.error_kind is None else None, record.expected)
+        tally.add(record.parsed if record.error_kind is None else None, record.expected, record.score)
 
     status = "failed"
     try:
@@ -221,5 +232,6 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
 def _close_session(store: Store, run_id: str, started: float, status: str) -> None:
     wall = store.get_run(run_id)["wall_s"] + (time.monotonic() - started)
     store.update_run(run_id, status=status, wall_s=wall, finished_at=now())
+    log.info("run %s %s (%.1f s)", run_id, status, wall)
 
 

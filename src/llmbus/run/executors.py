@@ -14,12 +14,13 @@ from typing import Protocol
 
 from llmbus.providers import Provider
 from llmbus.providers.base import batch_size
-from llmbus.run.adapter import CallPlan, Job, answer_batch, content_free_prompts, example_fields
+from llmbus.run.adapter import CallPlan, Job, answer_batch, example_fields, render_job
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord
 from llmbus.task.data import Item
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.spec import TaskSpec
+from llmbus.telemetry import carry_context
 
 
 class Executor(Protocol):
@@ -39,8 +40,7 @@ def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
     it = iter(items)
     while batch := list(islice(it, chunk)):
         for item, examples in zip(batch, selector.select_many(batch), strict=True):
-            shown = example_fields(examples, spec)
-            yield Job(item, render_prompt(spec, dict(item.fields), shown), content_free_prompts(spec, item, shown))
+            yield render_job(spec, item, example_fields(examples, spec))
 
 
 class LocalExecutor:
@@ -59,7 +59,9 @@ class LocalExecutor:
         size = batch_size(self.provider)
         while True:
             while len(self._pending) < 2 * self.concurrency and (jobs := list(islice(prompts, size))):
-                self._pending.add(self._pool.submit(answer_batch, plan, self.provider, self.cache, jobs))
+                # in the caller's context: the calls' spans nest under the run's
+                self._pending.add(self._pool.submit(carry_context(answer_batch), plan, self.provider, self.cache,
+                                                    jobs))
             if not self._pending:
                 return
             finished, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)

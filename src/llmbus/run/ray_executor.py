@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.errors import LlmbusError
+from llmbus.extras import require
 from llmbus.providers import open_provider
 from llmbus.providers.base import batch_size
 from llmbus.providers.config import ModelConfig
@@ -40,11 +41,9 @@ FORWARDED_ENV = ("LLMBUS_", "OPENAI_", "HF_", "TRANSFORMERS_", "SENTENCE_TRANSFO
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise LlmbusError("--executor ray needs Ray: pip install 'ray[data]==2.60.0' (make setup installs it)") \
-            from None
+    require("scale", "ray.data", "--executor ray")
+    import ray
+
     return ray
 
 

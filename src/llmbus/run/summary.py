@@ -70,7 +70,8 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
         n += 1
         with_expected += call["expected"] is not None
         if tally is not None:
-            tally.add(None if failed else call["parsed"], call["expected"])
+            tally.add(None if failed else call["parsed"], call["expected"], call["score"])  # a custom metric's
+            # score was taken with the item at run time
         if not call["cache_hit"]:
             latencies.append(call["latency_s"])
         tokens_in += call["tokens_in"]

@@ -13,9 +13,8 @@ canary (canary.py) its candidate's share (`llmbus_canary_share{model}`) and the 
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,13 +22,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import iterate_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmbus.errors import GatewayError, LlmbusError, ProviderError
+from llmbus.errors import GatewayError, LlmbusError
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.quality.estimate import Estimate
 from llmbus.quality.monitor import latest_estimates
@@ -38,6 +36,11 @@ from llmbus.serve.canary import decision_counts
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
+from llmbus.serve.wire import body_turns, check_body, completion_body, error_body, sse_events
+from llmbus.task.chat import transcript
+from llmbus.telemetry import carry_generator, response_headers, span, tracer
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaCollector:
@@ -150,112 +153,6 @@ class GatewayMetrics:
                                registry=self.registry)
 
 
-class StreamOptions(BaseModel):
-    """`stream_options`."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    include_usage: bool | None = None
-
-
-class Message(BaseModel):
-    """One chat message: content as text or as content parts."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    role: str = "user"
-    content: str | list[dict[str, Any]] | None = None
-
-
-class _Body(BaseModel):
-    """The fields of a request body the gateway reads, with OpenAI's types (others are accepted and ignored)."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    stop: str | list[str] | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-
-class ChatBody(_Body):
-    """POST /v1/chat/completions."""
-
-    messages: list[Message] = Field(min_length=1)
-
-
-class CompletionBody(_Body):
-    """POST /v1/completions (token-id prompts are not supported: the gateway works on text)."""
-
-    prompt: str | list[str]
-
-
-# What each field's value should be, in OpenAI's words (for error messages).
-EXPECTED = {"model": "a string", "max_tokens": "an integer", "temperature": "a number", "stop": "a string or an "
-            "array of strings", "stream": "a boolean", "stream_options": "an object", "include_usage": "a boolean",
-            "messages": "an array of message objects", "role": "a string", "content": "a string or an array of "
-            "content parts", "prompt": "a string or an array of strings"}
-ITEM_EXPECTED = {"messages": "a message object", "content": "a content part object", "stop": "a string",
-                 "prompt": "a string"}
-
-
-def check_body(body: dict[str, Any], chat: bool) -> None:
-    """Raise a 400 GatewayError naming the first field of the body that is missing or of the wrong type."""
-    try:
-        (ChatBody if chat else CompletionBody).model_validate(body)
-    except ValidationError as exc:
-        raise body_error(body, exc) from None
-
-
-def body_error(body: dict[str, Any], exc: ValidationError) -> GatewayError:
-    """OpenAI's wording for the first validation error: missing, invalid type, or invalid value."""
-    error = exc.errors()[0]
-    # the location without pydantic's union-branch tags ("str", "list[str]"): field names and list positions
-    path = [part for part in error["loc"] if isinstance(part, int) or part in EXPECTED]
-    param = ".".join(str(part) for part in path)
-    if error["type"] == "missing":
-        return GatewayError(400, f"Missing required parameter: '{param}'.", param=param)
-    if not error["type"].endswith("_type"):  # a value out of range, an empty list
-        return GatewayError(400, f"Invalid value for '{param}': {error['msg']}.", param=param)
-    value: Any = body
-    for part in path:
-        value = value[part]
-    last = path[-1] if path else "model"
-    expected = EXPECTED[last] if isinstance(last, str) else ITEM_EXPECTED.get(str(path[-2]), "an object")
-    return GatewayError(400, f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
-                        param=param)
-
-
-def json_type(value: Any) -> str:
-    """A JSON value's type in words ("an array of integers")."""
-    if isinstance(value, list):
-        kinds = {json_type(v) for v in value}
-        return f"an array of {kinds.pop().removeprefix('an ').removeprefix('a ')}s" if len(kinds) == 1 else "an array"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "an object",
-            type(None): "null"}.get(type(value), "a value")
-
-
-def chat_to_prompt(messages: list[dict[str, Any]]) -> tuple[str, str]:
-    """(prompt, raw input) from chat messages: a lone user message is used as is; a conversation becomes a
-    plain transcript ending with 'Assistant:' (local base models have no chat template)."""
-    if not messages:
-        raise GatewayError(400, "messages must not be empty")
-    contents = [(str(m.get("role", "user")), _text(m.get("content"))) for m in messages]
-    last_user = next((c for role, c in reversed(contents) if role == "user"), contents[-1][1])
-    if len(contents) == 1:
-        return last_user, last_user
-    transcript = "\n".join(f"{role.capitalize()}: {content}" for role, content in contents)
-    return transcript + "\nAssistant:", last_user
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):  # content parts
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content or "")
-
-
 def create_app(gateway: Gateway) -> FastAPI:
     """The FastAPI app; starting it starts every backend, stopping it stops them."""
     metrics = GatewayMetrics(gateway.replica_stats,
@@ -267,7 +164,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         warning = gateway.open_warning()
         if warning:
             print(warning, file=sys.stderr)
+        tracer()  # telemetry on: set up before the first request, so the server's own HTTP spans join too
         gateway.start()
+        log.info("gateway started: %s", ", ".join(f"{name} → {route.model}"
+                                                 for name, route in gateway.config.models.items()))
         yield
         gateway.close()
 
@@ -325,13 +225,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         try:
             key = gateway.keys.authorize(authorization)
             check_body(body, chat)
-            if chat:
-                prompt, raw_input = chat_to_prompt(body["messages"])
-            else:
-                given = body["prompt"]
-                prompt = raw_input = "".join(given) if isinstance(given, list) else given
-            prompt = gateway.prompt_for(name, raw_input) or prompt
-            request = gateway.request_for(name, prompt, raw_input, body)
+            prompt = transcript(body_turns(body, chat))
+            request = gateway.request_for(name, body, chat)
+            prompt = request.prompt
             held = gateway.reserve(name, request, key)
         except GatewayError as exc:
             refused(exc, name, key, prompt, note)
@@ -342,7 +238,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             if body.get("stream"):
                 stream = gateway.open_stream(name, request, key, held, note.arrival)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                events = sse_events(name, stream, chat, usage, lambda: observe(name, stream.answer, key, note))
+                # stepped from other threads later: within this request's context (its call span nests here)
+                events = carry_generator(sse_events(name, stream, chat, usage,
+                                                    lambda: observe(name, stream.answer, key, note)))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
             answer = gateway.answer(name, request, key, held, note.arrival)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
@@ -367,45 +265,37 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not answer.route.startswith("cache"):
             metrics.cost.labels(name, key.name if key else "").inc(answer.completion.cost_usd)
 
+    def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
+        """`handle` inside the request's span (telemetry on: parent from an incoming traceparent), its trace id
+        returned in the x-trace-id and traceresponse headers, refusals included."""
+        name = body.get("model") if isinstance(body.get("model"), str) else ""
+        with span(f"llmbus gateway {name}", {"llmbus.served_model": name, "url.path": request.url.path},
+                  kind="SERVER", parent_headers=dict(request.headers)) as current:
+            headers = response_headers(current)
+            try:
+                result = handle(body, request.headers.get("authorization"), chat, request.state.access)
+            except GatewayError as exc:
+                exc.headers.update(headers)
+                raise
+            (result if isinstance(result, StreamingResponse) else response).headers.update(headers)
+            return result
+
     @app.post("/v1/chat/completions")
-    def chat_completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), True, request.state.access)
+    def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return traced(body, request, response, chat=True)
 
     @app.post("/v1/completions")
-    def completions(body: dict[str, Any], request: Request) -> Any:
-        return handle(body, request.headers.get("authorization"), False, request.state.access)
+    def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return traced(body, request, response, chat=False)
 
     app.state.gateway = gateway
     app.state.metrics = metrics
     return app
 
 
-# OpenAI's error `type` for each refusal status
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               429: "rate_limit_error"}
-
-
 def error_response(error: GatewayError) -> JSONResponse:
-    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with the refusal's status."""
-    return JSONResponse({"error": {"message": str(error), "type": ERROR_TYPES.get(error.status, "api_error"),
-                                   "param": error.param, "code": error.kind}},
-                        status_code=error.status, headers=error.headers)
-
-
-def completion_body(name: str, answer: Answer, chat: bool) -> dict[str, Any]:
-    """An OpenAI response object (chat.completion or text_completion) with llmbus extras."""
-    c = answer.completion
-    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": c.text}
-    else:
-        choice["text"] = c.text
-    return {"id": f"llmbus-{answer.request_id}", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": name, "choices": [choice],
-            "usage": {"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out,
-                      "total_tokens": c.tokens_in + c.tokens_out},
-            "llmbus": {"route": answer.route, "backend": answer.model, "confidence": c.confidence,
-                       "label_probs": c.label_probs, "cost_usd": c.cost_usd, "latency_s": answer.latency_s}}
+    """An OpenAI-style error response with the refusal's status."""
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
 async def stop_when_gone(events: Generator[str, None, None], stream: AnswerStream) -> AsyncIterator[str]:
@@ -417,41 +307,3 @@ async def stop_when_gone(events: Generator[str, None, None], stream: AnswerStrea
     finally:
         stream.stop_backend()
         events.close()  # not running: a cancelled worker-thread step is waited for (one short log write here)
-
-
-def sse_events(name: str, stream: AnswerStream, chat: bool, usage: bool,
-               done: Callable[[], None]) -> Generator[str, None, None]:
-    """Server-sent events in OpenAI's streaming shape: one chunk per text piece as it arrives, a final chunk,
-    a usage chunk when asked for, and [DONE]; a backend failing mid-stream ends it with an error event.
-    `done` runs when the stream ends, however it ends."""
-    chunk_id = f"llmbus-{stream.request_id}"
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def event(choice: dict[str, Any] | None, **extra: Any) -> str:
-        return "data: " + json.dumps({"id": chunk_id, "object": kind, "created": int(time.time()), "model": name,
-                                     "choices": [choice] if choice else [], **extra}) + "\n\n"
-
-    first, failure = True, None
-    try:
-        for piece in stream:
-            if chat:
-                delta: dict[str, Any] = {"content": piece, **({"role": "assistant"} if first else {})}
-                yield event({"index": 0, "delta": delta, "finish_reason": None})
-            else:
-                yield event({"index": 0, "text": piece, "finish_reason": None})
-            first = False
-    except ProviderError as exc:
-        failure = exc
-    finally:
-        stream.close()
-        done()  # before the last events: a client that has seen [DONE] finds the request counted
-    if failure is not None:
-        yield "data: " + json.dumps({"error": {"message": str(failure), "type": "llmbus_error",
-                                               "code": failure.kind}}) + "\n\n"
-        return
-    yield event({"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})})
-    if usage and stream.answer is not None:
-        c = stream.answer.completion
-        yield event(None, usage={"prompt_tokens": c.tokens_in, "completion_tokens": c.tokens_out,
-                                 "total_tokens": c.tokens_in + c.tokens_out})
-    yield "data: [DONE]\n\n"

@@ -17,6 +17,7 @@ cached under the candidate, and each call's meta says its `arm`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 import time
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,20 +38,25 @@ from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.providers.openai import OpenAIProvider
+from llmbus.providers.openai_wire import wire_api
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
 from llmbus.serve.call_writer import Arrival, CallWriter
 from llmbus.serve.canary import Canaries, CanaryConfig
 from llmbus.serve.gateway_keys import KeyConfig, bearer_token, check_secrets, estimate_cost, secret_value
-from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Pump, word_pieces
+from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Piece, Pump, word_pieces
 from llmbus.serve.limits import Keys
 from llmbus.serve.warmup import served_specs, warm_selectors
+from llmbus.serve.wire import passthrough_request, piece_text, raw_input_of, sampling_fields
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.gateway_state import Hold, KeyLedger, SemanticEntries
+from llmbus.task.chat import context_of, is_single_user_turn
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
-from llmbus.task.spec import TaskSpec, describe_validation_error, read_yaml, render_prompt, yaml_line
+from llmbus.task.render import render
+from llmbus.task.spec import TaskSpec, describe_validation_error, read_yaml, yaml_line
+from llmbus.telemetry import observe_call
 
 # A budget hold outlives its route's timeouts by this much (queueing, logging) before it lapses on its own.
 HOLD_GRACE_S = 60.0
@@ -199,26 +206,25 @@ class Gateway:
                                        for ref in refs), ttl_s=HOLD_GRACE_S + route.timeout_s * len(refs))
 
     # --- answering ---------------------------------------------------------------------------------------
-    def prompt_for(self, name: str, raw_input: str) -> str | None:
-        """For a served task: its prompt rendered around the raw input (with few-shot examples); else None."""
-        spec = self.specs.get(name)
-        if spec is None:
-            return None
-        item = Item(id="request", fields={spec.data.input: raw_input}, expected=None)
-        try:
-            return render_prompt(spec, dict(item.fields), example_fields(self.selectors[name].select(item), spec))
-        except SpecError as exc:
-            raise GatewayError(400, f"task {spec.name} cannot render a prompt from one input: {exc}") from None
-
-    def request_for(self, name: str, prompt: str, raw_input: str, body: dict[str, Any]) -> Request:
-        """The provider request for a served model: the task's output contract when it has one."""
+    def request_for(self, name: str, body: dict[str, Any], chat: bool) -> Request:
+        """The provider request for a checked body: a served task renders its prompt (or turns) around the
+        caller's text, with the task's output contract and the caller's sampling fields; any other route passes
+        the body through (serve/wire.py)."""
         if name not in self.config.models:
             raise GatewayError(404, f"model {name!r} is not served here (see /v1/models)")
-        stop = body.get("stop") or []
-        return build_request(self.specs.get(name), prompt, raw_input,
-                             max_tokens=int(body["max_tokens"]) if body.get("max_tokens") else None,
-                             temperature=float(body.get("temperature") or 0.0),
-                             stop=tuple([stop] if isinstance(stop, str) else stop))
+        spec = self.specs.get(name)
+        if spec is None:
+            return passthrough_request(body, chat)
+        raw_input = raw_input_of(body, chat)
+        item = Item(id="request", fields={spec.data.input: raw_input}, expected=None)
+        try:
+            rendered = render(spec, dict(item.fields), example_fields(self.selectors[name].select(item), spec))
+        except SpecError as exc:
+            raise GatewayError(400, f"task {spec.name} cannot render a prompt from one input: {exc}") from None
+        fields = sampling_fields(body)
+        request = build_request(spec, rendered, raw_input, max_tokens=fields.pop("max_tokens"),
+                                temperature=fields.pop("temperature"), stop=fields.pop("stop") or None)
+        return replace(request, **{k: v for k, v in fields.items() if v is not None})
 
     def answer(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
                arrival: Arrival | None = None) -> Answer:
@@ -283,15 +289,16 @@ class Gateway:
                 self.keys.release(hold)
 
     def _relay(self, name: str, primary: str, request: Request, key: KeyConfig | None, answer: Answer,
-               tick: float, hold: Hold | None, pump: Pump, event: Event) -> Generator[str, None, Answer]:
+               tick: float, hold: Hold | None, pump: Pump, event: Event) -> Generator[Piece, None, Answer]:
         """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
         release the request's budget hold."""
         pieces: list[str] = []
+        chat = request.wire is None or wire_api(request.wire) == "chat"
         ttft = None
         try:
             while event.kind == "piece":
                 ttft = ttft if ttft is not None else time.perf_counter() - tick
-                pieces.append(event.value)
+                pieces.append(piece_text(event.value, chat))
                 yield event.value
                 event = pump.next()
         except GeneratorExit:  # the client went away: stop the backend, keep the row
@@ -326,26 +333,37 @@ class Gateway:
         return route.model_copy(update={"model": candidate, "fallbacks": [route.model, *route.fallbacks]}), arm
 
     def _scope(self, name: str, model: str, request: Request) -> str:
-        return f"{name}:{model}:{request.max_tokens}:{request.temperature}"
+        """The semantic cache's scope: a similar last user turn is the same question only under the same route,
+        parameters and earlier turns (the system prompt, the conversation so far)."""
+        context = hashlib.sha256(context_of(request.messages).encode()).hexdigest()[:16]
+        return f"{name}:{model}:{request.max_tokens}:{request.temperature}:{context}"
+
+    def _semantic_fits(self, request: Request) -> bool:
+        """Whether a similar question may share an answer: not when tools may be called or several answers
+        (n > 1) or a particular response format were asked for."""
+        return self.semantic is not None and bool(request.input) and not request.tools and (request.n or 1) == 1 \
+            and request.response_format is None
 
     def _remember(self, name: str, model: str, request: Request, completion: Completion) -> None:
         """Put a fresh greedy answer into the caches, under the model its route asked first."""
-        if request.temperature != 0:
+        if not request.greedy:
             return
         if self.exact is not None:
             self.exact.put(request, model, completion)
-        if self.semantic is not None and request.input:
+        if self.semantic is not None and self._semantic_fits(request):
+            assert request.input is not None
             self.semantic.add(self._scope(name, model, request), request.input, completion.cache_dict())
 
     def _cached(self, name: str, model: str, request: Request) -> tuple[Completion, str] | None:
         """A cached answer to a greedy request (exact first, then semantic) and which cache gave it."""
-        if request.temperature != 0:
+        if not request.greedy:
             return None
         if self.exact is not None:
             cached = self.exact.get(request, model)
             if cached is not None:
                 return cached, "cache_exact"
-        if self.semantic is not None and request.input:
+        if self.semantic is not None and self._semantic_fits(request):
+            assert request.input is not None
             found = self.semantic.lookup(self._scope(name, model, request), request.input)
             if found is not None:
                 completion = Completion(**found[0])
@@ -396,15 +414,20 @@ class Gateway:
             meta.update(input_cut)
         finished = now()
         counted = self.keys.settle(key, hold, cost)
-        self.calls.write(CallRecord(
+        record = CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
             if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
-            started_at=finished - timedelta(seconds=answer.latency_s), finished_at=finished, raw_output=completion.text,
+            started_at=finished - timedelta(seconds=answer.latency_s), finished_at=finished,
+            raw_output=completion.text,
+            messages=None if is_single_user_turn(request.messages) else list(request.messages),
+            tool_calls=completion.tool_calls, reasoning=completion.reasoning,
             parsed=None if error else completion.text, confidence=completion.confidence,
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta), spend_key=key.name if key and not counted else None)
+            error=str(error) if error else None, meta=meta)
+        self.calls.write(record, spend_key=key.name if key and not counted else None)
+        observe_call(record, request, completion, self.providers.get(answer.model), answer.route)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
                               answer.latency_s, answer.request_id)
 

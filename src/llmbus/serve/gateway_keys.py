@@ -6,6 +6,7 @@ The keys' state (recent requests, spend, holds) is kept in the store and enforce
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -54,16 +55,20 @@ def bearer_token(header: str | None) -> str:
 
 # A prompt has at most one token per UTF-8 byte (byte-level BPE), plus the few of a chat template.
 PROMPT_OVERHEAD_TOKENS = 16
+# A request without max_tokens may run to the model's limit: held at this many output tokens per choice.
+UNSET_MAX_TOKENS = 4096
 
 
 def estimate_cost(config: ModelConfig, request: Request, timeout_s: float, configs: dict[str, ModelConfig]) -> float:
-    """An upper estimate of one call's cost: token-priced models at one input token per prompt byte and
-    `max_tokens` out; CPU-priced ones (local, encoder) at all their threads busy for the route's timeout;
-    a cascade at both its models."""
+    """An upper estimate of one call's cost: token-priced models at one input token per prompt (and tool
+    schema) byte and `max_tokens` out for each of `n` choices; CPU-priced ones (local, encoder) at all their
+    threads busy for the route's timeout; a cascade at both its models."""
     if config.provider == "cascade":
         return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs)
                    for ref in (config.student, config.teacher) if ref)
     if config.provider == "openai":
-        tokens_in = len(request.prompt.encode()) + PROMPT_OVERHEAD_TOKENS
-        return (tokens_in * config.usd_per_1m_input + request.max_tokens * config.usd_per_1m_output) / 1e6
+        tools = len(json.dumps(request.tools).encode()) if request.tools else 0
+        tokens_in = len(request.prompt.encode()) + tools + PROMPT_OVERHEAD_TOKENS
+        tokens_out = (request.max_tokens or UNSET_MAX_TOKENS) * (request.n or 1)
+        return (tokens_in * config.usd_per_1m_input + tokens_out * config.usd_per_1m_output) / 1e6
     return timeout_s * config.threads * config.usd_per_hour / 3600

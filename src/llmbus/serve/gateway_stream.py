@@ -1,9 +1,10 @@
-"""Streaming through the gateway: a provider's text pieces pumped from a worker thread, with a deadline.
+"""Streaming through the gateway: a provider's stream pumped from a worker thread, with a deadline.
 
-The worker runs the provider's stream (`providers.base.stream_pieces`: real token streaming for `local:` and
-`openai:`, the whole answer as one piece for the others) and hands each piece over a queue, so the request
-thread can stop waiting when the route's timeout is spent, and a cancelled stream closes the backend's
-connection (llama-server then stops decoding it).
+The worker runs the provider's stream and hands each piece over a queue, so the request thread can stop
+waiting when the route's timeout is spent, and a cancelled stream closes the backend's connection
+(llama-server then stops decoding it). A piece is a text (`providers.base.stream_pieces`: real token streaming
+for `local:` and `openai:`, the whole answer as one piece for the others) or, for a pass-through request to a
+backend that speaks OpenAI, the backend's own chunk (`stream_events`), relayed as it came.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ class Event:
         return self.value
 
 
+Piece = str | dict[str, Any]  # a text piece, or a backend's own stream chunk
+
+
+def provider_stream(provider: Provider, request: Request) -> Generator[Piece, None, Completion]:
+    """What a streamed request relays: the backend's own chunks for a pass-through request to a backend that
+    speaks the client's API (`relays`, `stream_events`), else text pieces."""
+    relays = getattr(provider, "relays", None)
+    if relays is not None and relays(request):
+        return (yield from provider.stream_events(request))  # type: ignore[attr-defined]
+    return (yield from stream_pieces(provider, request))
+
+
 class Pump:
     """Runs one provider stream in a worker thread; the caller takes its events with a deadline."""
 
@@ -59,7 +72,7 @@ class Pump:
         pool.submit(self._run, provider, request)
 
     def _run(self, provider: Provider, request: Request) -> None:
-        pieces = stream_pieces(provider, request)
+        pieces = provider_stream(provider, request)
         try:
             while not self._stop.is_set():
                 try:
@@ -89,14 +102,14 @@ class Pump:
 
 @dataclass
 class AnswerStream:
-    """An answer being streamed: iterate for its text pieces; `answer` is set once they are all out."""
+    """An answer being streamed: iterate for its pieces; `answer` is set once they are all out."""
 
-    pieces: Generator[str, None, Answer]
+    pieces: Generator[Piece, None, Answer]
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     answer: Answer | None = None
     stop_backend: Callable[[], None] = lambda: None  # thread-safe: stops the backend after its current piece
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[Piece]:
         self.answer = yield from self.pieces
 
     def close(self) -> None:

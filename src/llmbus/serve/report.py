@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
+from llmbus.extras import require
 from llmbus.pages import environment
 from llmbus.providers.config import resolve_model
 from llmbus.quality.evaluate import evaluate
@@ -92,11 +94,14 @@ def is_lora_student(model: str) -> bool:
 
 
 def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
-                 run_ids: list[str] | None = None) -> Report:
-    """Rows for the given runs, or the latest run of each kind of the task's current spec version; then the
-    Pareto front and the headline."""
+                 run_ids: list[str] | None = None, progress: StageCallback | None = None) -> Report:
+    """Rows for the given runs, or the latest run of each kind of the task's current spec version (each evaluated
+    run reported to `progress`); then the Pareto front and the headline."""
     report = Report(task=spec.name, metric=spec.main_metric, traffic=traffic)
-    for run, summary in pick_runs(spec, store, run_ids):
+    picked = pick_runs(spec, store, run_ids)
+    for done, (run, summary) in enumerate(picked):
+        if progress:
+            progress(f"evaluating {len(picked)} runs (bootstrap intervals)", done, len(picked))
         evaluation = evaluate(store, run["id"], rounds=500)
         interval = evaluation.values[spec.main_metric]
         calls = list(store.iter_calls(run["id"]))
@@ -111,6 +116,8 @@ def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
             p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
             usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
             cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance, warnings=evaluation.warnings))
+    if progress:
+        progress(f"evaluating {len(picked)} runs (bootstrap intervals)", len(picked), len(picked))
     mark_pareto(report.rows)
     report.headline = headline(report)
     if report.rows:
@@ -174,8 +181,7 @@ def headline(report: Report) -> str:
 
 def pareto_png(report: Report) -> bytes:
     """Quality (with 95% intervals) against cost per 1k items, Pareto front joined, as a PNG."""
-    import matplotlib
-
+    matplotlib = require("report", "matplotlib", "llmbus report's Pareto plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

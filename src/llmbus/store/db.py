@@ -19,11 +19,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from llmbus.errors import LlmbusError
+from llmbus.extras import require
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
 from llmbus.store.gateway_state import KeyLedger
 from llmbus.store.migrations import MIGRATIONS, lock_for_migrations
+from llmbus.store.rows import Call, Run
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
 
@@ -36,7 +38,8 @@ def database_url(db: str | None) -> str:
     """`--db` value → SQLAlchemy URL: a URL as given, else a SQLite file path ($LLMBUS_DB, ./llmbus.db)."""
     db = db_setting(db)
     if "://" in db:
-        if db.startswith(("postgresql://", "postgres://")):
+        if db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            require("postgres", "psycopg", "a PostgreSQL store")  # before SQLAlchemy's own ImportError
             return "postgresql+psycopg://" + db.split("://", 1)[1]
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
@@ -70,6 +73,9 @@ class CallRecord:
     error: str | None = None
     meta: dict[str, Any] | None = None  # routing decisions worth keeping (cascade route, cache kind…)
     extra: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] | None = None  # chat turns as sent (None: the prompt was one user turn)
+    tool_calls: list[dict[str, Any]] | None = None  # the answer's tool calls
+    reasoning: str | None = None  # a reasoning model's reasoning text
 
     def to_row(self) -> dict[str, Any]:
         """Column values for the calls table."""
@@ -79,6 +85,8 @@ class CallRecord:
         row["label_probs_json"] = _dump(row.pop("label_probs"))
         row["expected_json"] = _dump(row.pop("expected"))
         row["meta_json"] = _dump(row.pop("meta"))
+        row["messages_json"] = _dump(row.pop("messages"))
+        row["tool_calls_json"] = _dump(row.pop("tool_calls"))
         return row
 
 
@@ -87,12 +95,17 @@ def _dump(value: Any) -> str | None:
 
 
 def decode_call(row: dict[str, Any]) -> dict[str, Any]:
-    """A calls row with its JSON columns decoded (parsed, label_probs, expected, meta)."""
+    """A calls row with its JSON columns decoded (parsed, label_probs, expected, meta; messages and tool_calls
+    when the row has them)."""
     out = dict(row)
-    for column in ("parsed_json", "label_probs_json", "expected_json", "meta_json"):
-        value = out.pop(column)
-        out[column.removesuffix("_json")] = None if value is None else json.loads(value)
+    for column in ("parsed_json", "label_probs_json", "expected_json", "meta_json", "messages_json", "tool_calls_json"):
+        if column in out or column in _ALWAYS_DECODED:
+            value = out.pop(column)
+            out[column.removesuffix("_json")] = None if value is None else json.loads(value)
     return out
+
+
+_ALWAYS_DECODED = ("parsed_json", "label_probs_json", "expected_json", "meta_json")
 
 
 class Store:
@@ -141,6 +154,14 @@ class Store:
         if len(rows) != 1:
             raise LlmbusError(f"run {run_id!r} {'not found' if not rows else 'is ambiguous'} in {self.url}")
         return dict(rows[0])
+
+    def run(self, run_id: str) -> Run:
+        """A run by id or unique id prefix, as a typed row."""
+        return Run.from_row(self.get_run(run_id))
+
+    def runs(self, task: str | None = None, tag: str | None = None) -> list[Run]:
+        """All runs, oldest first (optionally of one task or with one tag), as typed rows."""
+        return [Run.from_row(row) for row in self.list_runs(task, tag)]
 
     def update_run(self, run_id: str, **values: Any) -> None:
         """Set columns of a run (status, finished_at, wall_s…)."""
@@ -220,6 +241,10 @@ class Store:
         with self.engine.connect() as conn:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings():
                 yield decode_call(dict(row))
+
+    def calls(self, run_id: str) -> Iterator[Call]:
+        """A run's calls as typed rows, in the order they were logged; streams (flat memory)."""
+        return (Call.from_row(row) for row in self.iter_calls(run_id))
 
     # response cache --------------------------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:

@@ -121,6 +121,11 @@ def _m013_run_tag(conn: Connection) -> None:
     ix_runs_tag.create(conn, checkfirst=True)
 
 
+def _m014_chat(conn: Connection) -> None:
+    for column in ("messages_json", "tool_calls_json", "reasoning"):
+        _add_column_if_missing(conn, "calls", column, "TEXT")
+
+
 def _m016_gateway_state(conn: Connection) -> None:
     for table in GATEWAY_STATE_TABLES:
         table.create(conn, checkfirst=True)
@@ -141,5 +146,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("011_monitor", _m011_monitor),
     ("012_canary", _m012_canary),
     ("013_run_tag", _m013_run_tag),
+    ("014_chat", _m014_chat),
     ("016_gateway_state", _m016_gateway_state),
 ]

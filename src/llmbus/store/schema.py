@@ -59,6 +59,11 @@ calls = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("meta_json", sa.Text),  # added by 004: routing decisions (cascade, cache kind, fallback)
+    # added by 014: the conversation as sent (chat turns; NULL for a plain one-text prompt), the answer's tool
+    # calls and a reasoning model's reasoning text
+    sa.Column("messages_json", sa.Text),
+    sa.Column("tool_calls_json", sa.Text),
+    sa.Column("reasoning", sa.Text),
     sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
 )
 

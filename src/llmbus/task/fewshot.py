@@ -8,13 +8,16 @@ items are pool items, so every strategy leaves the item out (leave-one-out) and 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 
 from llmbus.embed import EmbeddingCache, embed
+from llmbus.extras import check
 from llmbus.task.data import Item
 from llmbus.task.spec import TaskSpec
 
@@ -33,6 +36,8 @@ class ExampleSelector:
         self._fixed: list[Item] | None = None
         self._index: Any = None  # the pool's vectors (MiniLM), or its TF-IDF / BM25 index
         self._position = {item.id: i for i, item in enumerate(pool)}
+        if spec.fewshot.strategy == "nearest" and self.k:  # fail before a run starts, not at its first item
+            check("embed", "fewshot strategy nearest (MiniLM; tfidf and bm25 need no extra)")
 
     def select(self, item: Item) -> list[Item]:
         """The examples for one item; nearest puts the most similar example last, next to the item."""
@@ -98,44 +103,85 @@ class ExampleSelector:
         return chosen
 
 
+# scikit-learn's default tokens (lowercased words of two or more word characters): the indexes below equal its
+# TfidfVectorizer / CountVectorizer (tests compare), without making scikit-learn a core dependency.
+WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+def words(text: str) -> list[str]:
+    """The index terms of a text."""
+    return WORD.findall(text.lower())
+
+
+class _Postings:
+    """A sparse (pool × term) weight matrix kept per term, so a query costs only the postings of its own words."""
+
+    def __init__(self, rows: list[dict[int, float]], n_terms: int):
+        self.n = len(rows)
+        by_term: list[tuple[list[int], list[float]]] = [([], []) for _ in range(n_terms)]
+        for doc, row in enumerate(rows):
+            for term, weight in row.items():
+                by_term[term][0].append(doc)
+                by_term[term][1].append(weight)
+        self.docs = [np.array(docs, dtype=np.int64) for docs, _ in by_term]
+        self.weights = [np.array(weights, dtype=np.float64) for _, weights in by_term]
+
+    def dot(self, queries: list[dict[int, float]]) -> np.ndarray:
+        """(queries × pool) sums of query weight · pool weight over the shared terms."""
+        out = np.zeros((len(queries), self.n))
+        for q, query in enumerate(queries):
+            for term in sorted(query):
+                out[q, self.docs[term]] += query[term] * self.weights[term]
+        return out
+
+
 class TfidfIndex:
-    """Cosine similarity of TF-IDF word vectors (sublinear term frequency, like the TF-IDF baselines)."""
+    """Cosine similarity of TF-IDF word vectors: sublinear term frequency 1 + ln(tf), smoothed idf
+    ln((1 + n) / (1 + df)) + 1, unit length (scikit-learn's TfidfVectorizer(sublinear_tf=True))."""
 
     def __init__(self, texts: list[str]):
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        counts = [Counter(words(text)) for text in texts]
+        self.vocabulary = {term: i for i, term in enumerate(sorted({t for c in counts for t in c}))}
+        df = np.zeros(len(self.vocabulary))
+        for c in counts:
+            df[[self.vocabulary[t] for t in c]] += 1
+        self.idf = np.log((1 + len(texts)) / (1 + df)) + 1
+        self.postings = _Postings([self._vector(c) for c in counts], len(self.vocabulary))
 
-        self.vectorizer = TfidfVectorizer(sublinear_tf=True).fit(texts)
-        self.matrix = self.vectorizer.transform(texts)
+    def _vector(self, count: Counter[str]) -> dict[int, float]:
+        raw = {self.vocabulary[t]: (1 + math.log(n)) * self.idf[self.vocabulary[t]]
+               for t, n in count.items() if t in self.vocabulary}
+        length = math.sqrt(sum(w * w for w in raw.values()))
+        return {t: w / length for t, w in raw.items()} if length else {}
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """(queries × pool) similarities."""
-        return np.asarray((self.vectorizer.transform(queries) @ self.matrix.T).toarray())
+        return self.postings.dot([self._vector(Counter(words(q))) for q in queries])
 
 
 class Bm25Index:
     """Okapi BM25 scores of the pool texts for each query's words."""
 
     def __init__(self, texts: list[str]):
-        from sklearn.feature_extraction.text import CountVectorizer
-
-        self.vectorizer = CountVectorizer().fit(texts)
-        counts = self.vectorizer.transform(texts).tocsr().astype(np.float64)
-        lengths = np.asarray(counts.sum(axis=1)).ravel()
-        n = counts.shape[0]
-        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        counts = [Counter(words(text)) for text in texts]
+        self.vocabulary = {term: i for i, term in enumerate(sorted({t for c in counts for t in c}))}
+        n = len(texts)
+        df = np.zeros(len(self.vocabulary))
+        for c in counts:
+            df[[self.vocabulary[t] for t in c]] += 1
         self.idf = np.log1p((n - df + 0.5) / (df + 0.5))
-        # Per (document, term): tf·(k1+1) / (tf + k1·(1 − b + b·len/avglen)), stored sparse like the counts.
-        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(1e-9, float(lengths.mean())))
-        weights = counts.copy()
-        rows = np.repeat(np.arange(n), np.diff(counts.indptr))
-        weights.data = counts.data * (BM25_K1 + 1) / (counts.data + norm[rows])
-        self.weights = weights
+        lengths = np.array([sum(c.values()) for c in counts], dtype=np.float64)
+        # Per (document, term): tf·(k1+1) / (tf + k1·(1 − b + b·len/avglen)).
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(1e-9, float(lengths.mean()) if n else 1.0))
+        rows = [{self.vocabulary[t]: tf * (BM25_K1 + 1) / (tf + norm[d]) for t, tf in c.items()}
+                for d, c in enumerate(counts)]
+        self.postings = _Postings(rows, len(self.vocabulary))
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """(queries × pool) BM25 scores (each query word counted once)."""
-        present = self.vectorizer.transform(queries).tocsr()
-        present.data[:] = 1.0
-        return np.asarray((present.multiply(self.idf) @ self.weights.T).toarray())
+        present = [{self.vocabulary[t]: float(self.idf[self.vocabulary[t]]) for t in set(words(q))
+                    if t in self.vocabulary} for q in queries]
+        return self.postings.dot(present)
 
 
 def balanced_pick(pool: list[Item], k: int, seed: int) -> list[Item]:

@@ -10,6 +10,7 @@ Each metric equals the well-known library's definition on the same answers (the 
 - chrf: sacrebleu's chrF (character 6-grams, beta 2) on the 0–1 scale; the run's figure is sacrebleu's corpus
   score (statistics summed over items), an item's score its sentence score.
 A failed call counts as a wrong answer (no label; an empty text): a model that breaks the schema has not answered.
+A team's own metric (`package.module:function`) scores each item in [0, 1]; the run's figure is the mean.
 
 `Tally` keeps running totals, so a run's metric after each answer costs O(1) per item, not a pass over all.
 """
@@ -25,14 +26,24 @@ from typing import Any
 
 import numpy as np
 
+from llmbus.task.checks import custom_score, resolve_function
+
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 CLASS_METRICS = frozenset({"accuracy", "macro_f1"})
 
 
-def item_score(metric: str, predicted: Any, expected: Any) -> float:
-    """One item's score in [0, 1] (for accuracy-like metrics, 1 when right)."""
+def is_custom(metric: str) -> bool:
+    """Whether `metric` is a team's own function (`package.module:function`, task/checks.py)."""
+    return ":" in metric
+
+
+def item_score(metric: str, predicted: Any, expected: Any, item: dict[str, Any] | None = None) -> float:
+    """One item's score in [0, 1] (for accuracy-like metrics, 1 when right); a custom metric also sees the item's
+    fields (`{}` where an answer is scored outside a dataset row)."""
     if predicted is None:
         return 0.0
+    if is_custom(metric):
+        return custom_score(resolve_function(metric), metric, expected, predicted, item or {})
     if metric in CLASS_METRICS:
         return float(str(predicted) == str(expected))
     if metric == "entity_f1":
@@ -52,7 +63,8 @@ class Tally:
     over everything added so far (predicted None = a failed call)."""
 
     def __init__(self, metric: str, labels: Sequence[str] = ()):
-        if metric not in {*CLASS_METRICS, "entity_f1", "exact_match", "numeric_match", "chrf"}:
+        known = {*CLASS_METRICS, "entity_f1", "exact_match", "numeric_match", "chrf"}
+        if metric not in known and not is_custom(metric):
             raise ValueError(f"unknown metric {metric!r}")
         self.metric = metric
         self.labels = [str(label) for label in labels]
@@ -60,10 +72,15 @@ class Tally:
         self.confusion: Counter[tuple[str, str | None]] = Counter()  # (expected, predicted) for classify
         self.sums = np.zeros(18 if metric == "chrf" else 3)  # chrF statistics, or (tp, fp, fn), or score sum
 
-    def add(self, predicted: Any, expected: Any) -> None:
-        """Count one answer."""
+    def add(self, predicted: Any, expected: Any, score: float | None = None) -> None:
+        """Count one answer (`score`: its item score when already known, which a custom metric, needing the item,
+        uses instead of scoring again)."""
         self.n += 1
-        if self.metric in CLASS_METRICS:
+        if is_custom(self.metric):
+            self.sums[0] += score if score is not None else item_score(self.metric, predicted, expected)
+            if self.labels:  # classify: which labels the sample expects still tells how well it covers them
+                self.confusion[(str(expected), None if predicted is None else str(predicted))] += 1
+        elif self.metric in CLASS_METRICS:
             self.confusion[(str(expected), None if predicted is None else str(predicted))] += 1
         elif self.metric == "entity_f1":
             self.sums += entity_counts([] if predicted is None else predicted, expected)

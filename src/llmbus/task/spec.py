@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmbus.errors import DataError, SpecError
+from llmbus.task.checks import FUNCTION_REF, Check, named, resolve_function
+from llmbus.task.templates import compiled
 
 Kind = Literal["classify", "extract", "generate"]
 
@@ -124,6 +126,9 @@ class FewShotSpec(_Strict):
     # eval item and the pool comes from this file instead of the hash split.
     pool: str | None = None
     seed: int = 0
+    # messages: specs: block — the examples are a Jinja loop inside a turn; turns — each example becomes a user
+    # turn (the last user template rendered for it) and an assistant turn (its answer) before the item's turn
+    as_: Literal["block", "turns"] = Field(default="block", alias="as")
 
 
 class Params(_Strict):
@@ -134,6 +139,13 @@ class Params(_Strict):
     stop: list[str] = Field(default_factory=list)
 
 
+class MessageTemplate(_Strict):
+    """One turn of a `messages:` spec: its role and its content as a Jinja2 template over the item."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
 class TaskSpec(_Strict):
     """One LLM feature: everything needed to render a prompt, call a model and score the answer."""
 
@@ -141,23 +153,54 @@ class TaskSpec(_Strict):
     kind: Kind
     task_type: str | None = None  # finer type for the advisor: classification, ner, qa, chat, math, code…
     description: str = ""
-    prompt: str
+    prompt: str | None = None  # one text (completion style) …
+    messages: list[MessageTemplate] | None = None  # … or chat turns: system first, the item's user turn last
+    tools: list[dict[str, Any]] | None = None  # OpenAI function schemas offered on every call
+    response_format: dict[str, Any] | None = None  # sent as given (e.g. json_schema with strict: true)
     output: OutputSpec = OutputSpec()
     data: DataSpec
     fewshot: FewShotSpec = FewShotSpec()
-    metric: str | None = None
+    metric: str | None = None  # one of the kind's metrics, or your own: package.module:function (task/checks.py)
     params: Params = Params()
     source: Path | None = Field(default=None, exclude=True)
+    # per-item assertions (task/checks.py); like `metric`, they score answers and never change the prompt, so
+    # they are not part of the spec version
+    checks: list[Check] = Field(default_factory=list, alias="assert")
+
+    @field_validator("checks")
+    @classmethod
+    def _named_checks(cls, value: list[Check]) -> list[Check]:
+        return named(value)
+
+    @field_validator("messages")
+    @classmethod
+    def _chat_turns(cls, value: list[MessageTemplate] | None) -> list[MessageTemplate] | None:
+        if value is not None:
+            check_turns([turn.role for turn in value])
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt (one text) or messages (chat turns), not both" if self.prompt
+                             is not None else "missing prompt: give prompt (one text) or messages (chat turns)")
+        if self.messages is None and self.fewshot.as_ == "turns":
+            raise ValueError("fewshot.as: turns needs a messages: spec (a prompt: spec has no turns)")
+        for i, tool in enumerate(self.tools or []):
+            if tool.get("type") != "function" or not isinstance(tool.get("function"), dict) \
+                    or not tool["function"].get("name"):
+                raise ValueError(f"tools[{i}] is not an OpenAI function schema "
+                                 "({type: function, function: {name, description, parameters}})")
+        if self.response_format is not None and not isinstance(self.response_format.get("type"), str):
+            raise ValueError("response_format needs a type (text, json_object or json_schema)")
         if self.kind == "classify" and not self.output.labels:
             raise ValueError("kind classify needs output.labels")
         if self.kind == "extract" and not self.output.json_schema:
             raise ValueError("kind extract needs output.schema")
         allowed = METRICS_BY_KIND[self.kind]
-        if self.metric is not None and self.metric not in allowed:
-            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)}")
+        if self.metric is not None and self.metric not in allowed and not FUNCTION_REF.match(self.metric):
+            raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)} "
+                             "or your own function as module:function")
         return self
 
     @property
@@ -167,8 +210,13 @@ class TaskSpec(_Strict):
 
     @property
     def version(self) -> str:
-        """Hash of prompt, output contract, few-shot settings and params: what changes the model's input."""
-        payload = self.model_dump(mode="json", include={"prompt", "output", "fewshot", "params"}, by_alias=True)
+        """Hash of prompt (or messages, tools, response_format), output contract, few-shot settings and params:
+        what changes the model's input."""
+        payload = self.model_dump(mode="json", include={"prompt", "messages", "tools", "response_format",
+                                                        "output", "fewshot", "params"}, by_alias=True)
+        for name in ("prompt", "messages", "tools", "response_format"):  # a prompt: spec hashes as it always did
+            if payload[name] is None:
+                del payload[name]
         # Fields added after versions were first stored count only when set, so older specs keep their version.
         for section, name, default in _LATER_FIELDS:
             if payload[section].get(name) == default:
@@ -184,28 +232,18 @@ class TaskSpec(_Strict):
 
 
 # (section, field, default) of spec fields added after spec versions were first stored.
-_LATER_FIELDS = (("output", "verbalizer", None), ("output", "calibrate", None), ("fewshot", "order", "default"))
-
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-# Plain JSON for prompts (Jinja's own `tojson` HTML-escapes quotes and angle brackets).
-_JINJA.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
+_LATER_FIELDS = (("output", "verbalizer", None), ("output", "calibrate", None), ("fewshot", "order", "default"),
+                 ("fewshot", "as", "block"))
 
 
-def compile_template(spec: TaskSpec) -> jinja2.Template:
-    """The spec's prompt as a Jinja2 template (syntax errors name the spec file)."""
-    try:
-        return _JINJA.from_string(spec.prompt)
-    except jinja2.TemplateSyntaxError as exc:
-        raise SpecError(f"{spec.source}: prompt template line {exc.lineno}: {exc.message}") from None
-
-
-def render_prompt(spec: TaskSpec, item: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    """The exact text sent to the model for one item and its few-shot examples."""
-    try:
-        return compile_template(spec).render(item=item, examples=examples)
-    except jinja2.UndefinedError as exc:
-        raise SpecError(f"{spec.source}: prompt: {exc.message} (fields: {', '.join(sorted(item))})") from None
-
+def check_turns(roles: list[str]) -> None:
+    """A conversation a chat template accepts: system/developer turns only first, then at least one user turn,
+    and the last turn is the user's (the model answers it)."""
+    leading = next((i for i, role in enumerate(roles) if role not in ("system", "developer")), len(roles))
+    if any(role in ("system", "developer") for role in roles[leading:]):
+        raise ValueError("system (and developer) turns come first, before any user turn")
+    if not roles or roles[-1] != "user":
+        raise ValueError("the last turn is the user's (the item's turn the model answers)")
 
 def read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, Any]:
     """The YAML document at `path` and its node tree (for line numbers); one-line SpecError otherwise."""
@@ -269,8 +307,41 @@ def load_spec(path: str | Path) -> TaskSpec:
         spec = TaskSpec.model_validate({**raw, "source": path.resolve()})
     except ValidationError as exc:
         raise SpecError(describe_validation_error(path, node, exc)) from None
-    compile_template(spec)
+    check_templates(spec)
+    check_references(spec, path, node)
     return spec
+
+
+def check_templates(spec: TaskSpec) -> None:
+    """Compile every template of the spec now: a syntax error names the spec file, the field and the line."""
+    texts = [("prompt", spec.prompt)] if spec.messages is None else \
+        [(f"messages[{i}].content", turn.content) for i, turn in enumerate(spec.messages)]
+    for where, text in texts:
+        try:
+            compiled(str(text))
+        except jinja2.TemplateSyntaxError as exc:
+            raise SpecError(f"{spec.source}: {where} template line {exc.lineno}: {exc.message}") from None
+
+
+def check_references(spec: TaskSpec, path: Path, node: yaml.Node | None) -> None:
+    """Import the spec's own metric and python assertions, and find its judge specs, so a bad reference is one
+    error line naming the file, line and field before anything runs."""
+    folder = path.resolve().parent
+    if spec.metric is not None and FUNCTION_REF.match(spec.metric):
+        try:
+            resolve_function(spec.metric, folder)
+        except ValueError as exc:
+            raise SpecError(f"{path}:{yaml_line(node, ['metric'])}: metric: {exc}") from None
+    for i, check in enumerate(spec.checks):
+        try:
+            if check.kind == "python":
+                resolve_function(str(check.value), folder)
+            elif check.kind == "judge" and str(check.value).endswith((".yaml", ".yml")) \
+                    and not spec.resolve(str(check.value)).is_file():
+                raise ValueError(f"judge spec {spec.resolve(str(check.value))} not found")
+        except ValueError as exc:
+            where = yaml_line(node, ["assert", i])
+            raise SpecError(f"{path}:{where}: assert.{i} ({check.name}): {exc}") from None
 
 
 def describe_validation_error(path: Path, root: yaml.Node | None, exc: ValidationError) -> str:

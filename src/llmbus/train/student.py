@@ -23,6 +23,7 @@ import numpy as np
 
 from llmbus.embed import StageCallback, embed, minilm_path, torch_for_training
 from llmbus.errors import ModelError
+from llmbus.extras import require
 from llmbus.task.data import bio_to_entities
 
 META = "student.json"
@@ -63,9 +64,9 @@ def train_classifier(texts: list[str], labels: list[str], val_texts: list[str], 
     With `score` (validation predictions → score), every epoch is scored on the validation texts and the best
     epoch's weights are kept (the earlier epoch on a tie); `stop_after` ends training after that many epochs of a
     `settings.epochs` schedule. `classes` adds labels the training items may lack."""
+    torch = torch_for_training(settings.threads, "training a student")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    torch = torch_for_training(settings.threads)
     torch.manual_seed(settings.seed)
     classes = sorted(set(labels) | set(val_labels) | set(classes or []))
     if len(classes) < 2:
@@ -117,9 +118,9 @@ def train_head(features: np.ndarray, labels: list[str], val_features: np.ndarray
 def train_tagger(sentences: list[list[str]], entity_lists: list[list[dict[str, str]]], out_dir: Path,
                  settings: TrainSettings = TrainSettings(), progress: StageCallback | None = None) -> StudentMeta:
     """Fine-tune MiniLM for BIO token classification on teacher entities, save to out_dir."""
+    torch = torch_for_training(settings.threads, "training a student")
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    torch = torch_for_training(settings.threads)
     torch.manual_seed(settings.seed)
     tag_lists = [entities_to_bio(tokens, entities) for tokens, entities in zip(sentences, entity_lists, strict=True)]
     tags = sorted({t for seq in tag_lists for t in seq} | {"O"})
@@ -228,7 +229,7 @@ def load_student(path: Path, threads: int = 1) -> Student:
         raise ModelError(f"{path}: not a student folder (no {META}); train one with `llmbus distill`")
     meta = StudentMeta(**json.loads(meta_path.read_text()))
     if meta.recipe == "head":
-        torch_for_training(threads)  # the embedding model runs in torch too
+        torch_for_training(threads, "a trained judge or student")  # the embedding model runs in torch too
         return HeadStudent(LogisticHead.read(Path(path)), meta)
     return EncoderStudent.load(path, threads)
 
@@ -248,6 +249,7 @@ class LogisticHead:
     @classmethod
     def fit(cls, features: np.ndarray, labels: list[str], seed: int = 0) -> Self:
         """Fit on feature rows and their labels (classes weighted to balance)."""
+        require("train", "sklearn", "training a judge or student head")
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced", random_state=seed)
@@ -314,9 +316,9 @@ class EncoderStudent:
         meta_path = Path(path) / META
         if not meta_path.is_file():
             raise ModelError(f"{path}: not a student folder (no {META}); train one with `llmbus distill`")
+        torch_for_training(threads, "a trained judge or student")
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-        torch_for_training(threads)
         meta = StudentMeta(**json.loads(meta_path.read_text()))
         if meta.recipe != "finetune":
             raise ModelError(f"{path}: a {meta.recipe} student, not fine-tuned weights (load it with load_student)")

@@ -23,6 +23,7 @@ from llmbus.errors import LlmbusError
 from llmbus.experiments import browse
 from llmbus.experiments.compare import compare_runs
 from llmbus.pages import environment
+from llmbus.quality.assertions import run_checks
 from llmbus.store import Store
 from llmbus.web.auth import add_sign_in_routes, request_token
 
@@ -79,7 +80,9 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
                                 expected=expected or None)
         calls = browse.call_page(store, run["id"], flt, page_no, _bounded(per_page))
         others = [r for r in store.list_runs(run["task"]) if r["id"] != run["id"]][::-1]  # newest first
+        checks = {result.name: result.rate() for result in run_checks(store, run)}  # judged ones as judged so far
         return page(request, "run.html", run=run, summary=browse.run_rows(store, run["id"])[0], calls=calls,
+                    checks=checks,
                     flt=flt, links=_links(flt.query_string(), per_page), labels=browse.answer_labels(run),
                     others=others, projects=browse.label_projects_of(store, run["id"]), label_url=label_url)
 
@@ -109,7 +112,8 @@ def create_app(store: Store, token: str | None = None, label_url: str = "http://
     def compare_page(request: Request, run: Annotated[list[str] | None, Query()] = None, task: str | None = None,
                      baseline: str | None = None) -> HTMLResponse:
         matrix = compare_runs(store, run or (), task=task or None, baseline=baseline or None, rounds=rounds)
-        return page(request, "compare.html", matrix=matrix)
+        checks = list(dict.fromkeys(name for row in matrix.rows for name in row.assertions))
+        return page(request, "compare.html", matrix=matrix, checks=checks)
 
     return app
 

@@ -1,0 +1,54 @@
+"""`llmbus.get_model(ref)`: a model reference opened for calls from Python, like simonw/llm's
+`get_model("…").prompt("…")`.
+
+    with llmbus.get_model("openai:gpt-4o-mini") as model:
+        print(model.prompt("Name a colour.", system="Answer in one word.").text)
+        answer = model.chat([{"role": "user", "content": "Hi"}], max_tokens=20)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from llmbus.providers.base import Completion, Provider, Request
+from llmbus.providers.config import ModelConfig, resolve_model
+from llmbus.providers.registry import open_provider
+from llmbus.task.chat import Message
+
+
+class Model:
+    """One model reference and its open provider (a context manager: leaving it stops servers, closes sockets)."""
+
+    def __init__(self, ref: str, provider: Provider | None = None):
+        self.config: ModelConfig | None = None if provider is not None else resolve_model(ref)
+        self.ref = ref
+        self.provider = provider if provider is not None else open_provider(self.config or ref)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def complete(self, request: Request) -> Completion:
+        """One call with a full request (turns, labels, schema, OpenAI fields)."""
+        return self.provider.complete(request)
+
+    def chat(self, messages: list[Message], **options: Any) -> Completion:
+        """The answer to chat turns; `options` are Request fields (max_tokens, temperature, tools, labels…)."""
+        return self.complete(replace(Request(messages=tuple(messages)), **options))
+
+    def prompt(self, text: str, *, system: str | None = None, **options: Any) -> Completion:
+        """The answer to one user turn (after an optional system turn)."""
+        turns: list[Message] = [{"role": "system", "content": system}] if system else []
+        return self.chat([*turns, {"role": "user", "content": text}], **options)
+
+    def close(self) -> None:
+        """Release the provider (stops a local llama-server)."""
+        self.provider.close()
+
+
+def get_model(ref: str) -> Model:
+    """A model by reference (`local:gemma-3-270m`, `openai:NAME`, a name in llmbus.yaml…), ready for calls."""
+    return Model(ref)
