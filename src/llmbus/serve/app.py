@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import iterate_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from llmbus.errors import GatewayError, LlmbusError
+from llmbus.providers import Request as ProviderRequest
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.quality.estimate import Estimate
 from llmbus.quality.monitor import latest_estimates
@@ -37,6 +38,7 @@ from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
 from llmbus.serve.wire import body_turns, check_body, completion_body, error_body, sse_events
+from llmbus.store.gateway_state import Hold
 from llmbus.task.chat import transcript
 from llmbus.telemetry import carry_generator, response_headers, span, tracer
 
@@ -169,6 +171,10 @@ def create_app(gateway: Gateway) -> FastAPI:
         log.info("gateway started: %s", ", ".join(f"{name} → {route.model}"
                                                  for name, route in gateway.config.models.items()))
         yield
+        for provider in gateway.providers.values():  # async pools close on the loop that used them
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
         gateway.close()
 
     app = FastAPI(title="llmbus gateway", lifespan=lifespan)
@@ -217,11 +223,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
-    def handle(body: dict[str, Any], authorization: str | None, chat: bool, note: AccessNote) -> Any:
-        given_name = body.get("model")
-        name = given_name if isinstance(given_name, str) else ""
+    def admit(name: str, body: dict[str, Any], authorization: str | None, chat: bool,
+              note: AccessNote) -> tuple[KeyConfig | None, ProviderRequest, Hold | None]:
+        """The key, the provider request and its budget hold, or a logged refusal (GatewayError)."""
         key, prompt = None, ""
-        note.fill(name)
         try:
             key = gateway.keys.authorize(authorization)
             check_body(body, chat)
@@ -232,17 +237,29 @@ def create_app(gateway: Gateway) -> FastAPI:
         except GatewayError as exc:
             refused(exc, name, key, prompt, note)
             raise
+        return key, request, held
+
+    async def handle(body: dict[str, Any], authorization: str | None, chat: bool, note: AccessNote) -> Any:
+        """Admit the request (in a worker thread when that may wait on the store or render a task's prompt),
+        then answer it on the event loop, or stream it from a worker thread."""
+        given_name = body.get("model")
+        name = given_name if isinstance(given_name, str) else ""
+        note.fill(name)
+        if gateway.keys.limited or name in gateway.specs:
+            key, request, held = await run_in_threadpool(admit, name, body, authorization, chat, note)
+        else:
+            key, request, held = admit(name, body, authorization, chat, note)
         note.fill(key=key.name if key else None)
         metrics.in_flight.inc()
         try:
             if body.get("stream"):
-                stream = gateway.open_stream(name, request, key, held, note.arrival)
+                stream = await run_in_threadpool(gateway.open_stream, name, request, key, held, note.arrival)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 # stepped from other threads later: within this request's context (its call span nests here)
                 events = carry_generator(sse_events(name, stream, chat, usage,
                                                     lambda: observe(name, stream.answer, key, note)))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
-            answer = gateway.answer(name, request, key, held, note.arrival)
+            answer = await gateway.answer_async(name, request, key, held, note.arrival)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
             observe(name, None, key, note)
             raise
@@ -265,7 +282,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not answer.route.startswith("cache"):
             metrics.cost.labels(name, key.name if key else "").inc(answer.completion.cost_usd)
 
-    def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
+    async def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
         """`handle` inside the request's span (telemetry on: parent from an incoming traceparent), its trace id
         returned in the x-trace-id and traceresponse headers, refusals included."""
         name = body.get("model") if isinstance(body.get("model"), str) else ""
@@ -273,7 +290,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                   kind="SERVER", parent_headers=dict(request.headers)) as current:
             headers = response_headers(current)
             try:
-                result = handle(body, request.headers.get("authorization"), chat, request.state.access)
+                result = await handle(body, request.headers.get("authorization"), chat, request.state.access)
             except GatewayError as exc:
                 exc.headers.update(headers)
                 raise
@@ -281,12 +298,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             return result
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
-        return traced(body, request, response, chat=True)
+    async def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return await traced(body, request, response, chat=True)
 
     @app.post("/v1/completions")
-    def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
-        return traced(body, request, response, chat=False)
+    async def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return await traced(body, request, response, chat=False)
 
     app.state.gateway = gateway
     app.state.metrics = metrics

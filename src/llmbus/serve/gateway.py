@@ -22,7 +22,7 @@ import hmac
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.embed import StageCallback
@@ -42,6 +43,7 @@ from llmbus.providers.openai_wire import wire_api
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
+from llmbus.serve.backend_calls import call_with_fallbacks
 from llmbus.serve.call_writer import Arrival, CallWriter
 from llmbus.serve.canary import Canaries, CanaryConfig
 from llmbus.serve.gateway_keys import KeyConfig, bearer_token, check_secrets, estimate_cost, secret_value
@@ -250,6 +252,44 @@ class Gateway:
             return answer
         finally:
             self.keys.release(hold)
+
+    async def answer_async(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+                           arrival: Arrival | None = None) -> Answer:
+        """`answer` on the event loop (the HTTP app's path): the backend call is awaited (backend_calls.py); the
+        steps that may touch the store (caches, a budgeted key's settling) run in a worker thread, the rest —
+        queueing the call-log row included — inline."""
+        route, arm = self._route(name, request)
+        tick = arrival.tick if arrival else time.perf_counter()
+        blocking = self.exact is not None or self.semantic is not None or hold is not None
+        try:
+            hit = await to_thread.run_sync(self._cached, name, route.model, request) if blocking else None
+            if hit is not None:
+                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, arm=arm)
+                await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
+                return answer
+            try:
+                completion, used, kind = await call_with_fallbacks(
+                    self.providers, [route.model, *route.fallbacks], request, self._pool, route.timeout_s)
+            except GatewayError as exc:
+                failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick, arm=arm)
+                await self._off_loop(blocking, self._log, name, request, failed, key,
+                                     ProviderError("all_failed", str(exc)), hold)
+                raise
+            answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
+            await self._off_loop(blocking, self._remember, name, route.model, request, completion)
+            await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
+            return answer
+        finally:
+            if hold is not None and not hold.settled:
+                await to_thread.run_sync(self.keys.release, hold)
+
+    @staticmethod
+    async def _off_loop(blocking: bool, step: Callable[..., None], *args: Any) -> None:
+        """Run a step in a worker thread when it may wait on the store, else right here."""
+        if blocking:
+            await to_thread.run_sync(step, *args)
+        else:
+            step(*args)
 
     def open_stream(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
                     arrival: Arrival | None = None) -> AnswerStream:

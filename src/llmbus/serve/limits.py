@@ -20,6 +20,8 @@ class Keys:
     def __init__(self, keys: list[KeyConfig], ledger: KeyLedger):
         self.by_secret = {k.secret(): k for k in keys}
         self.ledger = ledger
+        # whether admitting a request may wait on the store (a key with a rate limit or a budget)
+        self.limited = any(k.requests_per_minute is not None or k.budget_usd is not None for k in keys)
         ledger.open([k.name for k in keys])
 
     def caller(self, header: str | None) -> KeyConfig | None:
