@@ -200,7 +200,8 @@ def test_a_served_nearest_shot_task_is_warm_before_the_first_request_and_restart
                 assert embedded == [] and store.embeddings.hits >= pool
             assert gateway.ready.is_set() and ("starting openai:primary", None, None) in stages
             misses = store.embeddings.misses
-            assert gateway.prompt_for("sms", "win a free prize now") is not None
+            body = {"model": "sms", "messages": [{"role": "user", "content": "win a free prize now"}]}
+            assert "win a free prize now" in gateway.request_for("sms", body, chat=True).prompt
             assert store.embeddings.misses - misses <= 1  # the request embeds its own text only
             gateway.close()
             store.close()

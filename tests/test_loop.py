@@ -310,8 +310,8 @@ def test_sms_traffic_of_the_embedded_model_teaches_a_student_accept_takes_and_a_
             fresh_from = datetime.now(UTC).isoformat()
             served = send(url, [item.text("text") for item in fresh], ["sk-a", "sk-b"])
             assert set(served) <= {"ham", "spam"}
-            label_traffic(store, run_id, "fresh", gold, [item.text("text") for item in fresh], tmp_path / "b.jsonl",
-                          every=2)
+            label_traffic(logged(gateway), run_id, "fresh", gold, [item.text("text") for item in fresh],
+                          tmp_path / "b.jsonl", every=2)
         accepted = llmbus("accept", "encoder:sms_loop-student", "--against", "sms", "--since", fresh_from,
                           "--max-drop", "0.3", "--db", str(db), "--json")
         assert accepted.returncode == 0, accepted.stderr + accepted.stdout
