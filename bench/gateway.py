@@ -1,8 +1,8 @@
 """The gateway's own cost: req/s and added latency of `llmbus serve` against the floor for any Python proxy and
 the LiteLLM proxy, all in front of the same instant stub, at growing concurrency, in one run.
 
-    .venv/bin/python bench/gateway.py [--concurrency 32,128,512] [--requests 3000] [--before-src /work/main/src]
-                                      [--no-litellm]
+    .venv/bin/python bench/gateway.py [--concurrency 32,128,512] [--requests 2000] [--rounds 3]
+                                      [--before-src ../main/src] [--no-litellm]
 
 Every server runs under uvicorn in its own process on 127.0.0.1 (the stub too, so it is never the bottleneck:
 `direct` shows how fast it answers): `direct` (the client straight at the stub), `minimal proxy` (starlette +
@@ -10,10 +10,11 @@ httpx: forward body, return body — bench/gateway_servers.py), `llmbus` (`llmbu
 log on a fresh SQLite file and the access log on, caches off: every request goes to the backend), `llmbus
 before` (the same from `--before-src`, e.g. a checkout of main) and `litellm` (the LiteLLM proxy with the same
 route, installed by this bench into its own venv under ~/.cache/llmbus/bench on first use). One asyncio aiohttp
-client sends `--requests` chat requests per concurrency level (after a warm-up) and counts req/s, p50/p99
-latency, connection errors (the connection dropped or refused) and other non-200 answers; added latency is
-each proxy's percentile minus direct's. After each llmbus run the gateway is stopped with SIGTERM and its call
-log must hold one row per request. Targets: llmbus ≥ 0.8× the minimal proxy's req/s and ≥ LiteLLM's, p99 added
+client sends `--requests` chat requests per target and concurrency level (after a warm-up), in `--rounds`
+interleaved rounds (the targets' order rotated each round; medians reported), and counts req/s, p50/p99 latency,
+connection errors (the connection dropped or refused) and other non-200 answers; added latency is each
+proxy's percentile minus direct's. At the end the gateways are stopped with SIGTERM and each call log must
+hold one row per answered request. Targets: llmbus ≥ 0.8× the minimal proxy's req/s and ≥ LiteLLM's, p99 added
 ≤ 10 ms over the minimal proxy's, 0 connection errors, rows == requests.
 """
 
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,6 @@ class Result:
     latencies: list[float]
     connection_errors: int
     other_errors: int
-    rows: int | None = None  # call-log rows (llmbus targets)
 
     @property
     def rps(self) -> float:
@@ -138,20 +138,19 @@ async def drive(url: str, headers: dict[str, str], concurrency: int, requests: i
     return seconds, latencies, errors["connection"], errors["other"]
 
 
-def measure(target: str, url: str, levels: list[int], requests: int, headers: dict[str, str]) -> list[Result]:
-    asyncio.run(drive(url, headers, 16, 300))  # warm-up: connections, caches, JIT-free but lazy imports
-    results = []
-    for concurrency in levels:
-        seconds, latencies, conn, other = asyncio.run(drive(url, headers, concurrency, requests))
-        results.append(Result(target, concurrency, requests, seconds, latencies, conn, other))
-        print(f"  {target:14} c={concurrency:<4} {results[-1].rps:7.0f} req/s  p50 {results[-1].pct(50):6.1f} ms  "
-              f"p99 {results[-1].pct(99):7.1f} ms  conn errors {conn}  other {other}", flush=True)
-    return results
+@dataclass
+class Target:
+    """A server under test: where to send, with which headers; `db` is an llmbus target's call log."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    db: Path | None = None
+    answered: int = 0
 
 
-def llmbus_target(name: str, stub_url: str, levels: list[int], requests: int, folder: Path,
-                  src: str | None) -> list[Result]:
-    """`llmbus serve` (from `src`, else this checkout) in front of the stub; rows counted after SIGTERM."""
+def llmbus_server(stack: ExitStack, name: str, stub_url: str, folder: Path, src: str | None) -> Target:
+    """`llmbus serve` (from `src`, else this checkout) in front of the stub, with a key and a fresh call log."""
     work = folder / name.replace(" ", "-")
     work.mkdir()
     (work / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:stub": {
@@ -160,22 +159,12 @@ def llmbus_target(name: str, stub_url: str, levels: list[int], requests: int, fo
                                                      "keys": [{"key": KEY, "name": "bench"}],
                                                      "cache": {"exact": False}}))
     port = free_port()
-    env = {"LLMBUS_CONFIG": str(work / "llmbus.yaml"), "LLMBUS_THREADS": "1"}
-    if src:
-        env["PYTHONPATH"] = src
-    db = work / "calls.db"
-    command = [sys.executable, "-m", "llmbus.cli", "serve", "--config", str(work / "serve.yaml"), "--db", str(db),
-               "--port", str(port)]
-    with started(command, f"http://127.0.0.1:{port}/health", env, log=work / "gateway.log"):
-        results = measure(name, f"http://127.0.0.1:{port}/v1/chat/completions", levels, requests,
-                          {"Authorization": f"Bearer {KEY}"})
-    answered_rows = "select count(*) from calls where task = 'gateway:chat' and error_kind is null"
-    rows = sqlite3.connect(db).execute(answered_rows).fetchone()[0]
-    answered = sum(len(r.latencies) for r in results) + 300  # + the warm-up
-    print(f"  {name:14} call-log rows {rows} for {answered} answered requests", flush=True)
-    for result in results:
-        result.rows = rows - (answered - len(result.latencies))  # this level's share: all rows minus the others
-    return results
+    env = {"LLMBUS_CONFIG": str(work / "llmbus.yaml"), "LLMBUS_THREADS": "1", **({"PYTHONPATH": src} if src else {})}
+    command = [sys.executable, "-m", "llmbus.cli", "serve", "--config", str(work / "serve.yaml"), "--db",
+               str(work / "calls.db"), "--port", str(port)]
+    stack.enter_context(started(command, f"http://127.0.0.1:{port}/health", env, log=work / "gateway.log"))
+    return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {KEY}"},
+                  work / "calls.db")
 
 
 def ensure_litellm() -> Path:
@@ -188,7 +177,8 @@ def ensure_litellm() -> Path:
     return litellm
 
 
-def litellm_target(stub_url: str, levels: list[int], requests: int, folder: Path) -> list[Result]:
+def litellm_server(stack: ExitStack, stub_url: str, folder: Path) -> Target:
+    """The LiteLLM proxy with the same route (model `chat` → the stub), its master key as the API key."""
     config = folder / "litellm.yaml"
     config.write_text(yaml.safe_dump({"model_list": [{"model_name": "chat", "litellm_params": {
         "model": "openai/stub-model", "api_base": stub_url, "api_key": "sk-stub"}}],
@@ -196,55 +186,88 @@ def litellm_target(stub_url: str, levels: list[int], requests: int, folder: Path
     port = free_port()
     command = [str(ensure_litellm()), "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
     env = {"LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true", "LITELLM_TELEMETRY": "False"}
-    with started(command, f"http://127.0.0.1:{port}/health/liveliness", env, log=folder / "litellm.log"):
-        return measure("litellm", f"http://127.0.0.1:{port}/v1/chat/completions", levels, requests,
-                       {"Authorization": f"Bearer {LITELLM_KEY}"})
+    stack.enter_context(started(command, f"http://127.0.0.1:{port}/health/liveliness", env,
+                                log=folder / "litellm.log"))
+    return Target("litellm", f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_KEY}"})
 
 
-def report(results: list[Result]) -> None:
-    by = {(r.target, r.concurrency): r for r in results}
+def run_rounds(targets: list[Target], levels: list[int], requests: int, rounds: int) -> list[Result]:
+    """Every target at every level, `rounds` times, the targets' order rotated each round (so slow phases of
+    a shared machine fall on all of them)."""
+    for target in targets:  # warm-up: connections, lazy imports, first-request paths
+        _, latencies, _, _ = asyncio.run(drive(target.url, target.headers, 16, 300))
+        target.answered += len(latencies)
+    results = []
+    for round_ in range(rounds):
+        order = targets[round_ % len(targets):] + targets[:round_ % len(targets)]
+        for concurrency in levels:
+            for target in order:
+                seconds, latencies, conn, other = asyncio.run(drive(target.url, target.headers, concurrency,
+                                                                    requests))
+                target.answered += len(latencies)
+                result = Result(target.name, concurrency, requests, seconds, latencies, conn, other)
+                results.append(result)
+                print(f"  round {round_ + 1} {target.name:14} c={concurrency:<4} {result.rps:7.0f} req/s  "
+                      f"p50 {result.pct(50):6.1f} ms  p99 {result.pct(99):7.1f} ms  conn errors {conn}  "
+                      f"other {other}", flush=True)
+    return results
+
+
+def report(results: list[Result], rows: dict[str, tuple[int, int]]) -> None:
+    """The medians over rounds per target and level, ratios against the minimal proxy in the same rounds."""
+    def median(target: str, c: int, what: str) -> float:
+        values = [r.rps if what == "rps" else r.pct(float(what)) for r in results
+                  if r.target == target and r.concurrency == c]
+        return float(np.median(values))
+
     levels = sorted({r.concurrency for r in results})
     print("\n| target | conc. | req/s | × minimal proxy | p50 ms | p99 ms | p50 added | p99 added | p99 added − "
-          "minimal's | conn. errors | other errors | rows == requests |")
+          "minimal's | conn. errors | other errors | rows == answered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for target in dict.fromkeys(r.target for r in results):
         for c in levels:
-            r, direct, floor = by.get((target, c)), by[("direct", c)], by.get(("minimal proxy", c))
-            if r is None:
-                continue
-            ratio = f"{r.rps / floor.rps:.2f}×" if floor else "-"
-            added50, added99 = r.pct(50) - direct.pct(50), r.pct(99) - direct.pct(99)
-            over = f"{added99 - (floor.pct(99) - direct.pct(99)):+.1f}" if floor else "-"
-            rows = "-" if r.rows is None else ("yes" if r.rows == len(r.latencies) else f"NO ({r.rows})")
-            print(f"| {target} | {c} | {r.rps:.0f} | {ratio} | {r.pct(50):.1f} | {r.pct(99):.1f} | {added50:+.1f} | "
-                  f"{added99:+.1f} | {over} | {r.connection_errors} | {r.other_errors} | {rows} |")
+            rps, p50, p99 = median(target, c, "rps"), median(target, c, "50"), median(target, c, "99")
+            floor_rps, floor_p99 = median("minimal proxy", c, "rps"), median("minimal proxy", c, "99")
+            d50, d99 = p50 - median("direct", c, "50"), p99 - median("direct", c, "99")
+            over = d99 - (floor_p99 - median("direct", c, "99"))
+            conn = sum(r.connection_errors for r in results if r.target == target and r.concurrency == c)
+            other = sum(r.other_errors for r in results if r.target == target and r.concurrency == c)
+            logged = "-" if target not in rows else ("yes" if rows[target][0] == rows[target][1] else
+                                                     f"NO ({rows[target][0]} of {rows[target][1]})")
+            print(f"| {target} | {c} | {rps:.0f} | {rps / floor_rps:.2f}× | {p50:.1f} | {p99:.1f} | {d50:+.1f} | "
+                  f"{d99:+.1f} | {over:+.1f} | {conn} | {other} | {logged} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", default="32,128,512")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per target and concurrency level")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per target, level and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
     parser.add_argument("--before-src", help="a src/ folder of another llmbus checkout, measured as `llmbus before`")
     parser.add_argument("--no-litellm", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="llmbus-bench-gateway-") as tmp:
         folder = Path(tmp)
         stub_port, proxy_port = free_port(), free_port()
         stub_url = f"http://127.0.0.1:{stub_port}/v1"
-        with started(uvicorn_command("gateway_servers:stub_app", stub_port), stub_url + "/models"), \
-                started(uvicorn_command("gateway_servers:proxy_app", proxy_port),
-                        f"http://127.0.0.1:{proxy_port}/", {"BENCH_UPSTREAM": stub_url}):
-            results += measure("direct", stub_url + "/chat/completions", levels, args.requests, {})
-            results += measure("minimal proxy", f"http://127.0.0.1:{proxy_port}/v1/chat/completions", levels,
-                               args.requests, {})
-            results += llmbus_target("llmbus", stub_url, levels, args.requests, folder, None)
+        with ExitStack() as stack:
+            stack.enter_context(started(uvicorn_command("gateway_servers:stub_app", stub_port), stub_url + "/models"))
+            stack.enter_context(started(uvicorn_command("gateway_servers:proxy_app", proxy_port),
+                                        f"http://127.0.0.1:{proxy_port}/", {"BENCH_UPSTREAM": stub_url}))
+            targets = [Target("direct", stub_url + "/chat/completions", {}),
+                       Target("minimal proxy", f"http://127.0.0.1:{proxy_port}/v1/chat/completions", {}),
+                       llmbus_server(stack, "llmbus", stub_url, folder, None)]
             if args.before_src:
-                results += llmbus_target("llmbus before", stub_url, levels, args.requests, folder, args.before_src)
+                targets.append(llmbus_server(stack, "llmbus before", stub_url, folder, args.before_src))
             if not args.no_litellm:
-                results += litellm_target(stub_url, levels, args.requests, folder)
-    report(results)
+                targets.append(litellm_server(stack, stub_url, folder))
+            results = run_rounds(targets, levels, args.requests, args.rounds)
+        # the servers are stopped (SIGTERM): every llmbus call log must hold a row per answered request
+        answered_rows = "select count(*) from calls where task = 'gateway:chat' and error_kind is null"
+        rows = {t.name: (sqlite3.connect(t.db).execute(answered_rows).fetchone()[0], t.answered)
+                for t in targets if t.db is not None}
+    report(results, rows)
 
 
 if __name__ == "__main__":
