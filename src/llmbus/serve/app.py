@@ -9,6 +9,11 @@ A served model with a `task` renders the task's prompt around the caller's text,
 export their judge-corrected pass rate as `llmbus_quality_estimate{model, bound}`, read from the store; a
 canary (canary.py) its candidate's share (`llmbus_canary_share{model}`) and the guard's decisions
 (`llmbus_canary_decisions_total{model, decision}`, counted from the store, so they survive a restart).
+
+The request path is async: a request is admitted on the event loop (in a worker thread when its key has
+limits, kept in the store, or its model is a task whose prompt is rendered with nearest shots) and answered by
+`Gateway.answer_async`, which awaits OpenAI-compatible backends and runs in-process ones in a bounded executor;
+a streamed answer is pumped from a worker thread (gateway_stream.py).
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 
 
 class Gateway:
-    """Shared state of a running gateway; thread-safe (FastAPI runs sync handlers in a thread pool)."""
+    """Shared state of a running gateway; thread-safe: answers are made on the app's event loop
+    (`answer_async`), streams and store work in worker threads."""
 
     def __init__(self, config: ServeConfig, store: Store):
         check_secrets(config.source or "serve config", config.secret_refs())
