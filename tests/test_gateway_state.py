@@ -43,3 +43,29 @@ def test_the_per_minute_window_is_exact_under_concurrent_admissions(store: Store
     refusals = [o for o in outcomes if o is not None]
     assert len(outcomes) - len(refusals) == 40 and len(refusals) == 50
     assert all(r.kind == "rate_limit" and 59 < r.retry_after_s <= 60 for r in refusals)
+
+
+def test_the_async_call_retries_like_the_sync_one_and_names_the_failure(stub):
+    import asyncio
+
+    import pytest
+
+    from llmbus.errors import ProviderError
+    from llmbus.providers import Request
+    from llmbus.providers.config import ModelConfig
+    from llmbus.providers.openai import OpenAIProvider
+
+    provider = OpenAIProvider(ModelConfig(name="openai:stub", provider="openai", base_url=stub.base_url,
+                                          model="stub-model", max_retries=3, timeout_s=2.0))
+
+    async def both() -> tuple[str, str]:
+        retried = await provider.acomplete(Request(prompt="win a spam prize FAIL500", max_tokens=2))
+        with pytest.raises(ProviderError) as failed:
+            await provider.acomplete(Request(prompt="hello ALWAYS500", max_tokens=2))
+        await provider.aclose()
+        return retried.text, failed.value.kind
+
+    text, kind = asyncio.run(both())
+    assert text.strip() == "spam" and stub.state.attempts["win a spam prize FAIL500"] >= 3
+    assert kind == "http_500"
+    provider.close()
