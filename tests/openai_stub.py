@@ -10,9 +10,12 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   NONSENSE  → a 200 answer that is not one of the labels / not valid JSON (every time)
   AGENT-CALL / AGENT-LOOP → on an agent prompt (last line "Next:"), see agent_turn
   a prompt ending "Instruction:" or "Words:" (an optimizer's proposer request) → see proposal
+  a prompt ending "Topic:" (examples/topics) → the topic of the most similar in-prompt example (nearest_topic)
   FABRICATED → on a guardrail prompt (last line "Verdict:"), the label "unsupported" instead of "supported"
   a prompt ending "Grade:" (a pass/fail judge) → "fail" when the line before mentions spam, else "pass"
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
+  CACHED / REASONING (anywhere in the prompt) → usage reports half the prompt tokens as cached
+              (`prompt_tokens_details.cached_tokens`) / 7 reasoning tokens (`completion_tokens_details`)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
@@ -28,6 +31,7 @@ connections and every open one (idle or mid-request) is cut.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import socket
@@ -171,10 +175,25 @@ def answer(body: dict[str, Any], line: str) -> dict[str, Any]:
             label, other = ("unsupported", "supported") if "FABRICATED" in line else ("supported", "unsupported")
         if line.endswith("Grade:"):  # a pass/fail grader (judges): an answer line mentioning spam fails
             label, other = ("fail", "pass") if "spam" in line.lower() else ("pass", "fail")
+        if line.endswith("Topic:"):  # a topics prompt: see nearest_topic
+            label, other = nearest_topic(_prompt(body))
         text = label
         sure = 0.3 if "UNSURE" in line else 0.8
         top = {label: math.log(sure), other: math.log((1 - sure) * 0.75), "\n": math.log((1 - sure) * 0.25)}
     return _completion(body, text, top)
+
+
+def nearest_topic(prompt: str) -> tuple[str, str]:
+    """Topic prompts (examples/topics): the topic of the in-prompt example whose question shares the most words
+    with the asked one (a cheap teacher that is often right), and the runner-up's topic for the logprobs."""
+    lines = [ln.strip() for ln in prompt.strip().splitlines() if ln.strip()]
+    asked = set(lines[-2].removeprefix("Question:").lower().split()) if len(lines) >= 2 else set()
+    shots = [(set(q.removeprefix("Question:").lower().split()), t.removeprefix("Topic:").strip())
+             for q, t in itertools.pairwise(lines)
+             if q.startswith("Question:") and t.startswith("Topic:") and t.removeprefix("Topic:").strip()]
+    ranked = sorted(shots, key=lambda shot: -len(shot[0] & asked))
+    topics = [*dict.fromkeys(topic for _, topic in ranked), "trivia", "ai"]
+    return topics[0], next(t for t in topics[1:] if t != topics[0])
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -254,7 +273,13 @@ def _completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[
 
 def _one_completion(body: dict[str, Any], text: str, top: dict[str, float]) -> dict[str, Any]:
     chat = "messages" in body
-    usage = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    usage: dict[str, Any] = {"prompt_tokens": len(str(body).split()), "completion_tokens": 1}
+    prompt = _prompt(body)
+    if "CACHED" in prompt:  # half the prompt read from the provider's prompt cache, as OpenAI reports it
+        usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_tokens"] // 2}
+    if "REASONING" in prompt:  # hidden reasoning tokens, counted in completion_tokens too
+        usage["completion_tokens"] += 7
+        usage["completion_tokens_details"] = {"reasoning_tokens": 7}
     if chat and (call := tool_call(body)) is not None:
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
         return {"id": "stub", "object": "chat.completion", "usage": usage,

@@ -53,6 +53,18 @@ def test_labels_sharing_a_first_token_are_scored_through_the_trie(local: LocalPr
     assert sum(result.label_probs.values()) == pytest.approx(1.0)
 
 
+def test_prompt_tokens_reused_from_the_servers_cache_are_logged(local: LocalProvider):
+    prompt = SHOTS + "SMS: See you at the cinema at eight\nLabel:"
+    first = local.complete(Request(prompt, max_tokens=2))
+    again = local.complete(Request(prompt, max_tokens=2))
+    scored = local.complete(Request(prompt, labels=("ham", "spam")))
+    # llama-server's timings.cache_n: the prompt tokens a slot already held (not its top-level tokens_cached,
+    # which counts the generated tokens too)
+    assert first.tokens_cached < first.tokens_in
+    for completion in (again, scored):
+        assert completion.tokens_cached == completion.tokens_in - completion.extra["prompt_evaluated"] > 0
+
+
 def test_json_schema_is_enforced_by_the_grammar(local: LocalProvider):
     schema = {"type": "object", "properties": {"entities": {"type": "array", "items": {
         "type": "object", "properties": {"text": {"type": "string"}, "type": {"enum": ["person", "geo-loc"]}},

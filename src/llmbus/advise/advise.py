@@ -4,13 +4,14 @@ and the task's LLM runs side by side (metric, latency per item, cost per 1k item
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from llmbus.advise.baselines import BASELINES_BY_KIND, Baseline
 from llmbus.embed import StageCallback
+from llmbus.errors import LlmbusError
 from llmbus.extras import check
 from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
@@ -46,6 +47,9 @@ class AdviceRow:
     latency_ms: float
     usd_per_1k: float
     baseline_on_same_items: float | None = None
+    train_cpu_s: float = 0.0  # baselines: CPU-seconds their training took (a one-off cost)
+    n_labels: int = 0  # baselines: the human-labeled pool items they learned from
+    price_known: bool = True  # False: an LLM run's model has no price (usd_per_1k is NaN, shown as ?)
 
 
 @dataclass
@@ -62,20 +66,31 @@ class Advice:
     n_eval: int
     rows: list[AdviceRow] = field(default_factory=list)
     verdict: str = ""
+    # each baseline's answer per eval item id (what break-even intervals and the report rescore); not in --json
+    predictions: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    expected: dict[str, Any] = field(default_factory=dict, repr=False)  # each eval item's expected answer
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json."""
-        return asdict(self)
+        data = asdict(self)
+        data.pop("predictions")
+        data.pop("expected")
+        return data
 
 
 def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD_PER_HOUR,
-           progress: StageCallback | None = None) -> Advice:
-    """Tier, baselines trained on the pool split and scored on the eval split, and logged LLM runs; each
-    baseline's training and scoring (and MiniLM's embedding) is reported to `progress`."""
+           progress: StageCallback | None = None, only: set[str] | None = None) -> Advice:
+    """Tier, baselines trained on the pool split and scored on the eval split (`only` these eval item ids, when
+    given: the items some runs answered), and logged LLM runs; each baseline's training and scoring (and
+    MiniLM's embedding) is reported to `progress`."""
     check("embed", "llmbus advise's baselines")
     task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
     tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
     split = split_items(spec, load_items(spec))
+    if only is not None:
+        split = replace(split, eval=[item for item in split.eval if item.id in only])
+        if not split.eval:
+            raise LlmbusError(f"none of the {len(only)} items the runs answered is an eval item of {spec.name}")
     advice = Advice(task=spec.name, task_type=task_type, tier=tier, tier_params=params,
                     reason=f"{task_type}: {why}.", metric=spec.main_metric, n_train=len(split.pool),
                     n_eval=len(split.eval))
@@ -84,6 +99,7 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD
         row, by_item = score_baseline(spec, baseline, split.pool, split.eval, usd_per_hour, progress)
         advice.rows.append(row)
         predictions[row.system] = by_item
+    advice.predictions, advice.expected = predictions, {item.id: item.expected for item in split.eval}
     if store is not None:
         advice.rows.extend(llm_rows(spec, store, split.eval, predictions))
     advice.verdict = verdict(advice)
@@ -96,7 +112,9 @@ def score_baseline(spec: TaskSpec, baseline: Baseline, pool: list[Item], evaluat
     report = progress or _no_progress
     stage = f"training {baseline.name} on {len(pool):,} pool items"
     report(stage, 0, 1)
+    cpu_start = time.process_time()
     model = baseline.train(spec, pool, progress)
+    train_cpu_s = time.process_time() - cpu_start
     report(stage, 1, 1)
     stage = f"scoring {baseline.name} on {len(evaluation):,} eval items"
     report(stage, 0, 1)
@@ -114,7 +132,7 @@ def score_baseline(spec: TaskSpec, baseline: Baseline, pool: list[Item], evaluat
                             spec.output.labels or ())
     row = AdviceRow(system=baseline.name, kind="baseline", value=value, n_items=len(evaluation),
                     latency_ms=1000 * float(np.median(ticks)) if ticks else float("nan"),
-                    usd_per_1k=1000 * cpu_per_item * usd_per_hour / 3600)
+                    usd_per_1k=1000 * cpu_per_item * usd_per_hour / 3600, train_cpu_s=train_cpu_s, n_labels=len(pool))
     return row, {item.id: p for item, p in zip(evaluation, predicted, strict=True)}
 
 
@@ -138,7 +156,8 @@ def llm_rows(spec: TaskSpec, store: Store, evaluation: list[Item],
             if first_baseline and item_ids else None
         rows.append(AdviceRow(system=f"{run['model']} (run {run['id']})", kind="llm", value=summary.value,
                               n_items=summary.items, latency_ms=1000 * summary.latency_p50_s,
-                              usd_per_1k=summary.cost_per_1k, baseline_on_same_items=same))
+                              usd_per_1k=summary.cost_per_1k, baseline_on_same_items=same,
+                              price_known=summary.price_known))
     return rows
 
 
@@ -156,10 +175,11 @@ def verdict(advice: Advice) -> str:
     reference = best_llm.baseline_on_same_items if best_llm.baseline_on_same_items is not None else best_base.value
     gain = best_llm.value - reference
     cost_ratio = best_llm.usd_per_1k / best_base.usd_per_1k if best_base.usd_per_1k > 0 else float("inf")
+    ratio = f"{cost_ratio:,.0f}×" if best_llm.price_known else "an unknown multiple of the"  # no price: never 0×
     if gain <= 0.01:
         return (f"The cheap baseline {best_base.system} matches the best LLM run ({best_llm.system}: "
-                f"{best_llm.value:.3f} vs {reference:.3f} on the same items) at {cost_ratio:,.0f}× lower cost: "
+                f"{best_llm.value:.3f} vs {reference:.3f} on the same items) at {ratio} lower cost: "
                 "you do not need an LLM for this yet.")
     return (f"The best LLM run gains {gain:+.3f} {advice.metric} over {best_base.system} on the same items, "
-            f"at {cost_ratio:,.0f}× the cost per item: worth it if that gain matters; "
+            f"at {ratio} the cost per item: worth it if that gain matters; "
             "distill it later (stop 5) to get the cost back down.")

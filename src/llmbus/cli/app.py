@@ -108,3 +108,15 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, spec)
+
+
+def usd(value: float | None, known: bool = True, spec: str = ".4f") -> str:
+    """A cost for a table cell: `?` when the model has no price, '–' when there is nothing to price."""
+    return "?" if not known else fmt(value, spec)
+
+
+def print_price_sources(models: list[tuple[str, str]]) -> None:
+    """One line per model: where its price came from (the table and its version, or the config line)."""
+    for model, source in dict.fromkeys(models):
+        if source:
+            out.print(f"  price of {plain(model)}: {plain(source)}", highlight=False)

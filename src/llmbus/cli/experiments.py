@@ -9,7 +9,20 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import (
+    DB_OPTION,
+    JSON_OPTION,
+    app,
+    err,
+    fmt,
+    friendly_errors,
+    out,
+    plain,
+    print_json,
+    print_price_sources,
+    usd,
+    warn,
+)
 from llmbus.cli.quality import pass_rate_cell
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -54,9 +67,10 @@ def print_matrix(matrix: Any) -> None:
             fmt(row.metric.value), f"{fmt(row.metric.lo)}–{fmt(row.metric.hi)}",
             f"{c.delta.value:+.3f}{_mark(c)}" if c else "–", p_value(c.p_bootstrap) if c else "–",
             p_value(c.p_mcnemar) if c else "–", f"{row.wins}/{row.ties}/{row.losses}" if c else "–", str(row.errors),
-            fmt(row.cost_per_1k, ".4f"), fmt(row.latency_p50_s), fmt(row.latency_p95_s),
+            usd(row.cost_per_1k, row.price_known), fmt(row.latency_p50_s), fmt(row.latency_p95_s),
             *(pass_rate_cell(row.assertions.get(name)) for name in checks))
     out.print(table)
+    print_price_sources([(row.model, row.price_source) for row in matrix.rows])
     out.print("Δ: run − baseline on the same items; * its paired-bootstrap 95% CI excludes 0. W/T/L: items the run "
               "scores higher / the same / lower than the baseline." + (" assert:NAME: pass rate (95% Wilson CI)."
                                                                        if checks else ""), highlight=False)

@@ -30,6 +30,7 @@ def monitor_command(
     """Judge a sample of a served model's new traffic and queue the answers a human label is worth most."""
     from llmbus.cli.progress import stage_progress
     from llmbus.quality.monitor import MonitorSettings, monitor_once, parse_duration
+    from llmbus.run.summary import spend
     from llmbus.store import Store
 
     pause = parse_duration(every, "--every").total_seconds() if every else None
@@ -46,6 +47,8 @@ def monitor_command(
                 out.print(f"monitor {plain(served)}: {report.considered} new calls considered, {report.sampled} "
                           f"sampled, {report.judged} judged ({', '.join(report.judge_run_ids) or 'no judge run'}), "
                           f"{report.queued} queued in label project {plain(report.project)}", highlight=False)
+                if report.judge_run_ids:
+                    out.print(spend(store, report.judge_run_ids).line(), highlight=False)
             if pause is None:
                 return
             time.sleep(pause)

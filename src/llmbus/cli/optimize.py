@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, usd
 from llmbus.settings import DEFAULT_MODEL
 
 
@@ -38,6 +38,7 @@ def optimize(
     """Search few-shot k, selection, order, verbalizers, calibration, instructions and models within a budget;
     write the winner as a plain task YAML and confirm it on held-out items against the input spec."""
     from llmbus.experiments.optimize import Plan, optimize
+    from llmbus.run.summary import spend
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
@@ -68,8 +69,9 @@ def optimize(
     if result.diff:
         sys.stdout.write(result.diff if result.diff.endswith("\n") else result.diff + "\n")
     out.print(f"wrote {plain(result.output)}; runs tagged {result.tag}", highlight=False)
+    runs = [r["id"] for r in store.list_runs(tag=result.tag)] + [c.winner_run, c.original_run]
     out.print(f"spent: {result.spent} model calls of the budget {result.plan.budget} ({result.cache_hits} answers "
-              "from the cache, free)", highlight=False)
+              f"from the cache, free), {spend(store, runs).amount()}", highlight=False)
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
@@ -92,11 +94,12 @@ def _print_candidates(data: dict[str, Any]) -> None:
     for row in data["candidates"]:
         table.add_row(str(row["stage"]), plain(row["candidate"]), plain(row["model"]), str(row["items"]),
                       _ci(row["quality"]) if row["quality"] else "–", fmt(row["prompt_tokens_per_item"], ".0f"),
-                      fmt(row["cost_per_1k"], ".4f"), fmt(row["latency_p50_s"]), str(row["calls"]),
+                      usd(row["cost_per_1k"], row["price_known"]), fmt(row["latency_p50_s"]), str(row["calls"]),
                       "*" if row["pareto"] else "", plain(row["note"]),
                       *(fmt((row.get("assertions") or {}).get(name)) for name in checks))
     out.print(table)
     front = sorted(data["pareto"], key=lambda r: (r["cost_per_1k"] or 0.0))
     out.print("pareto front (quality vs $/1k): " + "; ".join(
-        f"{plain(r['candidate'])} {fmt(r['quality']['value'])} at {fmt(r['cost_per_1k'], '.4f')}" for r in front),
+        f"{plain(r['candidate'])} {fmt(r['quality']['value'])} at {usd(r['cost_per_1k'], r['price_known'])}"
+        for r in front),
         highlight=False)

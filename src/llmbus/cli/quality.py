@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, usd, warn
 
 
 @app.command("eval")
@@ -132,11 +132,13 @@ def judge_run(
     """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
     from llmbus.cli.progress import stage_progress
     from llmbus.quality.judge import load_judge, run_judge
+    from llmbus.run.summary import spend
     from llmbus.store import Store
 
     spec = load_judge(judge_spec)
+    store = Store(db)
     with stage_progress(disable=as_json) as progress:
-        report = run_judge(spec, Store(db), on, other=against, model=model, limit=limit, concurrency=concurrency,
+        report = run_judge(spec, store, on, other=against, model=model, limit=limit, concurrency=concurrency,
                            progress=progress)
     if as_json:
         print_json(report.as_dict())
@@ -149,7 +151,8 @@ def judge_run(
               highlight=False)
     if report.position_consistency is not None:
         out.print(f"position consistency (same winner in both orders): {fmt(report.position_consistency)}")
-    out.print(f"judge cost ${report.cost_usd:.6f} · ${fmt(report.cost_per_1k, '.4f')} per 1k judgments",
+    spent = spend(store, [report.judge_run_id])
+    out.print(f"judge cost {spent.amount()} · {usd(report.cost_per_1k, not spent.unknown)} $ per 1k judgments",
               highlight=False)
     if report.broken:
         out.print(f"[yellow]{report.broken} verdicts broke the label set, e.g. {plain(report.example_error)}[/]")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
@@ -114,6 +115,18 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str | TeacherData, f
               f"{report.semantic_hit_rate:.0%} of synthetic paraphrases (perturbed inputs) hit, "
               f"{report.semantic_false_hit_rate:.1%} false hits (negated inputs, inputs with another teacher answer)")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · registered in llmbus.yaml: {report.student}, {report.cascade}")
+    out.print(_training_spent(report.train_cpu_seconds if report.train_cpu_seconds == report.train_cpu_seconds
+                              else report.train_seconds) + "; no model calls (the teacher's answers came from the "
+              "call log)", highlight=False)
+
+
+def _training_spent(seconds: float, what: str = "CPU-seconds") -> str:
+    """What training cost, at the CPU price local models are priced at."""
+    from llmbus.advise.breakeven import dollars
+    from llmbus.settings import USD_PER_HOUR
+
+    return (f"spent: training {seconds:,.0f} {what} ≈ {dollars(seconds * USD_PER_HOUR / 3600)} at "
+            f"${USD_PER_HOUR:g}/CPU-hour")
 
 
 def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epochs: int | None, target: float,
@@ -150,6 +163,24 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
     out.print(f"  ✓ = registered as [bold]{report.student}[/] (smallest file within {target:.0%} of F16 on "
               f"validation); every precision is registered as {report.student}-f16/-q8_0/-q4_k_m")
     out.print(f"  data: {report.out_dir}/data/*.jsonl · adapter: {report.out_dir}/student/adapter")
+    out.print(_lora_spent(report), highlight=False)
+
+
+def _lora_spent(report: Any) -> str:
+    """Training plus the held-out answers of every variant, the teacher's top-up calls priced as it is."""
+    import math
+
+    from llmbus.advise.breakeven import dollars
+    from llmbus.providers.prices import price_for
+
+    answers = {"teacher": report.n_test, "base": report.n_test}  # students answered validation items too
+    calls = sum(v["cost_per_1k"] * answers.get(v["quant"], report.n_val + report.n_test) / 1000
+                for v in report.variants if math.isfinite(v["cost_per_1k"]))
+    price = price_for(report.teacher_model)
+    teacher = f"the teacher's {report.n_test} answers included" if price is None or price.known else \
+        f"plus ? for the teacher's {report.n_test} answers (no price for {report.teacher_model})"
+    wall = _training_spent(report.train["seconds"], "seconds (wall clock, priced as one CPU)")
+    return f"{wall}; held-out answers {dollars(calls)} ({teacher})"
 
 
 def _print_heading(student: str, teacher_model: str, teacher_run: str, n_train: int, seconds: float,
@@ -257,20 +288,28 @@ def build_llama_command() -> None:
 @friendly_errors
 def report(
     task: str = typer.Argument(..., help="Task spec YAML"),
-    traffic: int = typer.Option(1_000_000, "--traffic", help="Items per month for the $/month column"),
+    traffic: int = typer.Option(1_000_000, "--traffic", help="Items per month for the $/month column and the "
+                                                             "break-even"),
     output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write"),
     runs: str | None = typer.Option(None, "--runs", help="Comma-separated run ids (default: latest of each kind)"),
+    error_cost: float = typer.Option(ERROR_COST, "--error-cost", min=0, help="USD a wrong answer costs"),
+    label_cost: float = typer.Option(LABEL_COST, "--label-cost", min=0, help="USD a human label costs"),
+    horizon: float = typer.Option(HORIZON_MONTHS, "--horizon", min=0.1, help="Months one-off costs are weighed "
+                                                                            "over"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Before/after page: teacher, student, cascade, cached — quality, latency, cost, Pareto plot."""
+    """Before/after page: teacher, student, cascade, cached and the cheap baselines on the same items — quality,
+    latency, cost, Pareto plot — and the break-even at the traffic, with a cost-vs-volume plot."""
     from llmbus.cli.progress import stage_progress
     from llmbus.serve.report import build_report, render_html
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
+    spec = load_spec(task)
     with stage_progress(disable=as_json) as progress:
-        result = build_report(load_spec(task), Store(db), traffic, runs.split(",") if runs else None, progress)
+        result = build_report(spec, Store(db), traffic, runs.split(",") if runs else None, error_cost=error_cost,
+                              label_cost=label_cost, horizon=horizon, progress=progress)
     output.write_text(render_html(result), encoding="utf-8")
     if as_json:
         out.print_json(data={**result.as_dict(), "output": str(output), "warnings": result.warnings})
@@ -278,4 +317,10 @@ def report(
     out.print(result.headline, highlight=False)
     for warning in result.warnings:
         warn(warning)
-    out.print(f"wrote {output} ({len(result.rows)} configurations)")
+    if result.baseline_note:
+        out.print(f"  {plain(result.baseline_note)}", highlight=False)
+    if result.economics is not None:
+        from llmbus.cli.breakeven import print_decision
+
+        print_decision(result.economics, result.metric, price_warnings=False)  # the report's warnings said them
+    out.print(f"wrote {output} ({len(result.rows)} configurations, {len(result.baselines)} baselines)")

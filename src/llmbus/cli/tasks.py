@@ -10,7 +10,20 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, fmt, friendly_errors, out, plain, print_json, warn
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST
+from llmbus.cli.app import (
+    DB_OPTION,
+    JSON_OPTION,
+    app,
+    fmt,
+    friendly_errors,
+    out,
+    plain,
+    print_json,
+    print_price_sources,
+    usd,
+    warn,
+)
 from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
 
 
@@ -45,7 +58,7 @@ def run(
     from llmbus.cli.progress import RunProgress
     from llmbus.run.engine import eval_items, run_task
     from llmbus.run.executors import render_items
-    from llmbus.run.summary import summarize
+    from llmbus.run.summary import spend, summarize
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
@@ -74,6 +87,7 @@ def run(
         out.print_json(data=summary.as_dict())
     else:
         _print_runs([summary], title=f"run {run_id}")
+        out.print(spend(store, [run_id]).line(), highlight=False)
 
 
 def _shown_turns(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
@@ -99,20 +113,25 @@ def _raise_keyboard_interrupt(*_: Any) -> None:
 
 def _print_runs(summaries: list[Any], title: str = "runs", traffic: int | None = None) -> None:
     table = Table(title=title, title_justify="left")
-    columns = ["run", "task", "model", "items", "errors", "metric", "value", "tokens in/out", "cost $",
-               "$/1k", "p50 s", "p95 s", "items/s"]
+    columns = ["run", "task", "model", "items", "errors", "metric", "value", "tokens in/out", "cached/reasoning",
+               "cost $", "$/1k", "p50 s", "p95 s", "items/s"]
     if traffic:
         columns += ["$/month", "need items/s", "replicas"]
     for column in columns:
         table.add_column(column, justify="left" if column in {"run", "task", "model", "metric"} else "right")
     for s in summaries:
         cells = [s.run_id, s.task, s.model, f"{s.items}/{s.planned}", str(s.errors), s.metric, fmt(s.value),
-                 f"{s.tokens_in}/{s.tokens_out}", fmt(s.cost_usd, ".4f"), fmt(s.cost_per_1k, ".4f"),
+                 f"{s.tokens_in}/{s.tokens_out}", f"{s.tokens_cached}/{s.tokens_reasoning}",
+                 usd(s.cost_usd, s.price_known, ".4f"), usd(s.cost_per_1k, s.price_known, ".4f"),
                  fmt(s.latency_p50_s), fmt(s.latency_p95_s), fmt(s.items_per_s, ".2f")]
         if traffic:
-            cells += [fmt(s.usd_per_month, ",.2f"), fmt(s.needed_items_per_s, ".2f"), str(s.replicas_needed or "–")]
+            cells += [usd(s.usd_per_month, s.price_known, ",.2f"), fmt(s.needed_items_per_s, ".2f"),
+                      str(s.replicas_needed or "–")]
         table.add_row(*cells)
     out.print(table)
+    print_price_sources([(s.model, s.price_source) for s in summaries])
+    for line in dict.fromkeys(s.price_warning for s in summaries if s.price_warning):
+        warn(line)  # once per model, however many of its runs are listed
     for s in summaries:
         for warning in s.warnings:
             warn(f"run {s.run_id}: {warning}")
@@ -190,20 +209,46 @@ def advise(
     task: str = typer.Argument(..., help="Task spec YAML"),
     db: str | None = DB_OPTION,
     usd_per_hour: float = typer.Option(USD_PER_HOUR, "--usd-per-hour", help="CPU price used for baseline cost"),
+    volume: str | None = typer.Option(None, "--volume", help="Items a month (1M/month, 250k): adds the "
+                                                             "break-even table over the task's systems"),
+    error_cost: float = typer.Option(ERROR_COST, "--error-cost", min=0, help="USD a wrong answer costs"),
+    label_cost: float = typer.Option(LABEL_COST, "--label-cost", min=0, help="USD a human label costs"),
+    horizon: float = typer.Option(HORIZON_MONTHS, "--horizon", min=0.1, help="Months one-off costs are "
+                                                                            "weighed over"),
+    current: str | None = typer.Option(None, "--current", help="The system run today (a run id or model; "
+                                                               "default: the best LLM run)"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side."""
+    """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side; with --volume,
+    which system pays at that volume (run, error and one-off costs, payback, crossovers)."""
     from llmbus.advise.advise import advise as run_advice
+    from llmbus.advise.breakeven import Assumptions, parse_volume
     from llmbus.cli.progress import stage_progress
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
+    assumptions = Assumptions(parse_volume(volume), error_cost, label_cost, horizon) if volume else None
+    store = Store(db)
     with stage_progress(disable=as_json) as progress:
-        advice = run_advice(spec, Store(db), usd_per_hour=usd_per_hour, progress=progress)
+        advice = run_advice(spec, store, usd_per_hour=usd_per_hour, progress=progress)
+    economics = None
+    if assumptions is not None:
+        from llmbus.distill.decision import economics as weigh
+
+        economics = weigh(spec, store, advice, assumptions, current=current, usd_per_hour=usd_per_hour)
     if as_json:
-        print_json(advice.as_dict())
+        print_json({**advice.as_dict(), **({"breakeven": economics.as_dict()} if economics else {})})
         return
+    _print_advice(spec, advice)
+    if economics is not None:
+        from llmbus.cli.breakeven import print_decision
+
+        out.print()
+        print_decision(economics, advice.metric)
+
+
+def _print_advice(spec: Any, advice: Any) -> None:
     out.print(f"[bold]{spec.name}[/] · kind {spec.kind} → tier [bold]{advice.tier}[/] ({advice.tier_params})")
     out.print(advice.reason, highlight=False)
     table = Table(title=f"{advice.metric} on {advice.n_eval} held-out items (pool of {advice.n_train} for "
@@ -214,6 +259,6 @@ def advise(
         table.add_column(column, justify="left" if column in {"system", "kind"} else "right")
     for row in advice.rows:
         table.add_row(row.system, row.kind, fmt(row.value), str(row.n_items), fmt(row.baseline_on_same_items),
-                      fmt(row.latency_ms, ".2f"), fmt(row.usd_per_1k, ".3g"))
+                      fmt(row.latency_ms, ".2f"), usd(row.usd_per_1k, row.price_known, ".3g"))
     out.print(table)
     out.print(advice.verdict, highlight=False)

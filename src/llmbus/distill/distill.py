@@ -97,6 +97,7 @@ class DistillReport:
     projected_teacher_answers: int | None = None  # usable teacher answers the curve projects for the target
     warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    train_cpu_seconds: float = float("nan")  # CPU time of training (all threads): the break-even's training cost
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json."""
@@ -371,7 +372,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
     warnings = teacher.warnings + check_coverage(spec, teacher.what, by_split["train"], allow_missing_labels,
                                                  None if teacher.runs_teacher else teacher.more)
     student_dir = out_dir / "student"
-    tick = time.perf_counter()
+    tick, cpu_tick = time.perf_counter(), time.process_time()
     train, val, test = by_split["train"], by_split["val"], by_split["test"]
     if spec.kind == "classify":
         choice = choose_classifier(spec, by_split, student_dir, settings, progress)
@@ -379,7 +380,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
         train_tagger([e.tokens or e.input.split() for e in train], [e.teacher for e in train], student_dir,
                      settings, progress)
         choice = RecipeChoice(f"finetune-{settings.epochs}ep", {}, None)
-    train_seconds = time.perf_counter() - tick
+    train_seconds, train_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
     student = load_student(student_dir, threads=settings.threads)
     if progress:
         progress("answering the held-out items", 0, len(val) + len(test))
@@ -412,6 +413,7 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
         heldout_teacher_quality=task_metric(spec, ((e.teacher, e.gold) for e in val + test)),
         heldout_student_quality=task_metric(spec, ((a, e.gold) for a, e in zip(val_answers + test_answers,
                                                                                val + test, strict=True))),
+        train_cpu_seconds=train_cpu,
     )
     add_learning_curve(report, choice, [str(e.teacher) for e in train], len(examples) / max(1, teacher.answered),
                        teacher.items_left, progress, None if teacher.runs_teacher else teacher.more)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.errors import LlmbusError
+from llmbus.providers.prices import unknown_price_warning
 from llmbus.quality.assertions import passed_by_item, run_checks
 from llmbus.quality.estimate import wilson
 from llmbus.quality.evaluate import (
@@ -29,7 +30,7 @@ from llmbus.quality.evaluate import (
     item_scores,
     paired,
 )
-from llmbus.run.summary import cost_per_1k, latency_percentiles
+from llmbus.run.summary import cost_per_1k, latency_percentiles, stored_price
 from llmbus.store import Store
 
 FEW_SHARED = 30  # below this many shared items the intervals are wide (evaluate warns at the same size)
@@ -57,6 +58,8 @@ class MatrixRow:
     losses: int | None = None
     # the run's spec's assertions on the shared items: name → pass rate with its 95% Wilson interval
     assertions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    price_known: bool = True  # False: the model has no price (cost_per_1k is NaN, shown as ?)
+    price_source: str = ""
 
 
 @dataclass
@@ -112,6 +115,7 @@ def compare_runs(store: Store, run_ids: Sequence[str] = (), task: str | None = N
             row.wins, row.losses = int(np.sum(scores > base_scores)), int(np.sum(scores < base_scores))
             row.ties = n - row.wins - row.losses
         rows.append(row)
+    warnings += list(dict.fromkeys(unknown_price_warning(row.model) for row in rows if not row.price_known))
     return Matrix(task=base["task"], kind=base_sample.kind, metric=metric, baseline=base["id"], n_shared=n,
                   rows=rows, warnings=warnings)
 
@@ -192,8 +196,11 @@ def _row(run: dict[str, Any], sample: Sample, items: int, rounds: int, seed: int
     assert sample.cost is not None and sample.latency is not None and sample.cached is not None
     fresh = ~sample.cached
     p50, p95 = latency_percentiles(sample.latency[fresh])
+    price = stored_price(run)
+    known = price is None or price.known
     return MatrixRow(run_id=run["id"], model=run["model"], spec_version=run["spec_version"], status=run["status"],
                      created_at=str(run["created_at"])[:19], items=items, errors=sample.errors,
                      metric=bootstrap(sample, rounds, seed)[sample.metric],
-                     cost_per_1k=cost_per_1k(float(sample.cost.sum()), int(fresh.sum())),
-                     latency_p50_s=p50, latency_p95_s=p95)
+                     cost_per_1k=cost_per_1k(float(sample.cost.sum()), int(fresh.sum())) if known else float("nan"),
+                     latency_p50_s=p50, latency_p95_s=p95, price_known=known,
+                     price_source=price.describe() if price else "")

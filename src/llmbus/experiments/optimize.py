@@ -57,6 +57,7 @@ class Measure:
     # the spec's assert: checks: name → pass rate (reported beside the objective, never optimized; None for a
     # judge assertion, which the search does not pay for)
     assertions: dict[str, float | None] = field(default_factory=dict)
+    price_known: bool = True  # False: the model has no price (cost_per_1k is NaN, shown as ?)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Trial:
                 "items": m.items if m else 0, "quality": asdict(m.quality) if m else None,
                 "prompt_tokens_per_item": m.tokens_per_item if m else None,
                 "cost_per_1k": m.cost_per_1k if m else None, "latency_p50_s": m.latency_p50_s if m else None,
+                "price_known": m.price_known if m else True,
                 "calls": self.calls, "pareto": self.pareto, "note": self.note,
                 "assertions": m.assertions if m else {},
                 "runs": [x.run_id for x in self.measures.values()]}
@@ -225,7 +227,8 @@ def measure_run(store: Store, run_id: str) -> Measure:
     final = len(store.answered_items(run_id, TRANSIENT_ERRORS))
     return Measure(run_id, report.n, final, report.values[report.metric],
                    summary.tokens_in / summary.items if summary.items else float("nan"), summary.cost_per_1k,
-                   summary.latency_p50_s, {name: rate["value"] for name, rate in report.assertions.items()})
+                   summary.latency_p50_s, {name: rate["value"] for name, rate in report.assertions.items()},
+                   summary.price_known)
 
 
 def _quality(m: Measure | None) -> float:
@@ -233,7 +236,8 @@ def _quality(m: Measure | None) -> float:
 
 
 def _cost(m: Measure | None) -> tuple[float, float]:
-    """What ranks cheaper: measured $ per 1k, then prompt tokens per item (unpriced models cost 0)."""
+    """What ranks cheaper: measured $ per 1k, then prompt tokens per item (an unpriced model's cost is unknown:
+    it ranks after every priced one, never as free)."""
     if m is None:
         return math.inf, math.inf
     cost = m.cost_per_1k if math.isfinite(m.cost_per_1k) else math.inf

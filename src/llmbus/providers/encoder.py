@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llmbus.providers.base import Completion, Request, label_completion
 from llmbus.providers.config import ModelConfig
+from llmbus.providers.prices import Usage, price_of
 from llmbus.train.student import Student, load_student
 
 
@@ -55,7 +56,7 @@ class EncoderProvider:
         for completion, text in zip(completions, texts, strict=True):
             completion.tokens_in = len(text.split())
             completion.cpu_seconds = cpu
-            completion.cost_usd = cpu * self.config.usd_per_hour / 3600
+            completion.cost_usd = price_of(self.config).cost(Usage(cpu_seconds=cpu)) or 0.0
         return completions
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from llmbus.providers.gguf_meta import chat_template
 from llmbus.providers.llamacpp import LlamaServer, check_engine_knobs, engine_args, private_dir, resolve_gguf
 from llmbus.providers.local_chat import chat_complete, chat_events, templated
 from llmbus.providers.openai_wire import text_of
+from llmbus.providers.prices import Usage, price_of
 from llmbus.settings import config_path
 
 TOP_PROBS = 64  # alternatives llama-server reports per position when scoring labels
@@ -197,7 +198,7 @@ class LocalProvider:
 
     def _priced(self, completion: Completion, cpu: float) -> Completion:
         completion.cpu_seconds = cpu
-        completion.cost_usd = cpu * self.config.usd_per_hour / 3600
+        completion.cost_usd = price_of(self.config).cost(Usage(cpu_seconds=cpu)) or 0.0
         return completion
 
     def _body(self, request: Request) -> dict[str, Any]:
@@ -233,7 +234,7 @@ class LocalProvider:
         probs = normalize_probs(scores)
         best = max(probs, key=lambda label: probs[label])
         return Completion(text=best, tokens_in=tokens_in, tokens_out=1, label_probs=probs,
-                          extra={"prompt_evaluated": evaluated})
+                          extra={"prompt_evaluated": evaluated}, tokens_cached=tokens_in - evaluated)
 
     def _walk(self, prefix: list[int], sequences: dict[str, list[int]],
               mass: float) -> tuple[dict[str, float], int, int]:
@@ -289,6 +290,10 @@ def generated(text: str, data: dict[str, Any]) -> Completion:
                             tokens_out=int(data.get("tokens_predicted", 0)),
                             answer_prob=answer_probability(data.get("completion_probabilities") or []))
     completion.extra["prompt_evaluated"] = prompt_evaluated(data, completion.tokens_in)
+    # `timings.cache_n`: prompt tokens reused from the slot's cache (the top-level `tokens_cached` of this
+    # llama-server build counts every token the slot holds, generated ones included: not what was reused)
+    completion.tokens_cached = int((data.get("timings") or {}).get(
+        "cache_n", completion.tokens_in - completion.extra["prompt_evaluated"]))
     timings = data.get("timings") or {}
     if "draft_n" in timings:  # present when the server runs speculative decoding
         completion.extra.update(draft_tokens=int(timings["draft_n"]),

@@ -24,6 +24,7 @@ from llmbus.errors import ProviderError, Unreachable
 from llmbus.providers.base import Completion, Request, sse_data, whole
 from llmbus.providers.config import ModelConfig
 from llmbus.providers.openai_wire import StreamedAnswer, from_response, relays, text_of, to_payload, wire_api
+from llmbus.providers.prices import price_of, usage_of
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
 
@@ -40,6 +41,7 @@ class OpenAIProvider:
         self.name = config.name
         self.config = config
         self.remote_model = config.model or config.name.partition(":")[2]
+        self.price = price_of(config)
         headers = {}
         key = os.environ.get(config.api_key_env)
         if key:
@@ -188,8 +190,8 @@ class OpenAIProvider:
         return self.name if len(self.clients) == 1 else f"{self.name} at {masked_url(url)}"
 
     def _priced(self, completion: Completion) -> Completion:
-        completion.cost_usd = (completion.tokens_in * self.config.usd_per_1m_input
-                               + completion.tokens_out * self.config.usd_per_1m_output) / 1e6
+        # an unknown price costs 0 here: the run's stored price says its cost is unknown (shown as ?)
+        completion.cost_usd = self.price.cost(usage_of(completion)) or 0.0
         return completion
 
     def _post_with_retries(self, path: str, body: dict[str, Any], prompt: str,

@@ -69,13 +69,11 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
     if not isinstance(message, dict):
         raise ProviderError("bad_response", f"response's choices[0] is not a message: {str(data)[:200]}")
     text = content_text(message.get("content"))
-    usage = data.get("usage") or {}
-    completion = Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
-                            tokens_out=int(usage.get("completion_tokens") or 0),
-                            tool_calls=message.get("tool_calls") or None,
-                            reasoning=message.get("reasoning_content") or None,
-                            finish_reason=choice.get("finish_reason"), response_model=data.get("model"),
-                            response=data if relays(request, api) else None)
+    completion = usage_completion(text, data.get("usage") or {})
+    completion.tool_calls = message.get("tool_calls") or None
+    completion.reasoning = message.get("reasoning_content") or None
+    completion.finish_reason, completion.response_model = choice.get("finish_reason"), data.get("model")
+    completion.response = data if relays(request, api) else None
     if request.labels:
         label = match_label(text, request.labels)
         completion.text = label if label is not None else text
@@ -83,6 +81,16 @@ def from_response(api: str, data: dict[str, Any], request: Request) -> Completio
     elif request.want_confidence:
         completion.answer_prob = answer_prob_from_logprobs(api, choice)
     return completion
+
+
+def usage_completion(text: str, usage: dict[str, Any]) -> Completion:
+    """A Completion with an OpenAI usage object's token counts: prompt and completion tokens, and of them the
+    prompt tokens read from the provider's cache and the hidden reasoning tokens (0 where not reported)."""
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
+                      tokens_out=int(usage.get("completion_tokens") or 0), tokens_cached=int(cached or 0),
+                      tokens_reasoning=int(reasoning or 0))
 
 
 def answer_prob_from_logprobs(api: str, choice: dict[str, Any]) -> float | None:
@@ -167,11 +175,11 @@ class StreamedAnswer:
 
     def completion(self) -> Completion:
         """What the stream amounted to."""
-        return Completion(text="".join(self.pieces), tokens_in=int(self.usage.get("prompt_tokens") or 0),
-                          tokens_out=int(self.usage.get("completion_tokens") or 0),
-                          tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-                          reasoning="".join(self.reasoning) or None, finish_reason=self.finish_reason,
-                          response_model=self.model)
+        completion = usage_completion("".join(self.pieces), self.usage)
+        completion.tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)] or None
+        completion.reasoning = "".join(self.reasoning) or None
+        completion.finish_reason, completion.response_model = self.finish_reason, self.model
+        return completion
 
 
 def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],

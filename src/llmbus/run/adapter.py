@@ -251,6 +251,7 @@ def _fill(record: CallRecord, completion: Completion, cached: bool) -> None:
     record.cache_hit = cached
     record.raw_output = completion.text
     record.tokens_in, record.tokens_out = completion.tokens_in, completion.tokens_out
+    record.tokens_cached, record.tokens_reasoning = completion.tokens_cached, completion.tokens_reasoning
     record.label_probs, record.confidence = completion.label_probs, completion.confidence
     record.tool_calls, record.reasoning = completion.tool_calls, completion.reasoning
     record.meta = dict(completion.extra) or None

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmbus.providers.local import draft_stats
+from llmbus.providers.prices import Price, unknown_price_warning
 from llmbus.store import Store
 from llmbus.task import metrics
 
@@ -46,6 +47,15 @@ class RunSummary:
     needed_items_per_s: float | None = None
     replicas_needed: int | None = None
     warnings: list[str] = field(default_factory=list)  # what makes `value` weak (labels never expected…)
+    tokens_cached: int = 0  # of tokens_in, read from the backend's prompt cache
+    tokens_reasoning: int = 0  # of tokens_out, hidden reasoning tokens
+    price_known: bool = True  # False: the model has no price, and every cost figure is NaN (shown as ?)
+    price_source: str = ""  # where the run's price came from (providers/prices.py)
+
+    @property
+    def price_warning(self) -> str | None:
+        """The one warning line for a run whose model has no price."""
+        return None if self.price_known else unknown_price_warning(self.model)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for --json output."""
@@ -58,7 +68,7 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
     tally = metrics.Tally(run["metric"], labels) if run["metric"] != "none" else None
     n = with_expected = 0
     latencies = array("d")  # 8 bytes an item: the percentiles need them all
-    errors = hits = tokens_in = tokens_out = 0
+    errors = hits = tokens_in = tokens_out = cached = reasoning = 0
     cost = 0.0
     drafts: list[dict[str, Any]] = []  # only calls that drafted tokens (speculative decoding)
     for call in store.iter_calls(run["id"]):
@@ -76,8 +86,13 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
             latencies.append(call["latency_s"])
         tokens_in += call["tokens_in"]
         tokens_out += call["tokens_out"]
+        cached += call.get("tokens_cached") or 0
+        reasoning += call.get("tokens_reasoning") or 0
         cost += call["cost_usd"]
     fresh = n - hits
+    price = stored_price(run)
+    known = price is None or price.known
+    cost = cost if known else float("nan")  # never $0 for a model nobody priced
     p50, p95 = latency_percentiles(latencies)
     summary = RunSummary(
         run_id=run["id"], task=run["task"], model=run["model"], spec_version=run["spec_version"],
@@ -86,7 +101,8 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
         tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost,
         cost_per_1k=cost_per_1k(cost, fresh), latency_p50_s=p50, latency_p95_s=p95,
         items_per_s=n / run["wall_s"] if run["wall_s"] else float("nan"),
-        draft_acceptance=draft_stats(drafts).acceptance_rate,
+        draft_acceptance=draft_stats(drafts).acceptance_rate, tokens_cached=cached, tokens_reasoning=reasoning,
+        price_known=known, price_source=price.describe() if price else "not recorded (run made before 015)",
     )
     if tally is not None and labels and with_expected:  # judge and gateway runs have no expected answers
         found = metrics.coverage_warning(labels, tally.expected_counts(), f"its {n} items' expected answers")
@@ -94,6 +110,55 @@ def summarize(store: Store, run: dict[str, Any], traffic: int | None = None) -> 
     if traffic is not None:
         project(summary, traffic)
     return summary
+
+
+def stored_price(run: dict[str, Any]) -> Price | None:
+    """The price stored with a run (None for runs made before prices were stored, or of no model)."""
+    return Price.from_json(run["price_json"]) if run.get("price_json") else None
+
+
+@dataclass
+class Spend:
+    """What some runs cost: the priced part, and the models whose calls have no price."""
+
+    usd: float
+    calls: int
+    unknown: list[str] = field(default_factory=list)  # models without a price
+
+    def amount(self) -> str:
+        """`$0.001234`, or `?` naming the models without a price."""
+        if not self.unknown:
+            return dollars(self.usd)
+        priced = f"{dollars(self.usd)} priced, " if self.usd else ""
+        return f"? ({priced}no price for {', '.join(self.unknown)})"
+
+    def line(self) -> str:
+        """`spent $0.0123 on 40 calls`, or with unpriced models `spent ? …` naming them."""
+        if not self.unknown:
+            return f"spent {dollars(self.usd)} on {self.calls} calls"
+        priced = f"{dollars(self.usd)} priced, " if self.usd else ""
+        return f"spent ? on {self.calls} calls ({priced}no price for {', '.join(self.unknown)})"
+
+
+def dollars(usd: float) -> str:
+    """An amount for a sentence: cents for dollars and up, six decimals below a dollar (calls cost fractions
+    of a cent)."""
+    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.6f}"
+
+
+def spend(store: Store, run_ids: list[str]) -> Spend:
+    """What the calls of these runs cost, priced as each run's stored price says (cache hits cost nothing)."""
+    total, calls, unknown = 0.0, 0, []
+    for run_id in dict.fromkeys(run_ids):
+        run = store.get_run(run_id)
+        price = stored_price(run)
+        run_calls = [c for c in store.iter_calls(run["id"]) if not c["cache_hit"]]
+        calls += len(run_calls)
+        if price is not None and not price.known:
+            unknown += [run["model"]] if run["model"] not in unknown else []
+            continue
+        total += sum(c["cost_usd"] for c in run_calls)
+    return Spend(total, calls, unknown)
 
 
 def cost_per_1k(cost_usd: float, fresh: int) -> float:

@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,13 +40,22 @@ from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.providers.openai import OpenAIProvider
 from llmbus.providers.openai_wire import wire_api
+from llmbus.providers.prices import Price
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
 from llmbus.serve.backend_calls import call_with_fallbacks
 from llmbus.serve.call_writer import Arrival, CallWriter
 from llmbus.serve.canary import Canaries, CanaryConfig
-from llmbus.serve.gateway_keys import KeyConfig, bearer_token, check_secrets, estimate_cost, secret_value
+from llmbus.serve.gateway_keys import (
+    KeyConfig,
+    bearer_token,
+    check_budgets_priced,
+    check_secrets,
+    estimate_cost,
+    route_price,
+    secret_value,
+)
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Piece, Pump, word_pieces
 from llmbus.serve.limits import Keys
 from llmbus.serve.warmup import served_specs, warm_selectors
@@ -94,6 +103,7 @@ class ServeConfig(_Config):
     metrics_key: str | None = None  # literal or env:NAME: /metrics then needs `Authorization: Bearer KEY`
     log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
     canary: dict[str, CanaryConfig] = Field(default_factory=dict)  # served model → its candidate on live traffic
+    budget_unpriced: Literal["refuse", "allow"] = "refuse"  # a key budget over a model without a price
     source: Path | None = Field(default=None, exclude=True)
 
     def secret_refs(self) -> list[tuple[str, str]]:
@@ -140,6 +150,8 @@ class Gateway:
                  if self.canaries.states[name].status != "rolled_back"}
         self._model_configs = load_model_configs()
         self.models = {ref: resolve_model(ref, self._model_configs) for ref in sorted(refs)}
+        if config.budget_unpriced == "refuse":
+            check_budgets_priced(config.keys, self.models, self._model_configs, config.source or "serve config")
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.exact = ExactCache(store) if config.cache.exact else None
         self.semantic = (SemanticCache(config.cache.semantic_threshold, saved=SemanticEntries(store.engine))
@@ -150,7 +162,9 @@ class Gateway:
         self._lock = threading.Lock()
         self.ready = threading.Event()  # set by `start` once pools are embedded and backends are up
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
-        self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name))
+        self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name),
+                                             route_price(route.model, [route.model, *route.fallbacks], self.models,
+                                                         self._model_configs))
                         for name, route in config.models.items()}
         self.refusal_run_id: str | None = None  # made with the first refusal
 
@@ -424,13 +438,13 @@ class Gateway:
                 errors.append(f"{ref}: {exc}")
         raise GatewayError(502, "all backends failed: " + "; ".join(errors))
 
-    def _open_run(self, task: str, model: str, spec: TaskSpec | None = None) -> str:
+    def _open_run(self, task: str, model: str, spec: TaskSpec | None = None, price: Price | None = None) -> str:
         """A run for one served model's calls (or the refusals); a served task's run keeps the spec and its
         resolved path, so its traffic can be judged, labeled, distilled and replayed later."""
         return self.store.create_run(task=task, task_path=str(spec.source or "") if spec else "",
                                      spec_version=spec.version if spec else "-",
                                      spec_json=spec.model_dump_json(by_alias=True) if spec else "{}",
-                                     model=model, metric="none", n_planned=0, concurrency=0)
+                                     model=model, metric="none", n_planned=0, concurrency=0, price=price)
 
     def _kept_prompt(self, prompt: str, what: str = "prompt") -> tuple[str, dict[str, Any]]:
         """The prompt (or raw input) as the call log keeps it (cut to `log_prompt_chars`), and meta saying how
@@ -466,7 +480,8 @@ class Gateway:
             label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
             latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta)
+            error=str(error) if error else None, meta=meta, tokens_cached=completion.tokens_cached,
+            tokens_reasoning=completion.tokens_reasoning)
         self.calls.write(record, spend_key=key.name if key and not counted else None)
         observe_call(record, request, completion, self.providers.get(answer.model), answer.route)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmbus.errors import SpecError
 from llmbus.providers import Request
 from llmbus.providers.config import ModelConfig, resolve_model
+from llmbus.providers.prices import Price, Usage, combined, price_of
 
 
 class KeyConfig(BaseModel):
@@ -66,9 +67,34 @@ def estimate_cost(config: ModelConfig, request: Request, timeout_s: float, confi
     if config.provider == "cascade":
         return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs)
                    for ref in (config.student, config.teacher) if ref)
+    price = price_of(config)
     if config.provider == "openai":
         tools = len(json.dumps(request.tools).encode()) if request.tools else 0
         tokens_in = len(request.prompt.encode()) + tools + PROMPT_OVERHEAD_TOKENS
         tokens_out = (request.max_tokens or UNSET_MAX_TOKENS) * (request.n or 1)
-        return (tokens_in * config.usd_per_1m_input + tokens_out * config.usd_per_1m_output) / 1e6
-    return timeout_s * config.threads * config.usd_per_hour / 3600
+        # an unpriced model holds nothing: a budget on one starts only with `budget_unpriced: allow`
+        return price.cost(Usage(tokens_in=tokens_in, tokens_out=tokens_out)) or 0.0
+    return price.cost(Usage(cpu_seconds=timeout_s * config.threads)) or 0.0
+
+
+def check_budgets_priced(keys: list[KeyConfig], models: dict[str, ModelConfig], configs: dict[str, ModelConfig],
+                         where: str | Path) -> None:
+    """A budget on a key that can reach a model without a price would never trip (its calls cost nothing we
+    know): refuse to start, naming the key and the model (serve.yaml's `budget_unpriced: allow` skips this)."""
+    budgeted = [(i, key) for i, key in enumerate(keys) if key.budget_usd is not None]
+    if not budgeted:
+        return
+    unpriced = [ref for ref, config in models.items()
+                if not price_of(config, lambda r: resolve_model(r, configs)).known]
+    if unpriced:
+        i, key = budgeted[0]
+        raise SpecError(f"{where}: keys[{i}] ({key.name}): budget_usd: {unpriced[0]} has no price, so the budget "
+                        f"could not count its calls: set usd_per_1m_input and usd_per_1m_output under "
+                        f"models.{unpriced[0]} in llmbus.yaml, or `budget_unpriced: allow` in serve.yaml")
+
+
+def route_price(name: str, refs: list[str], models: dict[str, ModelConfig],
+                configs: dict[str, ModelConfig]) -> Price:
+    """The price stored with a served model's run: its model's, combined with its fallbacks' when it has any."""
+    prices = [price_of(models[ref], lambda r: resolve_model(r, configs)) for ref in refs]
+    return prices[0] if len(prices) == 1 else combined(name, prices)

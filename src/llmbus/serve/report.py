@@ -1,34 +1,41 @@
 """`llmbus report TASK`: one self-contained HTML page comparing teacher, student, cascade and cached answers —
-quality with 95% intervals, p50/p95 latency, cost per 1k, $/month at a traffic — with a Pareto plot."""
+quality with 95% intervals, p50/p95 latency, cost per 1k, $/month at a traffic — with a Pareto plot, next to
+advise's cheap baselines scored on the same items, the break-even table at that traffic with a cost-vs-volume
+plot (crossovers marked), and one verdict: the cheapest system within the best one's interval, baseline or not.
+"""
 
 from __future__ import annotations
 
 import base64
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbus.advise.advise import advise
+from llmbus.advise.breakeven import ERROR_COST, HORIZON_MONTHS, LABEL_COST, Assumptions, dollars
+from llmbus.distill.decision import Economics, baseline_systems, economics, is_lora_student, row_kind
 from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
-from llmbus.extras import require
 from llmbus.pages import environment
-from llmbus.providers.config import resolve_model
+from llmbus.providers.prices import unknown_price_warning
 from llmbus.quality.evaluate import evaluate
 from llmbus.run.summary import RunSummary, summarize
+from llmbus.serve.report_plots import costs_png, pareto_png
+from llmbus.settings import USD_PER_HOUR
 from llmbus.store import Store
 from llmbus.store.traffic import is_traffic_run
 from llmbus.task.spec import TaskSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
+__all__ = ["Report", "ReportRow", "build_report", "is_lora_student", "mark_pareto", "render_html", "row_kind"]
 
 
 @dataclass
 class ReportRow:
-    """One configuration of the task (one run)."""
+    """One configuration of the task (one run), or one of advise's baselines."""
 
-    kind: str  # teacher | student | cascade | cached
+    kind: str  # teacher | student | cascade | cached | baseline
     run_id: str
     model: str
     n: int
@@ -44,23 +51,30 @@ class ReportRow:
     draft_acceptance: float | None = None  # speculative decoding: accepted / drafted tokens
     pareto: bool = False
     warnings: list[str] = field(default_factory=list)  # what makes this row's quality weak
+    price_known: bool = True  # False: the model has no price (its costs are NaN, shown as ?)
+    price_source: str = ""
 
 
 @dataclass
 class Report:
-    """All rows of a task plus the headline comparison."""
+    """All rows of a task, the baselines, the break-even and the verdict."""
 
     task: str
     metric: str
     traffic: int
     rows: list[ReportRow] = field(default_factory=list)
-    headline: str = ""
+    headline: str = ""  # the verdict: the cheapest system within the best one's interval
     plot_png_base64: str = ""
+    baselines: list[ReportRow] = field(default_factory=list)  # advise's, scored on the items the rows answered
+    baseline_note: str = ""  # why there are none, when there are none
+    economics: Economics | None = None  # the break-even at `traffic` items a month
+    costs_png_base64: str = ""
 
     @property
     def warnings(self) -> list[str]:
-        """Every row's warnings, each naming its run."""
-        return [f"{row.kind} run {row.run_id}: {w}" for row in self.rows for w in row.warnings]
+        """Every row's warnings, each naming its run, then one line per model without a price."""
+        found = [f"{row.kind} run {row.run_id}: {w}" for row in self.rows for w in row.warnings]
+        return found + list(dict.fromkeys(unknown_price_warning(r.model) for r in self.rows if not r.price_known))
 
     @property
     def speculative(self) -> bool:
@@ -68,61 +82,79 @@ class Report:
         return any(row.draft_acceptance is not None for row in self.rows)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict for --json (without the image)."""
+        """Plain dict for --json (without the images)."""
         data = asdict(self)
         data.pop("plot_png_base64")
+        data.pop("costs_png_base64")
+        data["economics"] = self.economics.as_dict() if self.economics else None
         return data
 
 
-def row_kind(model: str, cache_hit_rate: float) -> str:
-    """What a run is, from its model reference and how much of it came from the cache."""
-    if cache_hit_rate >= 0.9:
-        return "cached"
-    if model.startswith("encoder:") or is_lora_student(model):
-        return "student"
-    if model.startswith("cascade:"):
-        return "cascade"
-    return "teacher"
-
-
-def is_lora_student(model: str) -> bool:
-    """A `local:` model registered by `llmbus distill --student lora` (it reads the raw input, not the prompt)."""
-    try:
-        return resolve_model(model).input_template is not None
-    except LlmbusError:
-        return False
-
-
-def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000,
-                 run_ids: list[str] | None = None, progress: StageCallback | None = None) -> Report:
-    """Rows for the given runs, or the latest run of each kind of the task's current spec version (each evaluated
-    run reported to `progress`); then the Pareto front and the headline."""
+def build_report(spec: TaskSpec, store: Store, traffic: int = 1_000_000, run_ids: list[str] | None = None, *,
+                 error_cost: float = ERROR_COST, label_cost: float = LABEL_COST, horizon: float = HORIZON_MONTHS,
+                 usd_per_hour: float = USD_PER_HOUR, progress: StageCallback | None = None) -> Report:
+    """Rows for the given runs, or the latest run of each kind of the task's current spec version; the baselines
+    on the same items; the Pareto front, the break-even at `traffic` items a month, and the verdict."""
     report = Report(task=spec.name, metric=spec.main_metric, traffic=traffic)
     picked = pick_runs(spec, store, run_ids)
     for done, (run, summary) in enumerate(picked):
         if progress:
             progress(f"evaluating {len(picked)} runs (bootstrap intervals)", done, len(picked))
-        evaluation = evaluate(store, run["id"], rounds=500)
-        interval = evaluation.values[spec.main_metric]
-        calls = list(store.iter_calls(run["id"]))
-        routes = [(c["meta"] or {}).get("route") for c in calls]
-        cascade = run["model"].startswith("cascade:")
-        escalated = sum(r == "teacher" for r in routes) / len(calls) if cascade else None
-        hit_rate = summary.cache_hits / summary.items
-        cost = summary.cost_per_1k if math.isfinite(summary.cost_per_1k) else 0.0  # all cached: nothing paid
-        report.rows.append(ReportRow(
-            kind=row_kind(run["model"], hit_rate), run_id=run["id"], model=run["model"], n=summary.items,
-            quality=interval.value, quality_lo=interval.lo, quality_hi=interval.hi,
-            p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
-            usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
-            cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance, warnings=evaluation.warnings))
+        report.rows.append(run_row(spec, store, run, summary, traffic))
     if progress:
         progress(f"evaluating {len(picked)} runs (bootstrap intervals)", len(picked), len(picked))
     mark_pareto(report.rows)
-    report.headline = headline(report)
+    measured = [run for (run, _), row in zip(picked, report.rows, strict=True) if row.kind != "cached"]
+    items = {c["item_id"] for run in measured for c in store.iter_calls(run["id"])}
+    assumptions = Assumptions(traffic, error_cost, label_cost, horizon)
+    try:
+        advice = advise(spec, None, usd_per_hour, progress, only=items) if items else None
+    except LlmbusError as exc:  # e.g. a pool with one label: the page says why there are no baselines
+        advice, report.baseline_note = None, f"baselines not scored: {exc}"
+    if advice is not None:
+        report.economics = economics(spec, store, advice, assumptions, measured, usd_per_hour=usd_per_hour)
+        report.baselines = baseline_rows(spec, advice, label_cost, usd_per_hour, traffic)
+        mark_pareto([*report.rows, *report.baselines])
+    elif not report.baseline_note:
+        report.baseline_note = "baselines not scored: no run answered items of the eval split"
+    report.headline = verdict(report)
     if report.rows:
         report.plot_png_base64 = base64.b64encode(pareto_png(report)).decode()
+    if report.economics is not None:
+        report.costs_png_base64 = base64.b64encode(costs_png(report.economics, spec.name)).decode()
     return report
+
+
+def run_row(spec: TaskSpec, store: Store, run: dict[str, Any], summary: RunSummary, traffic: int) -> ReportRow:
+    """One run's row: quality with its interval, latency, cost (NaN when unpriced), escalations, cache hits."""
+    evaluation = evaluate(store, run["id"], rounds=500)
+    interval = evaluation.values[spec.main_metric]
+    calls = list(store.iter_calls(run["id"]))
+    routes = [(c["meta"] or {}).get("route") for c in calls]
+    escalated = sum(r == "teacher" for r in routes) / len(calls) if run["model"].startswith("cascade:") else None
+    hit_rate = summary.cache_hits / summary.items
+    # all cached: nothing paid; no price: unknown, never 0
+    cost = summary.cost_per_1k if math.isfinite(summary.cost_per_1k) else 0.0 if summary.price_known else math.nan
+    return ReportRow(
+        kind=row_kind(run["model"], hit_rate), run_id=run["id"], model=run["model"], n=summary.items,
+        quality=interval.value, quality_lo=interval.lo, quality_hi=interval.hi,
+        p50_ms=1000 * _latency_s(calls, 50), p95_ms=1000 * _latency_s(calls, 95),
+        usd_per_1k=cost, usd_per_month=cost * traffic / 1000, escalation_rate=escalated,
+        cache_hit_rate=hit_rate, draft_acceptance=summary.draft_acceptance, warnings=evaluation.warnings,
+        price_known=summary.price_known, price_source=summary.price_source)
+
+
+def baseline_rows(spec: TaskSpec, advice: Any, label_cost: float, usd_per_hour: float,
+                  traffic: int) -> list[ReportRow]:
+    """Advise's baselines as report rows, scored (with a bootstrap interval) on the items the runs answered."""
+    latency = {row.system: row.latency_ms for row in advice.rows}
+    rows = []
+    for system in baseline_systems(spec, advice, label_cost, usd_per_hour):
+        per_1k = 1000 * (system.usd_per_item or 0.0)
+        rows.append(ReportRow("baseline", "", system.name, system.n_items, system.quality, system.quality_lo,
+                              system.quality_hi, latency[system.name], math.nan, per_1k, per_1k * traffic / 1000,
+                              price_source=f"measured CPU-seconds × ${usd_per_hour:g}/hour"))
+    return rows
 
 
 def pick_runs(spec: TaskSpec, store: Store, run_ids: list[str] | None) -> list[tuple[dict[str, Any], RunSummary]]:
@@ -159,57 +191,54 @@ def mark_pareto(rows: list[ReportRow]) -> None:
                              (o.quality > row.quality or o.usd_per_1k < row.usd_per_1k) for o in rows)
 
 
-def headline(report: Report) -> str:
-    """The cheapest model configuration keeping ≥ 98% of the best teacher's quality, against that teacher.
+def verdict(report: Report) -> str:
+    """One sentence: the cheapest system whose quality is within the best one's 95% interval, baselines
+    included. Cached rows are left out (their saving depends on how often inputs repeat, not on a model);
+    systems whose intervals overlap the best's are said to be indistinguishable on these items, never ranked."""
+    systems = [r for r in [*report.rows, *report.baselines] if r.kind != "cached" and math.isfinite(r.quality)]
+    if not systems:
+        return "Nothing measured yet: run the task on your strongest model first (llmbus run)."
+    best = max(systems, key=lambda r: r.quality)
+    within = [r for r in systems if r.quality >= best.quality_lo]
+    overlapping = [r for r in systems if r is not best and r.quality_hi >= best.quality_lo]
+    priced = [r for r in within if r.price_known and math.isfinite(r.usd_per_1k)]
+    month = f"a month at {report.traffic:,} items"
+    if not priced:
+        return (f"{_name(best)} has the best {report.metric} ({_interval(best)}), but nothing within its interval "
+                "has a price: set the models' prices in llmbus.yaml to compare costs.")
+    cheapest = min(priced, key=lambda r: r.usd_per_1k)
+    if cheapest is best and not overlapping:
+        return (f"Run {_name(best)}: its {report.metric} ({_interval(best)}) is the best, and no other system's "
+                f"95% interval reaches it; {dollars(best.usd_per_month)} {month}.")
+    if cheapest is best:
+        return (f"Run {_name(best)}: it has the best {report.metric} ({_interval(best)}) and costs least of the "
+                f"systems whose 95% intervals overlap it ({_names(overlapping)}: not told apart from it on these "
+                f"items), at {dollars(best.usd_per_month)} {month}.")
+    rest = [r for r in overlapping if r is not cheapest]
+    factor = best.usd_per_1k / cheapest.usd_per_1k if cheapest.usd_per_1k > 0 else math.inf
+    ratio = "∞" if math.isinf(factor) else f"{factor:,.0f}" if factor >= 10 else f"{factor:,.1f}"
+    return (f"Run {_name(cheapest)}: its {report.metric} {cheapest.quality:.3f} is within the 95% interval of "
+            f"the best, {_name(best)} ({_interval(best)}), so these items do not tell them apart"
+            f"{'' if len(rest) == 0 else f' (nor {len(rest)} more overlapping it)'}, and it costs "
+            + (f"{ratio}× less per item ({dollars(cheapest.usd_per_month)} instead of "
+               f"{dollars(best.usd_per_month)} " if best.price_known
+               else f"less ({dollars(cheapest.usd_per_month)}; the best has no price) ")
+            + f"{month}).")
 
-    Cached rows are left out: their saving depends on how often inputs repeat, not on the model."""
-    teachers = [r for r in report.rows if r.kind == "teacher"]
-    if not teachers:
-        return "No teacher run yet: run the task on your strongest model first (llmbus run)."
-    teacher = max(teachers, key=lambda r: r.quality)
-    good = [r for r in report.rows if r.kind != "cached" and r.quality >= 0.98 * teacher.quality]
-    best = min(good, key=lambda r: r.usd_per_1k)
-    if best is teacher:
-        return f"Nothing cheaper keeps 98% of the teacher's {report.metric} ({teacher.quality:.3f}) yet."
-    factor = teacher.usd_per_1k / best.usd_per_1k if best.usd_per_1k > 0 else float("inf")
-    return (f"{best.kind} {best.model} keeps {best.quality / teacher.quality:.1%} of the teacher's {report.metric} "
-            f"at {'∞' if math.isinf(factor) else f'{factor:,.0f}'}× lower cost per item and p50 "
-            f"{best.p50_ms:.1f} ms vs {teacher.p50_ms:.0f} ms: "
-            f"${best.usd_per_month:,.2f} instead of ${teacher.usd_per_month:,.2f} a month at "
-            f"{report.traffic:,} items.")
+
+def _names(rows: list[ReportRow]) -> str:
+    shown = [_name(r) for r in rows[:2]] + ([f"{len(rows) - 2} more"] if len(rows) > 2 else [])
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
 
 
-def pareto_png(report: Report) -> bytes:
-    """Quality (with 95% intervals) against cost per 1k items, Pareto front joined, as a PNG."""
-    matplotlib = require("report", "matplotlib", "llmbus report's Pareto plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _name(row: ReportRow) -> str:
+    return f"{row.kind} {row.model}"
 
-    colors = {"teacher": "#c0392b", "student": "#2980b9", "cascade": "#8e44ad", "cached": "#27ae60"}
-    floor = min([r.usd_per_1k for r in report.rows if r.usd_per_1k > 0] or [1e-6]) / 10
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for row in report.rows:
-        x = max(row.usd_per_1k, floor)
-        ax.errorbar(x, row.quality, yerr=[[row.quality - row.quality_lo], [row.quality_hi - row.quality]],
-                    fmt="o", color=colors[row.kind], capsize=4, markersize=8)
-        ax.annotate(f"{row.kind}\n{row.model}", (x, row.quality), textcoords="offset points", xytext=(8, -4),
-                    fontsize=7)
-    front = sorted((r for r in report.rows if r.pareto), key=lambda r: r.usd_per_1k)
-    ax.plot([max(r.usd_per_1k, floor) for r in front], [r.quality for r in front], "--", color="#7f8c8d",
-            label="Pareto front")
-    ax.set_xscale("log")
-    ax.set_xlabel("cost per 1k items (USD, log scale; cached ≈ 0 shown at the left edge)")
-    ax.set_ylabel(report.metric)
-    ax.set_title(f"{report.task}: quality vs cost")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+
+def _interval(row: ReportRow) -> str:
+    return f"{row.quality:.3f}, 95% CI {row.quality_lo:.3f}–{row.quality_hi:.3f}"
 
 
 def render_html(report: Report) -> str:
-    """The report as one HTML page (inline CSS, the plot as a data: URI): opens without a server."""
+    """The report as one HTML page (inline CSS, the plots as data: URIs): opens without a server."""
     return environment(TEMPLATES).get_template("report.html").render(report=report)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from llmbus.errors import LlmbusError
 from llmbus.extras import require
+from llmbus.providers.prices import Price, price_for
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
@@ -76,6 +77,8 @@ class CallRecord:
     messages: list[dict[str, Any]] | None = None  # chat turns as sent (None: the prompt was one user turn)
     tool_calls: list[dict[str, Any]] | None = None  # the answer's tool calls
     reasoning: str | None = None  # a reasoning model's reasoning text
+    tokens_cached: int = 0  # of tokens_in, read from the backend's prompt cache
+    tokens_reasoning: int = 0  # of tokens_out, hidden reasoning tokens
 
     def to_row(self) -> dict[str, Any]:
         """Column values for the calls table."""
@@ -137,14 +140,17 @@ class Store:
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
                    metric: str, n_planned: int, concurrency: int, item_offset: int = 0,
-                   sampling: str | None = None, tag: str | None = None) -> str:
-        """Insert a new run and return its id (`tag` says what made it, e.g. optimize:ID)."""
+                   sampling: str | None = None, tag: str | None = None, price: Price | None = None) -> str:
+        """Insert a new run and return its id (`tag` says what made it, e.g. optimize:ID). The model's price
+        is stored with it (`price`, else looked up now; none for a reference that names no model)."""
         run_id = secrets.token_hex(4)
+        price = price or price_for(model)
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, task=task, task_path=task_path, spec_version=spec_version, spec_json=spec_json,
                 model=model, metric=metric, n_planned=n_planned, concurrency=concurrency, status="running",
-                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling, tag=tag))
+                created_at=now(), wall_s=0.0, item_offset=item_offset, sampling=sampling, tag=tag,
+                price_json=price.to_json() if price else None))
         return run_id
 
     def get_run(self, run_id: str) -> dict[str, Any]:

@@ -126,6 +126,12 @@ def _m014_chat(conn: Connection) -> None:
         _add_column_if_missing(conn, "calls", column, "TEXT")
 
 
+def _m015_token_kinds(conn: Connection) -> None:
+    _add_column_if_missing(conn, "calls", "tokens_cached", "INTEGER NOT NULL DEFAULT 0")
+    _add_column_if_missing(conn, "calls", "tokens_reasoning", "INTEGER NOT NULL DEFAULT 0")
+    _add_column_if_missing(conn, "runs", "price_json", "TEXT")
+
+
 def _m016_gateway_state(conn: Connection) -> None:
     for table in GATEWAY_STATE_TABLES:
         table.create(conn, checkfirst=True)
@@ -147,5 +153,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("012_canary", _m012_canary),
     ("013_run_tag", _m013_run_tag),
     ("014_chat", _m014_chat),
+    ("015_token_kinds", _m015_token_kinds),
     ("016_gateway_state", _m016_gateway_state),
 ]

@@ -31,6 +31,8 @@ runs = sa.Table(
     # added by 006: how eval items were ordered before offset/limit (representative | balanced | file)
     sa.Column("sampling", sa.String(20)),
     sa.Column("tag", sa.String(100)),  # added by 013: what made the run (optimize:ID), else NULL
+    # added by 015: the model's price when the run started (providers/prices.py Price as JSON; NULL before 015)
+    sa.Column("price_json", sa.Text),
 )
 
 calls = sa.Table(
@@ -64,6 +66,9 @@ calls = sa.Table(
     sa.Column("messages_json", sa.Text),
     sa.Column("tool_calls_json", sa.Text),
     sa.Column("reasoning", sa.Text),
+    # added by 015: of tokens_in, those read from the backend's prompt cache; of tokens_out, reasoning tokens
+    sa.Column("tokens_cached", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("tokens_reasoning", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("run_id", "item_id", name="uq_calls_run_item"),
 )
 
