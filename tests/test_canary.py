@@ -21,7 +21,7 @@ from llmbus.serve.gateway import load_serve_config
 from llmbus.store import Store
 from llmbus.store.schema import canary_decisions
 from openai_stub import StubServer
-from test_serve import running_gateway
+from test_serve import logged, running_gateway
 
 STEPS = [0.1, 0.25, 0.5, 1.0]
 
@@ -78,7 +78,7 @@ def test_a_good_candidate_is_promoted_step_by_step_and_keeps_its_place_after_a_r
             assert "".join(chunk.choices[0].text for chunk in streamed) == "ham"
             assert incumbent.requests == before
             text = metrics_text(url)
-            rows = [c for c in gateway.store.iter_calls(gateway.run_ids["chat"])]
+            rows = [c for c in logged(gateway).iter_calls(gateway.run_ids["chat"])]
         assert sorted(arms_by_share) == [0.1, 0.25, 0.5]
         for share, arms in arms_by_share.items():
             # each window closed once both arms had their 20 calls
@@ -124,10 +124,10 @@ def test_a_failing_candidate_is_rolled_back_and_then_gets_no_traffic_even_after_
             assert state.status == "rolled_back" and state.share == 0.0
             canary_inputs = [t for t in sent if arm_for(t, 0.5) == "canary"]
             assert canary_inputs  # there were canary requests, and they failed over
-            after = len(list(gateway.store.iter_calls(gateway.run_ids["chat"])))
+            after = len(list(logged(gateway).iter_calls(gateway.run_ids["chat"])))
             for j in range(30):
                 ask(client, f"after the rollback {j}")
-            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
             text = metrics_text(url)
         assert {r["meta"]["arm"] for r in rows[after:]} == {"incumbent"}
         assert {r["model"] for r in rows[after:]} == {"openai:incumbent"}
@@ -146,10 +146,10 @@ def test_a_failing_candidate_is_rolled_back_and_then_gets_no_traffic_even_after_
         with running_gateway(config, db) as (url, gateway):
             assert gateway.canaries.states["chat"].status == "rolled_back"
             client = openai.OpenAI(base_url=url, api_key="-", max_retries=0)
-            calls_before = len(list(gateway.store.iter_calls(gateway.run_ids["chat"])))
+            calls_before = len(list(logged(gateway).iter_calls(gateway.run_ids["chat"])))
             for text_in in canary_inputs[:5]:  # inputs the canary arm took before the rollback
                 assert ask(client, text_in + " again") == "openai:incumbent"
-            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))[calls_before:]
+            rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))[calls_before:]
         assert {r["meta"]["arm"] for r in rows} == {"incumbent"}
 
 

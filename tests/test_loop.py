@@ -36,7 +36,7 @@ from llmbus.task.spec import load_spec
 from llmbus.train.student import TrainSettings
 from openai_stub import StubServer
 from quality_helpers import add_judge_run
-from test_serve import running_gateway, write_configs
+from test_serve import logged, running_gateway, write_configs
 
 # --- 1. flow LLM steps in the call log ------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ def test_stub_traffic_distills_a_student_that_accept_takes_and_a_blind_prompt_it
                                keys=[{"key": "sk-a", "name": "team-a"}, {"key": "sk-b", "name": "team-b"}])
         with running_gateway(config, db) as (url, gateway):
             answers = send(url, texts[:60] + texts[:2], keys)  # two repeats: exact-cache hits, the same items
-            store = gateway.store
+            store = logged(gateway)
             run = store.get_run(gateway.run_ids["sms"])
             assert run["task_path"] == str(task) and json.loads(run["spec_json"])["name"] == "tiny"
             assert run["spec_version"] == spec.version
@@ -296,7 +296,7 @@ def test_sms_traffic_of_the_embedded_model_teaches_a_student_accept_takes_and_a_
         (tmp_path / "serve.yaml").write_text(yaml.safe_dump(serve))
         with running_gateway(tmp_path / "serve.yaml", db) as (url, gateway):
             send(url, [item.text("text") for item in first], ["sk-a", "sk-b"])
-            store = gateway.store
+            store = logged(gateway)
             run_id = gateway.run_ids["sms"]
             with store.engine.connect() as conn:  # the pool's nearest-shot vectors: kept for the next start
                 assert conn.scalar(sa.select(sa.func.count()).select_from(embeddings)) >= len(gateway.selectors[
@@ -310,8 +310,8 @@ def test_sms_traffic_of_the_embedded_model_teaches_a_student_accept_takes_and_a_
             fresh_from = datetime.now(UTC).isoformat()
             served = send(url, [item.text("text") for item in fresh], ["sk-a", "sk-b"])
             assert set(served) <= {"ham", "spam"}
-            label_traffic(store, run_id, "fresh", gold, [item.text("text") for item in fresh], tmp_path / "b.jsonl",
-                          every=2)
+            label_traffic(logged(gateway), run_id, "fresh", gold, [item.text("text") for item in fresh],
+                          tmp_path / "b.jsonl", every=2)
         accepted = llmbus("accept", "encoder:sms_loop-student", "--against", "sms", "--since", fresh_from,
                           "--max-drop", "0.3", "--db", str(db), "--json")
         assert accepted.returncode == 0, accepted.stderr + accepted.stdout

@@ -28,3 +28,36 @@ def test_threshold_chosen_on_sms_validation_pairs_bounds_false_hits():
     assert choice.false_hit_rate <= 0.01
     assert choice.hit_rate >= 0.5  # casing/punctuation/filler noise still hits
     assert choice.false_hit_rate_without_guard >= choice.false_hit_rate
+
+
+def _unit(seed: int, dim: int = 8):
+    import numpy as np
+
+    vector = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def test_the_index_is_a_ring_that_keeps_the_newest_entries_without_copying_on_each_add():
+    cache = SemanticCache(threshold=0.99, max_entries=300)
+    for i in range(700):
+        cache.add("s", f"text {i}", {"i": i}, _unit(i))
+    ring = cache._rings["s"]
+    assert ring.vectors.shape == (300, 8) and len(ring.entries) == 300  # grew 256 → 300, then wrapped
+    hit = cache.lookup("s", "text 699", _unit(699))
+    assert hit is not None and hit[0] == {"i": 699} and hit[1] > 0.999
+    assert cache.lookup("s", "text 399", _unit(399)) is None  # overwritten: only the newest 300 are kept
+    assert cache.lookup("s", "text 400", _unit(400))[0] == {"i": 400}
+
+
+def test_entries_are_saved_in_the_store_and_loaded_by_a_new_cache(store):
+    from llmbus.store.gateway_state import SemanticEntries
+
+    first = SemanticCache(threshold=0.99, max_entries=5, saved=SemanticEntries(store.engine))
+    for i in range(7):
+        first.add("chat:m:16:0.0", f"text {i}", {"text": f"answer {i}"}, _unit(i))
+    first.add("other:m:16:0.0", "elsewhere", {"text": "x"}, _unit(99))
+    second = SemanticCache(threshold=0.99, max_entries=5, saved=SemanticEntries(store.engine))
+    assert second.load(["chat:"]) == 5  # the newest five of the scope; other served models' scopes not read
+    assert second.lookup("chat:m:16:0.0", "text 6", _unit(6))[0] == {"text": "answer 6"}
+    assert second.lookup("chat:m:16:0.0", "text 1", _unit(1)) is None
+    assert second.lookup("other:m:16:0.0", "elsewhere", _unit(99)) is None

@@ -45,6 +45,12 @@ def running_gateway(config_path: Path, db: Path) -> Iterator[tuple[str, Gateway]
         thread.join(timeout=30)
 
 
+def logged(gateway: Gateway) -> Store:
+    """The gateway's store once the call-log rows queued so far are written (they are written in batches)."""
+    gateway.calls.flush()
+    return gateway.store
+
+
 def write_configs(tmp_path: Path, primary: str, fallback: str | None = None, keys: list[dict] | None = None,
                   task: Path | None = None, timeout_s: float | None = None, prices: tuple[float, float] = (1.0, 2.0),
                   extra: dict | None = None) -> Path:
@@ -99,7 +105,7 @@ def test_openai_client_chat_completions_streaming_models_and_log(tmp_path: Path,
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
             assert 'llmbus_gateway_requests_total{model="chat",route="cache_exact",status="ok"} 1.0' in metrics
             assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
-            rows = [c for run_id in gateway.run_ids.values() for c in gateway.store.iter_calls(run_id)]
+            rows = [c for run_id in gateway.run_ids.values() for c in logged(gateway).iter_calls(run_id)]
     assert len(rows) == 6
     assert Counter(r["meta"]["route"] for r in rows) == {"backend": 5, "cache_exact": 1}
     assert all(r["meta"]["key"] == "team-a" for r in rows)
@@ -139,7 +145,7 @@ def test_stream_keys_and_the_route_timeout_still_apply(tmp_path: Path):
                 with pytest.raises(openai.InternalServerError, match="all backends failed") as failed:
                     client.completions.create(model="chat", prompt="hi ALWAYS500", stream=stream)
                 assert failed.value.status_code == 502
-            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
     assert received == ["ha"]
     assert rows[0]["error_kind"] == "timeout" and rows[0]["meta"]["key"] == "team-a"
     assert [r["error_kind"] for r in rows[1:]] == ["all_failed", "all_failed"]
@@ -175,7 +181,7 @@ def test_load_with_backend_killed_midway_falls_back_and_recovers(tmp_path: Path)
                 routes = list(pool.map(one, range(2000)))
             for server in revived:
                 server.__exit__()
-            rows = sum(1 for run_id in gateway.run_ids.values() for _ in gateway.store.iter_calls(run_id))
+            rows = sum(1 for run_id in gateway.run_ids.values() for _ in logged(gateway).iter_calls(run_id))
     assert len(routes) == 2000 and not [r for r in routes if r.startswith("http_")]
     assert rows == 2000  # no lost log rows
     assert done["fallback"] > 0  # fell back while the primary was down
@@ -190,7 +196,7 @@ def test_streaming_through_an_openai_backend_chunk_by_chunk_with_usage(tmp_path:
             stream = client.chat.completions.create(model="chat", stream=True, stream_options={"include_usage": True},
                                                     messages=[{"role": "user", "content": "win a spam prize"}])
             chunks = list(stream)
-            rows = [c for c in gateway.store.iter_calls(gateway.run_ids["chat"])]
+            rows = [c for c in logged(gateway).iter_calls(gateway.run_ids["chat"])]
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
     assert 'llmbus_gateway_time_to_first_token_seconds_count{model="chat",route="backend"} 1.0' in metrics
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
@@ -210,7 +216,7 @@ def test_stream_falls_back_before_the_first_token_and_fails_cleanly_after_it(tmp
             client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
             streamed = client.completions.create(model="chat", prompt="see you soon", stream=True)
             assert "".join(c.choices[0].text for c in streamed) == "ham"
-            fallback_rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            fallback_rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
         # A backend that dies after its first chunk: the client gets an error event, no fallback is tried.
         config = write_configs(tmp_path, backend.base_url, spare.base_url)
         with running_gateway(config, tmp_path / "gw2.db") as (url, gateway):
@@ -219,7 +225,7 @@ def test_stream_falls_back_before_the_first_token_and_fails_cleanly_after_it(tmp
             with pytest.raises(openai.APIError, match="stream broke"):
                 for chunk in client.completions.create(model="chat", prompt="hello DIE-MIDSTREAM", stream=True):
                     received.append(chunk.choices[0].text)
-            died_rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            died_rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
         assert not spare.state.attempts
     assert [r["meta"]["route"] for r in fallback_rows] == ["fallback"]
@@ -244,14 +250,14 @@ def test_streaming_from_the_local_model_token_by_token(tmp_path: Path):
         for chunk in client.completions.create(model="gemma", prompt=prompt, max_tokens=48, stream=True):
             if chunk.choices[0].text:
                 if rows_at_first_piece is None:
-                    rows_at_first_piece = len(list(gateway.store.iter_calls(run_id)))
+                    rows_at_first_piece = len(list(logged(gateway).iter_calls(run_id)))
                 pieces.append(chunk.choices[0].text)
-        rows = list(gateway.store.iter_calls(run_id))
+        rows = list(logged(gateway).iter_calls(run_id))
         # The same request without streaming, straight to the backend (the gateway's cache would answer it).
         direct = gateway.providers["local:gemma-3-270m"].complete(Request(prompt, max_tokens=48, input=prompt))
         cached = [c.choices[0].text for c in client.completions.create(model="gemma", prompt=prompt, max_tokens=48,
                                                                         stream=True)]
-        cached_row = list(gateway.store.iter_calls(run_id))[-1]
+        cached_row = list(logged(gateway).iter_calls(run_id))[-1]
         # A client that hangs up mid-stream: llama-server stops decoding long before max_tokens, the row stays.
         local = gateway.providers["local:gemma-3-270m"]
         assert isinstance(local, LocalProvider)
@@ -262,10 +268,10 @@ def test_streaming_from_the_local_model_token_by_token(tmp_path: Path):
             pass
         stream.close()
         deadline = time.time() + 60
-        while time.time() < deadline and (len(list(gateway.store.iter_calls(run_id))) < 3 or any(
+        while time.time() < deadline and (len(list(logged(gateway).iter_calls(run_id))) < 3 or any(
                 slot["is_processing"] for slot in httpx.get(server.base_url + "/slots").json())):
             time.sleep(0.1)
-        hung_up = list(gateway.store.iter_calls(run_id))[-1]
+        hung_up = list(logged(gateway).iter_calls(run_id))[-1]
         decoded = predicted_tokens(server.base_url) - decoded_before
     assert len(pieces) > 1
     assert rows_at_first_piece == 0  # the first piece was out before the answer was finished and logged
@@ -317,8 +323,8 @@ def test_budget_holds_each_estimate_so_50_concurrent_requests_cannot_overspend(t
             # Holds settle to the real cost, streamed or not: estimates of 3 tokens for 1-token answers let 5 in.
             sequential = [post(url, "completions", {"model": "chat", "prompt": f"note {i}", "max_tokens": 3,
                                                     "stream": i % 2 == 1}, "sk-c").status_code for i in range(6)]
-            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
-            refusals = refused_rows(gateway.store)
+            rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
+            refusals = refused_rows(logged(gateway))
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
     answered = [r for r in responses if r.status_code == 200]
     spent = sum(r["cost_usd"] for r in rows if r["meta"]["key"] == "team-b")
@@ -412,8 +418,8 @@ def test_bad_requests_are_400s_in_openai_shape_and_every_refusal_is_counted_and_
             unknown_model = post(url, "completions", {"model": "nope", "prompt": "what is this"}, "sk-a")
             limited = [post(url, "completions", {"model": "chat", "prompt": f"slow {i}"}, "sk-slow").status_code
                        for i in range(2)]
-            refusals = refused_rows(gateway.store)
-            answered = list(gateway.store.iter_calls(gateway.run_ids["chat"]))
+            refusals = refused_rows(logged(gateway))
+            answered = list(logged(gateway).iter_calls(gateway.run_ids["chat"]))
             metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
     for response, (_, _, param, message) in zip(bad, BAD_BODIES, strict=True):
         assert response.status_code == 400, response.text
@@ -480,7 +486,7 @@ def test_log_prompt_chars_caps_the_prompts_the_call_log_keeps(tmp_path: Path):
             codes = [post(url, "completions", {"model": "chat", "prompt": big, "max_tokens": 1}).status_code
                      for _ in range(3)]
             refused = post(url, "completions", {"model": "nope", "prompt": big}).status_code
-            rows = list(gateway.store.iter_calls(gateway.run_ids["chat"])) + refused_rows(gateway.store)
+            rows = list(logged(gateway).iter_calls(gateway.run_ids["chat"])) + refused_rows(logged(gateway))
             with gateway.store.engine.connect() as conn:
                 stored = conn.scalar(sa.text("SELECT sum(length(prompt)) FROM calls"))
         size = sum(path.stat().st_size for path in tmp_path.glob("gw.db*"))

@@ -122,3 +122,33 @@ def test_cache_writers_racing_for_the_same_keys_keep_the_first_answer(tmp_path):
     assert not errors
     assert all(store.cache_get(f"k{r}-{i}") is not None for r in range(40) for i in range(3))
     store.close()
+
+
+def fresh_postgres_database(server_url: str, name: str) -> str:
+    """A new, empty database on the test server (no migrations applied yet); returns its URL."""
+    engine = sa.create_engine(database_url(server_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_ten_processes_opening_a_fresh_store_at_once_migrate_it_once(postgres_url: str, tmp_path, dialect: str):
+    import subprocess
+    import sys
+
+    url = fresh_postgres_database(postgres_url, "fresh_ten") if dialect == "postgresql" else str(tmp_path / "f.db")
+    command = [sys.executable, "-m", "llmbus.cli", "runs", "--db", url, "--json"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(10)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in processes]
+    assert [code for code, _, _ in results] == [0] * 10, [err for _, _, err in results]
+    assert all(out.strip() == "[]" and "Traceback" not in err for _, out, err in results)
+    engine = sa.create_engine(database_url(url))
+    with engine.connect() as conn:
+        names = list(conn.scalars(sa.text("select name from migrations")))
+    engine.dispose()
+    assert sorted(names) == sorted(name for name, _ in MIGRATIONS)  # each applied once, by one of the ten

@@ -256,18 +256,22 @@ def serve(
     config: Path = typer.Option(..., "--config", help="serve.yaml: served models, keys, caches"),
     port: int = typer.Option(8080, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes serving the port; they share the store "
+                                                            "(keys' limits and budgets, caches)"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One line per request on stderr"),
     db: str | None = DB_OPTION,
 ) -> None:
-    """OpenAI-compatible gateway: /v1/chat/completions, /v1/completions, /v1/models, /metrics, /health."""
-    import uvicorn
+    """OpenAI-compatible gateway: /v1/chat/completions, /v1/completions, /v1/models, /metrics, /health.
 
-    from llmbus.serve.app import create_app
-    from llmbus.serve.gateway import Gateway, load_serve_config
-    from llmbus.store import Store
+    Served tasks are warmed (nearest-shot pools embedded, backends started) before the port opens."""
+    from llmbus.cli.progress import stage_progress
+    from llmbus.serve import server
 
-    gateway = Gateway(load_serve_config(config), Store(db))
-    out.print(f"llmbus gateway on http://{host}:{port}/v1 · models: {', '.join(gateway.config.models)}")
-    uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+    with stage_progress() as progress:
+        gateway = server.prepare(config, db, workers, progress)
+    names = ", ".join(gateway.config.models) if gateway is not None else f"{workers} workers"
+    out.print(f"llmbus gateway on http://{host}:{port}/v1 · models: {names}", highlight=False)
+    server.run(gateway, config, db, host, port, workers, access_log)
 
 
 @app.command("build-llama")

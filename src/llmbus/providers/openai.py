@@ -10,6 +10,7 @@ to another replica.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -46,6 +47,9 @@ class OpenAIProvider:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s))
+        self._headers, self._timeout = headers, timeout
+        self._async_clients: dict[str, httpx.AsyncClient] = {}  # made on first use, on the gateway's loop
+        self._async_slots: asyncio.Semaphore | None = None
         self.clients = {url: httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout,
                                           limits=httpx.Limits(max_connections=config.max_concurrency))
                         for url in config.urls}
@@ -79,6 +83,57 @@ class OpenAIProvider:
             lease, data = self._post_with_retries(PATHS[api], body, request.prompt)
             self.replicas.release(lease, "ok")
         return self._priced(from_response(api, data, request))
+
+    async def acomplete(self, request: Request) -> Completion:
+        """`complete` on the event loop (the gateway's request path): the same retries, replicas and errors over
+        an httpx.AsyncClient, so a request waiting on its backend holds no thread."""
+        api = self._api(request)
+        body = to_payload(self.remote_model, api, request)
+        if self._async_slots is None:  # made on the loop that uses it
+            self._async_slots = asyncio.Semaphore(self.config.max_concurrency * len(self.config.urls))
+        async with self._async_slots:
+            failed_on: list[Replica] = []
+            moved, attempt = False, 0
+            while True:
+                lease = self.replicas.acquire(request.prompt, avoid=failed_on)
+                try:
+                    data = await self._apost_once(lease.replica.url, PATHS[api], body)
+                    self.replicas.release(lease, "ok")
+                    return self._priced(from_response(api, data, request))
+                except _Retryable as retry:
+                    self.replicas.release(lease, outcome_of(retry.error.kind))
+                    last, wait = retry.error, retry.wait
+                    failed_on.append(lease.replica)
+                    if retry.unsent and not moved and self.replicas.has_spare(failed_on):
+                        moved = True
+                        continue
+                except ProviderError as error:
+                    self.replicas.release(lease, outcome_of(error.kind))
+                    raise
+                except BaseException:  # cancelled (the route's timeout, a client gone): the replica is not at fault
+                    self.replicas.release(lease, "abandoned")
+                    raise
+                if attempt >= self.config.max_retries:
+                    raise last
+                await asyncio.sleep(wait if wait is not None else backoff_seconds(attempt))
+                attempt += 1
+
+    async def _apost_once(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if url not in self._async_clients:
+            self._async_clients[url] = httpx.AsyncClient(
+                base_url=url.rstrip("/"), headers=self._headers, timeout=self._timeout,
+                limits=httpx.Limits(max_connections=self.config.max_concurrency,
+                                    max_keepalive_connections=self.config.max_concurrency))
+        where = self._where(url)
+        try:
+            response = await self._async_clients[url].post(path, json=body)
+        except httpx.TimeoutException as exc:
+            raise _Retryable(ProviderError("timeout", f"{where}: no answer within {self.config.timeout_s:g}s"),
+                             unsent=isinstance(exc, httpx.ConnectTimeout)) from None
+        except httpx.TransportError as exc:
+            raise _Retryable(ProviderError("connection", f"{where}: {exc.__class__.__name__}: {exc}"),
+                             unsent=isinstance(exc, httpx.ConnectError)) from None
+        return _json_answer(response, where)
 
     def stream(self, request: Request) -> Generator[str, None, Completion]:
         """Text pieces as the endpoint streams them; returns the Completion (usage from the last chunk).
@@ -180,23 +235,12 @@ class OpenAIProvider:
         except httpx.TransportError as exc:
             raise _Retryable(ProviderError("connection", f"{where}: {exc.__class__.__name__}: {exc}"),
                              unsent=isinstance(exc, httpx.ConnectError)) from None
-        if response.status_code == 200:
-            if stream:
-                return response
-            try:
-                return dict(response.json())
-            except ValueError:
-                raise _Retryable(ProviderError("bad_response", f"{where}: response is not JSON: "
-                                                               f"{response.text[:120]!r}")) from None
+        if response.status_code == 200 and stream:
+            return response
         if stream:
             response.read()
             response.close()
-        status = response.status_code
-        error = ProviderError("rate_limited" if status == 429 else f"http_{status}",
-                              f"{where}: HTTP {status}: {response.text[:200]}")
-        if status in RETRYABLE_STATUS:
-            raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
-        raise error
+        return _json_answer(response, where)
 
     def _healthy(self, url: str) -> bool:
         """The active probe: GET /health at the server's root (llama-server, vLLM, TGI answer it), or the
@@ -211,10 +255,34 @@ class OpenAIProvider:
         return False
 
     def close(self) -> None:
-        """Stop the health probes and close the HTTP connection pools."""
+        """Stop the health probes and close the HTTP connection pools (the async ones are dropped: their loop
+        may be gone already)."""
         self.replicas.close()
         for client in [*self.clients.values(), self._probe_client]:
             client.close()
+        self._async_clients.clear()
+
+    async def aclose(self) -> None:
+        """Close the async connection pools (on their loop, while it runs)."""
+        clients, self._async_clients = list(self._async_clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+def _json_answer(response: httpx.Response, where: str) -> dict[str, Any]:
+    """A read response's JSON answer; a retryable failure or a ProviderError for anything else."""
+    if response.status_code == 200:
+        try:
+            return dict(response.json())
+        except ValueError:
+            raise _Retryable(ProviderError("bad_response", f"{where}: response is not JSON: "
+                                                           f"{response.text[:120]!r}")) from None
+    status = response.status_code
+    error = ProviderError("rate_limited" if status == 429 else f"http_{status}",
+                          f"{where}: HTTP {status}: {response.text[:200]}")
+    if status in RETRYABLE_STATUS:
+        raise _Retryable(error, retry_after_seconds(response.headers.get("retry-after")))
+    raise error
 
 
 class _Retryable(Exception):

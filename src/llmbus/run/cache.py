@@ -23,6 +23,7 @@ import numpy as np
 from llmbus.embed import embed
 from llmbus.providers import Completion, Request
 from llmbus.store import Store
+from llmbus.store.gateway_state import SemanticEntries
 
 NEGATIONS = re.compile(r"\b(not|no|never|none|nobody|nothing|neither|nor|cannot|without)\b|n't\b", re.I)
 
@@ -56,27 +57,59 @@ def negation_signature(text: str) -> int:
     return len(NEGATIONS.findall(text))
 
 
-class SemanticCache:
-    """In-memory nearest-neighbour cache: (scope, embedding) → answer; thread-safe, bounded per scope."""
+class _Ring:
+    """One scope's vectors and entries: a preallocated matrix that doubles until `limit` rows, then overwrites its
+    oldest row (an add is O(dim), never a copy of the whole index)."""
 
-    def __init__(self, threshold: float, max_entries: int = 50_000):
+    def __init__(self, dim: int, limit: int):
+        self.limit = limit
+        self.vectors = np.zeros((min(limit, 256), dim), dtype=np.float32)
+        self.entries: list[tuple[str, Any]] = []
+        self.oldest = 0  # once full: the row the next add overwrites
+
+    def add(self, vector: np.ndarray, entry: tuple[str, Any]) -> None:
+        count = len(self.entries)
+        if count < self.limit:
+            if count == len(self.vectors):
+                grown = np.zeros((min(self.limit, 2 * count), self.vectors.shape[1]), dtype=np.float32)
+                grown[:count] = self.vectors
+                self.vectors = grown
+            slot = count
+            self.entries.append(entry)
+        else:
+            slot, self.oldest = self.oldest, (self.oldest + 1) % self.limit
+            self.entries[slot] = entry
+        self.vectors[slot] = vector
+
+    def nearest(self, vector: np.ndarray) -> tuple[tuple[str, Any], float] | None:
+        if not self.entries:
+            return None
+        similarity = self.vectors[: len(self.entries)] @ vector
+        best = int(np.argmax(similarity))
+        return self.entries[best], float(similarity[best])
+
+
+class SemanticCache:
+    """In-memory nearest-neighbour cache: (scope, embedding) → answer; thread-safe, bounded per scope. With
+    `saved` (the store's semantic entries) each entry added is kept there too, and `load` reads them back at
+    start, so the cache survives a restart and a new gateway process starts with what the others learned."""
+
+    def __init__(self, threshold: float, max_entries: int = 50_000, saved: SemanticEntries | None = None):
         self.threshold = threshold
         self.max_entries = max_entries
+        self.saved = saved
         self._lock = threading.Lock()
-        self._vectors: dict[str, np.ndarray] = {}
-        self._entries: dict[str, list[tuple[str, Any]]] = {}
+        self._rings: dict[str, _Ring] = {}
 
     def lookup(self, scope: str, text: str, vector: np.ndarray | None = None) -> tuple[Any, float] | None:
         """(cached answer, similarity) of the nearest entry at or above the threshold, or None."""
         vector = embed([text])[0] if vector is None else vector
         with self._lock:
-            matrix = self._vectors.get(scope)
-            if matrix is None or not len(matrix):
-                return None
-            similarity = matrix @ vector
-            best = int(np.argmax(similarity))
-            cached_text, answer = self._entries[scope][best]
-        score = float(similarity[best])
+            ring = self._rings.get(scope)
+            found = ring.nearest(vector) if ring is not None else None
+        if found is None:
+            return None
+        (cached_text, answer), score = found
         if score < self.threshold or negation_signature(cached_text) % 2 != negation_signature(text) % 2:
             return None
         return answer, score
@@ -84,12 +117,27 @@ class SemanticCache:
     def add(self, scope: str, text: str, answer: Any, vector: np.ndarray | None = None) -> None:
         """Remember an answer (oldest entries go first once the scope is full)."""
         vector = embed([text])[0] if vector is None else vector
+        self._remember(scope, text, answer, vector)
+        if self.saved is not None:
+            self.saved.put(scope, text, vector, answer)
+
+    def load(self, prefixes: list[str]) -> int:
+        """Read the saved entries of the scopes starting with `prefixes` (the newest `max_entries` of each);
+        returns how many."""
+        if self.saved is None:
+            return 0
+        count = 0
+        for scope, text, vector, answer in self.saved.load(prefixes, self.max_entries):
+            self._remember(scope, text, answer, vector)
+            count += 1
+        return count
+
+    def _remember(self, scope: str, text: str, answer: Any, vector: np.ndarray) -> None:
         with self._lock:
-            matrix = self._vectors.get(scope, np.zeros((0, vector.shape[0]), dtype=np.float32))
-            entries = self._entries.setdefault(scope, [])
-            self._vectors[scope] = np.vstack([matrix, vector[None, :]])[-self.max_entries:]
-            entries.append((text, answer))
-            del entries[: max(0, len(entries) - self.max_entries)]
+            ring = self._rings.get(scope)
+            if ring is None:
+                ring = self._rings[scope] = _Ring(vector.shape[0], self.max_entries)
+            ring.add(vector, (text, answer))
 
 
 @dataclass

@@ -9,6 +9,11 @@ A served model with a `task` renders the task's prompt around the caller's text,
 export their judge-corrected pass rate as `llmbus_quality_estimate{model, bound}`, read from the store; a
 canary (canary.py) its candidate's share (`llmbus_canary_share{model}`) and the guard's decisions
 (`llmbus_canary_decisions_total{model, decision}`, counted from the store, so they survive a restart).
+
+The request path is async: a request is admitted on the event loop (in a worker thread when its key has
+limits, kept in the store, or its model is a task whose prompt is rendered with nearest shots) and answered by
+`Gateway.answer_async`, which awaits OpenAI-compatible backends and runs in-process ones in a bounded executor;
+a streamed answer is pumped from a worker thread (gateway_stream.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import iterate_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,14 +33,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from llmbus.errors import GatewayError, LlmbusError
+from llmbus.providers import Request as ProviderRequest
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.quality.estimate import Estimate
 from llmbus.quality.monitor import latest_estimates
+from llmbus.serve.access_log import AccessLog, AccessNote
 from llmbus.serve.canary import decision_counts
 from llmbus.serve.gateway import Gateway
 from llmbus.serve.gateway_keys import KeyConfig
 from llmbus.serve.gateway_stream import Answer, AnswerStream
 from llmbus.serve.wire import body_turns, check_body, completion_body, error_body, sse_events
+from llmbus.store.gateway_state import Hold
 from llmbus.task.chat import transcript
 from llmbus.telemetry import carry_generator, response_headers, span, tracer
 
@@ -168,9 +176,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         log.info("gateway started: %s", ", ".join(f"{name} → {route.model}"
                                                  for name, route in gateway.config.models.items()))
         yield
+        for provider in gateway.providers.values():  # async pools close on the loop that used them
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()
         gateway.close()
 
     app = FastAPI(title="llmbus gateway", lifespan=lifespan)
+    app.add_middleware(AccessLog)
 
     @app.exception_handler(GatewayError)
     async def _refused(_: Request, exc: GatewayError) -> JSONResponse:
@@ -185,17 +198,21 @@ def create_app(gateway: Gateway) -> FastAPI:
             error = GatewayError(400, "We could not parse the JSON body of your request: it must be a JSON object.")
         except GatewayError as exc:
             error = exc
-        refused(error, name, key, "")
+        refused(error, name, key, "", request.state.access)
         return error_response(error)
 
-    def refused(error: GatewayError, name: str, key: KeyConfig | None, prompt: str) -> None:
+    def refused(error: GatewayError, name: str, key: KeyConfig | None, prompt: str, note: AccessNote) -> None:
         """Count and log a refused request."""
         metrics.refused.labels(error.kind).inc()
-        gateway.refuse(name, error, key, prompt)
+        note.fill(name, "refused", key.name if key else None)
+        gateway.refuse(name, error, key, prompt, note.arrival)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "models": sorted(gateway.config.models)}
+    def health() -> JSONResponse:
+        """`ok` once every served task is warm and its backends are up, `starting` (503) until then."""
+        ready = gateway.ready.is_set()
+        return JSONResponse({"status": "ok" if ready else "starting", "models": sorted(gateway.config.models)},
+                            status_code=200 if ready else 503)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -211,9 +228,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
-    def handle(body: dict[str, Any], authorization: str | None, chat: bool) -> Any:
-        given_name = body.get("model")
-        name = given_name if isinstance(given_name, str) else ""
+    def admit(name: str, body: dict[str, Any], authorization: str | None, chat: bool,
+              note: AccessNote) -> tuple[KeyConfig | None, ProviderRequest, Hold | None]:
+        """The key, the provider request and its budget hold, or a logged refusal (GatewayError)."""
         key, prompt = None, ""
         try:
             key = gateway.keys.authorize(authorization)
@@ -223,27 +240,41 @@ def create_app(gateway: Gateway) -> FastAPI:
             prompt = request.prompt
             held = gateway.reserve(name, request, key)
         except GatewayError as exc:
-            refused(exc, name, key, prompt)
+            refused(exc, name, key, prompt, note)
             raise
+        return key, request, held
+
+    async def handle(body: dict[str, Any], authorization: str | None, chat: bool, note: AccessNote) -> Any:
+        """Admit the request (in a worker thread when that may wait on the store or render a task's prompt),
+        then answer it on the event loop, or stream it from a worker thread."""
+        given_name = body.get("model")
+        name = given_name if isinstance(given_name, str) else ""
+        note.fill(name)
+        if gateway.keys.limited or name in gateway.specs:
+            key, request, held = await run_in_threadpool(admit, name, body, authorization, chat, note)
+        else:
+            key, request, held = admit(name, body, authorization, chat, note)
+        note.fill(key=key.name if key else None)
         metrics.in_flight.inc()
         try:
             if body.get("stream"):
-                stream = gateway.open_stream(name, request, key, held)
+                stream = await run_in_threadpool(gateway.open_stream, name, request, key, held, note.arrival)
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 # stepped from other threads later: within this request's context (its call span nests here)
                 events = carry_generator(sse_events(name, stream, chat, usage,
-                                                    lambda: observe(name, stream.answer, key)))
+                                                    lambda: observe(name, stream.answer, key, note)))
                 return StreamingResponse(stop_when_gone(events, stream), media_type="text/event-stream")
-            answer = gateway.answer(name, request, key, held)
+            answer = await gateway.answer_async(name, request, key, held, note.arrival)
         except Exception:  # refused, every backend failed, or a bug: counted as an error either way
-            observe(name, None, key)
+            observe(name, None, key, note)
             raise
-        observe(name, answer, key)
+        observe(name, answer, key, note)
         return completion_body(name, answer, chat)
 
-    def observe(name: str, answer: Answer | None, key: KeyConfig | None) -> None:
+    def observe(name: str, answer: Answer | None, key: KeyConfig | None, note: AccessNote) -> None:
         """Count a finished request (None: it failed, before or during its stream)."""
         metrics.in_flight.dec()
+        note.fill(route=answer.route if answer is not None else "failed")
         if answer is None:
             metrics.requests.labels(name, "none", "error").inc()
             return
@@ -256,7 +287,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if not answer.route.startswith("cache"):
             metrics.cost.labels(name, key.name if key else "").inc(answer.completion.cost_usd)
 
-    def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
+    async def traced(body: dict[str, Any], request: Request, response: Response, chat: bool) -> Any:
         """`handle` inside the request's span (telemetry on: parent from an incoming traceparent), its trace id
         returned in the x-trace-id and traceresponse headers, refusals included."""
         name = body.get("model") if isinstance(body.get("model"), str) else ""
@@ -264,7 +295,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                   kind="SERVER", parent_headers=dict(request.headers)) as current:
             headers = response_headers(current)
             try:
-                result = handle(body, request.headers.get("authorization"), chat)
+                result = await handle(body, request.headers.get("authorization"), chat, request.state.access)
             except GatewayError as exc:
                 exc.headers.update(headers)
                 raise
@@ -272,12 +303,12 @@ def create_app(gateway: Gateway) -> FastAPI:
             return result
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
-        return traced(body, request, response, chat=True)
+    async def chat_completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return await traced(body, request, response, chat=True)
 
     @app.post("/v1/completions")
-    def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
-        return traced(body, request, response, chat=False)
+    async def completions(body: dict[str, Any], request: Request, response: Response) -> Any:
+        return await traced(body, request, response, chat=False)
 
     app.state.gateway = gateway
     app.state.metrics = metrics

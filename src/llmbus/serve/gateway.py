@@ -22,15 +22,18 @@ import hmac
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmbus.embed import StageCallback
 from llmbus.errors import GatewayError, ProviderError, SpecError
 from llmbus.providers import Provider, Request, open_provider
 from llmbus.providers.base import Completion
@@ -41,10 +44,11 @@ from llmbus.providers.prices import Price
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
 from llmbus.run.cache import ExactCache, SemanticCache
+from llmbus.serve.backend_calls import call_with_fallbacks
+from llmbus.serve.call_writer import Arrival, CallWriter
 from llmbus.serve.canary import Canaries, CanaryConfig
 from llmbus.serve.gateway_keys import (
     KeyConfig,
-    Keys,
     bearer_token,
     check_budgets_priced,
     check_secrets,
@@ -53,14 +57,20 @@ from llmbus.serve.gateway_keys import (
     secret_value,
 )
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Piece, Pump, word_pieces
+from llmbus.serve.limits import Keys
+from llmbus.serve.warmup import served_specs, warm_selectors
 from llmbus.serve.wire import passthrough_request, piece_text, raw_input_of, sampling_fields
 from llmbus.store import CallRecord, Store, now
+from llmbus.store.gateway_state import Hold, KeyLedger, SemanticEntries
 from llmbus.task.chat import context_of, is_single_user_turn
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.render import render
-from llmbus.task.spec import TaskSpec, describe_validation_error, load_spec, read_yaml, yaml_line
+from llmbus.task.spec import TaskSpec, describe_validation_error, read_yaml, yaml_line
 from llmbus.telemetry import observe_call
+
+# A budget hold outlives its route's timeouts by this much (queueing, logging) before it lapses on its own.
+HOLD_GRACE_S = 60.0
 
 
 class _Config(BaseModel):
@@ -124,22 +134,15 @@ def load_serve_config(path: str | Path) -> ServeConfig:
 
 
 class Gateway:
-    """Shared state of a running gateway; thread-safe (FastAPI runs sync handlers in a thread pool)."""
+    """Shared state of a running gateway; thread-safe: answers are made on the app's event loop
+    (`answer_async`), streams and store work in worker threads."""
 
     def __init__(self, config: ServeConfig, store: Store):
         check_secrets(config.source or "serve config", config.secret_refs())
         self.config, self.store = config, store
-        self.specs: dict[str, TaskSpec] = {}
-        self.selectors: dict[str, ExampleSelector] = {}
-        for name, route in config.models.items():
-            if route.task:
-                task_path = Path(route.task)
-                if not task_path.is_absolute() and config.source is not None:
-                    task_path = config.source.parent / task_path
-                self.specs[name] = load_spec(task_path)
-                self.selectors[name] = ExampleSelector(self.specs[name],
-                                                       split_items(self.specs[name], load_items(self.specs[name])).pool,
-                                                       store.embeddings)
+        self.specs = served_specs(config.models, config.source)
+        self.selectors = {name: ExampleSelector(spec, split_items(spec, load_items(spec)).pool, store.embeddings)
+                          for name, spec in self.specs.items()}
         refs = {ref for route in config.models.values() for ref in [route.model, *route.fallbacks]}
         self.canaries = Canaries(store, config.canary, {name: config.models[name].model for name in config.canary})
         # a rolled-back candidate gets no traffic, so it is not started either
@@ -151,10 +154,13 @@ class Gateway:
             check_budgets_priced(config.keys, self.models, self._model_configs, config.source or "serve config")
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
         self.exact = ExactCache(store) if config.cache.exact else None
-        self.semantic = SemanticCache(config.cache.semantic_threshold) if config.cache.semantic else None
-        self.keys = Keys(config.keys, store.open_key_spend([k.name for k in config.keys]))
+        self.semantic = (SemanticCache(config.cache.semantic_threshold, saved=SemanticEntries(store.engine))
+                         if config.cache.semantic else None)
+        self.keys = Keys(config.keys, KeyLedger(store.engine))
+        self.calls = CallWriter(store)  # the call log, written in batches off the request path
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
         self._lock = threading.Lock()
+        self.ready = threading.Event()  # set by `start` once pools are embedded and backends are up
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
         self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name),
                                              route_price(route.model, [route.model, *route.fallbacks], self.models,
@@ -162,14 +168,25 @@ class Gateway:
                         for name, route in config.models.items()}
         self.refusal_run_id: str | None = None  # made with the first refusal
 
-    def start(self) -> None:
-        """Start every backend now (load errors surface at startup, not on the first request)."""
-        for provider in self.providers.values():
+    def start(self, progress: StageCallback | None = None) -> None:
+        """Warm up before the first request: embed each served task's nearest-shot pool (vectors the store's
+        embedding cache holds are read, not computed), load the saved semantic cache and start every backend
+        (load errors surface here, not on the first request). Idempotent; `ready` is set once done."""
+        if self.ready.is_set():
+            return
+        warm_selectors(self.selectors, self.store.embeddings, progress)
+        if self.semantic is not None:
+            self.semantic.load([f"{name}:" for name in self.config.models])
+        for ref, provider in self.providers.items():
+            if progress:
+                progress(f"starting {ref}", None, None)
             provider.check()
+        self.ready.set()
 
     def close(self) -> None:
-        """Stop backends and worker threads."""
+        """Stop backends and worker threads; write the call-log rows still queued."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.calls.close()
         for provider in self.providers.values():
             provider.close()
         for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
@@ -193,15 +210,17 @@ class Gateway:
         if self.metrics_secret and not hmac.compare_digest(bearer_token(header).encode(), self.metrics_secret.encode()):
             raise GatewayError(401, "/metrics needs the metrics key (Authorization: Bearer …)")
 
-    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> float:
+    def reserve(self, name: str, request: Request, key: KeyConfig | None) -> Hold | None:
         """Hold the request's estimated cost against its key's budget (the most any of the route's models
-        could charge); returns the amount held, for `answer`/`open_stream` to release once the call is logged."""
+        could charge) for as long as the route can take; returns the hold, for `answer`/`open_stream` to settle
+        once the call is logged."""
         if key is None or key.budget_usd is None:
-            return 0.0
+            return None
         route = self.config.models[name]
         candidate = [c.candidate for n, c in self.config.canary.items() if n == name and c.candidate in self.models]
+        refs = [route.model, *route.fallbacks, *candidate]
         return self.keys.hold(key, max(estimate_cost(self.models[ref], request, route.timeout_s, self._model_configs)
-                                       for ref in [route.model, *route.fallbacks, *candidate]))
+                                       for ref in refs), ttl_s=HOLD_GRACE_S + route.timeout_s * len(refs))
 
     # --- answering ---------------------------------------------------------------------------------------
     def request_for(self, name: str, body: dict[str, Any], chat: bool) -> Request:
@@ -224,11 +243,12 @@ class Gateway:
                                 temperature=fields.pop("temperature"), stop=fields.pop("stop") or None)
         return replace(request, **{k: v for k, v in fields.items() if v is not None})
 
-    def answer(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> Answer:
-        """Cache, then the model, then its fallbacks; logs the call either way. `held_usd` (from `reserve`) is
-        released once the real cost is logged."""
+    def answer(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+               arrival: Arrival | None = None) -> Answer:
+        """Cache, then the model, then its fallbacks; logs the call either way. `hold` (from `reserve`) is
+        settled once the real cost is logged; latency counts from `arrival` (when the request came in)."""
         route, arm = self._route(name, request)
-        tick = time.perf_counter()
+        tick = arrival.tick if arrival else time.perf_counter()
         try:
             hit = self._cached(name, route.model, request)
             if hit is not None:
@@ -239,21 +259,60 @@ class Gateway:
                     completion, used, kind = self._call_with_fallbacks(route, request)
                 except GatewayError as exc:
                     failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick, arm=arm)
-                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)))
+                    self._log(name, request, failed, key, ProviderError("all_failed", str(exc)), hold)
                     raise
                 answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
                 self._remember(name, route.model, request, completion)
-            self._log(name, request, answer, key)
+            self._log(name, request, answer, key, hold=hold)
             return answer
         finally:
-            self.keys.release(key, held_usd)
+            self.keys.release(hold)
 
-    def open_stream(self, name: str, request: Request, key: KeyConfig | None, held_usd: float = 0.0) -> AnswerStream:
+    async def answer_async(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+                           arrival: Arrival | None = None) -> Answer:
+        """`answer` on the event loop (the HTTP app's path): the backend call is awaited (backend_calls.py); the
+        steps that may touch the store (caches, a budgeted key's settling) run in a worker thread, the rest —
+        queueing the call-log row included — inline."""
+        route, arm = self._route(name, request)
+        tick = arrival.tick if arrival else time.perf_counter()
+        blocking = self.exact is not None or self.semantic is not None or hold is not None
+        try:
+            hit = await to_thread.run_sync(self._cached, name, route.model, request) if blocking else None
+            if hit is not None:
+                answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, arm=arm)
+                await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
+                return answer
+            try:
+                completion, used, kind = await call_with_fallbacks(
+                    self.providers, [route.model, *route.fallbacks], request, self._pool, route.timeout_s)
+            except GatewayError as exc:
+                failed = Answer(Completion(""), "failed", route.model, time.perf_counter() - tick, arm=arm)
+                await self._off_loop(blocking, self._log, name, request, failed, key,
+                                     ProviderError("all_failed", str(exc)), hold)
+                raise
+            answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
+            await self._off_loop(blocking, self._remember, name, route.model, request, completion)
+            await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
+            return answer
+        finally:
+            if hold is not None and not hold.settled:
+                await to_thread.run_sync(self.keys.release, hold)
+
+    @staticmethod
+    async def _off_loop(blocking: bool, step: Callable[..., None], *args: Any) -> None:
+        """Run a step in a worker thread when it may wait on the store, else right here."""
+        if blocking:
+            await to_thread.run_sync(step, *args)
+        else:
+            step(*args)
+
+    def open_stream(self, name: str, request: Request, key: KeyConfig | None, hold: Hold | None = None,
+                    arrival: Arrival | None = None) -> AnswerStream:
         """`answer`, piece by piece as the backend produces them. Returns once the first piece (or a cached
         answer) is there, so a backend that fails before it still falls back and a request that nobody can
         answer is a plain 502; later, a failing backend ends the iteration with ProviderError (logged)."""
         route, arm = self._route(name, request)
-        tick = time.perf_counter()
+        tick = arrival.tick if arrival else time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
         relayed = False  # the relay logs the answer and releases the hold
         try:
@@ -261,7 +320,7 @@ class Gateway:
             if hit is not None:
                 answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id, arm)
                 answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
-                self._log(name, request, answer, key)
+                self._log(name, request, answer, key, hold=hold)
                 return AnswerStream(_replay(answer), request_id)
             errors = []
             for position, ref in enumerate([route.model, *route.fallbacks]):
@@ -271,21 +330,21 @@ class Gateway:
                     kind = "backend" if position == 0 else "fallback"
                     relay = self._relay(name, route.model, request, key,
                                         Answer(Completion(""), kind, ref, 0.0, request_id, arm),
-                                        tick, held_usd, pump, first)
+                                        tick, hold, pump, first)
                     relayed = True
                     return AnswerStream(relay, request_id, stop_backend=pump.cancel)
                 pump.cancel()
                 errors.append(f"{ref}: {first.failure(route.timeout_s)}")
             message = "all backends failed: " + "; ".join(errors)
             self._log(name, request, Answer(Completion(""), "failed", route.model, time.perf_counter() - tick,
-                                            request_id, arm), key, ProviderError("all_failed", message))
+                                            request_id, arm), key, ProviderError("all_failed", message), hold)
             raise GatewayError(502, message)
         finally:
             if not relayed:
-                self.keys.release(key, held_usd)
+                self.keys.release(hold)
 
     def _relay(self, name: str, primary: str, request: Request, key: KeyConfig | None, answer: Answer,
-               tick: float, held_usd: float, pump: Pump, event: Event) -> Generator[Piece, None, Answer]:
+               tick: float, hold: Hold | None, pump: Pump, event: Event) -> Generator[Piece, None, Answer]:
         """Hand the pump's pieces on; once done, cache and log the whole answer (or log the failure), then
         release the request's budget hold."""
         pieces: list[str] = []
@@ -307,13 +366,13 @@ class Gateway:
                     answer.completion = event.value
                     answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
                     self._remember(name, primary, request, answer.completion)
-                    self._log(name, request, answer, key)
+                    self._log(name, request, answer, key, hold=hold)
                 else:
                     pump.cancel()
                     answer.completion.text = "".join(pieces)
-                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s))
+                    self._log(name, request, answer, key, event.failure(self.config.models[name].timeout_s), hold)
             finally:
-                self.keys.release(key, held_usd)
+                self.keys.release(hold)
         if event.kind != "done":
             raise event.failure(self.config.models[name].timeout_s)
         return answer
@@ -396,7 +455,9 @@ class Gateway:
         return prompt[:limit], {f"{what}_chars": len(prompt)}
 
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
-             error: ProviderError | None = None) -> None:
+             error: ProviderError | None = None, hold: Hold | None = None) -> None:
+        """Queue the call's row (started when the request came in: `answer.latency_s` before now) and count its
+        cost against the key (a budgeted key's at once, settling its hold; others' with the row)."""
         completion = answer.completion
         cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
         prompt, cut = self._kept_prompt(request.prompt)
@@ -406,11 +467,13 @@ class Gateway:
         if request.input is not None:  # the raw input: what distill --from-traffic and accept read back
             meta["input"], input_cut = self._kept_prompt(request.input, "input")
             meta.update(input_cut)
-        stamp = now()
+        finished = now()
+        counted = self.keys.settle(key, hold, cost)
         record = CallRecord(
             run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
             if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
-            started_at=stamp, finished_at=stamp, raw_output=completion.text,
+            started_at=finished - timedelta(seconds=answer.latency_s), finished_at=finished,
+            raw_output=completion.text,
             messages=None if is_single_user_turn(request.messages) else list(request.messages),
             tool_calls=completion.tool_calls, reasoning=completion.reasoning,
             parsed=None if error else completion.text, confidence=completion.confidence,
@@ -419,13 +482,13 @@ class Gateway:
             cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
             error=str(error) if error else None, meta=meta, tokens_cached=completion.tokens_cached,
             tokens_reasoning=completion.tokens_reasoning)
-        self.store.record_call(record, spend_key=key.name if key else None)
+        self.calls.write(record, spend_key=key.name if key and not counted else None)
         observe_call(record, request, completion, self.providers.get(answer.model), answer.route)
-        self.keys.spend(key, cost)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
                               answer.latency_s, answer.request_id)
 
-    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "") -> None:
+    def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "",
+               arrival: Arrival | None = None) -> None:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
         with self._lock:
             if self.refusal_run_id is None:
@@ -433,11 +496,11 @@ class Gateway:
         kept, cut = self._kept_prompt(prompt)
         meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
                 **({"param": error.param} if error.param else {}), **cut}
-        stamp = now()
-        self.store.record_call(CallRecord(
+        started, finished, latency = (arrival or Arrival.now()).stamps()
+        self.calls.write(CallRecord(
             run_id=self.refusal_run_id, task="gateway:refused", spec_version="-", item_id=uuid.uuid4().hex[:16],
-            model=name[:200] or "-", prompt=kept, started_at=stamp, finished_at=stamp, error_kind=error.kind,
-            error=str(error)[:2000], meta=meta))
+            model=name[:200] or "-", prompt=kept, started_at=started, finished_at=finished, latency_s=latency,
+            error_kind=error.kind, error=str(error)[:2000], meta=meta))
 
 
 def _replay(answer: Answer) -> Generator[str, None, Answer]:

@@ -1,23 +1,18 @@
-"""Who may use the gateway, how often, and for how much: API keys, rate limits and budgets.
+"""Who may use the gateway, how often, and for how much: API keys (`KeyConfig`) and the estimate of a request's
+cost that its key's budget holds while it runs (`estimate_cost`, an upper bound).
 
-A key's budget holds each admitted request's estimated cost (`estimate_cost`, an upper bound) until its call is
-logged, then counts the real cost instead, so concurrent requests cannot overspend it by more than the request
-admitted last. Spend per key comes from the store's `key_spend` table at start (so it survives a restart) and is
-written there with each logged call (`Store.record_call(..., spend_key=...)`).
+The keys' state (recent requests, spend, holds) is kept in the store and enforced by `limits.Keys`.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmbus.errors import GatewayError, SpecError
+from llmbus.errors import SpecError
 from llmbus.providers import Request
 from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.prices import Price, Usage, combined, price_of
@@ -103,72 +98,3 @@ def route_price(name: str, refs: list[str], models: dict[str, ModelConfig],
     """The price stored with a served model's run: its model's, combined with its fallbacks' when it has any."""
     prices = [price_of(models[ref], lambda r: resolve_model(r, configs)) for ref in refs]
     return prices[0] if len(prices) == 1 else combined(name, prices)
-
-
-class Keys:
-    """The keys of a running gateway with their recent requests, spend and holds; thread-safe."""
-
-    def __init__(self, keys: list[KeyConfig], spent: dict[str, float]):
-        self.by_secret = {k.secret(): k for k in keys}
-        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
-        self._spent = {k.name: spent.get(k.name, 0.0) for k in keys}  # logged
-        self._held = {k.name: 0.0 for k in keys}  # estimates of the requests in flight
-        self._lock = threading.Lock()
-
-    def caller(self, header: str | None) -> KeyConfig | None:
-        """The key an Authorization header names (None when the gateway has no keys); 401 for any other."""
-        if not self.by_secret:
-            return None
-        key = self.by_secret.get(bearer_token(header))
-        if key is None:
-            raise GatewayError(401, "missing or unknown API key")
-        return key
-
-    def authorize(self, header: str | None) -> KeyConfig | None:
-        """The caller's key (None when the gateway has no keys); enforces its rate limit and budget."""
-        key = self.caller(header)
-        if key is None:
-            return None
-        with self._lock:
-            self._check_budget(key)
-            if key.requests_per_minute is not None:
-                window = self._recent[key.name]
-                cutoff = time.monotonic() - 60
-                while window and window[0] < cutoff:
-                    window.popleft()
-                if len(window) >= key.requests_per_minute:
-                    wait = max(1, int(window[0] - cutoff) + 1)
-                    raise GatewayError(429, f"rate limit of {key.requests_per_minute}/min for key {key.name}",
-                                       {"Retry-After": str(wait)})
-                window.append(time.monotonic())
-        return key
-
-    def hold(self, key: KeyConfig | None, estimate_usd: float) -> float:
-        """Hold a request's estimated cost against its key's budget (429 once the spent and held amounts reach
-        the budget); returns the amount held, to `release` once the call's real cost is counted."""
-        if key is None or key.budget_usd is None:
-            return 0.0
-        with self._lock:
-            self._check_budget(key)
-            self._held[key.name] += estimate_usd
-        return estimate_usd
-
-    def spend(self, key: KeyConfig | None, cost_usd: float) -> None:
-        """Count a logged call's real cost."""
-        if key is not None:
-            with self._lock:
-                self._spent[key.name] += cost_usd
-
-    def release(self, key: KeyConfig | None, held_usd: float) -> None:
-        """Drop a request's hold (after `spend`, so the budget never looks emptier than it is)."""
-        if key is not None and held_usd:
-            with self._lock:
-                self._held[key.name] -= held_usd
-
-    def _check_budget(self, key: KeyConfig) -> None:
-        """Called under the lock."""
-        spent, held = self._spent[key.name], self._held[key.name]
-        if key.budget_usd is not None and spent + held >= key.budget_usd:
-            in_flight = f", ${held:.4g} more held by requests in flight" if held > 0 else ""
-            raise GatewayError(429, f"budget of ${key.budget_usd:g} for key {key.name} is spent (${spent:.4g}"
-                                    f"{in_flight})", kind="budget_exceeded")

@@ -24,7 +24,8 @@ from llmbus.providers.prices import Price, price_for
 from llmbus.redact import masked_url
 from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
-from llmbus.store.migrations import MIGRATIONS
+from llmbus.store.gateway_state import KeyLedger
+from llmbus.store.migrations import MIGRATIONS, lock_for_migrations
 from llmbus.store.rows import Call, Run
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
@@ -120,15 +121,21 @@ class Store:
         self.migrate()
         self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
 
-    def migrate(self) -> None:
-        """Apply every migration not yet recorded."""
+    def migrate(self) -> list[str]:
+        """Apply every migration not yet recorded, under a lock that many processes opening the same fresh
+        database at once take in turn (the first applies them, the others find them done); returns the names
+        this call applied."""
+        applied = []
         with self.engine.begin() as conn:
+            lock_for_migrations(conn)
             migrations_table.create(conn, checkfirst=True)
             done = set(conn.scalars(sa.select(migrations_table.c.name)))
             for name, apply in MIGRATIONS:
                 if name not in done:
                     apply(conn)
                     conn.execute(migrations_table.insert().values(name=name, applied_at=now()))
+                    applied.append(name)
+        return applied
 
     # runs ------------------------------------------------------------------------------------------
     def create_run(self, *, task: str, task_path: str, spec_version: str, spec_json: str, model: str,
@@ -200,6 +207,23 @@ class Store:
                     cost_usd=key_spend.c.cost_usd + sum(r.cost_usd for r in records),
                     calls=key_spend.c.calls + len(records)))
 
+    def append_calls(self, records: list[CallRecord], spend_keys: list[str | None]) -> None:
+        """Insert calls of fresh items (no earlier attempt to replace: a gateway's request ids) in one transaction,
+        adding each call's cost to the spend of its key in `spend_keys` (None: no key's)."""
+        if not records:
+            return
+        spend: dict[str, list[float]] = {}
+        for record, key in zip(records, spend_keys, strict=True):
+            if key is not None:
+                total = spend.setdefault(key, [0.0, 0])
+                total[0] += record.cost_usd
+                total[1] += 1
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(calls), [record.to_row() for record in records])
+            for key, (cost, count) in sorted(spend.items()):  # one order in every process: no lock cycles
+                conn.execute(key_spend.update().where(key_spend.c.key_name == key).values(
+                    cost_usd=key_spend.c.cost_usd + cost, calls=key_spend.c.calls + int(count)))
+
     def call_id(self, run_id: str, item_id: str) -> int | None:
         """The id of a run's call for an item (what steps, verdicts and labels link to), or None."""
         with self.engine.connect() as conn:
@@ -209,17 +233,7 @@ class Store:
     # gateway spend per key --------------------------------------------------------------------------
     def open_key_spend(self, names: list[str]) -> dict[str, float]:
         """Each key's spend so far (a row is made for a new key, so later calls only add to it)."""
-        for name in names:
-            try:
-                with self.engine.begin() as conn:
-                    if conn.scalar(sa.select(key_spend.c.key_name).where(key_spend.c.key_name == name)) is None:
-                        conn.execute(key_spend.insert().values(key_name=name, cost_usd=0.0, calls=0))
-            except sa.exc.IntegrityError:
-                pass  # another gateway on this database made it first
-        with self.engine.connect() as conn:
-            query = sa.select(key_spend.c.key_name, key_spend.c.cost_usd).where(key_spend.c.key_name.in_(names))
-            spent = {name: cost for name, cost in conn.execute(query)}
-        return {name: float(spent.get(name, 0.0)) for name in names}
+        return KeyLedger(self.engine).open(names)
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""

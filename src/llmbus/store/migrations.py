@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from llmbus.store.schema import (
     FLOW_TABLES,
+    GATEWAY_STATE_TABLES,
     MONITOR_TABLES,
     QUALITY_TABLES,
     cache,
@@ -24,6 +25,22 @@ from llmbus.store.schema import (
     key_spend,
     runs,
 )
+
+# pg_advisory_xact_lock's key: any fixed 64-bit number no other program on the database uses ("llmbus" in ASCII).
+MIGRATION_LOCK_KEY = 0x6C6C6D627573
+
+
+def lock_for_migrations(conn: Connection) -> None:
+    """Take the database-wide migration lock for the rest of `conn`'s transaction.
+
+    Without it, ten processes opening one fresh database at once all try CREATE TABLE and nine die on a
+    unique violation. PostgreSQL: a transaction-scoped advisory lock (released at commit or rollback, also when
+    the process dies). SQLite: BEGIN IMMEDIATE, the database's write lock, taken before the first read so the
+    check of what is applied and the migrations themselves are one step (waits up to the busy timeout)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _m001_runs_calls_cache(conn: Connection) -> None:
@@ -115,6 +132,11 @@ def _m015_token_kinds(conn: Connection) -> None:
     _add_column_if_missing(conn, "runs", "price_json", "TEXT")
 
 
+def _m016_gateway_state(conn: Connection) -> None:
+    for table in GATEWAY_STATE_TABLES:
+        table.create(conn, checkfirst=True)
+
+
 # Append only: never edit or reorder an entry once it has shipped.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", _m001_runs_calls_cache),
@@ -132,4 +154,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("013_run_tag", _m013_run_tag),
     ("014_chat", _m014_chat),
     ("015_token_kinds", _m015_token_kinds),
+    ("016_gateway_state", _m016_gateway_state),
 ]

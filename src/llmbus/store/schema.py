@@ -316,3 +316,37 @@ canary_decisions = sa.Table(
     sa.Column("figures_json", sa.Text, nullable=False),  # per arm: calls, errors, error rate, p95, judge pass rate
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+# The gateway's state shared by its processes (created by 016_gateway_state): each admitted request's budget
+# hold until its cost is counted (it lapses at expires_at if its process dies first), each key's recent
+# requests for its per-minute limit, and the semantic cache's entries (vector and answer), loaded at start.
+# Times are Unix seconds (float): compared arithmetically, the same in SQLite and PostgreSQL.
+key_holds = sa.Table(
+    "key_holds", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key_name", sa.String(200), nullable=False, index=True),
+    sa.Column("amount_usd", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+key_requests = sa.Table(
+    "key_requests", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_name", sa.String(200), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("ix_key_requests_key_at", "key_name", "at"),
+)
+
+semantic_entries = sa.Table(
+    "semantic_entries", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(400), nullable=False, index=True),  # served model:model:max_tokens:temperature
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),  # float32 little-endian, unit length
+    sa.Column("answer_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+GATEWAY_STATE_TABLES = (key_holds, key_requests, semantic_entries)
