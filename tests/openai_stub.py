@@ -41,6 +41,7 @@ class StubState:
         self.delay_s = delay_s
         self.slow_s = slow_s
         self.attempts: Counter[str] = Counter()
+        self.answered = 0  # 200 answers to POSTs written out in full (what a client may have paid for)
         self.lock = threading.Lock()
         self.down = False  # set when the server stops: kept-alive connections must fail too
         self.healthy = True  # what GET /health says
@@ -88,6 +89,9 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             # The client may have given up (timeout test) or been killed (resume test).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(payload)
+                if status == 200 and self.command == "POST":
+                    with state.lock:
+                        state.answered += 1
 
         def do_GET(self) -> None:
             if state.down:
@@ -143,6 +147,8 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                     time.sleep(stall_s)
                     stall_s = 0.0
                 self.wfile.write(b"0\r\n\r\n")
+                with state.lock:
+                    state.answered += 1
 
     return Handler
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llmbus.cli.app import DB_OPTION, JSON_OPTION, app, err, fmt, friendly_errors, out, plain, print_json, warn
-from llmbus.settings import DEFAULT_MODEL, USD_PER_HOUR
+from llmbus.settings import DEFAULT_MODEL, GRACE_S, USD_PER_HOUR
 
 
 @app.command()
@@ -38,6 +38,10 @@ def run(
                                                                       "ray://…); default: start one here"),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Ray: worker actors (default: one per "
                                                                       "node), each with --concurrency in flight"),
+    grace: float = typer.Option(GRACE_S, "--grace", min=0, help="On Ctrl-C or SIGTERM, seconds the calls in "
+                                                                "flight get to finish and be logged; the rest are "
+                                                                "cancelled and logged as interrupted (a second "
+                                                                "Ctrl-C stops waiting)"),
     db: str | None = DB_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -60,7 +64,8 @@ def run(
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
                           use_cache=not no_cache, resume=resume, on_progress=on_progress,
                           sampling="balanced" if stratify else "representative", on_stage=bar.stage,
-                          on_warning=warn, executor=executor, ray_address=ray_address, workers=workers)
+                          on_warning=warn, executor=executor, ray_address=ray_address, workers=workers,
+                          grace_s=grace)
     summary = summarize(store, store.get_run(run_id))
     if as_json:
         out.print_json(data=summary.as_dict())

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from llmbus.errors import ProviderError, Unreachable
+from llmbus.providers.abort import Sockets, track_sockets
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
 from llmbus.providers.config import ModelConfig
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
@@ -144,6 +145,9 @@ class OpenAIProvider:
         self.clients = {url: httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout,
                                           limits=httpx.Limits(max_connections=config.max_concurrency))
                         for url in config.urls}
+        # `close` shuts down the sockets of calls in flight: a stopped run does not wait for their answers
+        self._sockets: list[Sockets] = [tracked for client in self.clients.values()
+                                        if (tracked := track_sockets(client)) is not None]
         self.replicas = ReplicaSet(config.urls, config.routing)
         # max_concurrency is per replica: two servers take twice the requests at once
         self._slots = threading.BoundedSemaphore(config.max_concurrency * len(config.urls))
@@ -299,8 +303,11 @@ class OpenAIProvider:
         return False
 
     def close(self) -> None:
-        """Stop the health probes and close the HTTP connection pools."""
+        """Stop the health probes, cancel the calls in flight (their sockets are shut down, so a thread waiting
+        for an answer returns at once) and close the HTTP connection pools."""
         self.replicas.close()
+        for sockets in self._sockets:
+            sockets.abort()
         for client in [*self.clients.values(), self._probe_client]:
             client.close()
 

@@ -9,7 +9,8 @@ cache, rendered items): an executor — a thread pool here, Ray workers elsewher
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 from llmbus.errors import ProviderError
@@ -81,6 +82,10 @@ class CallPlan:
     model: str
     run_id: str
     use_cache: bool = True
+    spec_version: str = field(init=False)  # computed once: hashing the spec per record costs more than a call
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec_version", self.spec.version)
 
 
 def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
@@ -91,9 +96,8 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
     ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`)."""
     spec = plan.spec
     requests = [item_request(spec, job.item, job.prompt) for job in jobs]
-    records = [CallRecord(run_id=plan.run_id, task=spec.name, spec_version=spec.version, item_id=job.item.id,
-                          model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=now(),
-                          finished_at=now()) for job in jobs]
+    started = now()
+    records = [new_record(plan, job, started) for job in jobs]
     tick = time.perf_counter()
     use_cache = plan.use_cache and cache is not None
     cached = [cache.get(request, plan.model) if use_cache and cache else None for request in requests]
@@ -129,6 +133,25 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
                                           jobs[i].item.expected)
         if use_cache and cache and hit is None and parsed.error_kind is None:
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
+    return records
+
+
+def new_record(plan: CallPlan, job: Job, started_at: datetime) -> CallRecord:
+    """The call-log record of one job, before its answer is known."""
+    return CallRecord(run_id=plan.run_id, task=plan.spec.name, spec_version=plan.spec_version, item_id=job.item.id,
+                      model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=started_at,
+                      finished_at=started_at)
+
+
+def interrupted_records(plan: CallPlan, jobs: list[Job], started_at: datetime, elapsed_s: float) -> list[CallRecord]:
+    """Records for jobs whose call was still in flight when a stop's grace period ran out: what is known of them
+    (prompt, start, time waited), with error kind `interrupted` (a transient error: `--resume` asks again)."""
+    records = [new_record(plan, job, started_at) for job in jobs]
+    for record in records:
+        record.finished_at, record.latency_s = now(), elapsed_s
+        record.error_kind = "interrupted"
+        record.error = (f"the run stopped while this call was in flight ({elapsed_s:.1f}s); its answer was not "
+                        "waited for")
     return records
 
 

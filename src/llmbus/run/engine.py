@@ -4,16 +4,22 @@ The items are a prefix of the eval split in sample order (a stratified shuffle, 
 `--limit N` answers a representative sample, the same items for every model. Every item's prompt is rendered
 once before the first call, so a row missing a field the prompt uses stops the run before anything is spent.
 Answers are committed to the call log in small batches (at most FLUSH_EVERY answers or FLUSH_S seconds, so
-kill -9 loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period
-and logged, and the run is marked `interrupted` or `failed` (never left `running`); `resume` finishes only the
-items still missing (or that failed for a transient reason).
+kill -9 loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period:
+answers that arrive within it are logged, calls still in flight after it are cancelled (the provider is closed,
+which shuts their connections) and logged as `interrupted` with what is known (prompt, start, time waited); a
+second Ctrl-C ends the grace at once. What has arrived is always written, and the run is marked `interrupted` or
+`failed` (never left `running`); `resume` finishes only the items still missing (or that failed for a transient
+reason, `interrupted` included).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from llmbus.embed import EmbeddingCache
@@ -23,6 +29,7 @@ from llmbus.providers.config import resolve_model
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
+from llmbus.settings import GRACE_S
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
 from llmbus.task.data import Item, Split, load_items, sample_order, split_items
@@ -31,9 +38,8 @@ from llmbus.task.spec import TaskSpec, render_prompt
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",
-                              "http_500", "http_502", "http_503", "http_504", "http_408", "http_409", "http_425"})
-# On a stop, calls already in flight get this long to finish and be logged (they may already be paid for).
-GRACE_S = 10.0
+                              "http_500", "http_502", "http_503", "http_504", "http_408", "http_409", "http_425",
+                              "interrupted"})
 FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most this many, or this often
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
@@ -103,7 +109,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
              on_stage: Callable[[str], None] | None = None,
              on_warning: Callable[[str], None] | None = None, executor: str = "local",
              ray_address: str | None = None, workers: int | None = None, subset: Split | None = None,
-             tag: str | None = None) -> str:
+             tag: str | None = None, grace_s: float = GRACE_S) -> str:
     """Answer the task's eval items with `model`, logging every call; returns the run id.
 
     `on_stage` hears what is being prepared (starting the model, embedding the pool), `on_warning` what makes the
@@ -111,7 +117,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     cluster (`ray_address`, `workers` actors) instead of this process's thread pool. `subset` answers its own
     items with examples from its own pool instead (the optimizer's validation items; `limit` and `offset` apply to
     them, and a run made so resumes only with the same subset); `tag` is stored with the run (what made it, e.g.
-    optimize:ID)."""
+    optimize:ID). After a stop, calls in flight get `grace_s` seconds to finish before they are cancelled."""
     if executor not in EXECUTORS:
         raise LlmbusError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if subset is not None and executor != "local":
@@ -164,7 +170,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
 
             stage("connecting to the Ray cluster")
             runner = RayExecutor(config, store, concurrency, ray_address, workers)
-        _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress)
+        _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress, grace_s)
     finally:
         if owned and provider is not None:
             provider.close()
@@ -172,7 +178,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
 
 
 def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[Item], total: int, already: int,
-                on_progress: Callable[[Progress], None] | None) -> None:
+                on_progress: Callable[[Progress], None] | None, grace_s: float = GRACE_S) -> None:
     spec = plan.spec
     started = time.monotonic()
     done, errors = already, 0
@@ -182,8 +188,9 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
 
     def flush() -> None:
         nonlocal last_flush
+        # Safe to repeat after an interruption: rows replace their earlier write, cache keys keep the first.
         store.record_calls(batch)
-        store.cache_put_many([record.extra.pop("cache_put") for record in batch if "cache_put" in record.extra])
+        store.cache_put_many([record.extra["cache_put"] for record in batch if "cache_put" in record.extra])
         batch.clear()
         last_flush = time.monotonic()
 
@@ -210,12 +217,15 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
         status = "interrupted"
         raise RunInterrupted(plan.run_id, done, total) from None
     finally:
-        if status != "done":  # calls in flight may already be paid for: log what finishes within the grace
-            for record in executor.drain(GRACE_S):
+        # Calls in flight may already be paid for: log what finishes within the grace (a second Ctrl-C ends it),
+        # and the rest as interrupted. Further Ctrl-Cs cannot stop the writes that follow.
+        drained = executor.drain(grace_s) if status != "done" else []
+        with deferred_interrupts():
+            for record in drained:
                 log(record)
-        flush()
-        executor.close()
-        _close_session(store, plan.run_id, started, status)
+            flush()
+            executor.close()
+            _close_session(store, plan.run_id, started, status)
 
 
 def _close_session(store: Store, run_id: str, started: float, status: str) -> None:
@@ -223,3 +233,18 @@ def _close_session(store: Store, run_id: str, started: float, status: str) -> No
     store.update_run(run_id, status=status, wall_s=wall, finished_at=now())
 
 
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """While the block runs, Ctrl-C and SIGTERM are ignored (in the main thread; elsewhere signals never reach
+    Python code): a run that is already stopping writes what it has before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
