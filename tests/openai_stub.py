@@ -14,6 +14,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
   UNSURE    → the answer's token probability is 0.3 instead of 0.8 (logprobs, label distributions)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
+  NO-FINISH → with `stream: true`, the text pieces and `data: [DONE]`, but no finish_reason and no usage chunk
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 GET /health answers 200, or 503 while `state.healthy` is False (llama-server and vLLM have the route); any other
@@ -126,16 +127,18 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, b"{not json")
             if body.get("stream"):
                 return self._stream(body, answer(body, line), die="DIE-MIDSTREAM" in line,
-                                    stall_s=state.slow_s if "STALL-MIDSTREAM" in line else 0.0)
+                                    stall_s=state.slow_s if "STALL-MIDSTREAM" in line else 0.0,
+                                    finish="NO-FINISH" not in line)
             self._send(200, json.dumps(answer(body, line)).encode())
 
-        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool, stall_s: float) -> None:
+        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool, stall_s: float,
+                    finish: bool = True) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")  # so a connection cut short is visibly broken
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                for event in [*(f"data: {json.dumps(e)}\n\n" for e in stream_events(body, result)),
+                for event in [*(f"data: {json.dumps(e)}\n\n" for e in stream_events(body, result, finish)),
                               "data: [DONE]\n\n"]:
                     data = event.encode()
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -187,8 +190,9 @@ def proposal(prompt: str) -> str:
     return f"Instruction: Tell spam from ham. {tip}"
 
 
-def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk."""
+def stream_events(body: dict[str, Any], result: dict[str, Any], ends: bool = True) -> list[dict[str, Any]]:
+    """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk (only
+    the pieces when not `ends`: a backend that never says it finished)."""
     chat = "messages" in body
     choice = result["choices"][0]
     text = choice["message"]["content"] if chat else choice["text"]
@@ -198,7 +202,10 @@ def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str
         part = {"delta": {"content": piece} if piece or not finish else {}} if chat else {"text": piece}
         return {"id": "stub", "object": kind, "choices": [{"index": 0, **part, "finish_reason": finish}]}
 
-    events = [chunk(text[i:i + 2]) for i in range(0, len(text), 2)] + [chunk("", "stop")]
+    events = [chunk(text[i:i + 2]) for i in range(0, len(text), 2)]
+    if not ends:
+        return events
+    events.append(chunk("", "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
         events.append({"id": "stub", "object": kind, "choices": [], "usage": result["usage"]})
     return events

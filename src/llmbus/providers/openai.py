@@ -29,6 +29,7 @@ from llmbus.redact import masked_url
 from llmbus.task.output import match_label
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+CHARS_PER_TOKEN = 4  # prompt tokens of a stream that reported no usage: OpenAI's rule of thumb for English
 
 
 def to_payload(model: str, api: str, request: Request) -> dict[str, Any]:
@@ -92,6 +93,20 @@ def stream_piece(api: str, event: dict[str, Any]) -> tuple[str, str | None]:
     choice = choices[0]
     text = (choice.get("delta") or {}).get("content") if api == "chat" else choice.get("text")
     return str(text or ""), choice.get("finish_reason")
+
+
+def counted_usage(completion: Completion, prompt: str, pieces: int, finished: str | None) -> Completion:
+    """Token counts for a stream that reported no usage (or ended without a finish reason): each streamed piece
+    is one token (servers send a token a chunk), the prompt CHARS_PER_TOKEN characters a token. `extra` says
+    the usage was counted, and that the answer never finished when so."""
+    if not completion.tokens_out:
+        completion.tokens_out = pieces
+    if not completion.tokens_in:
+        completion.tokens_in = max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
+    completion.extra["usage"] = "counted"
+    if finished is None:
+        completion.extra["finish_reason"] = None  # the body ended cleanly, but the answer may be cut short
+    return completion
 
 
 def label_probs_from_logprobs(api: str, choice: dict[str, Any], labels: tuple[str, ...],
@@ -213,10 +228,11 @@ class OpenAIProvider:
             finally:
                 response.close()
                 self.replicas.release(lease, outcome)
-        if finished is None:  # the body ended cleanly but the answer did not
-            raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
-        return self._priced(Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
-                                       tokens_out=int(usage.get("completion_tokens") or 0)))
+        completion = Completion(text="".join(pieces), tokens_in=int(usage.get("prompt_tokens") or 0),
+                                tokens_out=int(usage.get("completion_tokens") or 0))
+        if not usage or finished is None:  # the tokens were still generated, so paid for: count them
+            completion = counted_usage(completion, request.prompt, len(pieces), finished)
+        return self._priced(completion)
 
     @property
     def _path(self) -> str:
