@@ -17,7 +17,7 @@ from llmbus.errors import ProviderError
 from llmbus.providers import Completion, Provider, Request
 from llmbus.providers.base import complete_many, normalize_probs
 from llmbus.run.cache import ExactCache
-from llmbus.store import CallRecord, now
+from llmbus.store import CONTENT_FREE, CallRecord, now
 from llmbus.task import metrics
 from llmbus.task.data import Item
 from llmbus.task.output import Parsed, parse_output
@@ -93,7 +93,8 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
     """Answer rendered items (cached answers first, the rest in one provider pass) as call records; never
     raises for provider or output errors: those are recorded with their kind. Fresh answers to cache ride
     on `record.extra["cache_put"]`, for the caller to write with its batch of records. Calibrated specs also
-    ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`)."""
+    ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`,
+    and are call-log rows of their own riding on `record.extra["content_free_rows"]` of the item that asked)."""
     spec = plan.spec
     requests = [item_request(spec, job.item, job.prompt) for job in jobs]
     started = now()
@@ -125,7 +126,10 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
         if record.label_probs and spec.kind == "classify":  # keyed by the labels, not their shown texts
             record.label_probs = {spec.output.label_of(k): v for k, v in record.label_probs.items()}
         if jobs[i].content_free:
-            parsed = _calibrate(record, content_free.get(jobs[i].prompt), parsed)
+            found = content_free.get(jobs[i].prompt)
+            parsed = _calibrate(record, found, parsed)
+            if found is not None and found.rows:  # written by the caller with its batch, like cache entries
+                record.extra["content_free_rows"] = found.rows
         if record.label_probs and parsed.error_kind is None:
             record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
@@ -165,6 +169,7 @@ class _ContentFree:
     cost_usd: float = 0.0
     cpu_s: float | None = None
     error: ProviderError | None = None
+    rows: list[CallRecord] = field(default_factory=list)  # the fresh calls charged to this item, as call-log rows
 
 
 def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache | None,
@@ -181,11 +186,13 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
     found = {prompt: cache.get(request, plan.model) if cache else None for prompt, request in wanted.items()}
     missing = [prompt for prompt, hit in found.items() if hit is None]
     error: ProviderError | None = None
+    started, tick = now(), time.perf_counter()
     try:
         for prompt, completion in zip(missing, complete_many(provider, [wanted[p] for p in missing]), strict=True):
             found[prompt] = completion
     except ProviderError as exc:
         error = exc
+    latency = (time.perf_counter() - tick) / max(1, len(missing))
     if cache is not None:  # at once, not with the batch: the next batches of a fixed-shot run then hit
         new = [(p, hit) for p in missing if (hit := found[p]) is not None and hit.label_probs]
         cache.put_many([cache.entry(wanted[p], plan.model, hit) for p, hit in new])
@@ -195,13 +202,14 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
         if not job.content_free:
             continue
         result = _ContentFree(probs=[], error=error if any(found[p] is None for p in job.content_free) else None)
-        for prompt in job.content_free:
+        for index, prompt in enumerate(job.content_free):
             answer = found[prompt]
             result.probs.append({spec.output.label_of(k): v for k, v in answer.label_probs.items()}
                                 if answer is not None and answer.label_probs else None)
             if prompt in missing and prompt not in charged:
                 charged.add(prompt)
                 result.calls += 1
+                result.rows.append(_content_free_row(plan, job, index, prompt, answer, error, started, latency))
                 if answer is not None:
                     result.cost_usd += answer.cost_usd
                     if answer.cpu_seconds is not None:
@@ -210,6 +218,22 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
                 result.tokens_in += answer.tokens_in
         out[job.prompt] = result
     return out
+
+
+def _content_free_row(plan: CallPlan, job: Job, index: int, prompt: str, answer: Completion | None,
+                      error: ProviderError | None, started_at: datetime, latency_s: float) -> CallRecord:
+    """The call-log row of one fresh content-free call (`content-free:INDEX:ITEM`), asked for `job`'s item."""
+    text = (plan.spec.output.calibrate or [])[index]
+    record = new_record(plan, Job(Item(f"{CONTENT_FREE}{index}:{job.item.id}", {}, None), prompt), started_at)
+    record.finished_at, record.latency_s = now(), latency_s
+    if answer is None:
+        record.error_kind, record.error = (error.kind, str(error)) if error else ("bad_response", "no answer")
+    else:
+        _fill(record, answer, cached=False)
+        if answer.label_probs:
+            record.label_probs = {plan.spec.output.label_of(shown): p for shown, p in answer.label_probs.items()}
+    record.meta = {**(record.meta or {}), "content_free": text, "for_item": job.item.id}
+    return record
 
 
 def _calibrate(record: CallRecord, content_free: _ContentFree | None, parsed: Parsed) -> Parsed:

@@ -189,7 +189,7 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
     def flush() -> None:
         nonlocal last_flush
         # Safe to repeat after an interruption: rows replace their earlier write, cache keys keep the first.
-        store.record_calls(batch)
+        store.record_calls([*batch, *(row for record in batch for row in record.extra.get("content_free_rows", ()))])
         store.cache_put_many([record.extra["cache_put"] for record in batch if "cache_put" in record.extra])
         batch.clear()
         last_flush = time.monotonic()

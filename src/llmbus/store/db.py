@@ -25,6 +25,11 @@ from llmbus.store.embeddings import StoreEmbeddings
 from llmbus.store.migrations import MIGRATIONS
 from llmbus.store.schema import cache, calls, key_spend, migrations_table, runs
 
+# Item ids of a run's content-free calibration calls (`content-free:K:ITEM`: the K-th content-free input, asked for
+# ITEM). They are rows of the run, so every paid call is in the log, but not items: readers of a run's items skip
+# them, and their cost is already counted in the item that needed them.
+CONTENT_FREE = "content-free:"
+
 
 def now() -> datetime:
     """The current UTC time (what every timestamp in the store uses)."""
@@ -79,6 +84,11 @@ class CallRecord:
         row["expected_json"] = _dump(row.pop("expected"))
         row["meta_json"] = _dump(row.pop("meta"))
         return row
+
+
+def items_only() -> sa.ColumnElement[bool]:
+    """The condition that leaves a run's content-free calibration calls out of its calls."""
+    return sa.not_(calls.c.item_id.startswith(CONTENT_FREE, autoescape=True))
 
 
 def _dump(value: Any) -> str | None:
@@ -196,13 +206,15 @@ class Store:
 
     def answered_items(self, run_id: str, retry_kinds: frozenset[str] = frozenset()) -> set[str]:
         """Item ids of a run that need no new call (errors of `retry_kinds` are not counted as answered)."""
-        query = sa.select(calls.c.item_id, calls.c.error_kind).where(calls.c.run_id == run_id)
+        query = sa.select(calls.c.item_id, calls.c.error_kind).where(calls.c.run_id == run_id, items_only())
         with self.engine.connect() as conn:
             return {item for item, kind in conn.execute(query) if kind not in retry_kinds}
 
-    def iter_calls(self, run_id: str) -> Iterator[dict[str, Any]]:
-        """A run's calls in item order of answering, JSON columns decoded; streams (flat memory)."""
-        query = sa.select(calls).where(calls.c.run_id == run_id).order_by(calls.c.id)
+    def iter_calls(self, run_id: str, content_free: bool = False) -> Iterator[dict[str, Any]]:
+        """A run's calls in item order of answering, JSON columns decoded; streams (flat memory). The run's
+        content-free calibration calls only with `content_free`."""
+        query = sa.select(calls).where(calls.c.run_id == run_id, *([] if content_free else [items_only()]))
+        query = query.order_by(calls.c.id)
         with self.engine.connect() as conn:
             for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query).mappings():
                 yield decode_call(dict(row))
