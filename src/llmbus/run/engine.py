@@ -194,21 +194,21 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
         batch.clear()
         last_flush = time.monotonic()
 
-    def log(record: CallRecord) -> None:
+    def log(records: list[CallRecord]) -> None:
         nonlocal done, errors
-        batch.append(record)
+        batch.extend(records)  # first, in one step: a Ctrl-C during the counting below cannot lose a record
+        for record in records:
+            done += 1
+            errors += record.error_kind is not None
+            tally.add(record.parsed if record.error_kind is None else None, record.expected)
         # One transaction per batch, not per answer: at most FLUSH_EVERY answers or FLUSH_S seconds unwritten.
         if len(batch) >= FLUSH_EVERY or time.monotonic() - last_flush >= FLUSH_S:
             flush()
-        done += 1
-        errors += record.error_kind is not None
-        tally.add(record.parsed if record.error_kind is None else None, record.expected)
 
     status = "failed"
     try:
         for records in executor.answers(plan, items):
-            for record in records:
-                log(record)
+            log(records)
             if on_progress:
                 on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
                                      time.monotonic() - started))
@@ -221,8 +221,7 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
         # and the rest as interrupted. Further Ctrl-Cs cannot stop the writes that follow.
         drained = executor.drain(grace_s) if status != "done" else []
         with deferred_interrupts():
-            for record in drained:
-                log(record)
+            log(drained)
             flush()
             executor.close()
             _close_session(store, plan.run_id, started, status)

@@ -1,15 +1,16 @@
 """Where a run's calls happen. An executor takes the run's plan and its items and hands back call records
 batch by batch as they finish; the engine logs them, shows progress and decides when to stop.
 
-`LocalExecutor` is a bounded thread pool in this process. Every executor does the per-item work through
+`LocalExecutor` is a few worker threads in this process. Every executor does the per-item work through
 `adapter.answer_batch`, so the prompt, the cache and the record are the same wherever the call ran.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +30,7 @@ from llmbus.task.spec import TaskSpec, render_prompt
 class Executor(Protocol):
     """Runs the calls of one run; `answers` may raise after yielding (the engine logs what it got first)."""
 
-    def answers(self, plan: CallPlan, items: list[Item]) -> Iterator[list[CallRecord]]: ...
+    def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]: ...
 
     def drain(self, grace_s: float) -> list[CallRecord]:
         """After a stop: the records of calls that finish within `grace_s`, and an `interrupted` record for
@@ -39,7 +40,7 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
+def render_items(spec: TaskSpec, items: Iterable[Item], selector: ExampleSelector,
                  chunk: int = 256) -> Iterator[Job]:
     """Each item's job (its prompt, and content-free prompts when calibrated), selecting examples a chunk at a
     time (nearest search is batched)."""
@@ -52,71 +53,109 @@ def render_items(spec: TaskSpec, items: list[Item], selector: ExampleSelector,
 
 @dataclass
 class _Batch:
-    """Jobs handed to one worker, and when the worker started on them (None while they wait)."""
+    """Jobs a worker is answering, and when it started on them."""
 
     jobs: list[Job]
-    started_at: datetime | None = None
-    tick: float = 0.0
+    started_at: datetime
+    tick: float
+
+
+class _Finished:
+    """What a worker hands over after its last batch."""
 
 
 class LocalExecutor:
-    """A bounded thread pool: `concurrency` calls at once, at most twice that many waiting (flat memory, and a
-    stop has little to wait for). Providers that batch (in-process students) get their batch size per call."""
+    """`concurrency` worker threads in this process. Each takes the next batch of jobs (rendered as it is taken:
+    nothing waits rendered, so memory stays flat and a stop has nothing queued), answers it and hands the records
+    over; the caller's thread collects them every TICK_S (one wake-up per tick, not one per answer: with answers
+    arriving every millisecond, per-answer hand-offs cost as much CPU as the calls). Providers that batch
+    (in-process students) get their batch size per call."""
+
+    TICK_S = 0.01
 
     def __init__(self, provider: Provider, cache: ExactCache | None, selector: ExampleSelector, concurrency: int):
         self.provider, self.cache, self.selector = provider, cache, selector
         self.concurrency = max(1, concurrency)
-        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llmbus-call")
-        self._pending: dict[Future[list[CallRecord]], _Batch] = {}
+        self._done: queue.SimpleQueue[list[CallRecord] | BaseException | _Finished] = queue.SimpleQueue()
+        self._take = threading.Lock()  # one worker at a time renders the next batch
+        self._handoff = threading.Lock()  # a batch leaves `_busy` and enters `_done` at once (see drain)
+        self._stop = threading.Event()
+        self._busy: dict[int, _Batch] = {}  # worker → the batch it is answering
+        self._abandoned = False  # after a drain: late answers go nowhere (they were logged as interrupted)
+        self._threads: list[threading.Thread] = []
+        self._held: list[list[CallRecord] | BaseException | _Finished] = []  # taken from `_done`, not yet yielded
         self._plan: CallPlan | None = None
 
-    def answers(self, plan: CallPlan, items: list[Item]) -> Iterator[list[CallRecord]]:
-        """Records as their batches finish. When a batch raises, the other finished batches come first."""
+    def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]:
+        """Records as their batches finish. When a batch raises, the records that came before it come first."""
         self._plan = plan
-        prompts = render_items(plan.spec, items, self.selector)
+        jobs = render_items(plan.spec, items, self.selector)
         size = batch_size(self.provider)
-        while True:
-            while len(self._pending) < 2 * self.concurrency and (jobs := list(islice(prompts, size))):
-                batch = _Batch(jobs)
-                self._pending[self._pool.submit(self._answer, plan, batch)] = batch
-            if not self._pending:
-                return
-            finished, _ = wait(self._pending, return_when=FIRST_COMPLETED)
-            failure: BaseException | None = None
-            records: list[CallRecord] = []
-            for future in finished:
-                del self._pending[future]
-                if (raised := future.exception()) is None:
-                    records += future.result()
-                else:
-                    failure = failure or raised
+        # Daemon threads: a call abandoned by a stop never keeps the process from exiting.
+        self._threads = [threading.Thread(target=self._work, args=(plan, jobs, size, index), daemon=True,
+                                          name=f"llmbus-call-{index}") for index in range(self.concurrency)]
+        for thread in self._threads:
+            thread.start()
+        working = len(self._threads)
+        while working:
+            # Taken outcomes wait in `_held` until yielded: a Ctrl-C in between leaves them to `drain`.
+            self._held.append(self._done.get())
+            time.sleep(self.TICK_S)  # let more answers arrive: they are collected in one wake-up
+            with suppress(queue.Empty):
+                while True:
+                    self._held.append(self._done.get_nowait())
+            outcomes, self._held = self._held, []
+            records = [record for outcome in outcomes if isinstance(outcome, list) for record in outcome]
+            working -= sum(isinstance(outcome, _Finished) for outcome in outcomes)
             if records:
                 yield records
-            if failure is not None:
-                raise failure
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
-    def _answer(self, plan: CallPlan, batch: _Batch) -> list[CallRecord]:
-        batch.started_at, batch.tick = now(), time.perf_counter()
-        return answer_batch(plan, self.provider, self.cache, batch.jobs)
+    def _work(self, plan: CallPlan, jobs: Iterator[Job], size: int, index: int) -> None:
+        try:
+            while not self._stop.is_set():
+                with self._take:
+                    batch = list(islice(jobs, size))
+                if not batch:
+                    break
+                self._busy[index] = _Batch(batch, now(), time.perf_counter())
+                records = answer_batch(plan, self.provider, self.cache, batch)
+                with self._handoff:
+                    del self._busy[index]
+                    if not self._abandoned:
+                        self._done.put(records)
+        except BaseException as exc:  # a bug, or a bad row: the caller raises it after what came before
+            with self._handoff:
+                self._busy.pop(index, None)
+                self._done.put(exc)
+        finally:
+            self._done.put(_Finished())
 
     def drain(self, grace_s: float) -> list[CallRecord]:
-        """After a stop: drop calls not yet started, give the running ones `grace_s` to finish and return their
-        records, plus an `interrupted` record for each item still in flight after it (or after a second
-        Ctrl-C). Those calls are abandoned: `close` does not wait for them, and closing the provider cancels
-        them."""
-        running = {future: batch for future, batch in self._pending.items() if not future.cancel()}
+        """After a stop: no worker takes another batch; the ones answering get `grace_s` to finish, and their
+        records come back, plus an `interrupted` record for each item still in flight after it (or after a second
+        Ctrl-C). Those calls are abandoned: closing the provider cancels them."""
+        self._stop.set()
+        deadline = time.monotonic() + grace_s
         with suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
-            wait(running, timeout=grace_s)
-        records: list[CallRecord] = []
-        for future, batch in running.items():
-            if future.done() and future.exception() is None:
-                records += future.result()
-            elif not future.done() and self._plan is not None:
-                records += interrupted_records(self._plan, batch.jobs, batch.started_at or now(),
-                                               time.perf_counter() - batch.tick if batch.tick else 0.0)
-        self._pending = {future: batch for future, batch in running.items() if not future.done()}
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self._handoff:
+            self._abandoned = True
+            busy = list(self._busy.values())
+            outcomes, self._held = self._held, []
+            with suppress(queue.Empty):
+                while True:
+                    outcomes.append(self._done.get_nowait())
+        records = [record for outcome in outcomes if isinstance(outcome, list) for record in outcome]
+        if self._plan is not None:
+            for batch in busy:
+                records += interrupted_records(self._plan, batch.jobs, batch.started_at,
+                                               time.perf_counter() - batch.tick)
         return records
 
     def close(self) -> None:
-        """Stop the threads (without waiting for calls abandoned by a stop)."""
-        self._pool.shutdown(wait=not self._pending, cancel_futures=True)
+        """Let the workers end after their current batch (a stop's abandoned calls are not waited for)."""
+        self._stop.set()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
@@ -85,8 +85,9 @@ class RayExecutor:
         self.concurrency, self.address, self.workers = max(1, concurrency), address, workers
         self._started = False
 
-    def answers(self, plan: CallPlan, items: list[Item]) -> Iterator[list[CallRecord]]:
+    def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]:
         """Records as the cluster finishes their batches."""
+        items = list(items)  # Ray Data takes the rows at once
         ray = self._connect()
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         if len(nodes) > 1 and self.store.engine.url.get_backend_name() == "sqlite":

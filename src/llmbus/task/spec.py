@@ -8,6 +8,7 @@ changes what the model is asked, and it is stored with every call so prompt vers
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -192,11 +193,19 @@ _JINJA.filters["json"] = lambda value: json.dumps(value, ensure_ascii=False)
 
 
 def compile_template(spec: TaskSpec) -> jinja2.Template:
-    """The spec's prompt as a Jinja2 template (syntax errors name the spec file)."""
+    """The spec's prompt as a Jinja2 template (syntax errors name the spec file); compiled once per prompt text,
+    not per item."""
     try:
-        return _JINJA.from_string(spec.prompt)
+        return _compiled(spec.prompt)
     except jinja2.TemplateSyntaxError as exc:
         raise SpecError(f"{spec.source}: prompt template line {exc.lineno}: {exc.message}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str) -> jinja2.Template:
+    """A template text compiled (compiling costs ~100× a render; a failed compile is not cached). Keyed by the text,
+    not the spec: specs hold dicts, so they do not hash, and specs that share a prompt share its template."""
+    return _JINJA.from_string(source)
 
 
 def render_prompt(spec: TaskSpec, item: dict[str, Any], examples: list[dict[str, Any]]) -> str:
