@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,9 +32,10 @@ from llmbus.run.executors import Executor, LocalExecutor
 from llmbus.settings import GRACE_S
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
-from llmbus.task.data import Item, Split, load_items, sample_order, split_items
+from llmbus.task.data import Item, Split
 from llmbus.task.fewshot import NEAREST, ExampleSelector
 from llmbus.task.spec import TaskSpec, render_prompt
+from llmbus.task.stream import EvalItems, eval_items_in_order
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",
@@ -64,25 +65,26 @@ def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampli
     """The items a run answers (`limit` eval items after the first `offset`, in sample order) and the example
     selector (nearest shots embed through `cache`, the store's embeddings, when given); `sampling="balanced"`
     gives every class equal room (classify tasks only)."""
+    items, selector = streamed_eval_items(spec, limit, offset, sampling, cache)
+    return list(items), selector
+
+
+def streamed_eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampling: str = "representative",
+                        cache: EmbeddingCache | None = None) -> tuple[EvalItems, ExampleSelector]:
+    """`eval_items`, read from the dataset as they are iterated: memory flat in the number of items."""
     if sampling not in SAMPLINGS:
         raise LlmbusError(f"unknown sampling {sampling!r}: use one of {', '.join(SAMPLINGS)}")
     if sampling == "balanced" and spec.kind != "classify":
         raise LlmbusError(f"--stratify balances classes: it needs a classify task, and {spec.name} is {spec.kind}")
-    all_items = load_items(spec)
-    split = split_items(spec, all_items)
-    ordered = sample_order(spec, split.eval, balanced=True) if sampling == "balanced" else split.eval
-    if sampling == "file":
-        in_eval = {item.id for item in split.eval}
-        ordered = [item for item in all_items if item.id in in_eval]
-    items = ordered[offset:offset + limit] if limit else ordered[offset:]
-    return items, ExampleSelector(spec, split.pool, cache)
+    ordered, pool = eval_items_in_order(spec, sampling)
+    return ordered[offset:offset + limit] if limit else ordered[offset:], ExampleSelector(spec, pool, cache)
 
 
-def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
+def sample_warnings(spec: TaskSpec, items: list[Item] | EvalItems) -> list[str]:
     """What makes a run's figure weak before any call: labels the sample never expects, very few items."""
     warnings = []
     if spec.kind == "classify" and spec.output.labels:
-        counts = Counter(str(item.expected) for item in items)
+        counts = items.expected_counts() if isinstance(items, EvalItems) else Counter(str(i.expected) for i in items)
         found = metrics.coverage_warning(spec.output.labels, counts, f"the {len(items)} items to answer")
         if found:
             warnings.append(found)
@@ -91,7 +93,19 @@ def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
     return warnings
 
 
-def check_items(spec: TaskSpec, items: list[Item], pool: list[Item]) -> None:
+@dataclass
+class Unanswered:
+    """The items a run still has to answer (all of them, less those `--resume` found answered), read as they are
+    iterated."""
+
+    items: list[Item] | EvalItems
+    answered: set[str]
+
+    def __iter__(self) -> Iterator[Item]:
+        return (item for item in self.items if item.id not in self.answered)
+
+
+def check_items(spec: TaskSpec, items: Iterable[Item], pool: list[Item]) -> None:
     """Render every item's prompt once (with stand-in examples) so a row missing a field fails before any call,
     naming its file, line and item."""
     template_examples = example_fields(pool[: spec.fewshot.k], spec)
@@ -133,13 +147,14 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                               f"is now {spec.name} version {spec.version}: start a new run instead")
         model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
         offset, sampling = run["item_offset"] or 0, run.get("sampling") or "representative"
+    items: list[Item] | EvalItems
     if subset is None:
-        items, selector = eval_items(spec, limit, offset, sampling, store.embeddings)
+        items, selector = streamed_eval_items(spec, limit, offset, sampling, store.embeddings)
     else:
         items = subset.eval[offset:offset + limit] if limit else subset.eval[offset:]
         selector, sampling = ExampleSelector(spec, subset.pool, store.embeddings), SUBSET
     answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
-    todo = [item for item in items if item.id not in answered]
+    todo = Unanswered(items, answered)
     check_items(spec, todo, selector.pool)
     for warning in sample_warnings(spec, items):
         if on_warning:
@@ -159,7 +174,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
                                       metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
                                       item_offset=offset, sampling=sampling, tag=tag)
-        if spec.fewshot.k and spec.fewshot.strategy in NEAREST and todo:
+        if spec.fewshot.k and spec.fewshot.strategy in NEAREST and len(items) > len(answered):
             stage(f"embedding {len(selector.pool)} pool examples")
         plan = CallPlan(spec, model, run_id, use_cache)
         runner: Executor
@@ -177,7 +192,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     return run_id
 
 
-def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[Item], total: int, already: int,
+def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: Iterable[Item], total: int, already: int,
                 on_progress: Callable[[Progress], None] | None, grace_s: float = GRACE_S) -> None:
     spec = plan.spec
     started = time.monotonic()
