@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -59,6 +60,9 @@ def run(
         return
     store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # What start-up loaded lives as long as the process: keep it out of the collector's full passes, which
+    # otherwise rescan it a few times a run (~10 µs an item at a thousand items a second).
+    gc.freeze()
     bar = _progress_bar(disable=as_json)
     with bar as (_, on_progress):
         run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
