@@ -85,6 +85,12 @@ class BatchProvider(Protocol):
     def complete_batch(self, requests: list[Request]) -> list[Completion]: ...
 
 
+def reads_prompt(provider: Provider) -> bool:
+    """Whether the provider reads the rendered prompt. In-process students and heads set `reads_prompt = False`:
+    they read `request.input` only, so a run neither renders their prompts nor selects few-shot examples."""
+    return bool(getattr(provider, "reads_prompt", True))
+
+
 def batch_size(provider: Provider) -> int:
     """How many requests the provider wants at once (1 for everything answering over HTTP)."""
     return provider.batch_size if isinstance(provider, BatchProvider) else 1

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from llmbus.embed import EmbeddingCache
 from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
 from llmbus.providers import Provider, open_provider
+from llmbus.providers.base import reads_prompt
 from llmbus.providers.config import resolve_model
+from llmbus.providers.registry import model_reads_prompt
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
@@ -155,7 +157,10 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
         selector, sampling = ExampleSelector(spec, subset.pool, store.embeddings), SUBSET
     answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
     todo = Unanswered(items, answered)
-    check_items(spec, todo, selector.pool)
+    # Students read the raw input: no prompt is rendered (or checked) for them, and no example selected.
+    prompted = reads_prompt(provider) if provider is not None else model_reads_prompt(model)
+    if prompted:
+        check_items(spec, todo, selector.pool)
     for warning in sample_warnings(spec, items):
         if on_warning:
             on_warning(warning)
@@ -163,6 +168,10 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     owned = provider is None and executor == "local"  # Ray workers open their own
     provider = provider or (open_provider(config) if executor == "local" else None)
     try:
+        if prompted and provider is not None and spec.fewshot.k and spec.fewshot.strategy == "nearest":
+            share = getattr(provider, "use_embeddings", None)  # the student of a cascade reuses the vectors
+            if share is not None:  # the selection embeds, instead of embedding every input twice
+                share(store.embeddings)
         if provider is not None:
             stage(f"starting {model}")
             provider.check()
@@ -174,7 +183,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
                                       metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
                                       item_offset=offset, sampling=sampling, tag=tag)
-        if spec.fewshot.k and spec.fewshot.strategy in NEAREST and len(items) > len(answered):
+        if prompted and spec.fewshot.k and spec.fewshot.strategy in NEAREST and len(items) > len(answered):
             stage(f"embedding {len(selector.pool)} pool examples")
         plan = CallPlan(spec, model, run_id, use_cache)
         runner: Executor

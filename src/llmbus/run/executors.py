@@ -18,7 +18,7 @@ from itertools import islice
 from typing import Protocol
 
 from llmbus.providers import Provider
-from llmbus.providers.base import batch_size
+from llmbus.providers.base import batch_size, reads_prompt
 from llmbus.run.adapter import CallPlan, Job, answer_batch, content_free_prompts, example_fields, interrupted_records
 from llmbus.run.cache import ExactCache
 from llmbus.store import CallRecord, now
@@ -49,6 +49,20 @@ def render_items(spec: TaskSpec, items: Iterable[Item], selector: ExampleSelecto
         for item, examples in zip(batch, selector.select_many(batch), strict=True):
             shown = example_fields(examples, spec)
             yield Job(item, render_prompt(spec, dict(item.fields), shown), content_free_prompts(spec, item, shown))
+
+
+def input_jobs(spec: TaskSpec, items: Iterable[Item]) -> Iterator[Job]:
+    """Jobs for a provider that reads only each item's raw input (`reads_prompt` false: students, heads): no
+    prompt is rendered and no example selected, since neither would be read; the input is what the call log
+    keeps as the prompt (and a calibrated spec's content-free inputs stand for their prompts)."""
+    content_free = tuple(spec.output.calibrate or ()) if spec.kind == "classify" else ()
+    for item in items:
+        yield Job(item, item.text(spec.data.input), content_free)
+
+
+def jobs_for(provider: Provider, spec: TaskSpec, items: Iterable[Item], selector: ExampleSelector) -> Iterator[Job]:
+    """The jobs `provider` needs: rendered prompts, or only the inputs for providers that read nothing else."""
+    return render_items(spec, items, selector) if reads_prompt(provider) else input_jobs(spec, items)
 
 
 @dataclass
@@ -89,7 +103,7 @@ class LocalExecutor:
     def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]:
         """Records as their batches finish. When a batch raises, the records that came before it come first."""
         self._plan = plan
-        jobs = render_items(plan.spec, items, self.selector)
+        jobs = jobs_for(self.provider, plan.spec, items, self.selector)
         size = batch_size(self.provider)
         # Daemon threads: a call abandoned by a stop never keeps the process from exiting.
         self._threads = [threading.Thread(target=self._work, args=(plan, jobs, size, index), daemon=True,

@@ -29,7 +29,7 @@ from llmbus.providers.base import batch_size
 from llmbus.providers.config import ModelConfig
 from llmbus.run.adapter import CallPlan, answer_batch
 from llmbus.run.cache import ExactCache
-from llmbus.run.executors import render_items
+from llmbus.run.executors import jobs_for
 from llmbus.store import CallRecord, Store
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
@@ -67,7 +67,7 @@ class RayAnswerer:
         items = [Item(id=str(id_), fields=json.loads(fields), expected=json.loads(expected), where=str(where))
                  for id_, fields, expected, where in zip(batch["id"], batch["fields"], batch["expected"],
                                                          batch["where"], strict=True)]
-        prompts = render_items(self.plan.spec, items, self.selector)
+        prompts = jobs_for(self.provider, self.plan.spec, items, self.selector)
         size = batch_size(self.provider)
         chunks = iter(lambda: list(islice(prompts, size)), [])
         futures = [self.threads.submit(answer_batch, self.plan, self.provider, self.cache, jobs) for jobs in chunks]

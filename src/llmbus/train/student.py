@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from llmbus.embed import StageCallback, embed, minilm_path, torch_for_training
+from llmbus.embed import EmbeddingCache, StageCallback, embed, minilm_path, torch_for_training
 from llmbus.errors import ModelError
 from llmbus.task.data import bio_to_entities
 
@@ -286,10 +286,11 @@ class HeadStudent:
 
     def __init__(self, head: LogisticHead, meta: StudentMeta):
         self.head, self.meta = head, meta
+        self.embeddings: EmbeddingCache | None = None  # vectors something else embedded already (see embed)
 
     def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
         """Calibrated label probabilities per text."""
-        return label_probs(self.head.logits(embed(texts)), self.meta) if texts else []
+        return label_probs(self.head.logits(embed(texts, cache=self.embeddings)), self.meta) if texts else []
 
     def extract(self, sentences: list[list[str]]) -> list[list[dict[str, str]]]:
         """Heads classify whole texts; extraction needs a fine-tuned tagger."""
