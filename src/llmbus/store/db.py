@@ -118,6 +118,7 @@ class Store:
         self.engine = _make_engine(url)
         self.migrate()
         self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
+        self._insert_calls = BulkInsert(self.engine, calls)
 
     def migrate(self) -> None:
         """Apply every migration not yet recorded."""
@@ -182,7 +183,7 @@ class Store:
         with self.engine.begin() as conn:
             for run_id, item_ids in by_run.items():
                 conn.execute(calls.delete().where(calls.c.run_id == run_id, calls.c.item_id.in_(item_ids)))
-            conn.execute(sa.insert(calls), [record.to_row() for record in records])
+            self._insert_calls.execute(conn, [record.to_row() for record in records])
             if spend_key is not None:
                 conn.execute(key_spend.update().where(key_spend.c.key_name == spend_key).values(
                     cost_usd=key_spend.c.cost_usd + sum(r.cost_usd for r in records),
@@ -255,6 +256,31 @@ class Store:
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+
+
+class BulkInsert:
+    """An INSERT of many rows handed to the database driver as one executemany, values converted by the same
+    bind processors SQLAlchemy uses: its own per-row parameter handling costs a third of a call-log row's write."""
+
+    def __init__(self, engine: Engine, table: sa.Table):
+        columns = [column for column in table.columns if column.autoincrement is not True]
+        statement = sa.insert(table).values({column.name: sa.bindparam(column.name) for column in columns})
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.names = list(compiled.positiontup or []) if compiled.positional else [c.name for c in columns]
+        self.positional = compiled.positional
+        self.processors = {column.name: column.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+                           for column in columns}
+
+    def execute(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` (column → value; every column but the autoincrement key) on `conn`."""
+        converted = [{name: value if (process := self.processors[name]) is None or value is None
+                      else process(value) for name, value in ((name, row[name]) for name in self.names)}
+                     for row in rows]
+        if self.positional:
+            conn.exec_driver_sql(self.sql, [tuple(row.values()) for row in converted])
+        else:
+            conn.exec_driver_sql(self.sql, converted)
 
 
 def _make_engine(url: str) -> Engine:
