@@ -212,8 +212,10 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: Iterabl
 
     def flush() -> None:
         nonlocal last_flush
-        # Safe to repeat after an interruption: rows replace their earlier write, cache keys keep the first.
-        store.record_calls([*batch, *(row for record in batch for row in record.extra.get("content_free_rows", ()))])
+        # Safe to repeat after an interruption: rows replace their earlier write, cache keys keep the first. A
+        # record handed over twice by a stop (see LocalExecutor.drain) is one row.
+        rows = [*batch, *(row for record in batch for row in record.extra.get("content_free_rows", ()))]
+        store.record_calls(list({(row.run_id, row.item_id): row for row in rows}.values()))
         store.cache_put_many([record.extra["cache_put"] for record in batch if "cache_put" in record.extra])
         batch.clear()
         last_flush = time.monotonic()

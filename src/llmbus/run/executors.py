@@ -7,7 +7,6 @@ batch by batch as they finish; the engine logs them, shows progress and decides 
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -78,6 +77,9 @@ class _Finished:
     """What a worker hands over after its last batch."""
 
 
+_Outcome = list[CallRecord] | BaseException | _Finished  # what a worker hands over: records, a failure, its end
+
+
 class LocalExecutor:
     """`concurrency` worker threads in this process. Each takes the next batch of jobs (rendered as it is taken:
     nothing waits rendered, so memory stays flat and a stop has nothing queued), answers it and hands the records
@@ -90,14 +92,19 @@ class LocalExecutor:
     def __init__(self, provider: Provider, cache: ExactCache | None, selector: ExampleSelector, concurrency: int):
         self.provider, self.cache, self.selector = provider, cache, selector
         self.concurrency = max(1, concurrency)
-        self._done: queue.SimpleQueue[list[CallRecord] | BaseException | _Finished] = queue.SimpleQueue()
         self._take = threading.Lock()  # one worker at a time renders the next batch
-        self._handoff = threading.Lock()  # a batch leaves `_busy` and enters `_done` at once (see drain)
-        self._stop = threading.Event()
+        # Under `_handoff`: a batch leaves `_busy` and its outcome joins `_results` at once (see drain).
+        self._handoff = threading.Lock()
+        self._arrived = threading.Event()  # something is in `_results`
+        self._results: list[_Outcome] = []
         self._busy: dict[int, _Batch] = {}  # worker → the batch it is answering
         self._abandoned = False  # after a drain: late answers go nowhere (they were logged as interrupted)
+        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._held: list[list[CallRecord] | BaseException | _Finished] = []  # taken from `_done`, not yet yielded
+        # Outcomes the caller's thread took and has not seen come back for more: a Ctrl-C may land anywhere, so
+        # they stay here until the caller asks for the next ones, and `drain` hands them over again (the engine
+        # writes a row once however often it is handed over).
+        self._held: list[_Outcome] = []
         self._plan: CallPlan | None = None
 
     def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]:
@@ -112,17 +119,18 @@ class LocalExecutor:
             thread.start()
         working = len(self._threads)
         while working:
-            # Taken outcomes wait in `_held` until yielded: a Ctrl-C in between leaves them to `drain`.
-            self._held.append(self._done.get())
+            self._arrived.wait()
             time.sleep(self.TICK_S)  # let more answers arrive: they are collected in one wake-up
-            with suppress(queue.Empty):
-                while True:
-                    self._held.append(self._done.get_nowait())
-            outcomes, self._held = self._held, []
+            with self._handoff:
+                self._held.extend(self._results)
+                self._results.clear()
+                self._arrived.clear()
+            outcomes = self._held
             records = [record for outcome in outcomes if isinstance(outcome, list) for record in outcome]
-            working -= sum(isinstance(outcome, _Finished) for outcome in outcomes)
             if records:
                 yield records
+            self._held = []  # the caller came back for more: it has them
+            working -= sum(isinstance(outcome, _Finished) for outcome in outcomes)
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
@@ -132,25 +140,28 @@ class LocalExecutor:
             while not self._stop.is_set():
                 with self._take:
                     batch = list(islice(jobs, size))
-                if not batch:
-                    break
-                self._busy[index] = _Batch(batch, now(), time.perf_counter())
-                records = answer_batch(plan, self.provider, self.cache, batch)
                 with self._handoff:
-                    del self._busy[index]
-                    if not self._abandoned:
-                        self._done.put(records)
+                    if not batch or self._abandoned:  # the end, or a stop drained us meanwhile: never send it
+                        break
+                    self._busy[index] = _Batch(batch, now(), time.perf_counter())
+                self._hand_over(index, answer_batch(plan, self.provider, self.cache, batch))
         except BaseException as exc:  # a bug, or a bad row: the caller raises it after what came before
-            with self._handoff:
-                self._busy.pop(index, None)
-                self._done.put(exc)
+            self._hand_over(index, exc)
         finally:
-            self._done.put(_Finished())
+            self._hand_over(index, _Finished())
+
+    def _hand_over(self, index: int, outcome: _Outcome) -> None:
+        with self._handoff:
+            self._busy.pop(index, None)
+            if not self._abandoned:
+                self._results.append(outcome)
+                self._arrived.set()
 
     def drain(self, grace_s: float) -> list[CallRecord]:
         """After a stop: no worker takes another batch; the ones answering get `grace_s` to finish, and their
-        records come back, plus an `interrupted` record for each item still in flight after it (or after a second
-        Ctrl-C). Those calls are abandoned: closing the provider cancels them."""
+        records come back (with any the caller may not have logged), plus an `interrupted` record for each item
+        still in flight after it (or after a second Ctrl-C). Those calls are abandoned: closing the provider
+        cancels them."""
         self._stop.set()
         deadline = time.monotonic() + grace_s
         with suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
@@ -159,10 +170,7 @@ class LocalExecutor:
         with self._handoff:
             self._abandoned = True
             busy = list(self._busy.values())
-            outcomes, self._held = self._held, []
-            with suppress(queue.Empty):
-                while True:
-                    outcomes.append(self._done.get_nowait())
+            outcomes = [*self._held, *self._results]
         records = [record for outcome in outcomes if isinstance(outcome, list) for record in outcome]
         if self._plan is not None:
             for batch in busy:
