@@ -244,9 +244,9 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: Iterabl
         raise RunInterrupted(plan.run_id, done, total) from None
     finally:
         # Calls in flight may already be paid for: log what finishes within the grace (a second Ctrl-C ends it),
-        # and the rest as interrupted. Further Ctrl-Cs cannot stop the writes that follow.
-        drained = executor.drain(grace_s) if status != "done" else []
-        with deferred_interrupts():
+        # and the rest as interrupted. No Ctrl-C can stop the writes.
+        with deferred_interrupts() as second_stop:
+            drained = executor.drain(grace_s, second_stop) if status != "done" else []
             log(drained)
             flush()
             executor.close()
@@ -258,18 +258,17 @@ def _close_session(store: Store, run_id: str, started: float, status: str) -> No
     store.update_run(run_id, status=status, wall_s=wall, finished_at=now())
 
 
-
-
 @contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    """While the block runs, Ctrl-C and SIGTERM are ignored (in the main thread; elsewhere signals never reach
-    Python code): a run that is already stopping writes what it has before it exits."""
+def deferred_interrupts() -> Iterator[threading.Event]:
+    """While the block runs, Ctrl-C and SIGTERM only set the event it gives (in the main thread; elsewhere
+    signals never reach Python code): a run that is already stopping writes what it has before it exits."""
+    heard = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield heard
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, lambda *_: heard.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield heard
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)

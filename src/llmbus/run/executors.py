@@ -31,9 +31,9 @@ class Executor(Protocol):
 
     def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]: ...
 
-    def drain(self, grace_s: float) -> list[CallRecord]:
+    def drain(self, grace_s: float, stop_waiting: threading.Event | None = None) -> list[CallRecord]:
         """After a stop: the records of calls that finish within `grace_s`, and an `interrupted` record for
-        each item whose call was still in flight after it (a second Ctrl-C ends the wait at once)."""
+        each item whose call was still in flight after it (`stop_waiting`, a second Ctrl-C, ends the wait)."""
         ...
 
     def close(self) -> None: ...
@@ -157,16 +157,19 @@ class LocalExecutor:
                 self._results.append(outcome)
                 self._arrived.set()
 
-    def drain(self, grace_s: float) -> list[CallRecord]:
+    def drain(self, grace_s: float, stop_waiting: threading.Event | None = None) -> list[CallRecord]:
         """After a stop: no worker takes another batch; the ones answering get `grace_s` to finish, and their
         records come back (with any the caller may not have logged), plus an `interrupted` record for each item
-        still in flight after it (or after a second Ctrl-C). Those calls are abandoned: closing the provider
-        cancels them."""
+        still in flight after it, or once `stop_waiting` is set (a second Ctrl-C). Those calls are abandoned:
+        closing the provider cancels them."""
         self._stop.set()
         deadline = time.monotonic() + grace_s
-        with suppress(KeyboardInterrupt):  # a second Ctrl-C: stop waiting
+        with suppress(KeyboardInterrupt):  # a second Ctrl-C where signals still raise: stop waiting
             for thread in self._threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+                while thread.is_alive() and not (stop_waiting and stop_waiting.is_set()):
+                    if (left := deadline - time.monotonic()) <= 0:
+                        break
+                    thread.join(min(0.05, left))
         with self._handoff:
             self._abandoned = True
             busy = list(self._busy.values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -109,7 +110,7 @@ class RayExecutor:
         for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
             yield list(batch["record"])
 
-    def drain(self, grace_s: float) -> list[CallRecord]:
+    def drain(self, grace_s: float, stop_waiting: threading.Event | None = None) -> list[CallRecord]:
         """Batches still on the cluster are dropped: their items are what `--resume` answers."""
         return []
 
