@@ -135,7 +135,8 @@ def student_run(task: Path, folder: Path, src: Path | None) -> tuple[float, int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=400, help="eval items answered")
+    parser.add_argument("--items", type=int, default=400, help="eval items wanted (about: the pool split is by "
+                                                                   "hash, so 400 gives 430)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, for every side")
     parser.add_argument("--baseline", type=Path, help="another llmbus source tree (its src/ folder) to run too")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (medians are shown)")
