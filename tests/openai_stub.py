@@ -18,6 +18,7 @@ get a JSON object. Fault markers in the prompt's last line fire on the first att
               (`prompt_tokens_details.cached_tokens`) / 7 reasoning tokens (`completion_tokens_details`)
   DIE-MIDSTREAM → with `stream: true`, the connection drops after the first chunk (every time)
   STALL-MIDSTREAM → with `stream: true`, a pause of slow_s after the first chunk (every time)
+  NO-FINISH → with `stream: true`, the text pieces and `data: [DONE]`, but no finish_reason and no usage chunk
 With `stream: true` the answer comes as server-sent events in pieces of at most two characters, then a usage
 chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 Chat requests with `tools` whose last turn is the user's get a `tool_calls` answer (the first tool, called with
@@ -49,6 +50,7 @@ class StubState:
         self.delay_s = delay_s
         self.slow_s = slow_s
         self.attempts: Counter[str] = Counter()
+        self.answered = 0  # 200 answers to POSTs written out in full (what a client may have paid for)
         self.lock = threading.Lock()
         self.down = False  # set when the server stops: kept-alive connections must fail too
         self.healthy = True  # what GET /health says
@@ -97,6 +99,9 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
             # The client may have given up (timeout test) or been killed (resume test).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(payload)
+                if status == 200 and self.command == "POST":
+                    with state.lock:
+                        state.answered += 1
 
         def do_GET(self) -> None:
             if state.down:
@@ -133,16 +138,18 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, b"{not json")
             if body.get("stream"):
                 return self._stream(body, answer(body, line), die="DIE-MIDSTREAM" in line,
-                                    stall_s=state.slow_s if "STALL-MIDSTREAM" in line else 0.0)
+                                    stall_s=state.slow_s if "STALL-MIDSTREAM" in line else 0.0,
+                                    finish="NO-FINISH" not in line)
             self._send(200, json.dumps(answer(body, line)).encode())
 
-        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool, stall_s: float) -> None:
+        def _stream(self, body: dict[str, Any], result: dict[str, Any], die: bool, stall_s: float,
+                    finish: bool = True) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")  # so a connection cut short is visibly broken
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                for event in [*(f"data: {json.dumps(e)}\n\n" for e in stream_events(body, result)),
+                for event in [*(f"data: {json.dumps(e)}\n\n" for e in stream_events(body, result, finish)),
                               "data: [DONE]\n\n"]:
                     data = event.encode()
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -154,6 +161,8 @@ def make_handler(state: StubState) -> type[BaseHTTPRequestHandler]:
                     time.sleep(stall_s)
                     stall_s = 0.0
                 self.wfile.write(b"0\r\n\r\n")
+                with state.lock:
+                    state.answered += 1
 
     return Handler
 
@@ -209,8 +218,9 @@ def proposal(prompt: str) -> str:
     return f"Instruction: Tell spam from ham. {tip}"
 
 
-def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk."""
+def stream_events(body: dict[str, Any], result: dict[str, Any], ends: bool = True) -> list[dict[str, Any]]:
+    """A complete answer as OpenAI streaming chunks: two-character pieces, a finish chunk, a usage chunk (only
+    the pieces when not `ends`: a backend that never says it finished)."""
     chat = "messages" in body
     choice = result["choices"][0]
     text = (choice["message"]["content"] or "") if chat else choice["text"]
@@ -235,7 +245,10 @@ def stream_events(body: dict[str, Any], result: dict[str, Any]) -> list[dict[str
         part = {"delta": {"content": piece} if piece or not finish else {}} if chat else {"text": piece}
         return {"id": "stub", "object": kind, "choices": [{"index": 0, **part, "finish_reason": finish}]}
 
-    events = [chunk(text[i:i + 2]) for i in range(0, len(text), 2)] + [chunk("", "stop")]
+    events = [chunk(text[i:i + 2]) for i in range(0, len(text), 2)]
+    if not ends:
+        return events
+    events.append(chunk("", "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
         events.append({"id": "stub", "object": kind, "choices": [], "usage": result["usage"]})
     return events

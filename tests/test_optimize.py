@@ -65,6 +65,16 @@ def test_the_budget_is_never_exceeded(tmp_path: Path, stub, stub_model: str, sto
     assert sum(stub.state.attempts.values()) - seen_by_server == rerun.spent <= budget
 
 
+def test_every_call_of_an_optimization_is_a_row_of_its_runs_calibration_included(tmp_path: Path, stub,
+                                                                                   stub_model: str, store: Store):
+    spec = load_spec(_task(tmp_path, output={"labels": ["ham", "spam"], "calibrate": ["N/A"]}))
+    result = optimize(spec, [stub_model], store, budget=260, confirm=30)
+    rows = [call for run in store.list_runs(tag=result.tag) for call in store.iter_calls(run["id"], content_free=True)]
+    free = [call for call in rows if call["item_id"].startswith("content-free:")]
+    assert free and all(not call["cache_hit"] and "N/A" in call["prompt"] for call in free)
+    assert sum(not call["cache_hit"] for call in rows) == stub.requests == result.spent  # one row a call
+
+
 def test_the_winner_is_confirmed_on_held_out_items_only(tmp_path: Path, stub, stub_model: str, store: Store):
     spec = load_spec(_task(tmp_path))
     result = optimize(spec, [stub_model], store, budget=400, confirm=25, objective="cost")

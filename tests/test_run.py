@@ -141,6 +141,31 @@ def test_content_free_calibration_divides_by_the_na_distribution(tmp_path: Path,
         assert row["parsed"] == max(row["label_probs"], key=row["label_probs"].get)
 
 
+def test_content_free_calls_are_rows_of_the_run_but_not_items(tmp_path: Path, stub, stub_model: str, store: Store):
+    from llmbus.experiments.browse import run_rows
+    from llmbus.run.summary import summarize
+
+    write_items(tmp_path / "items.jsonl", 60)
+    spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl", fewshot={"k": 2, "strategy": "random"},
+                                output={"labels": ["ham", "spam"], "calibrate": ["N/A", "[MASK]"]}))
+    run_id = run_task(spec, stub_model, store, limit=20, concurrency=4)
+    items = list(store.iter_calls(run_id))
+    every = list(store.iter_calls(run_id, content_free=True))
+    free = [r for r in every if r["item_id"].startswith("content-free:")]
+    assert len(items) == 20 and len(every) == 20 + len(free)  # items are what they were
+    assert len(free) == sum(r["meta"]["calibration"]["calls"] for r in items) == stub.requests - 20 > 20
+    for row in free:  # random shots: two content-free prompts per item (shared ones are asked once)
+        index, _, item_id = row["item_id"].removeprefix("content-free:").partition(":")
+        text = ["N/A", "[MASK]"][int(index)]
+        assert row["meta"]["for_item"] == item_id and row["meta"]["content_free"] == text
+        assert row["prompt"].splitlines()[-2] == f"SMS: {text}" and row["error_kind"] is None
+        assert row["cost_usd"] > 0 and set(row["label_probs"]) == {"ham", "spam"} and row["expected"] is None
+    summary = summarize(store, store.get_run(run_id))
+    assert summary.items == 20 and summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in items))
+    assert run_rows(store, run_id)[0].items == 20
+    assert store.answered_items(run_id) == {r["item_id"] for r in items}
+
+
 def test_a_run_over_items_its_caller_chose_is_tagged_and_cannot_be_resumed(tiny_task: Path, stub, stub_model: str,
                                                                             store: Store):
     from llmbus.errors import LlmbusError

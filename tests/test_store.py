@@ -152,3 +152,27 @@ def test_ten_processes_opening_a_fresh_store_at_once_migrate_it_once(postgres_ur
         names = list(conn.scalars(sa.text("select name from migrations")))
     engine.dispose()
     assert sorted(names) == sorted(name for name, _ in MIGRATIONS)  # each applied once, by one of the ten
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_row_reads_back_as_written(backend: str, tmp_path, request):
+    """Call rows go to the driver in one executemany (store.db.BulkInsert): every column reads back as written."""
+    store = Store(str(tmp_path / "rows.db") if backend == "sqlite" else request.getfixturevalue("postgres_url"))
+    run_id = store.create_run(task="t", task_path="t.yaml", spec_version="v1", spec_json="{}", model="m",
+                              metric="accuracy", n_planned=2, concurrency=1)
+    started, finished = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), datetime.now(UTC)
+    written = CallRecord(run_id=run_id, task="t", spec_version="v1", item_id="é'1", model="m", prompt="p\n'\"",
+                         started_at=started, finished_at=finished, raw_output="spam", parsed={"a": [1, "ü"]},
+                         confidence=0.25, label_probs={"spam": 0.75}, expected="spam", score=1.0, tokens_in=3,
+                         tokens_out=1, latency_s=0.5, cost_usd=1e-6, cpu_s=None, cache_hit=True, meta={"k": None})
+    store.record_calls([written, _record(run_id, "2")])
+    [row, _] = list(store.iter_calls(run_id))
+    assert {key: row[key] for key in ("item_id", "prompt", "raw_output", "parsed", "confidence", "label_probs",
+                                      "expected", "score", "tokens_in", "tokens_out", "latency_s", "cost_usd",
+                                      "cpu_s", "cache_hit", "error_kind", "meta")} == {
+        "item_id": "é'1", "prompt": "p\n'\"", "raw_output": "spam", "parsed": {"a": [1, "ü"]}, "confidence": 0.25,
+        "label_probs": {"spam": 0.75}, "expected": "spam", "score": 1.0, "tokens_in": 3, "tokens_out": 1,
+        "latency_s": 0.5, "cost_usd": 1e-6, "cpu_s": None, "cache_hit": True, "error_kind": None, "meta": {"k": None}}
+    assert [row["started_at"].replace(tzinfo=UTC), row["finished_at"].replace(tzinfo=UTC)] == [started, finished] \
+        or [row["started_at"], row["finished_at"]] == [started, finished]
+    store.close()

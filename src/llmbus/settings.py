@@ -15,6 +15,9 @@ from pathlib import Path
 DEFAULT_MODEL = "local:gemma-3-270m"
 DEFAULT_DB = "llmbus.db"
 USD_PER_HOUR = 0.05  # the CPU machine price local inference, trained judges and baselines are costed at
+# On a stop (Ctrl-C, SIGTERM), calls already in flight get this long to finish and be logged (they may already be
+# paid for); `llmbus run --grace` changes it.
+GRACE_S = 10.0
 
 
 def default_home() -> Path:

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 
 from llmbus.errors import LlmbusError
-from llmbus.store import Store
+from llmbus.store import CONTENT_FREE, Store, items_only
 from llmbus.store.db import decode_call
 from llmbus.store.schema import calls, label_items, label_projects, labels, runs
 
@@ -84,7 +84,8 @@ def run_rows(store: Store, run_id: str | None = None) -> list[RunRow]:
                          sa.func.sum(sa.case((calls.c.error_kind.is_not(None), 1), else_=0)).label("errors"),
                          sa.func.sum(calls.c.cost_usd).label("cost"), sa.func.count(calls.c.score).label("scored"),
                          sa.func.sum(sa.func.coalesce(calls.c.score, 0.0)).label("score_sum"))
-               .where(*([calls.c.run_id == run_id] if run_id else [])).group_by(calls.c.run_id).subquery())
+               .where(items_only(), *([calls.c.run_id == run_id] if run_id else [])).group_by(calls.c.run_id)
+               .subquery())
     query = (sa.select(runs.c.id, runs.c.task, runs.c.spec_version, runs.c.model, runs.c.status, runs.c.created_at,
                        runs.c.n_planned, runs.c.metric, figures)
              .outerjoin(figures, figures.c.run_id == runs.c.id).order_by(runs.c.created_at.desc()))
@@ -100,7 +101,7 @@ def run_rows(store: Store, run_id: str | None = None) -> list[RunRow]:
 
 
 def _where(run_id: str, flt: CallFilter) -> list[Any]:
-    conditions: list[Any] = [calls.c.run_id == run_id]
+    conditions: list[Any] = [calls.c.run_id == run_id, items_only()]
     if flt.wrong:
         conditions.append(sa.or_(calls.c.error_kind.is_not(None), calls.c.score < 1.0))
     if flt.errors:
@@ -147,7 +148,8 @@ def side_by_side(store: Store, run_a: str, run_b: str, page: int = 1, per_page: 
     """One page of the items both runs answered, the items whose answers differ first; and how many differ."""
     a, b = calls.alias("a"), calls.alias("b")
     differ = a.c.parsed_json.is_distinct_from(b.c.parsed_json)
-    conditions: list[Any] = [a.c.run_id == run_a, b.c.run_id == run_b]
+    conditions: list[Any] = [a.c.run_id == run_a, b.c.run_id == run_b,
+                             sa.not_(a.c.item_id.startswith(CONTENT_FREE, autoescape=True))]
     joined = a.join(b, a.c.item_id == b.c.item_id)
     columns = [a.c.item_id, a.c.expected_json, differ.label("differ"),
                *(c.label(f"{side.name}_{c.name}") for side in (a, b)

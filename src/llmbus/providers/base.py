@@ -155,6 +155,12 @@ class BatchProvider(Protocol):
     def complete_batch(self, requests: list[Request]) -> list[Completion]: ...
 
 
+def reads_prompt(provider: Provider) -> bool:
+    """Whether the provider reads the rendered prompt. In-process students and heads set `reads_prompt = False`:
+    they read `request.input` only, so a run neither renders their prompts nor selects few-shot examples."""
+    return bool(getattr(provider, "reads_prompt", True))
+
+
 def batch_size(provider: Provider) -> int:
     """How many requests the provider wants at once (1 for everything answering over HTTP)."""
     return provider.batch_size if isinstance(provider, BatchProvider) else 1
@@ -162,7 +168,8 @@ def batch_size(provider: Provider) -> int:
 
 def complete_many(provider: Provider, requests: list[Request]) -> list[Completion]:
     """Answers to `requests`, in one pass when the provider batches."""
-    if isinstance(provider, BatchProvider) and len(requests) > 1:
+    # The length first: a runtime Protocol check costs more than an HTTP provider's own bookkeeping for a call.
+    if len(requests) > 1 and isinstance(provider, BatchProvider):
         return provider.complete_batch(requests)
     return [provider.complete(request) for request in requests]
 

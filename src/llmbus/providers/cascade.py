@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from llmbus.embed import EmbeddingCache
 from llmbus.errors import ModelError
 from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.config import ModelConfig
@@ -28,6 +29,13 @@ class CascadeProvider:
         self.threshold = config.threshold
         self.student: Provider = open_provider(config.student)
         self.teacher: Provider = open_provider(config.teacher)
+
+    def use_embeddings(self, cache: EmbeddingCache) -> None:
+        """Share the run's MiniLM vectors with a student that embeds its input (the selection embedded it)."""
+        for provider in (self.student, self.teacher):
+            share = getattr(provider, "use_embeddings", None)
+            if share is not None:
+                share(cache)
 
     def check(self) -> None:
         """Both models must be usable before a run starts."""

@@ -12,14 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+from llmbus.embed import EmbeddingCache
 from llmbus.providers.base import Completion, Request, label_completion
 from llmbus.providers.config import ModelConfig
 from llmbus.providers.prices import Usage, price_of
-from llmbus.train.student import Student, load_student
+from llmbus.train.student import HeadStudent, Student, load_student
 
 
 class EncoderProvider:
     """A student folder written by `llmbus distill`, served in-process."""
+
+    reads_prompt = False  # the item's raw input only: runs skip rendering prompts and selecting shots for it
 
     def __init__(self, config: ModelConfig):
         self.name = config.name
@@ -27,13 +30,23 @@ class EncoderProvider:
         self.path = Path(config.path or config.name.partition(":")[2]).expanduser()
         self._student: Student | None = None
         self._lock = threading.Lock()  # one forward pass at a time: torch already uses every thread
+        self._embeddings: EmbeddingCache | None = None
 
     def check(self) -> None:
         """Load the student now (a bad folder fails before a run starts)."""
         if self._student is None:
             self._student = load_student(self.path, threads=self.config.threads)
+            if isinstance(self._student, HeadStudent):
+                self._student.embeddings = self._embeddings
 
-    batch_size = 64  # a run hands this many items to one forward pass
+    def use_embeddings(self, cache: EmbeddingCache) -> None:
+        """Read the input's MiniLM vector from `cache` when something else already embedded it (a cascade's
+        nearest-shot selection): a `head` student then never embeds a text twice."""
+        self._embeddings = cache
+        if isinstance(self._student, HeadStudent):
+            self._student.embeddings = cache
+
+    batch_size = 256  # a run hands this many items to one pass (sorted by length inside it: little padding)
 
     def complete(self, request: Request) -> Completion:
         """Classify or extract from `request.input` (falls back to the prompt)."""

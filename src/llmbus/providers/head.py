@@ -52,6 +52,8 @@ class HeadJudge(LogisticHead):
 class HeadProvider:
     """`head:DIR` as a provider: label probabilities for `request.input`, in-process."""
 
+    reads_prompt = False  # the judge input only: runs skip rendering prompts and selecting shots for it
+
     def __init__(self, path: str, usd_per_hour: float = USD_PER_HOUR):
         self.name = f"head:{path}"
         self.path = Path(path).expanduser()

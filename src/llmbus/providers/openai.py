@@ -21,9 +21,18 @@ from typing import Any
 import httpx
 
 from llmbus.errors import ProviderError, Unreachable
+from llmbus.providers.abort import Sockets, track_sockets
 from llmbus.providers.base import Completion, Request, sse_data, whole
 from llmbus.providers.config import ModelConfig
-from llmbus.providers.openai_wire import StreamedAnswer, from_response, relays, text_of, to_payload, wire_api
+from llmbus.providers.openai_wire import (
+    StreamedAnswer,
+    counted_usage,
+    from_response,
+    relays,
+    text_of,
+    to_payload,
+    wire_api,
+)
 from llmbus.providers.prices import price_of, usage_of
 from llmbus.providers.replicas import Lease, Outcome, Replica, ReplicaSet, outcome_of
 from llmbus.redact import masked_url
@@ -53,6 +62,9 @@ class OpenAIProvider:
         self.clients = {url: httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout,
                                           limits=httpx.Limits(max_connections=config.max_concurrency))
                         for url in config.urls}
+        # `close` shuts down the sockets of calls in flight: a stopped run does not wait for their answers
+        self._sockets: list[Sockets] = [tracked for client in self.clients.values()
+                                        if (tracked := track_sockets(client)) is not None]
         self.replicas = ReplicaSet(config.urls, config.routing)
         # max_concurrency is per replica: two servers take twice the requests at once
         self._slots = threading.BoundedSemaphore(config.max_concurrency * len(config.urls))
@@ -181,9 +193,10 @@ class OpenAIProvider:
             finally:
                 response.close()
                 self.replicas.release(lease, outcome)
-        if not streamed.finished:  # the body ended cleanly but the answer did not
-            raise ProviderError("connection", f"{where}: stream ended before the answer was finished")
-        return self._priced(streamed.completion())
+        completion = streamed.completion()
+        if not streamed.usage or not streamed.finished:  # the tokens were still generated, so paid for: count them
+            completion = counted_usage(completion, request.prompt, len(streamed.pieces), streamed.finish_reason)
+        return self._priced(completion)
 
     def _where(self, url: str) -> str:
         """The model's name in an error, with the replica's (masked) URL when there are several."""
@@ -255,9 +268,12 @@ class OpenAIProvider:
         return False
 
     def close(self) -> None:
-        """Stop the health probes and close the HTTP connection pools (the async ones are dropped: their loop
-        may be gone already)."""
+        """Stop the health probes, cancel the calls in flight (their sockets are shut down, so a thread waiting
+        for an answer returns at once) and close the HTTP connection pools (the async ones are dropped: their
+        loop may be gone already)."""
         self.replicas.close()
+        for sockets in self._sockets:
+            sockets.abort()
         for client in [*self.clients.values(), self._probe_client]:
             client.close()
         self._async_clients.clear()

@@ -18,6 +18,8 @@ from llmbus.providers.base import Completion, Request, normalize_probs
 from llmbus.task.chat import content_text
 from llmbus.task.output import match_label
 
+CHARS_PER_TOKEN = 4  # prompt tokens of a stream that reported no usage: OpenAI's rule of thumb for English
+
 
 def wire_api(wire: dict[str, Any]) -> str:
     """Which endpoint a client body was written for: `chat` (it has messages) or `completions`."""
@@ -91,6 +93,20 @@ def usage_completion(text: str, usage: dict[str, Any]) -> Completion:
     return Completion(text=text, tokens_in=int(usage.get("prompt_tokens") or 0),
                       tokens_out=int(usage.get("completion_tokens") or 0), tokens_cached=int(cached or 0),
                       tokens_reasoning=int(reasoning or 0))
+
+
+def counted_usage(completion: Completion, prompt: str, pieces: int, finished: str | None) -> Completion:
+    """Token counts for a stream that reported no usage (or ended without a finish reason): each streamed piece
+    is one token (servers send a token a chunk), the prompt CHARS_PER_TOKEN characters a token. `extra` says
+    the usage was counted, and that the answer never finished when so."""
+    if not completion.tokens_out:
+        completion.tokens_out = pieces
+    if not completion.tokens_in:
+        completion.tokens_in = max(1, math.ceil(len(prompt) / CHARS_PER_TOKEN))
+    completion.extra["usage"] = "counted"
+    if finished is None:
+        completion.extra["finish_reason"] = None  # the body ended cleanly, but the answer may be cut short
+    return completion
 
 
 def answer_prob_from_logprobs(api: str, choice: dict[str, Any]) -> float | None:

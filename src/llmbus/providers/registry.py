@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from llmbus.errors import LlmbusError
 from llmbus.providers.base import Provider
 from llmbus.providers.cascade import CascadeProvider
 from llmbus.providers.config import ModelConfig, resolve_model
@@ -27,3 +28,13 @@ def open_provider(model: str | ModelConfig) -> Provider:
     """A ready provider for a model reference or config (call `close()` when done)."""
     config = resolve_model(model) if isinstance(model, str) else model
     return REGISTRY[config.provider](config)
+
+
+def model_reads_prompt(model: str) -> bool:
+    """Whether a model's provider reads rendered prompts (False for in-process students), known without opening
+    it; True for a model that does not resolve (opening it then says why)."""
+    try:
+        config = resolve_model(model)
+    except LlmbusError:
+        return True
+    return bool(getattr(REGISTRY.get(config.provider), "reads_prompt", True))

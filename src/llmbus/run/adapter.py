@@ -9,14 +9,15 @@ cache, rendered items): an executor — a thread pool here, Ray workers elsewher
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 from llmbus.errors import ProviderError
 from llmbus.providers import Completion, Provider, Request
 from llmbus.providers.base import complete_many, normalize_probs
 from llmbus.run.cache import ExactCache
-from llmbus.store import CallRecord, now
+from llmbus.store import CONTENT_FREE, CallRecord, now
 from llmbus.task import metrics
 from llmbus.task.chat import Message, user_turn
 from llmbus.task.data import Item
@@ -104,6 +105,10 @@ class CallPlan:
     model: str
     run_id: str
     use_cache: bool = True
+    spec_version: str = field(init=False)  # computed once: hashing the spec per record costs more than a call
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec_version", self.spec.version)
 
 
 def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
@@ -111,12 +116,12 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
     """Answer rendered items (cached answers first, the rest in one provider pass) as call records; never
     raises for provider or output errors: those are recorded with their kind. Fresh answers to cache ride
     on `record.extra["cache_put"]`, for the caller to write with its batch of records. Calibrated specs also
-    ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`)."""
+    ask their content-free prompts (through the cache; fresh ones are counted in `meta.calibration.calls`,
+    and are call-log rows of their own riding on `record.extra["content_free_rows"]` of the item that asked)."""
     spec = plan.spec
     requests = [item_request(spec, job) for job in jobs]
-    records = [CallRecord(run_id=plan.run_id, task=spec.name, spec_version=spec.version, item_id=job.item.id,
-                          model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=now(),
-                          finished_at=now(), messages=list(job.messages) or None) for job in jobs]
+    started = now()
+    records = [new_record(plan, job, started) for job in jobs]
     tick = time.perf_counter()
     use_cache = plan.use_cache and cache is not None
     cached = [cache.get(request, plan.model) if use_cache and cache else None for request in requests]
@@ -144,7 +149,10 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
         if record.label_probs and spec.kind == "classify":  # keyed by the labels, not their shown texts
             record.label_probs = {spec.output.label_of(k): v for k, v in record.label_probs.items()}
         if jobs[i].content_free:
-            parsed = _calibrate(record, content_free.get(jobs[i].prompt), parsed)
+            found = content_free.get(jobs[i].prompt)
+            parsed = _calibrate(record, found, parsed)
+            if found is not None and found.rows:  # written by the caller with its batch, like cache entries
+                record.extra["content_free_rows"] = found.rows
         if record.label_probs and parsed.error_kind is None:
             record.confidence = record.label_probs.get(str(parsed.value))
         record.parsed, record.error_kind, record.error = parsed.value, parsed.error_kind, parsed.error
@@ -154,6 +162,25 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
             record.extra["cache_put"] = cache.entry(requests[i], plan.model, completion)
     for i, record in enumerate(records):  # a span per call (telemetry on), a log record per failed call
         observe_call(record, requests[i], cached[i] or completions.get(i), provider)
+    return records
+
+
+def new_record(plan: CallPlan, job: Job, started_at: datetime) -> CallRecord:
+    """The call-log record of one job, before its answer is known."""
+    return CallRecord(run_id=plan.run_id, task=plan.spec.name, spec_version=plan.spec_version, item_id=job.item.id,
+                      model=plan.model, prompt=job.prompt, expected=job.item.expected, started_at=started_at,
+                      finished_at=started_at, messages=list(job.messages) or None)
+
+
+def interrupted_records(plan: CallPlan, jobs: list[Job], started_at: datetime, elapsed_s: float) -> list[CallRecord]:
+    """Records for jobs whose call was still in flight when a stop's grace period ran out: what is known of them
+    (prompt, start, time waited), with error kind `interrupted` (a transient error: `--resume` asks again)."""
+    records = [new_record(plan, job, started_at) for job in jobs]
+    for record in records:
+        record.finished_at, record.latency_s = now(), elapsed_s
+        record.error_kind = "interrupted"
+        record.error = (f"the run stopped while this call was in flight ({elapsed_s:.1f}s); its answer was not "
+                        "waited for")
     return records
 
 
@@ -167,6 +194,7 @@ class _ContentFree:
     cost_usd: float = 0.0
     cpu_s: float | None = None
     error: ProviderError | None = None
+    rows: list[CallRecord] = field(default_factory=list)  # the fresh calls charged to this item, as call-log rows
 
 
 def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache | None,
@@ -183,11 +211,13 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
     found = {prompt: cache.get(request, plan.model) if cache else None for prompt, request in wanted.items()}
     missing = [prompt for prompt, hit in found.items() if hit is None]
     error: ProviderError | None = None
+    started, tick = now(), time.perf_counter()
     try:
         for prompt, completion in zip(missing, complete_many(provider, [wanted[p] for p in missing]), strict=True):
             found[prompt] = completion
     except ProviderError as exc:
         error = exc
+    latency = (time.perf_counter() - tick) / max(1, len(missing))
     if cache is not None:  # at once, not with the batch: the next batches of a fixed-shot run then hit
         new = [(p, hit) for p in missing if (hit := found[p]) is not None and hit.label_probs]
         cache.put_many([cache.entry(wanted[p], plan.model, hit) for p, hit in new])
@@ -197,13 +227,14 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
         if not job.content_free:
             continue
         result = _ContentFree(probs=[], error=error if any(found[r.text] is None for r in job.content_free) else None)
-        for prompt in (rendered.text for rendered in job.content_free):
+        for index, prompt in enumerate(rendered.text for rendered in job.content_free):
             answer = found[prompt]
             result.probs.append({spec.output.label_of(k): v for k, v in answer.label_probs.items()}
                                 if answer is not None and answer.label_probs else None)
             if prompt in missing and prompt not in charged:
                 charged.add(prompt)
                 result.calls += 1
+                result.rows.append(_content_free_row(plan, job, index, prompt, answer, error, started, latency))
                 if answer is not None:
                     result.cost_usd += answer.cost_usd
                     if answer.cpu_seconds is not None:
@@ -212,6 +243,22 @@ def _content_free_answers(plan: CallPlan, provider: Provider, cache: ExactCache 
                 result.tokens_in += answer.tokens_in
         out[job.prompt] = result
     return out
+
+
+def _content_free_row(plan: CallPlan, job: Job, index: int, prompt: str, answer: Completion | None,
+                      error: ProviderError | None, started_at: datetime, latency_s: float) -> CallRecord:
+    """The call-log row of one fresh content-free call (`content-free:INDEX:ITEM`), asked for `job`'s item."""
+    text = (plan.spec.output.calibrate or [])[index]
+    record = new_record(plan, Job(Item(f"{CONTENT_FREE}{index}:{job.item.id}", {}, None), prompt), started_at)
+    record.finished_at, record.latency_s = now(), latency_s
+    if answer is None:
+        record.error_kind, record.error = (error.kind, str(error)) if error else ("bad_response", "no answer")
+    else:
+        _fill(record, answer, cached=False)
+        if answer.label_probs:
+            record.label_probs = {plan.spec.output.label_of(shown): p for shown, p in answer.label_probs.items()}
+    record.meta = {**(record.meta or {}), "content_free": text, "for_item": job.item.id}
+    return record
 
 
 def _calibrate(record: CallRecord, content_free: _ContentFree | None, parsed: Parsed) -> Parsed:

@@ -4,39 +4,48 @@ The items are a prefix of the eval split in sample order (a stratified shuffle, 
 `--limit N` answers a representative sample, the same items for every model. Every item's prompt is rendered
 once before the first call, so a row missing a field the prompt uses stops the run before anything is spent.
 Answers are committed to the call log in small batches (at most FLUSH_EVERY answers or FLUSH_S seconds, so
-kill -9 loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period
-and logged, and the run is marked `interrupted` or `failed` (never left `running`); `resume` finishes only the
-items still missing (or that failed for a transient reason).
+kill -9 loses at most that much); on Ctrl-C, SIGTERM or an error the calls in flight are given a grace period:
+answers that arrive within it are logged, calls still in flight after it are cancelled (the provider is closed,
+which shuts their connections) and logged as `interrupted` with what is known (prompt, start, time waited); a
+second Ctrl-C ends the grace at once. What has arrived is always written, and the run is marked `interrupted` or
+`failed` (never left `running`); `resume` finishes only the items still missing (or that failed for a transient
+reason, `interrupted` included).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from llmbus.embed import EmbeddingCache
 from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
 from llmbus.providers import Provider, open_provider
+from llmbus.providers.base import reads_prompt
 from llmbus.providers.config import resolve_model
+from llmbus.providers.registry import model_reads_prompt
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
+from llmbus.settings import GRACE_S
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
-from llmbus.task.data import Item, Split, load_items, sample_order, split_items
+from llmbus.task.data import Item, Split
 from llmbus.task.fewshot import NEAREST, ExampleSelector
 from llmbus.task.render import render_prompt
 from llmbus.task.spec import TaskSpec
+from llmbus.task.stream import EvalItems, eval_items_in_order
 from llmbus.telemetry import span
 
 # Failures worth another try on resume; schema violations and the like are final answers.
 TRANSIENT_ERRORS = frozenset({"timeout", "connection", "rate_limited", "unreachable", "bad_response",
-                              "http_500", "http_502", "http_503", "http_504", "http_408", "http_409", "http_425"})
-# On a stop, calls already in flight get this long to finish and be logged (they may already be paid for).
-GRACE_S = 10.0
+                              "http_500", "http_502", "http_503", "http_504", "http_408", "http_409", "http_425",
+                              "interrupted"})
 FLUSH_EVERY, FLUSH_S = 100, 0.5  # answers are written in batches of at most this many, or this often
 # How eval items are ordered before --offset/--limit; "file" is how runs made before sample order took theirs.
 SAMPLINGS = ("representative", "balanced", "file")
@@ -62,25 +71,26 @@ def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampli
     """The items a run answers (`limit` eval items after the first `offset`, in sample order) and the example
     selector (nearest shots embed through `cache`, the store's embeddings, when given); `sampling="balanced"`
     gives every class equal room (classify tasks only)."""
+    items, selector = streamed_eval_items(spec, limit, offset, sampling, cache)
+    return list(items), selector
+
+
+def streamed_eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampling: str = "representative",
+                        cache: EmbeddingCache | None = None) -> tuple[EvalItems, ExampleSelector]:
+    """`eval_items`, read from the dataset as they are iterated: memory flat in the number of items."""
     if sampling not in SAMPLINGS:
         raise LlmbusError(f"unknown sampling {sampling!r}: use one of {', '.join(SAMPLINGS)}")
     if sampling == "balanced" and spec.kind != "classify":
         raise LlmbusError(f"--stratify balances classes: it needs a classify task, and {spec.name} is {spec.kind}")
-    all_items = load_items(spec)
-    split = split_items(spec, all_items)
-    ordered = sample_order(spec, split.eval, balanced=True) if sampling == "balanced" else split.eval
-    if sampling == "file":
-        in_eval = {item.id for item in split.eval}
-        ordered = [item for item in all_items if item.id in in_eval]
-    items = ordered[offset:offset + limit] if limit else ordered[offset:]
-    return items, ExampleSelector(spec, split.pool, cache)
+    ordered, pool = eval_items_in_order(spec, sampling)
+    return ordered[offset:offset + limit] if limit else ordered[offset:], ExampleSelector(spec, pool, cache)
 
 
-def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
+def sample_warnings(spec: TaskSpec, items: list[Item] | EvalItems) -> list[str]:
     """What makes a run's figure weak before any call: labels the sample never expects, very few items."""
     warnings = []
     if spec.kind == "classify" and spec.output.labels:
-        counts = Counter(str(item.expected) for item in items)
+        counts = items.expected_counts() if isinstance(items, EvalItems) else Counter(str(i.expected) for i in items)
         found = metrics.coverage_warning(spec.output.labels, counts, f"the {len(items)} items to answer")
         if found:
             warnings.append(found)
@@ -89,7 +99,19 @@ def sample_warnings(spec: TaskSpec, items: list[Item]) -> list[str]:
     return warnings
 
 
-def check_items(spec: TaskSpec, items: list[Item], pool: list[Item]) -> None:
+@dataclass
+class Unanswered:
+    """The items a run still has to answer (all of them, less those `--resume` found answered), read as they are
+    iterated."""
+
+    items: list[Item] | EvalItems
+    answered: set[str]
+
+    def __iter__(self) -> Iterator[Item]:
+        return (item for item in self.items if item.id not in self.answered)
+
+
+def check_items(spec: TaskSpec, items: Iterable[Item], pool: list[Item]) -> None:
     """Render every item's prompt once (with stand-in examples) so a row missing a field fails before any call,
     naming its file, line and item."""
     template_examples = example_fields(pool[: spec.fewshot.k], spec)
@@ -107,7 +129,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
              on_stage: Callable[[str], None] | None = None,
              on_warning: Callable[[str], None] | None = None, executor: str = "local",
              ray_address: str | None = None, workers: int | None = None, subset: Split | None = None,
-             tag: str | None = None) -> str:
+             tag: str | None = None, grace_s: float = GRACE_S) -> str:
     """Answer the task's eval items with `model`, logging every call; returns the run id.
 
     `on_stage` hears what is being prepared (starting the model, embedding the pool), `on_warning` what makes the
@@ -115,7 +137,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     cluster (`ray_address`, `workers` actors) instead of this process's thread pool. `subset` answers its own
     items with examples from its own pool instead (the optimizer's validation items; `limit` and `offset` apply to
     them, and a run made so resumes only with the same subset); `tag` is stored with the run (what made it, e.g.
-    optimize:ID)."""
+    optimize:ID). After a stop, calls in flight get `grace_s` seconds to finish before they are cancelled."""
     if executor not in EXECUTORS:
         raise LlmbusError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if subset is not None and executor != "local":
@@ -131,14 +153,18 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                               f"is now {spec.name} version {spec.version}: start a new run instead")
         model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
         offset, sampling = run["item_offset"] or 0, run.get("sampling") or "representative"
+    items: list[Item] | EvalItems
     if subset is None:
-        items, selector = eval_items(spec, limit, offset, sampling, store.embeddings)
+        items, selector = streamed_eval_items(spec, limit, offset, sampling, store.embeddings)
     else:
         items = subset.eval[offset:offset + limit] if limit else subset.eval[offset:]
         selector, sampling = ExampleSelector(spec, subset.pool, store.embeddings), SUBSET
     answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
-    todo = [item for item in items if item.id not in answered]
-    check_items(spec, todo, selector.pool)
+    todo = Unanswered(items, answered)
+    # Students read the raw input: no prompt is rendered (or checked) for them, and no example selected.
+    prompted = reads_prompt(provider) if provider is not None else model_reads_prompt(model)
+    if prompted:
+        check_items(spec, todo, selector.pool)
     for warning in sample_warnings(spec, items):
         if on_warning:
             on_warning(warning)
@@ -147,6 +173,10 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
     owned = provider is None and executor == "local"  # Ray workers open their own
     provider = provider or (open_provider(config) if config is not None and executor == "local" else None)
     try:
+        if prompted and provider is not None and spec.fewshot.k and spec.fewshot.strategy == "nearest":
+            share = getattr(provider, "use_embeddings", None)  # the student of a cascade reuses the vectors
+            if share is not None:  # the selection embeds, instead of embedding every input twice
+                share(store.embeddings)
         if provider is not None:
             stage(f"starting {model}")
             provider.check()
@@ -158,7 +188,7 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
                                       metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
                                       item_offset=offset, sampling=sampling, tag=tag)
-        if spec.fewshot.k and spec.fewshot.strategy in NEAREST and todo:
+        if prompted and spec.fewshot.k and spec.fewshot.strategy in NEAREST and len(items) > len(answered):
             stage(f"embedding {len(selector.pool)} pool examples")
         plan = CallPlan(spec, model, run_id, use_cache)
         runner: Executor
@@ -170,20 +200,21 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
             stage("connecting to the Ray cluster")
             assert config is not None
             runner = RayExecutor(config, store, concurrency, ray_address, workers)
+        to_answer = len(items) - len(answered)
         log.info("run %s: task %s (spec %s) on %s, %d of %d items to answer", run_id, spec.name, spec.version,
-                 model, len(todo), len(items))
+                 model, to_answer, len(items))
         with span(f"llmbus run {spec.name}", {"llmbus.run_id": run_id, "llmbus.task": spec.name,
                                                "llmbus.spec_version": spec.version, "llmbus.model": model,
-                                               "llmbus.items": len(todo)}):
-            _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress)
+                                               "llmbus.items": to_answer}):
+            _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress, grace_s)
     finally:
         if owned and provider is not None:
             provider.close()
     return run_id
 
 
-def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[Item], total: int, already: int,
-                on_progress: Callable[[Progress], None] | None) -> None:
+def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: Iterable[Item], total: int, already: int,
+                on_progress: Callable[[Progress], None] | None, grace_s: float = GRACE_S) -> None:
     spec = plan.spec
     started = time.monotonic()
     done, errors = already, 0
@@ -193,26 +224,29 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
 
     def flush() -> None:
         nonlocal last_flush
-        store.record_calls(batch)
-        store.cache_put_many([record.extra.pop("cache_put") for record in batch if "cache_put" in record.extra])
+        # Safe to repeat after an interruption: rows replace their earlier write, cache keys keep the first. A
+        # record handed over twice by a stop (see LocalExecutor.drain) is one row.
+        rows = [*batch, *(row for record in batch for row in record.extra.get("content_free_rows", ()))]
+        store.record_calls(list({(row.run_id, row.item_id): row for row in rows}.values()))
+        store.cache_put_many([record.extra["cache_put"] for record in batch if "cache_put" in record.extra])
         batch.clear()
         last_flush = time.monotonic()
 
-    def log(record: CallRecord) -> None:
+    def log(records: list[CallRecord]) -> None:
         nonlocal done, errors
-        batch.append(record)
+        batch.extend(records)  # first, in one step: a Ctrl-C during the counting below cannot lose a record
+        for record in records:
+            done += 1
+            errors += record.error_kind is not None
+            tally.add(record.parsed if record.error_kind is None else None, record.expected, record.score)
         # One transaction per batch, not per answer: at most FLUSH_EVERY answers or FLUSH_S seconds unwritten.
         if len(batch) >= FLUSH_EVERY or time.monotonic() - last_flush >= FLUSH_S:
             flush()
-        done += 1
-        errors += record.error_kind is not None
-        tally.add(record.parsed if record.error_kind is None else None, record.expected, record.score)
 
     status = "failed"
     try:
         for records in executor.answers(plan, items):
-            for record in records:
-                log(record)
+            log(records)
             if on_progress:
                 on_progress(Progress(done, total, errors, spec.main_metric, tally.value(),
                                      time.monotonic() - started))
@@ -221,12 +255,14 @@ def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: list[It
         status = "interrupted"
         raise RunInterrupted(plan.run_id, done, total) from None
     finally:
-        if status != "done":  # calls in flight may already be paid for: log what finishes within the grace
-            for record in executor.drain(GRACE_S):
-                log(record)
-        flush()
-        executor.close()
-        _close_session(store, plan.run_id, started, status)
+        # Calls in flight may already be paid for: log what finishes within the grace (a second Ctrl-C ends it),
+        # and the rest as interrupted. No Ctrl-C can stop the writes.
+        with deferred_interrupts() as second_stop:
+            drained = executor.drain(grace_s, second_stop) if status != "done" else []
+            log(drained)
+            flush()
+            executor.close()
+            _close_session(store, plan.run_id, started, status)
 
 
 def _close_session(store: Store, run_id: str, started: float, status: str) -> None:
@@ -235,3 +271,17 @@ def _close_session(store: Store, run_id: str, started: float, status: str) -> No
     log.info("run %s %s (%.1f s)", run_id, status, wall)
 
 
+@contextmanager
+def deferred_interrupts() -> Iterator[threading.Event]:
+    """While the block runs, Ctrl-C and SIGTERM only set the event it gives (in the main thread; elsewhere
+    signals never reach Python code): a run that is already stopping writes what it has before it exits."""
+    heard = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield heard
+        return
+    previous = {sig: signal.signal(sig, lambda *_: heard.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield heard
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

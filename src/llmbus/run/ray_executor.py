@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
@@ -30,7 +31,7 @@ from llmbus.providers.base import batch_size
 from llmbus.providers.config import ModelConfig
 from llmbus.run.adapter import CallPlan, answer_batch
 from llmbus.run.cache import ExactCache
-from llmbus.run.executors import render_items
+from llmbus.run.executors import jobs_for
 from llmbus.store import CallRecord, Store
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
@@ -66,7 +67,7 @@ class RayAnswerer:
         items = [Item(id=str(id_), fields=json.loads(fields), expected=json.loads(expected), where=str(where))
                  for id_, fields, expected, where in zip(batch["id"], batch["fields"], batch["expected"],
                                                          batch["where"], strict=True)]
-        prompts = render_items(self.plan.spec, items, self.selector)
+        prompts = jobs_for(self.provider, self.plan.spec, items, self.selector)
         size = batch_size(self.provider)
         chunks = iter(lambda: list(islice(prompts, size)), [])
         futures = [self.threads.submit(answer_batch, self.plan, self.provider, self.cache, jobs) for jobs in chunks]
@@ -84,8 +85,9 @@ class RayExecutor:
         self.concurrency, self.address, self.workers = max(1, concurrency), address, workers
         self._started = False
 
-    def answers(self, plan: CallPlan, items: list[Item]) -> Iterator[list[CallRecord]]:
+    def answers(self, plan: CallPlan, items: Iterable[Item]) -> Iterator[list[CallRecord]]:
         """Records as the cluster finishes their batches."""
+        items = list(items)  # Ray Data takes the rows at once
         ray = self._connect()
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         if len(nodes) > 1 and self.store.engine.url.get_backend_name() == "sqlite":
@@ -107,7 +109,7 @@ class RayExecutor:
         for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
             yield list(batch["record"])
 
-    def drain(self, grace_s: float) -> list[CallRecord]:
+    def drain(self, grace_s: float, stop_waiting: threading.Event | None = None) -> list[CallRecord]:
         """Batches still on the cluster are dropped: their items are what `--resume` answers."""
         return []
 

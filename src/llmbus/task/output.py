@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -53,12 +54,25 @@ def parse_json(text: str, schema: dict[str, Any]) -> Parsed:
             value = None
         if value is None:
             return Parsed(error_kind="invalid_json", error=f"not JSON: {stripped[:60]!r}")
-    try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError as exc:
+    exc = jsonschema.exceptions.best_match(schema_validator(schema).iter_errors(value))  # as jsonschema.validate
+    if exc is not None:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         return Parsed(value, error_kind="schema_violation", error=f"{where}: {exc.message[:120]}")
     return Parsed(value)
+
+
+def schema_validator(schema: dict[str, Any]) -> Any:
+    """The JSON-Schema validator for `schema`, checked and built once per schema (building one checks the schema
+    against its metaschema: far more work than validating an answer)."""
+    return _validator(json.dumps(schema, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def match_label(text: str, labels: tuple[str, ...]) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from llmbus.embed import StageCallback, embed, minilm_path, torch_for_training
+from llmbus.embed import EmbeddingCache, StageCallback, embed, load_minilm, minilm_path, torch_for_training
 from llmbus.errors import ModelError
 from llmbus.extras import require
 from llmbus.task.data import bio_to_entities
@@ -230,7 +230,9 @@ def load_student(path: Path, threads: int = 1) -> Student:
     meta = StudentMeta(**json.loads(meta_path.read_text()))
     if meta.recipe == "head":
         torch_for_training(threads, "a trained judge or student")  # the embedding model runs in torch too
-        return HeadStudent(LogisticHead.read(Path(path)), meta)
+        student = HeadStudent(LogisticHead.read(Path(path)), meta)
+        load_minilm()  # now, not on the first answer: a loaded student answers at once
+        return student
     return EncoderStudent.load(path, threads)
 
 
@@ -288,10 +290,11 @@ class HeadStudent:
 
     def __init__(self, head: LogisticHead, meta: StudentMeta):
         self.head, self.meta = head, meta
+        self.embeddings: EmbeddingCache | None = None  # vectors something else embedded already (see embed)
 
     def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
         """Calibrated label probabilities per text."""
-        return label_probs(self.head.logits(embed(texts)), self.meta) if texts else []
+        return label_probs(self.head.logits(embed(texts, cache=self.embeddings)), self.meta) if texts else []
 
     def extract(self, sentences: list[list[str]]) -> list[list[dict[str, str]]]:
         """Heads classify whole texts; extraction needs a fine-tuned tagger."""
@@ -338,13 +341,19 @@ class EncoderStudent:
         """Raw class logits, one row per text."""
         import torch
 
+        # Longest first, so each batch pads to texts of similar length (as sentence-transformers does).
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         rows = []
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                encoded = self.tokenizer(texts[start:start + batch_size], truncation=True,
+                encoded = self.tokenizer([texts[i] for i in order[start:start + batch_size]], truncation=True,
                                          max_length=self.meta.max_len, padding=True, return_tensors="pt")
                 rows.append(self.model(**encoded).logits.numpy())
-        return np.vstack(rows) if rows else np.zeros((0, len(self.meta.labels)))
+        if not rows:
+            return np.zeros((0, len(self.meta.labels)))
+        logits = np.empty((len(texts), rows[0].shape[1]), dtype=rows[0].dtype)
+        logits[order] = np.vstack(rows)
+        return logits
 
     def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
         """Calibrated label probabilities per text."""
