@@ -17,7 +17,8 @@ from llmbus.embed import embed
 from llmbus.run.engine import eval_items, run_task
 from llmbus.store import Store
 from llmbus.task.output import parse_json, schema_validator
-from llmbus.task.spec import compile_template, load_spec
+from llmbus.task.spec import load_spec
+from llmbus.task.templates import compiled
 from llmbus.train.student import train_head
 
 
@@ -87,8 +88,8 @@ def test_a_cascade_student_reuses_the_vectors_the_shot_selection_embedded(tmp_pa
 
 def test_the_prompt_template_and_the_schema_validator_are_built_once(tiny_task: Path):
     spec = load_spec(tiny_task)
-    assert compile_template(spec) is compile_template(spec.model_copy())
-    assert compile_template(spec) is not compile_template(spec.model_copy(update={"prompt": "other {{ item.text }}"}))
+    assert compiled(str(spec.prompt)) is compiled(str(spec.model_copy().prompt))
+    assert compiled(str(spec.prompt)) is not compiled("other {{ item.text }}")
     schema = {"type": "object", "required": ["entities"]}
     assert schema_validator(schema) is schema_validator(dict(schema))
     assert parse_json('{"x": 1}', schema).error == "(root): 'entities' is a required property"
