@@ -8,7 +8,8 @@ import pytest
 from llmbus.errors import ProviderError
 from llmbus.providers.base import Request
 from llmbus.providers.config import resolve_model
-from llmbus.providers.openai import CHARS_PER_TOKEN, OpenAIProvider
+from llmbus.providers.openai import OpenAIProvider
+from llmbus.providers.openai_wire import CHARS_PER_TOKEN
 
 
 def _stream(provider: OpenAIProvider, prompt: str) -> tuple[list[str], object]:
