@@ -13,7 +13,7 @@ from typing import Any
 
 from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.config import ModelConfig, resolve_model
-from llmbus.providers.registry import open_provider
+from llmbus.providers.registry import registry
 from llmbus.task.chat import Message
 
 
@@ -47,6 +47,13 @@ class Model:
     def close(self) -> None:
         """Release the provider (stops a local llama-server)."""
         self.provider.close()
+
+
+def open_provider(model: str | ModelConfig) -> Provider:
+    """A ready provider for a model reference or config, from the provider its prefix registered (call
+    `close()` when done)."""
+    config = resolve_model(model) if isinstance(model, str) else model
+    return registry().provider_type(config.provider)(config)
 
 
 def get_model(ref: str) -> Model:
