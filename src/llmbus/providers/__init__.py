@@ -8,8 +8,8 @@ returns), `price_of`/`Usage` (what a call costs), and `openai_wire`'s pure funct
 from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.model import open_provider
-from llmbus.providers.prices import Usage, price_of
+from llmbus.providers.prices import Usage, price_of, usage_of
 from llmbus.providers.registry import registry
 
 __all__ = ["Completion", "ModelConfig", "Provider", "Request", "Usage", "open_provider", "price_of", "registry",
-           "resolve_model"]
+           "resolve_model", "usage_of"]

@@ -79,8 +79,10 @@ class ModelConfig(BaseModel):
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         """A config from a mapping; on ModelConfig itself, as the config of the provider it names."""
-        if cls is ModelConfig and isinstance(obj, dict) and "provider" in obj:
-            return config_type(obj["provider"]).model_validate(obj, *args, **kwargs)  # type: ignore[return-value]
+        chosen = config_type(obj["provider"]) if cls is ModelConfig and isinstance(obj, dict) and "provider" in obj \
+            else cls
+        if chosen is not cls:
+            return chosen.model_validate(obj, *args, **kwargs)  # type: ignore[return-value]
         return super().model_validate(obj, *args, **kwargs)
 
     @field_validator("provider")
