@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import write_items, write_spec
-from llmbus.errors import ModelError, ProviderError
+from llmbus.errors import MissingExtra, ModelError, ProviderError
 from llmbus.providers import Request, open_provider, price_of, resolve_model, usage_of
 from llmbus.providers.prices import table_cost
 from llmbus_litellm import LiteLLMConfig
@@ -91,7 +91,7 @@ def test_an_unnamed_reference_is_litellms_model_name():
 
 def test_without_the_package_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "litellm", None)  # as if it were not installed
-    with pytest.raises(ModelError, match=r"pip install 'llmbus\[litellm\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'llmbus\[litellm\]'"):
         open_provider("litellm:openai/gpt-4o-mini")
 
 

@@ -84,8 +84,10 @@ def test_the_built_ins_and_litellm_are_registered_by_pyproject_entry_points():
 
 def test_the_litellm_plugin_lives_outside_llmbus():
     assert (ROOT / "src" / "llmbus_litellm" / "__init__.py").is_file()
-    mentions = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "litellm" in p.read_text().lower()]
-    assert mentions == []  # zero edits under src/llmbus: nothing there knows it exists
+    mentions = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "litellm" in p.read_text().lower()]
+    # no provider code under src/llmbus knows it exists; only the table of extras lists `llmbus[litellm]`, the
+    # extra that installs its package (what test_extras asks of every extra)
+    assert mentions == ["extras.py"]
 
 
 def test_model_config_is_the_providers_config_that_provider_names():

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from llmbus.errors import ModelError, ProviderError
+from llmbus.extras import require
 from llmbus.providers import Completion, ModelConfig, Request, price_of, usage_of
 from llmbus.providers.openai_wire import from_response, to_payload
 
@@ -71,14 +72,11 @@ class LiteLLMConfig(ModelConfig):
 
 
 def _litellm() -> Any:
-    """The litellm module, or one error line saying how to install it."""
+    """The litellm module, or MissingExtra: one error line naming `pip install 'llmbus[litellm]'`."""
     # LiteLLM fetches its model cost map from the network at import unless told to use the bundled copy;
     # llmbus never prices with it, and nothing is fetched at run time
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    try:
-        import litellm
-    except ImportError:
-        raise ModelError("litellm: models need the litellm package: pip install 'llmbus[litellm]'") from None
+    litellm: Any = require("litellm", "litellm", "litellm: models")
     litellm.suppress_debug_info = True  # its "Give Feedback / Get Help" banner on every error
     return litellm
 

@@ -38,6 +38,11 @@ class InProcessProvider(Generic[Loaded]):
         """One completion per input text (the text of each request, in order), from one pass."""
         raise NotImplementedError
 
+    @property
+    def loaded(self) -> Loaded | None:
+        """The model, once `check` (or a first call) has loaded it."""
+        return self._model
+
     def check(self) -> None:
         """Load the model now (a bad folder fails before a run starts)."""
         if self._model is None:
