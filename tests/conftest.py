@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmbus.providers import Request
 from llmbus.store import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -86,6 +87,13 @@ def wait_for_calls(db: Path, n: int, timeout_s: float = 60) -> int:
 def tiny_task(tmp_path: Path) -> Path:
     write_items(tmp_path / "items.jsonl", 40)
     return write_spec(tmp_path / "task.yaml", "items.jsonl")
+
+
+def spam_or_ham(request: Request) -> str:
+    """The stub's classify answer without the HTTP (for a ScriptedProvider): spam when the prompt's last two
+    lines (the item's) say spam."""
+    lines = [line for line in request.prompt.strip().splitlines() if line.strip()]
+    return "spam" if "spam" in " ".join(lines[-2:]) else "ham"
 
 
 @pytest.fixture

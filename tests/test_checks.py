@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import write_items, write_spec
+from conftest import spam_or_ham, write_items, write_spec
 from llmbus.errors import SpecError
 from llmbus.experiments.compare import compare_runs
 from llmbus.quality.estimate import wilson
@@ -25,7 +25,9 @@ from llmbus.quality.gate import check_gate, parse_gate
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
+from llmbus.testing import ScriptedProvider
 
+SCRIPTED = "scripted:spam-filter"  # runs whose answers only need to be canned: no HTTP is under test there
 SMS_JUDGE = Path(__file__).resolve().parents[1] / "examples" / "sms_spam" / "judge.yaml"
 SCORING = '''
 def tone(expected, answer, item):
@@ -56,7 +58,7 @@ def _llmbus(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def spec_path(tmp_path: Path) -> Path:
     """A classify spec with a custom metric and one check of each deterministic kind; item 4 spams a lunch SMS
-    (the stub answers spam for it), so some checks fail on it."""
+    (the stub, and `spam_or_ham`, answer spam for it), so some checks fail on it."""
     (tmp_path / "scoring.py").write_text(SCORING)
     write_items(tmp_path / "items.jsonl", 30, {i: "spam" for i in (4, 7, 10)})
     return write_spec(tmp_path / "task.yaml", "items.jsonl", metric="scoring:tone", **{"assert": CHECKS})
@@ -73,10 +75,10 @@ def rates(store: Store, run_id: str) -> dict[str, tuple[int, int]]:
     return {name: (passed, len(rows)) for name, passed in counts.items()}
 
 
-def test_each_check_kind_and_the_custom_metric_through_eval(spec_path: Path, stub_model: str, store: Store):
+def test_each_check_kind_and_the_custom_metric_through_eval(spec_path: Path, store: Store):
     spec = load_spec(spec_path)
     assert [c.name for c in spec.checks] == ["icontains", "no_spam", "regex", "equals", "is_json", "short"]
-    run_id = run_task(spec, stub_model, store, concurrency=2)
+    run_id = run_task(spec, SCRIPTED, store, concurrency=2, provider=ScriptedProvider(spam_or_ham))
     rows = list(store.iter_calls(run_id))
     report = evaluate(store, run_id, rounds=200)
     for name, (passed, n) in rates(store, run_id).items():
@@ -128,10 +130,10 @@ def test_eval_cli_gate_and_junit_xml(spec_path: Path, stub_model: str, tmp_path:
     assert {c.get("name") for c in cases} == {r["item_id"] for r in store.iter_calls(run_id)}
 
 
-def test_compare_shows_each_runs_pass_rates_on_the_shared_items(spec_path: Path, stub_model: str, store: Store):
+def test_compare_shows_each_runs_pass_rates_on_the_shared_items(spec_path: Path, store: Store):
     spec = load_spec(spec_path)
-    first = run_task(spec, stub_model, store, limit=12)
-    second = run_task(spec, stub_model, store, use_cache=False)
+    first = run_task(spec, SCRIPTED, store, limit=12, provider=ScriptedProvider(spam_or_ham))
+    second = run_task(spec, SCRIPTED, store, use_cache=False, provider=ScriptedProvider(spam_or_ham))
     matrix = compare_runs(store, [first, second], rounds=100)
     assert matrix.metric == "scoring:tone" and matrix.n_shared == 12
     for row in matrix.rows:
@@ -216,15 +218,14 @@ def test_a_metric_outside_0_1_is_refused_and_checks_do_not_change_the_spec_versi
                      r"bool or a number in \[0, 1\]", done.stderr.replace("\n", "")), done.stderr
 
 
-def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path: Path, stub_model: str,
-                                                                        store: Store):
+def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path: Path, store: Store):
     from fastapi.testclient import TestClient
 
     from llmbus.web.runs_web import create_app
 
     spec = load_spec(spec_path)
-    first = run_task(spec, stub_model, store, limit=10)
-    second = run_task(spec, stub_model, store, limit=10, use_cache=False)
+    first = run_task(spec, SCRIPTED, store, limit=10, provider=ScriptedProvider(spam_or_ham))
+    second = run_task(spec, SCRIPTED, store, limit=10, use_cache=False, provider=ScriptedProvider(spam_or_ham))
     rate = evaluate(store, first, rounds=20).assertions["no_spam"]
     client = TestClient(create_app(store, rounds=20))
     page = client.get(f"/runs/{first}").text
@@ -234,10 +235,10 @@ def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path
     assert "assert:no_spam" in matrix and f"{rate['value']:.3f} ({rate['lo']:.3f}–{rate['hi']:.3f})" in matrix
 
 
-def test_optimize_reports_each_candidates_pass_rates(spec_path: Path, stub_model: str, store: Store):
+def test_optimize_reports_each_candidates_pass_rates(spec_path: Path, store: Store):
     from llmbus.experiments.optimize import measure_run
 
-    run_id = run_task(load_spec(spec_path), stub_model, store, limit=10)
+    run_id = run_task(load_spec(spec_path), SCRIPTED, store, limit=10, provider=ScriptedProvider(spam_or_ham))
     measure = measure_run(store, run_id)
     report = evaluate(store, run_id, rounds=20)
     assert measure.assertions == {name: rate["value"] for name, rate in report.assertions.items()}

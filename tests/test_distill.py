@@ -263,7 +263,7 @@ def _student_answers_a_run_in_batches(spec: TaskSpec, model: str, store: Store) 
     provider = EncoderProvider(resolve_model(model))
     provider.check()
     passes: list[int] = []
-    student = provider._student
+    student = provider.loaded
     assert student is not None
     one_pass = student.predict_proba
     student.predict_proba = lambda texts: passes.append(len(texts)) or one_pass(texts)  # type: ignore[method-assign]

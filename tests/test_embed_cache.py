@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from conftest import write_items, write_spec
+from conftest import spam_or_ham, write_items, write_spec
 from llmbus.embed import MINILM_NAME, embed, text_hash
 from llmbus.run.engine import run_task
 from llmbus.store import Store
 from llmbus.store.schema import embeddings
 from llmbus.task.spec import load_spec
+from llmbus.testing import ScriptedProvider
 
 TEXTS = ["win a free prize now", "see you at lunch", "win a free prize now", "the meeting moved to 3pm"]
 
@@ -52,17 +53,18 @@ def test_embedding_cache_on_postgres(postgres_url: str):
         store.close()
 
 
-def test_second_nearest_run_embeds_nothing_new(tmp_path: Path, stub, stub_model: str):
+def test_second_nearest_run_embeds_nothing_new(tmp_path: Path):
     write_items(tmp_path / "items.jsonl", 40)
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
                                 fewshot={"k": 3, "strategy": "nearest", "pool_fraction": 0.25}))
     first_store = Store(str(tmp_path / "calls.db"))
-    first = run_task(spec, stub_model, first_store, concurrency=2)
+    first = run_task(spec, "scripted:test", first_store, concurrency=2, provider=ScriptedProvider(spam_or_ham))
     missed = first_store.embeddings.misses
     assert missed == 40 and first_store.embeddings.hits == 0  # 10 pool + 30 eval texts, all distinct
     first_store.close()
     again = Store(str(tmp_path / "calls.db"))  # a new process's store: only the table carries over
-    second = run_task(spec, stub_model, again, concurrency=2, use_cache=False)
+    second = run_task(spec, "scripted:test", again, concurrency=2, use_cache=False,
+                      provider=ScriptedProvider(spam_or_ham))
     assert (again.embeddings.misses, again.embeddings.hits) == (0, 40)
     prompts = [{c["item_id"]: c["prompt"] for c in again.iter_calls(run)} for run in (first, second)]
     assert prompts[0] == prompts[1]  # the same nearest shots, picked from cached vectors

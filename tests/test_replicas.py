@@ -22,9 +22,10 @@ import yaml
 from conftest import write_items, write_spec
 from llmbus.errors import SpecError, Unreachable
 from llmbus.providers import Request, open_provider
-from llmbus.providers.config import RoutingConfig, load_model_configs
+from llmbus.providers.config import load_model_configs
 from llmbus.providers.llamacpp import LlamaServer, find_binary, free_port, resolve_gguf
 from llmbus.providers.openai import OpenAIProvider
+from llmbus.providers.openai_config import RoutingConfig
 from llmbus.providers.replicas import Lease, ReplicaSet
 from llmbus.run.engine import run_task
 from llmbus.store import Store, now

@@ -11,6 +11,8 @@ OpenAI-compatible endpoints. Anything heavier is an extra, named for what a user
     scale     `--executor ray`
     otel      OpenTelemetry traces
     report    `llmbus report`'s plots (matplotlib)
+    litellm   `litellm:` models (Anthropic, Bedrock, Vertex AI, Azure…) through LiteLLM's SDK: a provider plugin
+              outside the llmbus package (src/llmbus_litellm), registered by its entry point
     all       every one of them
 
 A package of an extra is imported only inside the function that needs it, through `require`, so a missing one
@@ -34,6 +36,7 @@ EXTRAS: dict[str, str] = {
     "scale": "Ray executors",
     "otel": "OpenTelemetry traces",
     "report": "the report's plots",
+    "litellm": "litellm: models through LiteLLM's SDK",
 }
 # extra -> the modules it brings that llmbus imports (`check` looks for them without importing them)
 MODULES: dict[str, tuple[str, ...]] = {
@@ -44,6 +47,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "scale": ("ray",),
     "otel": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
     "report": ("matplotlib",),
+    "litellm": ("litellm",),
 }
 
 

@@ -22,6 +22,8 @@ from llmbus.advise.breakeven import Assumptions, Decision, System, decide
 from llmbus.distill.learning_curve import TARGET_SHARE
 from llmbus.errors import LlmbusError
 from llmbus.providers.config import resolve_model
+from llmbus.providers.encoder import EncoderConfig
+from llmbus.providers.local_config import LocalConfig
 from llmbus.quality.evaluate import bootstrap, evaluate, sample_from
 from llmbus.run.summary import summarize
 from llmbus.settings import USD_PER_HOUR
@@ -60,9 +62,10 @@ def row_kind(model: str, cache_hit_rate: float) -> str:
 def is_lora_student(model: str) -> bool:
     """A `local:` model registered by `llmbus distill --student lora` (it reads the raw input, not the prompt)."""
     try:
-        return resolve_model(model).input_template is not None
+        config = resolve_model(model)
     except LlmbusError:
         return False
+    return isinstance(config, LocalConfig) and config.input_template is not None
 
 
 def task_runs(spec: TaskSpec, store: Store) -> list[dict[str, Any]]:
@@ -125,6 +128,8 @@ def distill_report(spec: TaskSpec) -> dict[str, Any] | None:
     try:
         config = resolve_model(f"encoder:{spec.name}-student")
     except LlmbusError:
+        return None
+    if not isinstance(config, EncoderConfig):
         return None
     path = Path(config.path or "").parent / "distill.json"
     return json.loads(path.read_text()) if path.is_file() else None

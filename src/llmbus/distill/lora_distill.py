@@ -22,6 +22,7 @@ from llmbus.distill.quantize import Variant, build_variants, local_model, measur
 from llmbus.extras import check
 from llmbus.providers.config import ModelConfig, add_models, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
+from llmbus.providers.local_config import LocalConfig
 from llmbus.store import Store
 from llmbus.task import metrics
 from llmbus.task.output import parse_output
@@ -121,13 +122,13 @@ def _quality(spec: TaskSpec, answers: list[Any], references: list[Any]) -> float
 def teacher_config(model: str, threads: int) -> ModelConfig:
     """The teacher's model config; a local teacher gets one slot, so its latency is measured like the students'."""
     config = resolve_model(model)
-    return config.model_copy(update={"parallel": 1, "threads": threads}) if config.provider == "local" else config
+    return config.model_copy(update={"parallel": 1, "threads": threads}) if isinstance(config, LocalConfig) else config
 
 
 def teacher_size_mb(model: str) -> float:
     """The teacher's file size when it is a local GGUF (NaN for remote models)."""
     config = resolve_model(model)
-    return resolve_gguf(config.gguf).stat().st_size / 1e6 if config.provider == "local" and config.gguf \
+    return resolve_gguf(config.gguf).stat().st_size / 1e6 if isinstance(config, LocalConfig) and config.gguf \
         else float("nan")
 
 

@@ -22,6 +22,7 @@ from llmbus.extras import require
 from llmbus.providers import Completion, Request, open_provider
 from llmbus.providers.config import ModelConfig
 from llmbus.providers.llamacpp import find_binary
+from llmbus.providers.local_config import LocalConfig
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
 
@@ -111,9 +112,9 @@ def build_variants(base: Path, deltas: dict[str, np.ndarray], out_dir: Path, nam
     return [Variant(quant=q, path=str(p), size_mb=p.stat().st_size / 1e6) for q, p in paths.items()]
 
 
-def local_model(gguf: Path, threads: int = 2) -> ModelConfig:
+def local_model(gguf: Path, threads: int = 2) -> LocalConfig:
     """A one-slot local model on a GGUF file: requests answered one at a time, as a latency measurement needs."""
-    return ModelConfig(name=f"local:{gguf}", provider="local", gguf=str(gguf), threads=threads, parallel=1)
+    return LocalConfig(name=f"local:{gguf}", gguf=str(gguf), threads=threads, parallel=1)
 
 
 def answer_prompts(model: ModelConfig, prompts: list[str], max_tokens: int, stop: tuple[str, ...]

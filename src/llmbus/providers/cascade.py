@@ -10,21 +10,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from llmbus.embed import EmbeddingCache
 from llmbus.errors import ModelError
 from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.config import ModelConfig
+from llmbus.providers.model import open_provider as open_registered
 from llmbus.task.output import parse_json
+
+
+class CascadeConfig(ModelConfig):
+    """A cascade's entry in llmbus.yaml (written by `llmbus distill`): two model references and a threshold."""
+
+    provider: Literal["cascade"] = "cascade"
+    student: str | None = None
+    teacher: str | None = None
+    threshold: float = Field(default=0.9, ge=0, le=1)
+
+    hint: ClassVar[str] = "define it in llmbus.yaml with student, teacher and threshold"
+
+    def parts(self) -> tuple[str, ...]:
+        """The student and the teacher: their prices make the cascade's."""
+        return tuple(ref for ref in (self.student, self.teacher) if ref)
 
 
 class CascadeProvider:
     """Student first, teacher on low confidence or a schema violation."""
 
-    def __init__(self, config: ModelConfig, open_provider: Callable[[str], Provider]):
-        """`open_provider` opens the student and the teacher (the registry passes itself in)."""
+    Config = CascadeConfig
+
+    def __init__(self, config: CascadeConfig, open_provider: Callable[[str], Provider] | None = None):
+        """`open_provider` opens the student and the teacher (default: llmbus's, through the registry)."""
         if not config.student or not config.teacher:
             raise ModelError(f"{config.name}: a cascade needs `student` and `teacher` in llmbus.yaml")
+        open_provider = open_provider or open_registered
         self.name = config.name
         self.threshold = config.threshold
         self.student: Provider = open_provider(config.student)

@@ -8,71 +8,69 @@ Cost is the measured CPU time of the process during the call at the model's $/ho
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from llmbus.embed import EmbeddingCache
 from llmbus.providers.base import Completion, Request, label_completion
-from llmbus.providers.config import ModelConfig
-from llmbus.providers.prices import Usage, price_of
+from llmbus.providers.config import ModelConfig, default_threads
+from llmbus.providers.inprocess import InProcessProvider
 from llmbus.train.student import HeadStudent, Student, load_student
 
 
-class EncoderProvider:
+class EncoderConfig(ModelConfig):
+    """A student folder written by `llmbus distill` (`llmbus.yaml` gets its entry then)."""
+
+    provider: Literal["encoder"] = "encoder"
+    path: str | None = None  # the student folder (default: the reference's name)
+    threads: int = Field(default_factory=default_threads, ge=1)  # torch threads
+
+    hint: ClassVar[str] = "give a student folder as encoder:/path/to/student"
+    cpu_priced: ClassVar[bool] = True
+
+    @classmethod
+    def reference(cls, name: str) -> dict[str, Any] | None:
+        """`encoder:/path/to/student` names its folder."""
+        return {"path": name, "threads": 1} if name else None
+
+    @property
+    def cpu_threads(self) -> int:
+        """The torch threads."""
+        return self.threads
+
+
+class EncoderProvider(InProcessProvider[Student]):
     """A student folder written by `llmbus distill`, served in-process."""
 
-    reads_prompt = False  # the item's raw input only: runs skip rendering prompts and selecting shots for it
+    Config = EncoderConfig
+    batch_size = 256  # a run hands this many items to one pass (sorted by length inside it: little padding)
 
-    def __init__(self, config: ModelConfig):
-        self.name = config.name
-        self.config = config
+    def __init__(self, config: EncoderConfig):
+        super().__init__(config)
+        self.threads = config.threads
         self.path = Path(config.path or config.name.partition(":")[2]).expanduser()
-        self._student: Student | None = None
-        self._lock = threading.Lock()  # one forward pass at a time: torch already uses every thread
         self._embeddings: EmbeddingCache | None = None
 
-    def check(self) -> None:
-        """Load the student now (a bad folder fails before a run starts)."""
-        if self._student is None:
-            self._student = load_student(self.path, threads=self.config.threads)
-            if isinstance(self._student, HeadStudent):
-                self._student.embeddings = self._embeddings
+    def load(self) -> Student:
+        """The student in the folder (a `head` student reads vectors from the embedding cache it was given)."""
+        student = load_student(self.path, threads=self.threads)
+        if isinstance(student, HeadStudent):
+            student.embeddings = self._embeddings
+        return student
 
     def use_embeddings(self, cache: EmbeddingCache) -> None:
         """Read the input's MiniLM vector from `cache` when something else already embedded it (a cascade's
         nearest-shot selection): a `head` student then never embeds a text twice."""
         self._embeddings = cache
-        if isinstance(self._student, HeadStudent):
-            self._student.embeddings = cache
+        if isinstance(self.loaded, HeadStudent):
+            self.loaded.embeddings = cache
 
-    batch_size = 256  # a run hands this many items to one pass (sorted by length inside it: little padding)
-
-    def complete(self, request: Request) -> Completion:
-        """Classify or extract from `request.input` (falls back to the prompt)."""
-        return self.complete_batch([request])[0]
-
-    def complete_batch(self, requests: list[Request]) -> list[Completion]:
-        """`complete` for many requests in one forward pass; each is charged its share of the CPU time."""
-        self.check()
-        assert self._student is not None
-        texts = [request.input if request.input is not None else request.prompt for request in requests]
-        with self._lock:
-            tick = time.process_time()
-            if self._student.meta.kind == "extract":
-                completions = [Completion(text=json.dumps({"entities": entities}))
-                               for entities in self._student.extract([text.split() for text in texts])]
-            else:
-                completions = [label_completion(probs, request.labels)
-                               for probs, request in zip(self._student.predict_proba(texts), requests, strict=True)]
-            cpu = (time.process_time() - tick) / len(requests)
-        for completion, text in zip(completions, texts, strict=True):
-            completion.tokens_in = len(text.split())
-            completion.cpu_seconds = cpu
-            completion.cost_usd = price_of(self.config).cost(Usage(cpu_seconds=cpu)) or 0.0
-        return completions
-
-    def close(self) -> None:
-        """Drop the model."""
-        self._student = None
-
+    def answer(self, model: Student, texts: list[str], requests: list[Request]) -> list[Completion]:
+        """Label distributions, or for an extraction student the entities as JSON."""
+        if model.meta.kind == "extract":
+            return [Completion(text=json.dumps({"entities": entities}))
+                    for entities in model.extract([text.split() for text in texts])]
+        return [label_completion(probs, request.labels)
+                for probs, request in zip(model.predict_proba(texts), requests, strict=True)]

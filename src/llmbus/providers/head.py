@@ -3,16 +3,16 @@ answer) served in-process as a provider. Trained by `quality/finetune.py`; read 
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from llmbus.embed import StageCallback, embed
 from llmbus.errors import ModelError
 from llmbus.providers.base import Completion, Request, label_completion
-from llmbus.settings import USD_PER_HOUR
+from llmbus.providers.config import ModelConfig
+from llmbus.providers.inprocess import InProcessProvider
 from llmbus.train.student import HEAD_FILE, LogisticHead
 
 
@@ -49,46 +49,38 @@ class HeadJudge(LogisticHead):
         return cls.read(path)
 
 
-class HeadProvider:
+class HeadConfig(ModelConfig):
+    """An embedding-head judge folder: `head:DIR` names it (no llmbus.yaml entry needed)."""
+
+    provider: Literal["head"] = "head"
+    path: str | None = None  # the head's folder (default: the reference's name)
+
+    hint: ClassVar[str] = "give an embedding-head judge folder as head:/path/to/head"
+    cpu_priced: ClassVar[bool] = True
+
+    @classmethod
+    def reference(cls, name: str) -> dict[str, Any] | None:
+        """`head:DIR` names its folder."""
+        return {"path": name} if name else None
+
+
+class HeadProvider(InProcessProvider[HeadJudge]):
     """`head:DIR` as a provider: label probabilities for `request.input`, in-process."""
 
-    reads_prompt = False  # the judge input only: runs skip rendering prompts and selecting shots for it
+    Config = HeadConfig
 
-    def __init__(self, path: str, usd_per_hour: float = USD_PER_HOUR):
-        self.name = f"head:{path}"
-        self.path = Path(path).expanduser()
-        self.usd_per_hour = usd_per_hour
-        self._head: HeadJudge | None = None
-        self._lock = threading.Lock()  # one embedding batch at a time: torch already uses every thread
+    def __init__(self, config: HeadConfig):
+        super().__init__(config)
+        self.path = Path(config.path or config.name.partition(":")[2]).expanduser()
 
-    def check(self) -> None:
-        """Load the head now (a bad folder fails before the judge run starts)."""
-        if self._head is None:
-            self._head = HeadJudge.load(self.path)
+    def load(self) -> HeadJudge:
+        """The head in the folder."""
+        return HeadJudge.load(self.path)
 
-    batch_size = 64  # a judge run or a run hands this many inputs to one embedding pass
-
-    def complete(self, request: Request) -> Completion:
-        """The most likely label and the label distribution."""
-        return self.complete_batch([request])[0]
-
-    def complete_batch(self, requests: list[Request]) -> list[Completion]:
-        """`complete` for many requests in one embedding pass; each is charged its share of the CPU time."""
-        self.check()
-        assert self._head is not None
-        texts = [request.input if request.input is not None else request.prompt for request in requests]
-        with self._lock:
-            tick = time.process_time()
-            all_probs = self._head.predict_proba(texts)
-            cpu = (time.process_time() - tick) / len(requests)
-        completions = []
-        for probs, request, text in zip(all_probs, requests, texts, strict=True):
-            completion = label_completion(probs, request.labels)
-            completion.tokens_in, completion.tokens_out = len(text.split()), 1
-            completion.cpu_seconds, completion.cost_usd = cpu, cpu * self.usd_per_hour / 3600
-            completions.append(completion)
+    def answer(self, model: HeadJudge, texts: list[str], requests: list[Request]) -> list[Completion]:
+        """The most likely label and the label distribution, per judge input."""
+        completions = [label_completion(probs, request.labels)
+                       for probs, request in zip(model.predict_proba(texts), requests, strict=True)]
+        for completion in completions:
+            completion.tokens_out = 1
         return completions
-
-    def close(self) -> None:
-        """Drop the head."""
-        self._head = None

@@ -24,11 +24,11 @@ from typing import Any
 
 from llmbus.errors import ModelError, ProviderError
 from llmbus.providers.base import Completion, Request, normalize_probs, sse_data, whole
-from llmbus.providers.config import ModelConfig
 from llmbus.providers.context_cache import ContextCache
 from llmbus.providers.gguf_meta import chat_template
 from llmbus.providers.llamacpp import LlamaServer, check_engine_knobs, engine_args, private_dir, resolve_gguf
 from llmbus.providers.local_chat import chat_complete, chat_events, templated
+from llmbus.providers.local_config import LocalConfig
 from llmbus.providers.openai_wire import text_of
 from llmbus.providers.prices import Usage, price_of
 from llmbus.settings import config_path
@@ -73,7 +73,9 @@ class CpuShare:
 class LocalProvider:
     """A GGUF model behind llama-server on 127.0.0.1."""
 
-    def __init__(self, config: ModelConfig, extra_args: tuple[str, ...] = ()):
+    Config = LocalConfig
+
+    def __init__(self, config: LocalConfig, extra_args: tuple[str, ...] = ()):
         assert config.gguf, "local models need a gguf"
         self.name = config.name
         self.config = config

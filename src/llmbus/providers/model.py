@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from llmbus.errors import LlmbusError
 from llmbus.providers.base import Completion, Provider, Request
 from llmbus.providers.config import ModelConfig, resolve_model
-from llmbus.providers.registry import open_provider
+from llmbus.providers.registry import registry
 from llmbus.task.chat import Message
 
 
@@ -49,6 +50,23 @@ class Model:
         self.provider.close()
 
 
+def open_provider(model: str | ModelConfig) -> Provider:
+    """A ready provider for a model reference or config, from the provider its prefix registered (call
+    `close()` when done)."""
+    config = resolve_model(model) if isinstance(model, str) else model
+    return registry().provider_type(config.provider)(config)
+
+
 def get_model(ref: str) -> Model:
     """A model by reference (`local:gemma-3-270m`, `openai:NAME`, a name in llmbus.yaml…), ready for calls."""
     return Model(ref)
+
+
+def model_reads_prompt(model: str) -> bool:
+    """Whether a model's provider reads rendered prompts (False for in-process students and heads), known
+    without opening it; True for a model that does not resolve (opening it then says why)."""
+    try:
+        config = resolve_model(model)
+        return bool(getattr(registry().provider_type(config.provider), "reads_prompt", True))
+    except LlmbusError:
+        return True

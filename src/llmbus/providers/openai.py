@@ -23,7 +23,7 @@ import httpx
 from llmbus.errors import ProviderError, Unreachable
 from llmbus.providers.abort import Sockets, track_sockets
 from llmbus.providers.base import Completion, Request, sse_data, whole
-from llmbus.providers.config import ModelConfig
+from llmbus.providers.openai_config import OpenAIConfig
 from llmbus.providers.openai_wire import (
     StreamedAnswer,
     counted_usage,
@@ -44,12 +44,14 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 class OpenAIProvider:
     """Calls one model on an OpenAI-compatible endpoint, or on any of its replicas (`base_urls`)."""
 
-    def __init__(self, config: ModelConfig):
+    Config = OpenAIConfig
+
+    def __init__(self, config: OpenAIConfig):
         if not config.urls:
             raise Unreachable(f"{config.name}: no base_url configured")
         self.name = config.name
         self.config = config
-        self.remote_model = config.model or config.name.partition(":")[2]
+        self.remote_model = config.remote_model
         self.price = price_of(config)
         headers = {}
         key = os.environ.get(config.api_key_env)

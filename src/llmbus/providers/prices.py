@@ -6,7 +6,7 @@ A price comes from, in order:
 - the offline price table of the pinned `genai-prices` package (its bundled data, read in-process; its
   auto-update, which would fetch from the network, is never started): providers, models, dated price changes,
   cached-input and reasoning-token prices,
-- for CPU models (`local:`, `encoder:`), measured CPU-seconds × `usd_per_hour` (configured, or the default).
+- for CPU models (`local:`, `encoder:`, `head:`), measured CPU-seconds × `usd_per_hour` (configured, or the default).
 
 A remote model found in neither is **unknown**: its calls cost `None`, shown as `?` with one warning naming
 the model and how to set its price — never $0. Token kinds follow OpenAI's usage: `tokens_in` counts every
@@ -176,11 +176,10 @@ def table_rates(model: Any) -> dict[str, float | None]:
 def price_of(config: ModelConfig, resolve: Any = None) -> Price:
     """The price of a configured model. `resolve` maps a model reference to its config (for a cascade's
     student and teacher; default: llmbus.yaml)."""
-    if config.provider == "cascade":
+    if config.parts():
         resolve = resolve or resolve_model
-        parts = [price_of(resolve(ref), resolve) for ref in (config.student, config.teacher) if ref]
-        return combined(config.name, parts)
-    if config.provider in ("local", "encoder"):
+        return combined(config.name, [price_of(resolve(ref), resolve) for ref in config.parts()])
+    if config.cpu_priced:
         source = f"{config.price_source} usd_per_hour" if config.price_source else f"default usd_per_hour " \
                                                                                       f"{USD_PER_HOUR:g}"
         return Price(config.name, "cpu", source, usd_per_hour=config.usd_per_hour)
@@ -196,7 +195,7 @@ def token_price(config: ModelConfig) -> Price:
         if missing:
             return Price(config.name, "unknown", f"{config.price_source}: {' and '.join(missing)} not set")
         return Price(config.name, "tokens", str(config.price_source), **configured)
-    found = table_lookup(config.model or config.name.partition(":")[2], config.urls)
+    found = table_lookup(config.remote_model, config.urls)
     rates = table_rates(found[1]) if found else {}
     if not found or rates["input"] is None or rates["output"] is None:
         return Price(config.name, "unknown", f"not in {table_version()}, and llmbus.yaml sets no price")
@@ -217,7 +216,7 @@ def combined(name: str, parts: list[Price]) -> Price:
 
 def price_for(ref: str) -> Price | None:
     """The price of a model reference, or None when the reference names no model llmbus can resolve (a
-    gateway's refusal run, a flow, a head judge folder)."""
+    gateway's refusal run, a flow)."""
     from llmbus.errors import LlmbusError
 
     try:

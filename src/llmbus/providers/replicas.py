@@ -36,7 +36,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmbus.providers.config import RoutingConfig
+from llmbus.providers.openai_config import RoutingConfig
 from llmbus.redact import masked_url
 
 # ok: answered. fault: the replica failed (connection, timeout, 5xx): counts towards ejection. error: an answer

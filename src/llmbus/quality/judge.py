@@ -31,7 +31,6 @@ import sqlalchemy as sa
 from llmbus.embed import StageCallback
 from llmbus.errors import JudgeSchemaError, LlmbusError, SpecError
 from llmbus.providers import Provider, open_provider
-from llmbus.providers.head import HeadProvider
 from llmbus.run.adapter import CallPlan, answer_batch, job_of
 from llmbus.store import CallRecord, Store, now
 from llmbus.store.schema import calls, judge_runs, verdicts
@@ -156,13 +155,6 @@ def judge_input(fields: dict[str, Any], input_field: str, *answers: str) -> str:
     return " [SEP] ".join([str(fields.get(input_field, "")), *answers])
 
 
-def open_judge_provider(model: str) -> Provider:
-    """A provider for a judge model: any model reference, or `head:DIR` (an embedding-head judge)."""
-    if model.startswith("head:"):
-        return HeadProvider(model.removeprefix("head:"))
-    return open_provider(model)
-
-
 class _JudgeContext:
     """The judge spec, its example selector and the provider, shared by every call of one judge run."""
 
@@ -201,7 +193,7 @@ def run_judge(spec: TaskSpec, store: Store, target: str, *, other: str | None = 
     fields_by_id = run_items(store, target_run)
     pairs = list(_pairs(store, target_run, other_run, limit, None if call_ids is None else set(call_ids)))
     owned = provider is None
-    provider = provider or open_judge_provider(model)
+    provider = provider or open_provider(model)  # any model, or `head:DIR` (an embedding-head judge)
     try:
         provider.check()
         run_id = store.create_run(task=spec.name, task_path=str(spec.source or ""), spec_version=spec.version,

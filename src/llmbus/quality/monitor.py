@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from llmbus.embed import StageCallback
 from llmbus.errors import EstimateError, LlmbusError
-from llmbus.providers import Provider
+from llmbus.providers import Provider, open_provider
 from llmbus.quality.estimate import (
     Estimate,
     JudgedSample,
@@ -43,7 +43,7 @@ from llmbus.quality.estimate import (
     estimate_quality,
     judged_sample,
 )
-from llmbus.quality.judge import load_judge, load_verdicts, open_judge_provider, positive_label, run_judge
+from llmbus.quality.judge import load_judge, load_verdicts, positive_label, run_judge
 from llmbus.quality.label import LabelSchema, consensus, create_project, enqueue_calls, get_project
 from llmbus.store import Store, decode_call, now
 from llmbus.store.schema import calls, label_items, monitor_calls, monitors
@@ -231,7 +231,7 @@ def _judge_pending(store: Store, served: str, settings: MonitorSettings, provide
         return 0, []
     spec = load_judge(settings.judge_path)
     owned = provider is None
-    provider = provider or open_judge_provider(settings.judge_model)
+    provider = provider or open_provider(settings.judge_model)
     judge_runs = []
     try:
         for run_id, ids in pending.items():

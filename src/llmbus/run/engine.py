@@ -28,7 +28,7 @@ from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
 from llmbus.providers import Provider, open_provider
 from llmbus.providers.base import reads_prompt
 from llmbus.providers.config import resolve_model
-from llmbus.providers.registry import model_reads_prompt
+from llmbus.providers.model import model_reads_prompt
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor

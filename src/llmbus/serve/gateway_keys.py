@@ -64,17 +64,16 @@ def estimate_cost(config: ModelConfig, request: Request, timeout_s: float, confi
     """An upper estimate of one call's cost: token-priced models at one input token per prompt (and tool
     schema) byte and `max_tokens` out for each of `n` choices; CPU-priced ones (local, encoder) at all their
     threads busy for the route's timeout; a cascade at both its models."""
-    if config.provider == "cascade":
-        return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs)
-                   for ref in (config.student, config.teacher) if ref)
+    if config.parts():
+        return sum(estimate_cost(resolve_model(ref, configs), request, timeout_s, configs) for ref in config.parts())
     price = price_of(config)
-    if config.provider == "openai":
+    if not config.cpu_priced:
         tools = len(json.dumps(request.tools).encode()) if request.tools else 0
         tokens_in = len(request.prompt.encode()) + tools + PROMPT_OVERHEAD_TOKENS
         tokens_out = (request.max_tokens or UNSET_MAX_TOKENS) * (request.n or 1)
         # an unpriced model holds nothing: a budget on one starts only with `budget_unpriced: allow`
         return price.cost(Usage(tokens_in=tokens_in, tokens_out=tokens_out)) or 0.0
-    return price.cost(Usage(cpu_seconds=timeout_s * config.threads)) or 0.0
+    return price.cost(Usage(cpu_seconds=timeout_s * config.cpu_threads)) or 0.0
 
 
 def check_budgets_priced(keys: list[KeyConfig], models: dict[str, ModelConfig], configs: dict[str, ModelConfig],
