@@ -25,6 +25,7 @@ from llmbus.distill.distill import DistillReport, distill
 from llmbus.experiments.compare import Matrix, compare_runs
 from llmbus.experiments.optimize import OptimizeResult, optimize
 from llmbus.providers import Provider
+from llmbus.providers.config import add_models
 from llmbus.quality.evaluate import Comparison, EvalReport, compare, evaluate
 from llmbus.quality.judge import JudgeReport, load_judge, run_judge
 from llmbus.run.engine import Progress, run_task
@@ -156,9 +157,12 @@ class Project:
     def distill(self, task: TaskRef, teacher: RunRef, out_dir: str | Path, *, settings: TrainSettings | None = None,
                 register: bool = False, **options: Any) -> DistillReport:
         """Train a small student on a teacher run's answers and measure it, with its cascade, on held-out items.
-        `register=True` also adds the student and the cascade to llmbus.yaml (what the CLI does)."""
-        return distill(_task(task), self.store, _id(teacher), Path(out_dir), settings=settings, register=register,
-                       **options)
+        `register=True` also adds the student and the cascade to llmbus.yaml, its comments kept (what the CLI
+        does); either way `report.registration` holds those entries."""
+        report = distill(_task(task), self.store, _id(teacher), Path(out_dir), settings=settings, **options)
+        if register:
+            add_models(report.registration)
+        return report
 
 
 def open(db: str | None = None) -> Project:
