@@ -15,8 +15,7 @@ Nothing here writes outside the store and the folders a method is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ from llmbus.experiments.optimize import OptimizeResult, optimize
 from llmbus.providers import Provider
 from llmbus.quality.evaluate import Comparison, EvalReport, compare, evaluate
 from llmbus.quality.judge import JudgeReport, load_judge, run_judge
-from llmbus.run.engine import Progress, run_task
+from llmbus.run.engine import run_task
+from llmbus.run.options import RunHooks, RunOptions, ScaleOptions
 from llmbus.settings import DEFAULT_MODEL
 from llmbus.store import Call, Run, Store
 from llmbus.task.spec import TaskSpec, load_spec
@@ -35,39 +35,6 @@ from llmbus.train.student import TrainSettings
 
 RunRef = Run | str
 TaskRef = TaskSpec | str | Path
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Which items a run answers and how: a representative sample of `limit` items after `offset` (or every
-    class given equal room with `sampling="balanced"`), `concurrency` calls at once, the response cache on or
-    off, and `resume` to finish an earlier run's missing items."""
-
-    limit: int | None = None
-    offset: int = 0
-    concurrency: int = 4
-    use_cache: bool = True
-    sampling: str = "representative"
-    resume: str | None = None
-    tag: str | None = None  # what made the run (stored with it)
-
-
-@dataclass(frozen=True)
-class ScaleOptions:
-    """Where the calls run: this process's thread pool (`local`) or a Ray cluster."""
-
-    executor: str = "local"
-    ray_address: str | None = None
-    workers: int | None = None
-
-
-@dataclass(frozen=True)
-class RunHooks:
-    """What a caller hears while a run prepares and answers (all optional)."""
-
-    on_progress: Callable[[Progress], None] | None = None
-    on_stage: Callable[[str], None] | None = None
-    on_warning: Callable[[str], None] | None = None
 
 
 def load_task(path: str | Path) -> TaskSpec:
@@ -102,12 +69,7 @@ class Project:
             hooks: RunHooks | None = None) -> Run:
         """Answer the task's eval items with `model` (or a provider you opened: e.g. a ScriptedProvider),
         logging every call; returns the finished run."""
-        options, scale, hooks = options or RunOptions(), scale or ScaleOptions(), hooks or RunHooks()
-        run_id = run_task(_task(task), model, self.store, limit=options.limit, offset=options.offset,
-                          concurrency=options.concurrency, use_cache=options.use_cache, resume=options.resume,
-                          sampling=options.sampling, tag=options.tag, provider=provider,
-                          executor=scale.executor, ray_address=scale.ray_address, workers=scale.workers,
-                          on_progress=hooks.on_progress, on_stage=hooks.on_stage, on_warning=hooks.on_warning)
+        run_id = run_task(_task(task), model, self.store, options, provider=provider, scale=scale, hooks=hooks)
         return self.store.run(run_id)
 
     def runs(self, task: str | None = None, tag: str | None = None) -> list[Run]:

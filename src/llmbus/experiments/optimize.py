@@ -33,6 +33,7 @@ from llmbus.experiments.spec_yaml import write_spec
 from llmbus.providers import Provider, open_provider
 from llmbus.quality.evaluate import Comparison, Interval, compare, evaluate
 from llmbus.run.engine import TRANSIENT_ERRORS, run_task
+from llmbus.run.options import RunOptions
 from llmbus.run.summary import summarize
 from llmbus.store import Store
 from llmbus.task.data import Split, load_items, sample_order, split_items
@@ -177,8 +178,9 @@ class _Search:
         seen = max((call["id"] for call in self.store.iter_calls(resume)), default=0) if resume else 0
         if resume:
             self.store.update_run(resume, n_planned=limit)
-        run_id = run_task(spec, model, self.store, limit=limit, concurrency=self.concurrency,
-                          provider=self.providers[model], subset=subset, tag=self.tag, resume=resume)
+        run_id = run_task(spec, model, self.store, RunOptions(limit=limit, concurrency=self.concurrency, tag=self.tag,
+                                                              resume=resume), provider=self.providers[model],
+                          subset=subset)
         spent, hits = calls_spent(self.store, run_id, after=seen)
         self.spent += spent
         self.cache_hits += hits
