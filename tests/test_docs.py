@@ -4,7 +4,12 @@ Every ```` ```bash run ```` and ```` ```python run ```` block of README.md and d
 in a fresh folder (after the README's first runnable block, which writes the five-minute path's sms.yaml and
 sms.jsonl), against the OpenAI-compatible stub on 127.0.0.1 as `OPENAI_BASE_URL` (docs/README.md states the
 rules). Each page then gets a check of what its blocks must have done, so a block that runs but does nothing
-still fails. Every relative link in those files points at a file, and at a heading, that exists.
+still fails (these start gateways and embed with MiniLM: marked slow, about a minute in all).
+
+Fast checks of every page, runnable blocks or not: each relative link points at a file, and at a heading, that
+exists; each `llmbus COMMAND [SUBCOMMAND] --option` written in a code block or inline code names a command that
+`llmbus --help` lists, a subcommand of it and options it takes; each python block parses, each yaml block loads
+and each bash block passes `bash -n`.
 """
 
 from __future__ import annotations
@@ -228,6 +233,7 @@ def test_every_stop_and_topic_page_has_runnable_blocks_and_a_check():
     assert "cat > sms.yaml" in prelude and "cat > sms.jsonl" in prelude  # what every page starts from
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [page for page in PAGES if runnable(page)], ids=name)
 def test_runnable_blocks_run_as_written(page: Path, tmp_path: Path, backends: Backends):
     env = environment(tmp_path, backends)
@@ -267,10 +273,122 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist():
                 broken.append(f"{name(page)}: {target} (no such file)")
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
                 broken.append(f"{name(page)}: {target} (no such heading)")
-    assert broken == []
+    assert broken == [], "\n".join(broken)
 
 
 def test_docs_pages_are_all_linked_from_the_docs_index():
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     pages = {page.name for page in PAGES if page.parent.name == "docs" and page.name != "README.md"}
     assert pages == {target for target in LINK.findall(index) if "/" not in target and target.endswith(".md")}
+
+
+# --- commands, options and syntax ---------------------------------------------------------------------------------
+
+SHELL_LANGUAGES = ("", "bash", "sh", "console", "shell")
+# where a shell command starts: a line's start, after a pipe, `;`, `&&`, `$(` or a `VAR=value ` prefix
+COMMAND_START = re.compile(r"(?:^|[|;&(]\s*|^(?:[A-Z_]+=\S+\s+)+)llmbus\s+(.*)$")
+COMMAND_END = re.compile(r"\s(?:\||;|&&|\|\||&|>|2>|<)\s|\)|\s#|$")
+# inline code that names a span, not a command (docs/telemetry.md's span tables)
+SPAN_NAMES = {"llmbus judge JUDGE", "llmbus flow NAME", "llmbus step KEY", "llmbus gateway MODEL"}
+
+
+@dataclass(frozen=True)
+class Mention:
+    """`llmbus WORDS…` as a page writes it (a code line or an inline code span)."""
+
+    where: str
+    words: tuple[str, ...]
+
+
+def mentions(page: Path) -> list[Mention]:
+    """Every llmbus command line of a page: in its shell blocks and its inline code."""
+    text = page.read_text(encoding="utf-8")
+    lines: list[tuple[int, str]] = []
+    for block in blocks(page):
+        if block.language in SHELL_LANGUAGES:
+            code = block.code.replace("\\\n", " ")  # a command continued on the next line
+            lines += [(block.line + 1 + i, line) for i, line in enumerate(code.splitlines())]
+    outside = FENCE.sub(lambda match: "\n" * match.group(0).count("\n"), text)  # the same line numbers
+    for match in re.finditer(r"`([^`\n]+)`", outside):
+        if match.group(1) not in SPAN_NAMES:
+            lines.append((outside.count("\n", 0, match.start()) + 1, match.group(1)))
+    found = []
+    for number, line in lines:
+        for part in re.split(r"\$\(|\|\s|;\s|&&", line):
+            start = COMMAND_START.search(part.strip())
+            if start:
+                rest = COMMAND_END.split(start.group(1), maxsplit=1)[0]
+                words = tuple(word.strip("[]'\",") for word in rest.split())
+                found.append(Mention(f"{name(page)}:{number}", tuple(word for word in words if word)))
+    return found
+
+
+def help_commands() -> set[str]:
+    """The command names `llmbus --help` lists (its panel rows, not their continuation lines)."""
+    shown = subprocess.run([sys.executable, "-m", "llmbus.cli", "--help"], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    assert shown.returncode == 0, shown.stderr
+    return {line.split()[1] for line in shown.stdout.splitlines() if line.startswith("│ ") and line[2] not in " -"}
+
+
+def options(command: object) -> set[str]:
+    """Every option string a click command takes (`--limit`, `-m`, `--no-cache`…), and --help."""
+    names = {"--help"}
+    for param in getattr(command, "params", []):
+        names.update(param.opts)
+        names.update(param.secondary_opts)
+    return names
+
+
+def test_every_llmbus_command_and_option_the_docs_name_exists():
+    import typer.main
+
+    from llmbus.cli import app
+
+    listed = help_commands()
+    root = typer.main.get_command(app)
+    wrong = []
+    every = [mention for page in PAGES for mention in mentions(page)]
+    for mention in every:
+        if not mention.words or mention.words[0].startswith("-"):  # `llmbus --help`, `llmbus --version`
+            continue
+        first, *rest = mention.words
+        if first not in listed:
+            wrong.append(f"{mention.where}: llmbus {first} (not in `llmbus --help`)")
+            continue
+        command = root.commands[first]  # type: ignore[attr-defined]
+        subcommands = getattr(command, "commands", None)
+        if subcommands is not None and rest and not rest[0].startswith("-"):
+            if rest[0] not in subcommands:
+                wrong.append(f"{mention.where}: llmbus {first} {rest[0]} (no such subcommand)")
+                continue
+            command, rest = subcommands[rest[0]], rest[1:]
+        takes = options(command)
+        for word in rest:
+            option = word.split("=", 1)[0]
+            if re.fullmatch(r"--?[a-z][\w-]*", option) and option not in takes:
+                wrong.append(f"{mention.where}: llmbus {' '.join(mention.words[:2])} {option} (no such option)")
+    assert len(every) > 100  # the pages are read: most commands appear many times
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_every_python_yaml_and_bash_block_is_well_formed():
+    import ast
+
+    import yaml
+
+    wrong = []
+    for page in PAGES:
+        for block in blocks(page):
+            try:
+                if block.language == "python":
+                    ast.parse(block.code, filename=block.where)
+                elif block.language == "yaml":
+                    yaml.safe_load(block.code)
+            except (SyntaxError, yaml.YAMLError) as error:
+                wrong.append(f"{block.where}: {error}")
+            if block.language == "bash":
+                checked = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True, timeout=30)
+                if checked.returncode != 0:
+                    wrong.append(f"{block.where}: {checked.stderr.strip()}")
+    assert wrong == [], "\n".join(wrong)
