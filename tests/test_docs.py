@@ -9,7 +9,8 @@ still fails (these start gateways and embed with MiniLM: marked slow, about a mi
 Fast checks of every page, runnable blocks or not: each relative link points at a file, and at a heading, that
 exists; each `llmbus COMMAND [SUBCOMMAND] --option` written in a code block or inline code names a command that
 `llmbus --help` lists, a subcommand of it and options it takes; each python block parses, each yaml block loads
-and each bash block passes `bash -n`.
+and each bash block passes `bash -n`; the README's quick start is `make demo` and `make test`, and .ci/run runs
+the latter.
 """
 
 from __future__ import annotations
@@ -392,3 +393,16 @@ def test_every_python_yaml_and_bash_block_is_well_formed():
                 if checked.returncode != 0:
                     wrong.append(f"{block.where}: {checked.stderr.strip()}")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_quick_start_is_two_make_targets_and_ci_runs_the_test_one():
+    text = README.read_text(encoding="utf-8")
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = next(block for block in blocks(README) if block.code in quick)
+    commands = [line.split("#", 1)[0].strip() for line in block.code.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert {"demo", "test"} <= set(targets)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == commands[1]  # CI runs exactly the README's test command
