@@ -277,10 +277,12 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist():
     assert broken == [], "\n".join(broken)
 
 
-def test_docs_pages_are_all_linked_from_the_docs_index():
+def test_docs_pages_are_all_linked_from_the_docs_index_and_the_readme():
     index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
     pages = {page.name for page in PAGES if page.parent.name == "docs" and page.name != "README.md"}
     assert pages == {target for target in LINK.findall(index) if "/" not in target and target.endswith(".md")}
+    from_readme = {target.split("#")[0].removeprefix("docs/") for target in LINK.findall(prose(README.read_text()))}
+    assert pages | {"README.md"} <= from_readme, pages - from_readme
 
 
 # --- commands, options and syntax ---------------------------------------------------------------------------------
