@@ -17,6 +17,7 @@ from conftest import SMS_TASK
 from llmbus.distill.distill import DistillReport, distill
 from llmbus.providers.config import add_models
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from llmbus.train.student import TrainSettings
@@ -40,13 +41,13 @@ def sms_savings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Savings]:
         spec = load_spec(SMS_TASK)
         store = Store(str(base / "savings.db"))
         teacher = "local:gemma-3-270m"
-        train_run = run_task(spec, teacher, store, limit=60, concurrency=4)
+        train_run = run_task(spec, teacher, store, RunOptions(limit=60, concurrency=4))
         report = distill(spec, store, train_run, base / "distill", TrainSettings(epochs=2))
         add_models(report.registration)
-        runs = {"teacher": run_task(spec, teacher, store, limit=24, offset=60, concurrency=4)}
-        runs["student"] = run_task(spec, report.student, store, limit=24, offset=60, concurrency=1)
-        runs["cascade"] = run_task(spec, report.cascade, store, limit=24, offset=60, concurrency=2)
-        runs["cached"] = run_task(spec, teacher, store, limit=24, offset=60, concurrency=4)
+        runs = {"teacher": run_task(spec, teacher, store, RunOptions(limit=24, offset=60, concurrency=4))}
+        runs["student"] = run_task(spec, report.student, store, RunOptions(limit=24, offset=60, concurrency=1))
+        runs["cascade"] = run_task(spec, report.cascade, store, RunOptions(limit=24, offset=60, concurrency=2))
+        runs["cached"] = run_task(spec, teacher, store, RunOptions(limit=24, offset=60, concurrency=4))
         yield Savings(store, report, runs, config)
     finally:
         if old is None:

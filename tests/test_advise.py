@@ -6,6 +6,7 @@ import pytest
 from conftest import SMS_TASK, spam_or_ham
 from llmbus.advise.advise import advise
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from llmbus.testing import ScriptedProvider
@@ -13,7 +14,7 @@ from llmbus.testing import ScriptedProvider
 
 def test_tier_baselines_and_llm_rows_on_a_small_task(tiny_task: Path, store: Store):
     spec = load_spec(tiny_task)
-    run_task(spec, "scripted:test", store, limit=10, provider=ScriptedProvider(spam_or_ham))
+    run_task(spec, "scripted:test", store, RunOptions(limit=10), provider=ScriptedProvider(spam_or_ham))
     advice = advise(spec, store)
     assert advice.tier == "small" and advice.tier_params == "≈300M"
     systems = {row.system: row for row in advice.rows}

@@ -23,6 +23,7 @@ from llmbus.quality.estimate import wilson
 from llmbus.quality.evaluate import evaluate
 from llmbus.quality.gate import check_gate, parse_gate
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from llmbus.testing import ScriptedProvider
@@ -78,7 +79,7 @@ def rates(store: Store, run_id: str) -> dict[str, tuple[int, int]]:
 def test_each_check_kind_and_the_custom_metric_through_eval(spec_path: Path, store: Store):
     spec = load_spec(spec_path)
     assert [c.name for c in spec.checks] == ["icontains", "no_spam", "regex", "equals", "is_json", "short"]
-    run_id = run_task(spec, SCRIPTED, store, concurrency=2, provider=ScriptedProvider(spam_or_ham))
+    run_id = run_task(spec, SCRIPTED, store, RunOptions(concurrency=2), provider=ScriptedProvider(spam_or_ham))
     rows = list(store.iter_calls(run_id))
     report = evaluate(store, run_id, rounds=200)
     for name, (passed, n) in rates(store, run_id).items():
@@ -132,8 +133,8 @@ def test_eval_cli_gate_and_junit_xml(spec_path: Path, stub_model: str, tmp_path:
 
 def test_compare_shows_each_runs_pass_rates_on_the_shared_items(spec_path: Path, store: Store):
     spec = load_spec(spec_path)
-    first = run_task(spec, SCRIPTED, store, limit=12, provider=ScriptedProvider(spam_or_ham))
-    second = run_task(spec, SCRIPTED, store, use_cache=False, provider=ScriptedProvider(spam_or_ham))
+    first = run_task(spec, SCRIPTED, store, RunOptions(limit=12), provider=ScriptedProvider(spam_or_ham))
+    second = run_task(spec, SCRIPTED, store, RunOptions(use_cache=False), provider=ScriptedProvider(spam_or_ham))
     matrix = compare_runs(store, [first, second], rounds=100)
     assert matrix.metric == "scoring:tone" and matrix.n_shared == 12
     for row in matrix.rows:
@@ -224,8 +225,9 @@ def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path
     from llmbus.web.runs_web import create_app
 
     spec = load_spec(spec_path)
-    first = run_task(spec, SCRIPTED, store, limit=10, provider=ScriptedProvider(spam_or_ham))
-    second = run_task(spec, SCRIPTED, store, limit=10, use_cache=False, provider=ScriptedProvider(spam_or_ham))
+    first = run_task(spec, SCRIPTED, store, RunOptions(limit=10), provider=ScriptedProvider(spam_or_ham))
+    second = run_task(spec, SCRIPTED, store, RunOptions(limit=10, use_cache=False),
+                      provider=ScriptedProvider(spam_or_ham))
     rate = evaluate(store, first, rounds=20).assertions["no_spam"]
     client = TestClient(create_app(store, rounds=20))
     page = client.get(f"/runs/{first}").text
@@ -238,7 +240,8 @@ def test_the_run_browser_shows_pass_rates_on_the_run_and_compare_pages(spec_path
 def test_optimize_reports_each_candidates_pass_rates(spec_path: Path, store: Store):
     from llmbus.experiments.optimize import measure_run
 
-    run_id = run_task(load_spec(spec_path), SCRIPTED, store, limit=10, provider=ScriptedProvider(spam_or_ham))
+    run_id = run_task(load_spec(spec_path), SCRIPTED, store, RunOptions(limit=10),
+                      provider=ScriptedProvider(spam_or_ham))
     measure = measure_run(store, run_id)
     report = evaluate(store, run_id, rounds=20)
     assert measure.assertions == {name: rate["value"] for name, rate in report.assertions.items()}

@@ -19,6 +19,7 @@ from llmbus.errors import LlmbusError
 from llmbus.experiments.compare import compare_runs
 from llmbus.quality.evaluate import compare
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
 from openai_stub import StubServer
@@ -73,7 +74,7 @@ def make_runs(tmp_path: Path) -> Runs:
         store = Store(str(tmp_path / "runs.db"))
         first = run_task(v1, "openai:stub", store)
         second = run_task(v2, "openai:stub", store)
-        dear = run_task(v1, "openai:dear", store, limit=20)
+        dear = run_task(v1, "openai:dear", store, RunOptions(limit=20))
     return Runs(store, first, second, dear, tmp_path)
 
 
@@ -153,10 +154,10 @@ def test_refusals_are_one_clear_line(runs: Runs, tmp_path: Path):
         config = {"models": {"openai:stub": {"base_url": stub.base_url, "model": "stub-model"}}}
         Path(os.environ["LLMBUS_CONFIG"]).write_text(yaml.safe_dump(config))
         other_task = load_spec(write_spec(tmp_path / "other.yaml", "items.jsonl", name="other"))
-        other = run_task(other_task, "openai:stub", runs.store, limit=5)
+        other = run_task(other_task, "openai:stub", runs.store, RunOptions(limit=5))
         v1 = load_spec(tmp_path / "v1.yaml")
-        head = run_task(v1, "openai:stub", runs.store, limit=5)
-        tail = run_task(v1, "openai:stub", runs.store, offset=5, limit=5)
+        head = run_task(v1, "openai:stub", runs.store, RunOptions(limit=5))
+        tail = run_task(v1, "openai:stub", runs.store, RunOptions(offset=5, limit=5))
     cases = [
         (dict(run_ids=[runs.v1, other]), "are of different tasks"),
         (dict(run_ids=[runs.v1]), "needs two or more runs of one task; you gave one"),

@@ -23,6 +23,7 @@ from llmbus.providers.cascade import escalation_reason
 from llmbus.providers.config import add_models, resolve_model
 from llmbus.providers.encoder import EncoderProvider
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.task.data import load_items
 from llmbus.task.spec import TaskSpec, load_spec
@@ -100,7 +101,7 @@ def test_token_classification_student_from_a_ner_teacher(tmp_path: Path):
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "twitter_ner" / "task.yaml")
     store = Store(str(tmp_path / "ner.db"))
-    teacher = run_task(spec, "local:gemma-3-270m", store, limit=36, concurrency=4)
+    teacher = run_task(spec, "local:gemma-3-270m", store, RunOptions(limit=36, concurrency=4))
     report = distill(spec, store, teacher, tmp_path / "ner", TrainSettings(epochs=3))
     assert report.n_train >= 15 and 0 <= report.student_quality <= 1
     student = EncoderStudent.load(tmp_path / "ner" / "student")
@@ -281,7 +282,7 @@ def test_the_recipe_is_picked_on_validation_and_a_head_student_serves_as_encoder
     assert report.recipe_scores["head"] >= report.recipe_scores["finetune-1ep"] + 0.2
     student = load_student(tmp_path / "out" / "student")
     assert student.meta.recipe == "head" and student.meta.temperature > 0
-    run = run_task(spec, report.student, store, limit=6)
+    run = run_task(spec, report.student, store, RunOptions(limit=6))
     calls = list(store.iter_calls(run))
     assert len(calls) == 6 and all(c["error_kind"] is None and c["parsed"] in ("ham", "spam") for c in calls)
     assert all(sum(c["label_probs"].values()) == pytest.approx(1.0) for c in calls)
@@ -298,7 +299,7 @@ def _student_answers_a_run_in_batches(spec: TaskSpec, model: str, store: Store) 
     assert student is not None
     one_pass = student.predict_proba
     student.predict_proba = lambda texts: passes.append(len(texts)) or one_pass(texts)  # type: ignore[method-assign]
-    run = run_task(spec, model, store, provider=provider, use_cache=False, concurrency=2)
+    run = run_task(spec, model, store, RunOptions(use_cache=False, concurrency=2), provider=provider)
     calls = list(store.iter_calls(run))
     assert len(calls) > 6 and sum(passes) == len(calls) and max(passes) > 1, passes
     items = {item.id: item for item in load_items(spec)}

@@ -24,6 +24,7 @@ from llmbus.advise.advise import advise
 from llmbus.advise.breakeven import Assumptions, horizon_total
 from llmbus.distill.decision import economics, projected_student, task_runs
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.serve.report import build_report, render_html
 from llmbus.store import Store
 from llmbus.store.schema import calls
@@ -173,7 +174,7 @@ def test_breakeven_on_sms_checked_by_hand(sms_savings: Savings, tmp_path: Path):
     with StubServer() as stub:
         config["models"]["openai:gpt-4o-mini"] = {"base_url": stub.base_url}  # listed in the price table
         Path(os.environ["LLMBUS_CONFIG"]).write_text(yaml.safe_dump(config))
-        remote = run_task(spec, "openai:gpt-4o-mini", store, limit=24, offset=60)
+        remote = run_task(spec, "openai:gpt-4o-mini", store, RunOptions(limit=24, offset=60))
     runs = task_runs(spec, store)
     assert sms_savings.runs["cached"] not in {r["id"] for r in runs}  # measures the cache, not a model
     items = {c["item_id"] for run in runs for c in store.iter_calls(run["id"])}
@@ -225,13 +226,13 @@ def test_breakeven_and_report_on_topics(tmp_path: Path):
     with StubServer() as stub:
         Path(os.environ["LLMBUS_CONFIG"]).write_text(yaml.safe_dump({"models": {
             "openai:gpt-4o-mini": {"base_url": stub.base_url}}}))
-        teacher = run_task(spec, "openai:gpt-4o-mini", store, limit=200)
+        teacher = run_task(spec, "openai:gpt-4o-mini", store, RunOptions(limit=200))
         distilled = distill(spec, store, teacher, tmp_path / "distill", TrainSettings(epochs=1),
                             allow_missing_labels=True)
         add_models(distilled.registration)
         for model in ("openai:gpt-4o-mini", distilled.student, distilled.cascade):
-            run_task(spec, model, store, limit=40, offset=200)
-    run_task(spec, "local:gemma-3-270m", store, limit=10, offset=200, concurrency=2)
+            run_task(spec, model, store, RunOptions(limit=40, offset=200))
+    run_task(spec, "local:gemma-3-270m", store, RunOptions(limit=10, offset=200, concurrency=2))
     report = build_report(spec, store, 1_000_000)
     econ = report.economics
     kinds = {line.kind for line in econ.decision.lines}

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from conftest import spam_or_ham, write_items, write_spec
 from llmbus.embed import MINILM_NAME, embed, text_hash
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store
 from llmbus.store.schema import embeddings
 from llmbus.task.spec import load_spec
@@ -58,12 +59,13 @@ def test_second_nearest_run_embeds_nothing_new(tmp_path: Path):
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
                                 fewshot={"k": 3, "strategy": "nearest", "pool_fraction": 0.25}))
     first_store = Store(str(tmp_path / "calls.db"))
-    first = run_task(spec, "scripted:test", first_store, concurrency=2, provider=ScriptedProvider(spam_or_ham))
+    first = run_task(spec, "scripted:test", first_store, RunOptions(concurrency=2),
+                     provider=ScriptedProvider(spam_or_ham))
     missed = first_store.embeddings.misses
     assert missed == 40 and first_store.embeddings.hits == 0  # 10 pool + 30 eval texts, all distinct
     first_store.close()
     again = Store(str(tmp_path / "calls.db"))  # a new process's store: only the table carries over
-    second = run_task(spec, "scripted:test", again, concurrency=2, use_cache=False,
+    second = run_task(spec, "scripted:test", again, RunOptions(concurrency=2, use_cache=False),
                       provider=ScriptedProvider(spam_or_ham))
     assert (again.embeddings.misses, again.embeddings.hits) == (0, 40)
     prompts = [{c["item_id"]: c["prompt"] for c in again.iter_calls(run)} for run in (first, second)]

@@ -17,6 +17,7 @@ from llmbus.providers.config import ModelConfig, load_model_configs
 from llmbus.providers.llamacpp import LOG_KEEP, SPEC_SETTINGS, SPEC_TYPES, LlamaServer, find_binary, resolve_gguf
 from llmbus.providers.local import draft_stats
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.run.summary import summarize
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
@@ -84,7 +85,7 @@ def test_ngram_speculation_keeps_greedy_answers_and_logs_draft_counts(tmp_path: 
     store = Store(str(tmp_path / "calls.db"))
     answers = {}
     for model in ("local:plain", "local:ngram"):
-        run_id = run_task(spec, model, store, limit=3, concurrency=1)
+        run_id = run_task(spec, model, store, RunOptions(limit=3, concurrency=1))
         answers[model] = {row["item_id"]: row for row in store.iter_calls(run_id)}
     plain, ngram = answers["local:plain"], answers["local:ngram"]
     assert len(plain) == 3 and {k: r["raw_output"] for k, r in ngram.items()} == {k: r["raw_output"]

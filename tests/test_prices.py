@@ -19,6 +19,7 @@ from conftest import write_items, write_spec
 from llmbus.providers.config import ModelConfig, load_model_configs
 from llmbus.providers.prices import Usage, price_of
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.run.summary import spend, summarize
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
@@ -52,7 +53,7 @@ def table_price(provider: str, model: str, tokens_in: int, cached: int, out: int
 def test_a_listed_model_is_priced_by_the_table_for_every_token_kind(tmp_path: Path, store: Store):
     with StubServer() as stub:
         write_config({"openai:gpt-4o-mini": {"base_url": stub.base_url}})  # a listed name, no price given
-        run_id = run_task(load_spec(marked_task(tmp_path)), "openai:gpt-4o-mini", store, concurrency=2)
+        run_id = run_task(load_spec(marked_task(tmp_path)), "openai:gpt-4o-mini", store, RunOptions(concurrency=2))
     calls = list(store.iter_calls(run_id))
     assert calls and all(c["tokens_cached"] > 0 and c["tokens_reasoning"] == 7 for c in calls)
     for c in calls:

@@ -19,6 +19,7 @@ from conftest import write_items, write_spec
 from llmbus.errors import LlmbusError
 from llmbus.providers.llamacpp import free_port
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunHooks, RunOptions, ScaleOptions
 from llmbus.store import Store
 from llmbus.store.schema import calls
 from llmbus.task.spec import load_spec
@@ -78,7 +79,8 @@ def test_a_node_dies_mid_run_and_every_item_is_answered_once(cluster: tuple[str,
     address, second_raylet = cluster
     spec = load_spec(_task(tmp_path, 2000))
     with pytest.raises(LlmbusError, match=r"SQLite .* one machine's file"):
-        run_task(spec, stub_model, Store(str(tmp_path / "local.db")), executor="ray", ray_address=address)
+        run_task(spec, stub_model, Store(str(tmp_path / "local.db")),
+                 scale=ScaleOptions(executor="ray", ray_address=address))
     stub.state.delay_s = 0.01
     store = Store(postgres_url)
     killed = []
@@ -88,8 +90,9 @@ def test_a_node_dies_mid_run_and_every_item_is_answered_once(cluster: tuple[str,
             os.kill(second_raylet, signal.SIGKILL)
             killed.append(progress.done)
 
-    run_id = run_task(spec, stub_model, store, executor="ray", ray_address=address, workers=2, concurrency=4,
-                      on_progress=kill_second_node)
+    run_id = run_task(spec, stub_model, store, RunOptions(concurrency=4),
+                      scale=ScaleOptions(executor="ray", ray_address=address, workers=2),
+                      hooks=RunHooks(on_progress=kill_second_node))
     run = store.get_run(run_id)
     rows = _rows(postgres_url, run_id)
     assert killed and run["status"] == "done"

@@ -28,6 +28,7 @@ from llmbus.providers.openai import OpenAIProvider
 from llmbus.providers.openai_config import RoutingConfig
 from llmbus.providers.replicas import Lease, ReplicaSet
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import Store, now
 from llmbus.task.spec import load_spec
 from openai_stub import StubServer
@@ -219,7 +220,7 @@ def test_killing_a_replica_mid_run_loses_at_most_its_requests_in_flight(tmp_path
         killer = threading.Thread(target=chaos)
         killer.start()
         try:
-            run_id = run_task(task, "openai:pool", store, concurrency=8, provider=provider)
+            run_id = run_task(task, "openai:pool", store, RunOptions(concurrency=8), provider=provider)
         finally:
             killer.join()
             stats = provider.replicas.stats()

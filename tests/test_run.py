@@ -12,6 +12,7 @@ from conftest import wait_for_calls, write_items, write_spec
 from llmbus.providers import Request, open_provider
 from llmbus.providers.config import resolve_model
 from llmbus.run.engine import eval_items, run_task
+from llmbus.run.options import RunOptions
 from llmbus.run.summary import summarize
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
@@ -22,7 +23,7 @@ def test_faults_are_retried_or_logged_and_no_item_is_lost(tmp_path: Path, stub, 
     write_items(tmp_path / "items.jsonl", 30, markers)
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl"))
     items, _ = eval_items(spec)
-    run_id = run_task(spec, stub_model, store, concurrency=4)
+    run_id = run_task(spec, stub_model, store, RunOptions(concurrency=4))
     calls = {c["item_id"]: c for c in store.iter_calls(run_id)}
     assert set(calls) == {i.id for i in items}  # every item ends logged
     by_marker = {markers[int(i.id[1:])]: calls[i.id] for i in items if int(i.id[1:]) in markers}
@@ -44,13 +45,13 @@ def test_faults_are_retried_or_logged_and_no_item_is_lost(tmp_path: Path, stub, 
 
 def test_second_run_is_served_from_cache(tiny_task: Path, stub, stub_model: str, store: Store):
     spec = load_spec(tiny_task)
-    first = run_task(spec, stub_model, store, limit=10)
+    first = run_task(spec, stub_model, store, RunOptions(limit=10))
     requests_after_first = sum(stub.state.attempts.values())
-    second = run_task(spec, stub_model, store, limit=10)
+    second = run_task(spec, stub_model, store, RunOptions(limit=10))
     assert sum(stub.state.attempts.values()) == requests_after_first
     rows = list(store.iter_calls(second))
     assert all(r["cache_hit"] for r in rows) and sum(r["cost_usd"] for r in rows) == 0
-    third = run_task(spec, stub_model, store, limit=10, use_cache=False)
+    third = run_task(spec, stub_model, store, RunOptions(limit=10, use_cache=False))
     assert sum(stub.state.attempts.values()) == 2 * requests_after_first
     assert not any(r["cache_hit"] for r in store.iter_calls(third))
     assert first != second != third
@@ -105,7 +106,7 @@ def test_verbalized_labels_are_shown_scored_and_parsed_back(tmp_path: Path, stub
     write_items(tmp_path / "items.jsonl", 30)
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
                                 output={"labels": ["ham", "spam"], "verbalizer": {"Spam": "spam", "Ham": "ham"}}))
-    rows = list(store.iter_calls(run_task(spec, stub_model, store, limit=12)))
+    rows = list(store.iter_calls(run_task(spec, stub_model, store, RunOptions(limit=12))))
     assert all("Label: Spam" in r["prompt"] or "Label: Ham" in r["prompt"] for r in rows)
     assert not any("Label: spam" in r["prompt"] or "Label: ham" in r["prompt"] for r in rows)
     assert all(r["error_kind"] is None and r["parsed"] == r["expected"] for r in rows)
@@ -122,13 +123,13 @@ def test_content_free_calibration_divides_by_the_na_distribution(tmp_path: Path,
     plain = load_spec(write_spec(tmp_path / "plain.yaml", "items.jsonl"))
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl",
                                 output={"labels": ["ham", "spam"], "calibrate": ["N/A"]}))
-    calibrated_run = run_task(spec, stub_model, store, limit=20, concurrency=4)
+    calibrated_run = run_task(spec, stub_model, store, RunOptions(limit=20, concurrency=4))
     spent, hits = calls_spent(store, calibrated_run)
     assert spent == sum(stub.state.attempts.values()) and hits == 0  # every request the stub saw, counted
     rows = {r["item_id"]: r for r in store.iter_calls(calibrated_run)}
     # Fixed shots: one content-free prompt for all, asked again only by the calls in flight before it was cached.
     assert 1 <= sum(r["meta"]["calibration"]["calls"] for r in rows.values()) <= 2 * 4
-    before = {r["item_id"]: r for r in store.iter_calls(run_task(plain, stub_model, store, limit=20))}
+    before = {r["item_id"]: r for r in store.iter_calls(run_task(plain, stub_model, store, RunOptions(limit=20)))}
     flipped = [i for i, r in rows.items() if "UNSURE" in r["prompt"].splitlines()[-2]]
     assert flipped and all(before[i]["parsed"] == "ham" and rows[i]["parsed"] == "spam" for i in flipped)
     for item_id, row in rows.items():
@@ -148,7 +149,7 @@ def test_content_free_calls_are_rows_of_the_run_but_not_items(tmp_path: Path, st
     write_items(tmp_path / "items.jsonl", 60)
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl", fewshot={"k": 2, "strategy": "random"},
                                 output={"labels": ["ham", "spam"], "calibrate": ["N/A", "[MASK]"]}))
-    run_id = run_task(spec, stub_model, store, limit=20, concurrency=4)
+    run_id = run_task(spec, stub_model, store, RunOptions(limit=20, concurrency=4))
     items = list(store.iter_calls(run_id))
     every = list(store.iter_calls(run_id, content_free=True))
     free = [r for r in every if r["item_id"].startswith("content-free:")]
@@ -173,8 +174,9 @@ def test_a_run_over_items_its_caller_chose_is_tagged_and_cannot_be_resumed(tiny_
 
     spec = load_spec(tiny_task)
     split = split_items(spec, load_items(spec))
-    run_id = run_task(spec, stub_model, store, subset=Split(pool=split.pool, eval=split.eval[:3]), tag="optimize:x")
+    run_id = run_task(spec, stub_model, store, RunOptions(tag="optimize:x"),
+                      subset=Split(pool=split.pool, eval=split.eval[:3]))
     assert [r["id"] for r in store.list_runs(tag="optimize:x")] == [run_id]
     assert len(list(store.iter_calls(run_id))) == 3
     with pytest.raises(LlmbusError, match="cannot be resumed"):
-        run_task(spec, stub_model, store, resume=run_id)
+        run_task(spec, stub_model, store, RunOptions(resume=run_id))

@@ -19,6 +19,7 @@ from llmbus.providers import Request, open_provider
 from llmbus.providers.base import Completion
 from llmbus.providers.config import resolve_model
 from llmbus.run.engine import eval_items, run_task
+from llmbus.run.options import RunHooks, RunOptions
 from llmbus.run.summary import summarize
 from llmbus.store import Store
 from llmbus.task.spec import load_spec
@@ -95,7 +96,7 @@ def test_an_error_mid_run_marks_it_failed_and_keeps_what_was_answered(tiny_task:
     items, _ = eval_items(spec)
     provider = _BreaksOnItem(stub_model, items[5].fields["text"])
     with pytest.raises(RuntimeError):
-        run_task(spec, stub_model, store, provider=provider, concurrency=2)  # type: ignore[arg-type]
+        run_task(spec, stub_model, store, RunOptions(concurrency=2), provider=provider)  # type: ignore[arg-type]
     provider.close()
     run = store.list_runs()[0]
     assert run["status"] == "failed"
@@ -107,7 +108,7 @@ def test_a_sample_missing_labels_is_named_before_the_first_call_and_in_the_summa
     _sorted_items(tmp_path / "items.jsonl", {"ham": 40, "spam": 0})
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl"))
     heard: list[str] = []
-    run_id = run_task(spec, stub_model, store, on_warning=heard.append)
+    run_id = run_task(spec, stub_model, store, hooks=RunHooks(on_warning=heard.append))
     assert any("never expected: spam" in w for w in heard)
     summary = summarize(store, store.get_run(run_id))
     assert summary.value == 1.0 and any("never expected: spam" in w for w in summary.warnings)
@@ -119,7 +120,7 @@ def test_limit_on_a_label_sorted_file_is_a_representative_sample(tmp_path: Path,
                                                                  store: Store):
     _sorted_items(tmp_path / "items.jsonl", {"ham": 150, "spam": 50})
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl"))
-    run_id = run_task(spec, stub_model, store, limit=40)
+    run_id = run_task(spec, stub_model, store, RunOptions(limit=40))
     counts = Counter(c["expected"] for c in store.iter_calls(run_id))
     assert 25 <= counts["ham"] <= 35 and 5 <= counts["spam"] <= 15  # 3:1 like the file, not 40 hams
 

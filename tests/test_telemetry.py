@@ -18,6 +18,7 @@ import yaml
 from conftest import write_items, write_spec
 from llmbus.errors import SpecError
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunOptions
 from llmbus.store import CallRecord, Store, now
 from llmbus.task.spec import load_spec
 from llmbus.telemetry import call_attributes, otel_settings
@@ -128,7 +129,7 @@ def test_a_run_and_each_failed_call_leave_logging_records(tmp_path: Path, stub_m
     write_items(tmp_path / "items.jsonl", 12, {4: "ALWAYS500"})
     spec = load_spec(write_spec(tmp_path / "task.yaml", "items.jsonl"))
     with caplog.at_level(logging.INFO, logger="llmbus"):
-        run_id = run_task(spec, stub_model, store, concurrency=2)
+        run_id = run_task(spec, stub_model, store, RunOptions(concurrency=2))
     failed = [c for c in store.iter_calls(run_id) if c["error_kind"]]
     messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert ("llmbus.run.engine", "INFO", f"run {run_id}: task tiny (spec {spec.version}) on {stub_model}, "

@@ -33,9 +33,9 @@ _EXPORTS = {
     "get_model": "llmbus.providers.model",
     "Model": "llmbus.providers.model",
     # options of a run
-    "RunOptions": "llmbus.project",
-    "ScaleOptions": "llmbus.project",
-    "RunHooks": "llmbus.project",
+    "RunOptions": "llmbus.run.options",
+    "ScaleOptions": "llmbus.run.options",
+    "RunHooks": "llmbus.run.options",
     # values in and out
     "TaskSpec": "llmbus.task.spec",
     "Request": "llmbus.providers.base",

@@ -63,6 +63,7 @@ def run(
     from llmbus.cli.progress import RunProgress
     from llmbus.run.engine import eval_items, run_task
     from llmbus.run.executors import render_items
+    from llmbus.run.options import RunHooks, RunOptions, ScaleOptions
     from llmbus.run.summary import spend, summarize
     from llmbus.store import Store
     from llmbus.task.spec import load_spec
@@ -86,11 +87,10 @@ def run(
     gc.freeze()
     bar = RunProgress(disable=as_json)
     with bar as (_, on_progress):
-        run_id = run_task(spec, model, store, limit=limit, offset=offset, concurrency=concurrency,
-                          use_cache=not no_cache, resume=resume, on_progress=on_progress,
-                          sampling="balanced" if stratify else "representative", on_stage=bar.stage,
-                          on_warning=warn, executor=executor, ray_address=ray_address, workers=workers,
-                          grace_s=grace)
+        options = RunOptions(limit=limit, offset=offset, concurrency=concurrency, use_cache=not no_cache,
+                             sampling="balanced" if stratify else "representative", resume=resume, grace_s=grace)
+        run_id = run_task(spec, model, store, options, scale=ScaleOptions(executor, ray_address, workers),
+                          hooks=RunHooks(on_progress, bar.stage, warn))
     summary = summarize(store, store.get_run(run_id))
     if as_json:
         out.print_json(data=summary.as_dict())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from llmbus.experiments.candidates import spec_instruction
 from llmbus.providers import Provider
 from llmbus.run.engine import run_task
+from llmbus.run.options import RunHooks, RunOptions
 from llmbus.store import Store
 from llmbus.task.data import Item, Split
 from llmbus.task.fewshot import balanced_pick
@@ -73,8 +74,8 @@ def propose(spec: TaskSpec, model: str, provider: Provider | None, store: Store,
     asks = requests(spec, instruction, pool, n_instructions if instruction else 0)
     if not asks:
         return Proposals([], None, None)
-    run_id = run_task(proposer_spec(spec), model, store, provider=provider, subset=Split(pool=[], eval=asks),
-                      tag=tag, on_stage=on_stage)
+    run_id = run_task(proposer_spec(spec), model, store, RunOptions(tag=tag), provider=provider,
+                      hooks=RunHooks(on_stage=on_stage), subset=Split(pool=[], eval=asks))
     instructions: list[str] = []
     words = None
     order = {ask.id: i for i, ask in enumerate(asks)}  # the tips' order, not the order answers came back in

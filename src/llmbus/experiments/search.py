@@ -15,6 +15,7 @@ from llmbus.experiments.candidates import Candidate
 from llmbus.providers import Provider
 from llmbus.quality.evaluate import Interval, evaluate
 from llmbus.run.engine import TRANSIENT_ERRORS, run_task
+from llmbus.run.options import RunOptions
 from llmbus.run.summary import summarize
 from llmbus.store import Store
 from llmbus.task.data import Split
@@ -83,8 +84,9 @@ class Search:
         seen = max((call["id"] for call in self.store.iter_calls(resume)), default=0) if resume else 0
         if resume:
             self.store.update_run(resume, n_planned=limit)
-        run_id = run_task(spec, model, self.store, limit=limit, concurrency=self.concurrency,
-                          provider=self.providers[model], subset=subset, tag=self.tag, resume=resume)
+        run_id = run_task(spec, model, self.store, RunOptions(limit=limit, concurrency=self.concurrency, tag=self.tag,
+                                                              resume=resume), provider=self.providers[model],
+                          subset=subset)
         spent, hits = calls_spent(self.store, run_id, after=seen)
         self.spent += spent
         self.cache_hits += hits

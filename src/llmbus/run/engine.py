@@ -21,7 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from llmbus.embed import EmbeddingCache
 from llmbus.errors import DataError, LlmbusError, RunInterrupted, SpecError
@@ -32,6 +33,7 @@ from llmbus.providers.model import model_reads_prompt
 from llmbus.run.adapter import CallPlan, example_fields
 from llmbus.run.cache import ExactCache
 from llmbus.run.executors import Executor, LocalExecutor
+from llmbus.run.options import Progress, RunHooks, RunOptions, ScaleOptions
 from llmbus.settings import GRACE_S
 from llmbus.store import CallRecord, Store, now
 from llmbus.task import metrics
@@ -52,18 +54,6 @@ SAMPLINGS = ("representative", "balanced", "file")
 EXECUTORS = ("local", "ray")
 log = logging.getLogger(__name__)
 SUBSET = "subset"  # the sampling recorded for a run over items its caller chose (`run_task(subset=…)`)
-
-
-@dataclass
-class Progress:
-    """What a progress display needs after each answer."""
-
-    done: int
-    total: int
-    errors: int
-    metric_name: str
-    metric_value: float
-    elapsed_s: float
 
 
 def eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 0, sampling: str = "representative",
@@ -122,56 +112,48 @@ def check_items(spec: TaskSpec, items: Iterable[Item], pool: list[Item]) -> None
             raise DataError(f"{item.where or spec.data.path}: item {item.id!r}: {exc}") from None
 
 
-def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = None, offset: int = 0,
-             concurrency: int = 4, use_cache: bool = True, resume: str | None = None,
-             on_progress: Callable[[Progress], None] | None = None,
-             provider: Provider | None = None, sampling: str = "representative",
-             on_stage: Callable[[str], None] | None = None,
-             on_warning: Callable[[str], None] | None = None, executor: str = "local",
-             ray_address: str | None = None, workers: int | None = None, subset: Split | None = None,
-             tag: str | None = None, grace_s: float = GRACE_S) -> str:
-    """Answer the task's eval items with `model`, logging every call; returns the run id.
+def run_task(spec: TaskSpec, model: str, store: Store, options: RunOptions | None = None, *,
+             provider: Provider | None = None, scale: ScaleOptions | None = None, hooks: RunHooks | None = None,
+             subset: Split | None = None) -> str:
+    """Answer the task's eval items with `model` (or a `provider` the caller opened and closes), logging every
+    call; returns the run id.
 
-    `on_stage` hears what is being prepared (starting the model, embedding the pool), `on_warning` what makes the
-    sample weak (labels it never expects, few items) before the first call. `executor="ray"` answers on a Ray
-    cluster (`ray_address`, `workers` actors) instead of this process's thread pool. `subset` answers its own
-    items with examples from its own pool instead (the optimizer's validation items; `limit` and `offset` apply to
-    them, and a run made so resumes only with the same subset); `tag` is stored with the run (what made it, e.g.
-    optimize:ID). After a stop, calls in flight get `grace_s` seconds to finish before they are cancelled."""
-    if executor not in EXECUTORS:
-        raise LlmbusError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-    if subset is not None and executor != "local":
+    `options` say which items and how (limit, offset, sampling, concurrency, cache, resume, tag, grace), `scale`
+    where the calls run (this process's thread pool, or a Ray cluster), `hooks` what the caller hears (progress,
+    stages, sample warnings before the first call). `subset` answers its own items with examples from its own pool
+    instead (the optimizer's validation items; `limit` and `offset` apply to them, and a run made so resumes only
+    with the same subset)."""
+    options, scale, hooks = options or RunOptions(), scale or ScaleOptions(), hooks or RunHooks()
+    if scale.executor not in EXECUTORS:
+        raise LlmbusError(f"unknown executor {scale.executor!r}: use one of {', '.join(EXECUTORS)}")
+    if subset is not None and scale.executor != "local":
         raise LlmbusError("a run over items its caller chose answers in this process (executor local)")
-    stage = on_stage or (lambda _text: None)
-    if resume:
-        run = store.get_run(resume)
-        if run.get("sampling") == SUBSET and subset is None:
-            raise LlmbusError(f"run {run['id']} answered items its caller chose (tag {run.get('tag')}): it cannot "
-                              "be resumed from the spec")
-        if run["task"] != spec.name or run["spec_version"] != spec.version:
-            raise LlmbusError(f"run {run['id']} is task {run['task']} version {run['spec_version']}, but the spec "
-                              f"is now {spec.name} version {spec.version}: start a new run instead")
-        model, limit, concurrency = run["model"], run["n_planned"], concurrency or run["concurrency"]
-        offset, sampling = run["item_offset"] or 0, run.get("sampling") or "representative"
+    stage = hooks.on_stage or (lambda _text: None)
+    run = _resumable(store, options.resume, spec, subset) if options.resume else None
+    if run is not None:  # the run's own model and items; a concurrency given now wins
+        model = run["model"]
+        options = replace(options, limit=run["n_planned"], concurrency=options.concurrency or run["concurrency"],
+                          offset=run["item_offset"] or 0, sampling=run.get("sampling") or "representative")
+    limit, offset, concurrency, sampling = options.limit, options.offset, options.concurrency, options.sampling
     items: list[Item] | EvalItems
     if subset is None:
         items, selector = streamed_eval_items(spec, limit, offset, sampling, store.embeddings)
     else:
         items = subset.eval[offset:offset + limit] if limit else subset.eval[offset:]
         selector, sampling = ExampleSelector(spec, subset.pool, store.embeddings), SUBSET
-    answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if resume else set()
+    answered = store.answered_items(run["id"], TRANSIENT_ERRORS) if run is not None else set()
     todo = Unanswered(items, answered)
     # Students read the raw input: no prompt is rendered (or checked) for them, and no example selected.
     prompted = reads_prompt(provider) if provider is not None else model_reads_prompt(model)
     if prompted:
         check_items(spec, todo, selector.pool)
     for warning in sample_warnings(spec, items):
-        if on_warning:
-            on_warning(warning)
+        if hooks.on_warning:
+            hooks.on_warning(warning)
     # an unknown model fails here, before any progress line (a provider given by the caller needs no config)
     config = resolve_model(model) if provider is None else None
-    owned = provider is None and executor == "local"  # Ray workers open their own
-    provider = provider or (open_provider(config) if config is not None and executor == "local" else None)
+    owned = provider is None and scale.executor == "local"  # Ray workers open their own
+    provider = provider or (open_provider(config) if config is not None and owned else None)
     try:
         if prompted and provider is not None and spec.fewshot.k and spec.fewshot.strategy == "nearest":
             share = getattr(provider, "use_embeddings", None)  # the student of a cascade reuses the vectors
@@ -180,17 +162,17 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
         if provider is not None:
             stage(f"starting {model}")
             provider.check()
-        if resume:
+        if run is not None:
             run_id = run["id"]
             store.update_run(run_id, status="running")
         else:
             run_id = store.create_run(task=spec.name, task_path=str(spec.source or ""), spec_version=spec.version,
                                       spec_json=spec.model_dump_json(by_alias=True), model=model,
                                       metric=spec.main_metric, n_planned=len(items), concurrency=concurrency,
-                                      item_offset=offset, sampling=sampling, tag=tag)
+                                      item_offset=offset, sampling=sampling, tag=options.tag)
         if prompted and spec.fewshot.k and spec.fewshot.strategy in NEAREST and len(items) > len(answered):
             stage(f"embedding {len(selector.pool)} pool examples")
-        plan = CallPlan(spec, model, run_id, use_cache)
+        plan = CallPlan(spec, model, run_id, options.use_cache)
         runner: Executor
         if provider is not None:
             runner = LocalExecutor(provider, ExactCache(store), selector, concurrency)
@@ -199,18 +181,30 @@ def run_task(spec: TaskSpec, model: str, store: Store, *, limit: int | None = No
 
             stage("connecting to the Ray cluster")
             assert config is not None
-            runner = RayExecutor(config, store, concurrency, ray_address, workers)
+            runner = RayExecutor(config, store, concurrency, scale.ray_address, scale.workers)
         to_answer = len(items) - len(answered)
         log.info("run %s: task %s (spec %s) on %s, %d of %d items to answer", run_id, spec.name, spec.version,
                  model, to_answer, len(items))
         with span(f"llmbus run {spec.name}", {"llmbus.run_id": run_id, "llmbus.task": spec.name,
                                                "llmbus.spec_version": spec.version, "llmbus.model": model,
                                                "llmbus.items": to_answer}):
-            _answer_all(plan, runner, store, todo, len(items), len(answered), on_progress, grace_s)
+            _answer_all(plan, runner, store, todo, len(items), len(answered), hooks.on_progress, options.grace_s)
     finally:
         if owned and provider is not None:
             provider.close()
     return run_id
+
+
+def _resumable(store: Store, run_id: str, spec: TaskSpec, subset: Split | None) -> dict[str, Any]:
+    """The run `--resume` finishes, if this spec (and, for a run over chosen items, a subset) can finish it."""
+    run = store.get_run(run_id)
+    if run.get("sampling") == SUBSET and subset is None:
+        raise LlmbusError(f"run {run['id']} answered items its caller chose (tag {run.get('tag')}): it cannot "
+                          "be resumed from the spec")
+    if run["task"] != spec.name or run["spec_version"] != spec.version:
+        raise LlmbusError(f"run {run['id']} is task {run['task']} version {run['spec_version']}, but the spec "
+                          f"is now {spec.name} version {spec.version}: start a new run instead")
+    return run
 
 
 def _answer_all(plan: CallPlan, executor: Executor, store: Store, items: Iterable[Item], total: int, already: int,

@@ -127,7 +127,8 @@ _ALWAYS_DECODED = ("parsed_json", "label_probs_json", "expected_json", "meta_jso
 
 
 class Store:
-    """Access to one database; safe to share between threads."""
+    """Access to one database; safe to share between threads. A context manager: leaving `with Store(db) as
+    store:` releases its pooled connections."""
 
     def __init__(self, db: str | None = None):
         url = database_url(db)
@@ -136,6 +137,12 @@ class Store:
         self.migrate()
         self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
         self._insert_calls = BulkInsert(self.engine, calls)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def migrate(self) -> list[str]:
         """Apply every migration not yet recorded, under a lock that many processes opening the same fresh

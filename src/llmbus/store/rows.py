@@ -12,6 +12,11 @@ from datetime import datetime
 from typing import Any
 
 
+def _as_row(row: Run | Call) -> dict[str, Any]:
+    """A typed row as the store holds it: every named column, then the columns in `other`."""
+    return {**{f.name: getattr(row, f.name) for f in fields(row) if f.name != "other"}, **row.other}
+
+
 def _split(cls: type, row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the row's values for the class's fields, the rest)."""
     names = {f.name for f in fields(cls)} - {"other"}
@@ -45,6 +50,10 @@ class Run:
         """A `runs` row as a Run."""
         known, rest = _split(cls, row)
         return cls(**known, other=rest)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a plain mapping of its columns (what `llmbus show --json` prints)."""
+        return _as_row(self)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -90,6 +99,10 @@ class Call:
         """A decoded `calls` row (Store.iter_calls) as a Call."""
         known, rest = _split(cls, row)
         return cls(**known, other=rest)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a plain mapping of its columns, JSON columns decoded (what `llmbus show --json` prints)."""
+        return _as_row(self)
 
     @property
     def ok(self) -> bool:
