@@ -150,6 +150,23 @@ def test_every_module_has_a_layer():
         _rank(_unit(_module_name(path)[0]))
 
 
+MAX_MODULE_LINES = 400  # past this a module does several things: split it by idea (STYLE.md)
+
+
+def oversized(limit: int = MAX_MODULE_LINES) -> dict[str, int]:
+    """Modules under src/llmbus longer than `limit` lines, with their line counts."""
+    counts = {str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+              for path in PACKAGE.rglob("*.py")}
+    return {path: n for path, n in sorted(counts.items()) if n > limit}
+
+
+def test_no_module_is_over_400_lines():
+    found = oversized()
+    assert not found, "modules over 400 lines (split them by idea):\n" + "\n".join(
+        f"  {path}: {n}" for path, n in found.items())
+    assert oversized(100), "the counter sees every module"  # a counter that finds nothing would always pass
+
+
 def test_the_checker_sees_function_level_and_relative_imports():
     source = "def f():\n    from ..cli import app\n    import llmbus.serve.gateway\n    from . import base\n"
     assert imports(source, "llmbus.providers") == {"llmbus.cli.app", "llmbus.serve.gateway", "llmbus.providers.base"}

@@ -22,7 +22,7 @@ while the provider is open: an unhealthy answer ejects, a healthy one readmits (
 requests go to all of them anyway (Envoy's panic routing, which Envoy starts below 50% healthy, here only at
 none): refusing helps nobody when there is nowhere else to go, and the first success readmits its replica.
 
-The set keeps each replica's counters; `stats()` is what a metrics collector reads (serve/app.py), so nothing is
+The set keeps each replica's counters; `stats()` is what a metrics collector reads (serve/metrics.py), so nothing is
 registered globally.
 """
 

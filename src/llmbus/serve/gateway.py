@@ -1,23 +1,21 @@
 """The gateway's core, without HTTP: routes, API keys with rate limits and budgets, caches, fallbacks, logging.
 
-`app.py` puts an OpenAI-compatible FastAPI app in front of it. Every request becomes one row in the call log
-(a run per served model per gateway start), with its route in the row's meta: cache_exact, cache_semantic,
-backend, fallback or failed; a refused request (bad key, body or model, rate limit, budget) is a row of the
-start's `gateway:refused` run, with the refusal as its error_kind. `open_stream` answers the same way piece by
-piece (gateway_stream.py): fallbacks apply until the first piece is out, and a streamed call's meta adds its
-time to first token (`ttft_s`). The meta also keeps the request's raw input (`input`: the text a served task's
-prompt is rendered around), which `distill --from-traffic` learns from and `accept` replays; a served task's
-run keeps its spec.
+`app.py` puts an OpenAI-compatible FastAPI app in front of it (its endpoints: routes.py). `answer` (and
+`answer_async`, on the app's event loop) tries the caches (gateway_cache.py), then the route's model, then its
+fallbacks; `open_stream` answers the same way piece by piece (gateway_stream.py): fallbacks apply until the
+first piece is out, and a streamed call's meta adds its time to first token (`ttft_s`). Every request becomes
+one row in the call log (gateway_log.py): a run per served model per gateway start, the route in each row's
+meta (cache_exact, cache_semantic, backend, fallback or failed); a refused request (bad key, body or model, rate
+limit, budget) is a row of the start's `gateway:refused` run, with the refusal as its error_kind.
 
-Keys, rate limits and budgets (which hold each request's estimated cost while it runs) are in gateway_keys.py;
-a served model's `canary:` (a candidate on a share of its traffic, promoted or rolled back window by window) is
-in canary.py: the canary arm's route is the candidate with the incumbent as its first fallback, its answers are
-cached under the candidate, and each call's meta says its `arm`.
+serve.yaml is read by config.py; keys, rate limits and budgets (which hold each request's estimated cost while
+it runs) are in gateway_keys.py; a served model's `canary:` (a candidate on a share of its traffic, promoted or
+rolled back window by window) is in canary.py: the canary arm's route is the candidate with the incumbent as its
+first fallback, its answers are cached under the candidate, and each call's meta says its `arm`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import threading
 import time
@@ -26,12 +24,9 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
-from datetime import timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from anyio import to_thread
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmbus.embed import StageCallback
 from llmbus.errors import GatewayError, ProviderError, SpecError
@@ -40,13 +35,13 @@ from llmbus.providers.base import Completion
 from llmbus.providers.config import load_model_configs, resolve_model
 from llmbus.providers.openai import OpenAIProvider
 from llmbus.providers.openai_wire import wire_api
-from llmbus.providers.prices import Price
 from llmbus.providers.replicas import ReplicaStats
 from llmbus.run.adapter import build_request, example_fields
-from llmbus.run.cache import ExactCache, SemanticCache
 from llmbus.serve.backend_calls import call_with_fallbacks
-from llmbus.serve.call_writer import Arrival, CallWriter
-from llmbus.serve.canary import Canaries, CanaryConfig
+from llmbus.serve.call_writer import Arrival
+from llmbus.serve.canary import Canaries
+from llmbus.serve.config import CacheConfig, RouteConfig, ServeConfig, load_serve_config
+from llmbus.serve.gateway_cache import GatewayCaches
 from llmbus.serve.gateway_keys import (
     KeyConfig,
     bearer_token,
@@ -56,81 +51,23 @@ from llmbus.serve.gateway_keys import (
     route_price,
     secret_value,
 )
+from llmbus.serve.gateway_log import TrafficLog
 from llmbus.serve.gateway_stream import Answer, AnswerStream, Event, Piece, Pump, word_pieces
 from llmbus.serve.limits import Keys
 from llmbus.serve.warmup import served_specs, warm_selectors
 from llmbus.serve.wire import passthrough_request, piece_text, raw_input_of, sampling_fields
-from llmbus.store import CallRecord, Store, now
-from llmbus.store.gateway_state import Hold, KeyLedger, SemanticEntries
-from llmbus.task.chat import context_of, is_single_user_turn
+from llmbus.store import Store
+from llmbus.store.gateway_state import Hold, KeyLedger
 from llmbus.task.data import Item, load_items, split_items
 from llmbus.task.fewshot import ExampleSelector
 from llmbus.task.render import render
-from llmbus.task.spec import TaskSpec, describe_validation_error, read_yaml, yaml_line
 from llmbus.telemetry import observe_call
+
+# serve.yaml's models live in config.py; callers import them from here too.
+__all__ = ["HOLD_GRACE_S", "CacheConfig", "Gateway", "RouteConfig", "ServeConfig", "load_serve_config"]
 
 # A budget hold outlives its route's timeouts by this much (queueing, logging) before it lapses on its own.
 HOLD_GRACE_S = 60.0
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RouteConfig(_Config):
-    """One served model name → a model reference, its fallbacks and (optionally) the task it serves."""
-
-    model: str
-    task: str | None = None  # a task spec: gives the label set / schema, and scopes the semantic cache
-    fallbacks: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(default=120.0, gt=0)
-
-
-class CacheConfig(_Config):
-    """Response caches: exact (call log) and semantic (MiniLM, per served model)."""
-
-    exact: bool = True
-    semantic: bool = False
-    semantic_threshold: float = Field(default=0.97, gt=0, le=1)
-
-
-class ServeConfig(_Config):
-    """serve.yaml."""
-
-    models: dict[str, RouteConfig]
-    keys: list[KeyConfig] = Field(default_factory=list)
-    cache: CacheConfig = CacheConfig()
-    metrics_key: str | None = None  # literal or env:NAME: /metrics then needs `Authorization: Bearer KEY`
-    log_prompt_chars: int | None = Field(default=None, ge=0)  # the call log keeps at most this much of a prompt
-    canary: dict[str, CanaryConfig] = Field(default_factory=dict)  # served model → its candidate on live traffic
-    budget_unpriced: Literal["refuse", "allow"] = "refuse"  # a key budget over a model without a price
-    source: Path | None = Field(default=None, exclude=True)
-
-    def secret_refs(self) -> list[tuple[str, str]]:
-        """(field, literal or env:NAME) of every API key and of the metrics key."""
-        refs = [(f"keys[{i}] ({k.name})", k.key) for i, k in enumerate(self.keys)]
-        return refs + ([("metrics_key", self.metrics_key)] if self.metrics_key is not None else [])
-
-
-def load_serve_config(path: str | Path) -> ServeConfig:
-    """Read serve.yaml; errors name file, line and field."""
-    path = Path(path)
-    node, raw = read_yaml(path, "serve config")
-    if not isinstance(raw, dict | None):
-        raise SpecError(f"{path}:1: serve config is a mapping with `models:` (and keys, cache…), not a "
-                        f"{type(raw).__name__}")
-    try:
-        config = ServeConfig.model_validate({**(raw or {}), "source": path.resolve()})
-    except ValidationError as exc:
-        raise SpecError(describe_validation_error(path, node, exc)) from None
-    for name, canary in config.canary.items():
-        if name not in config.models:
-            raise SpecError(f"{path}:{yaml_line(node, ['canary', name])}: canary.{name}: not a served model "
-                            f"(models: {', '.join(sorted(config.models))})")
-        if canary.candidate == config.models[name].model:
-            raise SpecError(f"{path}:{yaml_line(node, ['canary', name, 'candidate'])}: canary.{name}.candidate: "
-                            f"{canary.candidate} already serves {name}")
-    return config
 
 
 class Gateway:
@@ -153,20 +90,17 @@ class Gateway:
         if config.budget_unpriced == "refuse":
             check_budgets_priced(config.keys, self.models, self._model_configs, config.source or "serve config")
         self.providers: dict[str, Provider] = {ref: open_provider(model) for ref, model in self.models.items()}
-        self.exact = ExactCache(store) if config.cache.exact else None
-        self.semantic = (SemanticCache(config.cache.semantic_threshold, saved=SemanticEntries(store.engine))
-                         if config.cache.semantic else None)
+        self.caches = GatewayCaches(store, config.cache)
         self.keys = Keys(config.keys, KeyLedger(store.engine))
-        self.calls = CallWriter(store)  # the call log, written in batches off the request path
+        self.traffic = TrafficLog(store, self.specs, config.log_prompt_chars)
+        self.calls = self.traffic.calls  # the call log, written in batches off the request path
         self.metrics_secret = secret_value(config.metrics_key) if config.metrics_key else None
-        self._lock = threading.Lock()
         self.ready = threading.Event()  # set by `start` once pools are embedded and backends are up
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="llmbus-gateway")
-        self.run_ids = {name: self._open_run(f"gateway:{name}", route.model, self.specs.get(name),
-                                             route_price(route.model, [route.model, *route.fallbacks], self.models,
-                                                         self._model_configs))
-                        for name, route in config.models.items()}
-        self.refusal_run_id: str | None = None  # made with the first refusal
+        self.traffic.open_runs({name: (route.model, route_price(route.model, [route.model, *route.fallbacks],
+                                                                 self.models, self._model_configs))
+                                for name, route in config.models.items()})
+        self.run_ids = self.traffic.run_ids  # served model → the run of its calls
 
     def start(self, progress: StageCallback | None = None) -> None:
         """Warm up before the first request: embed each served task's nearest-shot pool (vectors the store's
@@ -175,8 +109,7 @@ class Gateway:
         if self.ready.is_set():
             return
         warm_selectors(self.selectors, self.store.embeddings, progress)
-        if self.semantic is not None:
-            self.semantic.load([f"{name}:" for name in self.config.models])
+        self.caches.load(list(self.config.models))
         for ref, provider in self.providers.items():
             if progress:
                 progress(f"starting {ref}", None, None)
@@ -186,11 +119,9 @@ class Gateway:
     def close(self) -> None:
         """Stop backends and worker threads; write the call-log rows still queued."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.calls.close()
+        self.traffic.close()
         for provider in self.providers.values():
             provider.close()
-        for run_id in [*self.run_ids.values(), *([self.refusal_run_id] if self.refusal_run_id else [])]:
-            self.store.update_run(run_id, status="done", finished_at=now())
 
     def replica_stats(self) -> dict[str, list[ReplicaStats]]:
         """Load, health and counters of each OpenAI-compatible backend's replicas, by model reference (what
@@ -250,7 +181,7 @@ class Gateway:
         route, arm = self._route(name, request)
         tick = arrival.tick if arrival else time.perf_counter()
         try:
-            hit = self._cached(name, route.model, request)
+            hit = self.caches.cached(name, route.model, request)
             if hit is not None:
                 completion, kind = hit
                 answer = Answer(completion, kind, route.model, time.perf_counter() - tick, arm=arm)
@@ -262,7 +193,7 @@ class Gateway:
                     self._log(name, request, failed, key, ProviderError("all_failed", str(exc)), hold)
                     raise
                 answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
-                self._remember(name, route.model, request, completion)
+                self.caches.remember(name, route.model, request, completion)
             self._log(name, request, answer, key, hold=hold)
             return answer
         finally:
@@ -275,9 +206,9 @@ class Gateway:
         queueing the call-log row included — inline."""
         route, arm = self._route(name, request)
         tick = arrival.tick if arrival else time.perf_counter()
-        blocking = self.exact is not None or self.semantic is not None or hold is not None
+        blocking = self.caches.on or hold is not None
         try:
-            hit = await to_thread.run_sync(self._cached, name, route.model, request) if blocking else None
+            hit = await to_thread.run_sync(self.caches.cached, name, route.model, request) if blocking else None
             if hit is not None:
                 answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, arm=arm)
                 await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
@@ -291,7 +222,7 @@ class Gateway:
                                      ProviderError("all_failed", str(exc)), hold)
                 raise
             answer = Answer(completion, kind, used, time.perf_counter() - tick, arm=arm)
-            await self._off_loop(blocking, self._remember, name, route.model, request, completion)
+            await self._off_loop(blocking, self.caches.remember, name, route.model, request, completion)
             await self._off_loop(blocking, self._log, name, request, answer, key, None, hold)
             return answer
         finally:
@@ -316,7 +247,7 @@ class Gateway:
         request_id = uuid.uuid4().hex[:16]
         relayed = False  # the relay logs the answer and releases the hold
         try:
-            hit = self._cached(name, route.model, request)
+            hit = self.caches.cached(name, route.model, request)
             if hit is not None:
                 answer = Answer(hit[0], hit[1], route.model, time.perf_counter() - tick, request_id, arm)
                 answer.completion.extra["ttft_s"] = round(answer.latency_s, 6)
@@ -365,7 +296,7 @@ class Gateway:
                 if event.kind == "done":
                     answer.completion = event.value
                     answer.completion.extra["ttft_s"] = round(ttft if ttft is not None else answer.latency_s, 6)
-                    self._remember(name, primary, request, answer.completion)
+                    self.caches.remember(name, primary, request, answer.completion)
                     self._log(name, request, answer, key, hold=hold)
                 else:
                     pump.cancel()
@@ -387,45 +318,6 @@ class Gateway:
         candidate = self.config.canary[name].candidate
         return route.model_copy(update={"model": candidate, "fallbacks": [route.model, *route.fallbacks]}), arm
 
-    def _scope(self, name: str, model: str, request: Request) -> str:
-        """The semantic cache's scope: a similar last user turn is the same question only under the same route,
-        parameters and earlier turns (the system prompt, the conversation so far)."""
-        context = hashlib.sha256(context_of(request.messages).encode()).hexdigest()[:16]
-        return f"{name}:{model}:{request.max_tokens}:{request.temperature}:{context}"
-
-    def _semantic_fits(self, request: Request) -> bool:
-        """Whether a similar question may share an answer: not when tools may be called or several answers
-        (n > 1) or a particular response format were asked for."""
-        return self.semantic is not None and bool(request.input) and not request.tools and (request.n or 1) == 1 \
-            and request.response_format is None
-
-    def _remember(self, name: str, model: str, request: Request, completion: Completion) -> None:
-        """Put a fresh greedy answer into the caches, under the model its route asked first."""
-        if not request.greedy:
-            return
-        if self.exact is not None:
-            self.exact.put(request, model, completion)
-        if self.semantic is not None and self._semantic_fits(request):
-            assert request.input is not None
-            self.semantic.add(self._scope(name, model, request), request.input, completion.cache_dict())
-
-    def _cached(self, name: str, model: str, request: Request) -> tuple[Completion, str] | None:
-        """A cached answer to a greedy request (exact first, then semantic) and which cache gave it."""
-        if not request.greedy:
-            return None
-        if self.exact is not None:
-            cached = self.exact.get(request, model)
-            if cached is not None:
-                return cached, "cache_exact"
-        if self.semantic is not None and self._semantic_fits(request):
-            assert request.input is not None
-            found = self.semantic.lookup(self._scope(name, model, request), request.input)
-            if found is not None:
-                completion = Completion(**found[0])
-                completion.extra["similarity"] = round(found[1], 4)
-                return completion, "cache_semantic"
-        return None
-
     def _call_with_fallbacks(self, route: RouteConfig, request: Request) -> tuple[Completion, str, str]:
         errors = []
         for position, ref in enumerate([route.model, *route.fallbacks]):
@@ -438,69 +330,22 @@ class Gateway:
                 errors.append(f"{ref}: {exc}")
         raise GatewayError(502, "all backends failed: " + "; ".join(errors))
 
-    def _open_run(self, task: str, model: str, spec: TaskSpec | None = None, price: Price | None = None) -> str:
-        """A run for one served model's calls (or the refusals); a served task's run keeps the spec and its
-        resolved path, so its traffic can be judged, labeled, distilled and replayed later."""
-        return self.store.create_run(task=task, task_path=str(spec.source or "") if spec else "",
-                                     spec_version=spec.version if spec else "-",
-                                     spec_json=spec.model_dump_json(by_alias=True) if spec else "{}",
-                                     model=model, metric="none", n_planned=0, concurrency=0, price=price)
-
-    def _kept_prompt(self, prompt: str, what: str = "prompt") -> tuple[str, dict[str, Any]]:
-        """The prompt (or raw input) as the call log keeps it (cut to `log_prompt_chars`), and meta saying how
-        long it was."""
-        limit = self.config.log_prompt_chars
-        if limit is None or len(prompt) <= limit:
-            return prompt, {}
-        return prompt[:limit], {f"{what}_chars": len(prompt)}
-
     def _log(self, name: str, request: Request, answer: Answer, key: KeyConfig | None,
              error: ProviderError | None = None, hold: Hold | None = None) -> None:
-        """Queue the call's row (started when the request came in: `answer.latency_s` before now) and count its
-        cost against the key (a budgeted key's at once, settling its hold; others' with the row)."""
-        completion = answer.completion
-        cost = 0.0 if answer.route.startswith("cache") else completion.cost_usd
-        prompt, cut = self._kept_prompt(request.prompt)
-        meta = {**completion.extra, "route": answer.route, "key": key.name if key else None, **cut}
-        if answer.arm is not None:
-            meta["arm"] = answer.arm
-        if request.input is not None:  # the raw input: what distill --from-traffic and accept read back
-            meta["input"], input_cut = self._kept_prompt(request.input, "input")
-            meta.update(input_cut)
-        finished = now()
+        """Queue the call's row and count its cost against the key (a budgeted key's at once, settling its hold;
+        others' with the row); telemetry and the canary's guard see the call too."""
+        cost = 0.0 if answer.route.startswith("cache") else answer.completion.cost_usd
+        record = self.traffic.record(name, request, answer, key, cost, error)
         counted = self.keys.settle(key, hold, cost)
-        record = CallRecord(
-            run_id=self.run_ids[name], task=f"gateway:{name}", spec_version=self.specs[name].version
-            if name in self.specs else "-", item_id=answer.request_id, model=answer.model, prompt=prompt,
-            started_at=finished - timedelta(seconds=answer.latency_s), finished_at=finished,
-            raw_output=completion.text,
-            messages=None if is_single_user_turn(request.messages) else list(request.messages),
-            tool_calls=completion.tool_calls, reasoning=completion.reasoning,
-            parsed=None if error else completion.text, confidence=completion.confidence,
-            label_probs=completion.label_probs, tokens_in=completion.tokens_in, tokens_out=completion.tokens_out,
-            latency_s=answer.latency_s, cost_usd=cost, cpu_s=completion.cpu_seconds,
-            cache_hit=answer.route.startswith("cache"), error_kind=error.kind if error else None,
-            error=str(error) if error else None, meta=meta, tokens_cached=completion.tokens_cached,
-            tokens_reasoning=completion.tokens_reasoning)
         self.calls.write(record, spend_key=key.name if key and not counted else None)
-        observe_call(record, request, completion, self.providers.get(answer.model), answer.route)
+        observe_call(record, request, answer.completion, self.providers.get(answer.model), answer.route)
         self.canaries.observe(name, answer.arm, answer.route, error is not None and error.kind != "client_closed",
                               answer.latency_s, answer.request_id)
 
     def refuse(self, name: str, error: GatewayError, key: KeyConfig | None, prompt: str = "",
                arrival: Arrival | None = None) -> None:
         """Log a refused request as a row of this start's `gateway:refused` run (route `refused`)."""
-        with self._lock:
-            if self.refusal_run_id is None:
-                self.refusal_run_id = self._open_run("gateway:refused", "-")
-        kept, cut = self._kept_prompt(prompt)
-        meta = {"route": "refused", "key": key.name if key else None, "status": error.status,
-                **({"param": error.param} if error.param else {}), **cut}
-        started, finished, latency = (arrival or Arrival.now()).stamps()
-        self.calls.write(CallRecord(
-            run_id=self.refusal_run_id, task="gateway:refused", spec_version="-", item_id=uuid.uuid4().hex[:16],
-            model=name[:200] or "-", prompt=kept, started_at=started, finished_at=finished, latency_s=latency,
-            error_kind=error.kind, error=str(error)[:2000], meta=meta))
+        self.traffic.refuse(name, error, key, prompt, arrival)
 
 
 def _replay(answer: Answer) -> Generator[str, None, Answer]:
