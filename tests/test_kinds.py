@@ -1,0 +1,95 @@
+"""Task kinds as strategy objects (task/kinds.py): each kind's behaviour, and no kind comparison left elsewhere."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from llmbus.task.contract import OutputSpec
+from llmbus.task.kinds import KINDS, Classify, Extract, Generate, kind_named, kind_of
+from llmbus.task.spec import TaskSpec
+
+LABELS = OutputSpec(labels=["spam", "ham"], verbalizer={"Junk": "spam"}, calibrate=["N/A"])
+SCHEMA = OutputSpec(schema={"type": "object", "required": ["entities"],
+                            "properties": {"entities": {"type": "array"}}})
+FREE = OutputSpec(answer_pattern=r"ANSWER: (\w+)")
+
+
+def spec(kind: str, **output: object) -> TaskSpec:
+    return TaskSpec.model_validate({"name": "t", "kind": kind, "prompt": "{{ item.text }}",
+                                    "data": {"path": "d.jsonl", "expected": "y"}, "output": output})
+
+
+def test_kind_of_reads_the_spec_and_unknown_names_fail():
+    assert isinstance(kind_of(spec("classify", labels=["a", "b"])), Classify)
+    assert spec("generate").kind_strategy is KINDS["generate"]
+    assert set(KINDS) == {"classify", "extract", "generate"}
+    with pytest.raises(ValueError, match="unknown task kind 'summarize'"):
+        kind_named("summarize")
+
+
+def test_each_kind_names_the_contract_it_needs():
+    assert Classify().missing_contract(OutputSpec()) == "kind classify needs output.labels"
+    assert Classify().missing_contract(LABELS) is None
+    assert Extract().missing_contract(OutputSpec()) == "kind extract needs output.schema"
+    assert Generate().missing_contract(OutputSpec()) is None
+    with pytest.raises(ValueError, match=r"kind extract needs output\.schema"):
+        spec("extract")
+
+
+def test_default_metric_is_the_kinds_first():
+    assert [spec(k, **o).main_metric for k, o in
+            [("classify", {"labels": ["a", "b"]}), ("extract", {"schema": {"type": "object"}}), ("generate", {})]] \
+        == ["accuracy", "entity_f1", "exact_match"]
+    with pytest.raises(ValueError, match="does not fit kind generate"):
+        TaskSpec.model_validate({"name": "t", "kind": "generate", "prompt": "p", "metric": "macro_f1",
+                                 "data": {"path": "d.jsonl", "expected": "y"}})
+
+
+def test_parsing_is_the_kinds():
+    assert Classify().parse(LABELS, " junk.").value == "spam"  # the shown text, back to its label
+    assert Classify().parse(LABELS, "maybe").error_kind == "label_not_in_set"
+    assert Extract().parse(SCHEMA, 'Here: {"entities": []}').value == {"entities": []}
+    assert Extract().parse(SCHEMA, '{"other": 1}').error_kind == "schema_violation"
+    assert Generate().parse(FREE, "so ANSWER: 42 done").value == "42"
+    assert Generate().parse(FREE, "no idea").error_kind == "no_answer"
+    assert Generate().parse(OutputSpec(), "  free text \n").value == "free text"
+
+
+def test_request_shaping():
+    assert Classify().request_labels(LABELS) == ("Junk", "ham") and Classify().request_schema(LABELS) is None
+    assert Extract().request_schema(SCHEMA) == SCHEMA.json_schema and Extract().request_labels(SCHEMA) is None
+    assert Generate().request_labels(FREE) is None and Generate().request_schema(FREE) is None
+    assert Classify().content_free(LABELS) == ("N/A",) and Generate().content_free(FREE) == ()
+    assert Classify().label_of(LABELS, "Junk") == "spam" and Generate().label_of(LABELS, "Junk") == "Junk"
+    assert Classify().expected_labels(LABELS) == {"spam", "ham"} and Extract().expected_labels(SCHEMA) is None
+
+
+def test_students_and_teacher_answers():
+    assert (Classify().student, Extract().student, Generate().student) == ("classifier", "tagger", None)
+    assert (Classify().student_epochs, Extract().student_epochs) == (3, 2)
+    assert Extract().reads_tokens() and not Classify().reads_tokens()
+    assert Extract().teacher_answer({"entities": [{"type": "ORG"}]}) == [{"type": "ORG"}]
+    assert Classify().teacher_answer("spam") == "spam"
+
+
+def test_teacher_coverage():
+    assert Classify().coverage_problem(Counter({"spam": 9}), 9, 3) is not None
+    assert Classify().coverage_problem(Counter({"spam": 5, "ham": 4}), 9, 3) is None
+    assert Extract().coverage_problem(Counter({"ORG": 2}), 9, 3) is not None
+    assert Extract().coverage_problem(Counter({"ORG": 3}), 9, 3) is None
+    assert Extract().answer_counts([[{"type": "ORG"}, {"type": " PER "}], None, ["junk"]]) \
+        == Counter({"ORG": 1, "PER": 1})
+    assert Classify().answer_counts(["a", "b", "a"]) == Counter({"a": 2, "b": 1})
+    assert Classify().rare_is_problem() and not Extract().rare_is_problem()
+
+
+def test_held_out_answers():
+    a, b = {"type": "ORG", "text": "Acme"}, {"type": "PER", "text": "Ann"}
+    assert Extract().same_answer([a, b], [b, a]) and not Extract().same_answer([a], [a, b])
+    assert Classify().same_answer("1", 1) and not Classify().same_answer("a", "b")
+    assert Classify().one_answer_warning(["a", "a"], ["a", "b"], None)
+    assert not Classify().one_answer_warning(["a", "b"], ["a", "b"], None)
+    assert Extract().one_answer_warning([[], []], [[a], []], None)
+    assert not Extract().one_answer_warning([[a], []], [[a], []], None)
