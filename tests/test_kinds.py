@@ -69,7 +69,7 @@ def test_request_shaping():
 def test_students_and_teacher_answers():
     assert (Classify().student, Extract().student, Generate().student) == ("classifier", "tagger", None)
     assert (Classify().student_epochs, Extract().student_epochs) == (3, 2)
-    assert Extract().reads_tokens() and not Classify().reads_tokens()
+    assert Extract().tags_tokens() and not Classify().tags_tokens()
     assert Extract().teacher_answer({"entities": [{"type": "ORG"}]}) == [{"type": "ORG"}]
     assert Classify().teacher_answer("spam") == "spam"
 

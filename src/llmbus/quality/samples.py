@@ -9,6 +9,7 @@ instead of its kind. A kind with a new shape of answer adds one class to `COLUMN
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -208,7 +209,7 @@ class TextColumns(Columns):
         return np.asarray(sample.scores[sample.metric] == 1.0)
 
 
-COLUMNS: dict[str, type[Columns]] = {"label": LabelColumns, "entities": EntityColumns, "text": TextColumns}
+COLUMNS: Mapping[str, type[Columns]] = {"label": LabelColumns, "entities": EntityColumns, "text": TextColumns}
 
 
 def columns_of(kind: str) -> type[Columns]:

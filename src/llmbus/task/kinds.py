@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Protocol
 
 from llmbus.task.contract import OutputSpec
@@ -82,8 +83,9 @@ class TaskKind:
         """What a student learns from a teacher's parsed answer."""
         return parsed
 
-    def reads_tokens(self) -> bool:
-        """Whether a student reads the item's `tokens` field (token taggers) rather than only its text."""
+    def tags_tokens(self) -> bool:
+        """Whether the kind's student tags tokens (it reads an item's `tokens` and answers entities) rather than
+        labelling the whole text."""
         return self.student == "tagger"
 
     def answer_counts(self, answers: list[Any]) -> Counter[str]:
@@ -218,7 +220,7 @@ class Generate(TaskKind):
     advise_type = "qa"
 
 
-KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Classify(), Extract(), Generate())}
+KINDS: Mapping[str, TaskKind] = {kind.name: kind for kind in (Classify(), Extract(), Generate())}
 
 
 def kind_named(name: str) -> TaskKind:
