@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +95,28 @@ def test_held_out_answers():
     assert not Classify().one_answer_warning(["a", "b"], ["a", "b"], None)
     assert Extract().one_answer_warning([[], []], [[a], []], None)
     assert not Extract().one_answer_warning([[a], []], [[a], []], None)
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmbus"
+NAMES = "|".join(KINDS)
+# A kind compared by name: `x == "classify"`, `!= 'extract'`, `in ("classify", …)`, `"generate" == x`, `case "…"`
+COMPARISON = re.compile(rf"""(==|!=|\bin|\bcase)\s*[(\[{{]?\s*["']({NAMES})["']|["']({NAMES})["']\s*(==|!=)""")
+
+
+def kind_comparisons(text: str) -> list[str]:
+    """The lines of `text` that compare something with a task kind's name."""
+    return [line.strip() for line in text.splitlines() if COMPARISON.search(line)]
+
+
+def test_the_comparison_counter_sees_every_form():
+    found = kind_comparisons('if spec.kind == "classify":\nif k != \'extract\'\nx in ("classify", "extract")\n'
+                             '"generate" == k\ncase "generate":\n{% if kind == "classify" %}\n'
+                             'kind="classify"\nname = "generate_report"\n')
+    assert len(found) == 6
+
+
+def test_no_task_kind_is_compared_outside_task_kinds():
+    files = [p for p in PACKAGE.rglob("*") if p.suffix in {".py", ".html", ".j2", ".jinja", ".txt"}
+             and p != PACKAGE / "task" / "kinds.py"]
+    found = [f"{p.relative_to(PACKAGE)}: {line}" for p in files for line in kind_comparisons(p.read_text())]
+    assert not found, "ask the kind (task/kinds.py: kind_of(spec)) instead:\n" + "\n".join(found)
