@@ -120,3 +120,37 @@ def test_no_task_kind_is_compared_outside_task_kinds():
              and p != PACKAGE / "task" / "kinds.py"]
     found = [f"{p.relative_to(PACKAGE)}: {line}" for p in files for line in kind_comparisons(p.read_text())]
     assert not found, "ask the kind (task/kinds.py: kind_of(spec)) instead:\n" + "\n".join(found)
+
+
+def test_requests_carry_the_kinds_contract():
+    from llmbus.run.adapter import build_request
+
+    classify = spec("classify", labels=["spam", "ham"], verbalizer={"Junk": "spam"})
+    extract = spec("extract", schema=SCHEMA.json_schema)
+    assert build_request(classify, "p").labels == ("Junk", "ham") and build_request(classify, "p").json_schema is None
+    assert build_request(extract, "p").json_schema == SCHEMA.json_schema and build_request(extract, "p").labels is None
+    free = build_request(spec("generate"), "p")
+    assert free.labels is None and free.json_schema is None
+
+
+def test_eval_columns_follow_the_kinds_answer_shape():
+    from llmbus.quality.evaluate import _right_or_wrong, item_scores, sample_from, values_at
+    from llmbus.quality.samples import EntityColumns, LabelColumns, TextColumns, columns_of
+
+    assert [columns_of(k) for k in KINDS] == [LabelColumns, EntityColumns, TextColumns]
+    org = {"type": "ORG", "text": "Acme"}
+    rows = [{"item_id": "1", "parsed": [org], "expected": [org], "error_kind": None},
+            {"item_id": "2", "parsed": [], "expected": [org], "error_kind": None},
+            {"item_id": "3", "parsed": None, "expected": [], "error_kind": "invalid_json"}]
+    entities = sample_from("r", "extract", "entity_f1", [], rows)
+    assert entities.counts is not None and entities.counts.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+    assert values_at(entities)["entity_f1"] == pytest.approx(2 / 3)
+    assert item_scores(entities).tolist() == [1.0, 0.0, 0.0]  # the failed call scores 0 though nothing was expected
+    labels = sample_from("r", "classify", "accuracy", ["a", "b"],
+                         [{"item_id": "1", "parsed": "a", "expected": "a", "error_kind": None},
+                          {"item_id": "2", "parsed": None, "expected": "c", "error_kind": "label_not_in_set"}])
+    assert labels.classes == ["a", "b", "c"] and _right_or_wrong(labels) is not None
+    assert values_at(labels)["accuracy"] == 0.5
+    text = sample_from("r", "generate", "chrf", [], [{"item_id": "1", "parsed": "4", "expected": "4",
+                                                      "error_kind": None}])
+    assert _right_or_wrong(text) is None and values_at(text)["exact_match"] == 1.0
