@@ -9,7 +9,8 @@ it trains, and how teacher coverage and held-out answers are judged. Every other
 This module sits at the bottom of the task layer (task/spec.py imports it), so it reads only the output contract
 (task/contract.py) and parsing primitives. Higher layers look up what they own by a kind's data: quality/ picks
 its per-item columns by `answers`, distill/ and train/ pick a student by `student`. A fourth kind is one more
-class here, listed in `KINDS` (and in `Kind`, which pydantic validates spec files against).
+class here, listed in `KINDS` (and in `Kind`, which pydantic validates spec files against); only an answer of a
+new shape also needs its columns in quality/samples.py and its baselines in advise/baselines.py.
 """
 
 from __future__ import annotations
