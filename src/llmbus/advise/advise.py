@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llmbus.advise.baselines import BASELINES_BY_KIND, Baseline
+from llmbus.advise.baselines import BASELINES_BY_ANSWER, Baseline
 from llmbus.embed import StageCallback
 from llmbus.errors import LlmbusError
 from llmbus.extras import check
@@ -33,7 +33,6 @@ TIERS: dict[str, tuple[str, str, str]] = {
     "code": ("large", "≈30B", "code generation needs broad knowledge and long-range consistency"),
     "research": ("large", "≈30B", "deep research needs planning, long context and broad knowledge"),
 }
-DEFAULT_TYPE = {"classify": "classification", "extract": "ner", "generate": "qa"}
 
 
 @dataclass
@@ -84,8 +83,8 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD
     given: the items some runs answered), and logged LLM runs; each baseline's training and scoring (and
     MiniLM's embedding) is reported to `progress`."""
     check("embed", "llmbus advise's baselines")
-    task_type = spec.task_type or DEFAULT_TYPE[spec.kind]
-    tier, params, why = TIERS.get(task_type, TIERS[DEFAULT_TYPE[spec.kind]])
+    task_type = spec.task_type or spec.kind_strategy.advise_type
+    tier, params, why = TIERS.get(task_type, TIERS[spec.kind_strategy.advise_type])
     split = split_items(spec, load_items(spec))
     if only is not None:
         split = replace(split, eval=[item for item in split.eval if item.id in only])
@@ -95,7 +94,7 @@ def advise(spec: TaskSpec, store: Store | None = None, usd_per_hour: float = USD
                     reason=f"{task_type}: {why}.", metric=spec.main_metric, n_train=len(split.pool),
                     n_eval=len(split.eval))
     predictions: dict[str, dict[str, Any]] = {}
-    for baseline in BASELINES_BY_KIND[spec.kind]:
+    for baseline in BASELINES_BY_ANSWER[spec.kind_strategy.answers]:
         row, by_item = score_baseline(spec, baseline, split.pool, split.eval, usd_per_hour, progress)
         advice.rows.append(row)
         predictions[row.system] = by_item

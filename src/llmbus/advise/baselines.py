@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -211,11 +211,12 @@ def train_minilm_retrieval(spec: TaskSpec, pool: list[Item], progress: StageCall
                          spec.data.input)
 
 
-BASELINES_BY_KIND: dict[str, list[Baseline]] = {
-    "classify": [Baseline("tfidf+logreg", train_tfidf_classifier),
-                 Baseline("minilm+logreg", train_minilm_classifier)],
-    "extract": [Baseline("word-features+logreg", train_feature_tagger),
-                Baseline("minilm-tokens+logreg", train_minilm_tagger)],
-    "generate": [Baseline("tfidf-nearest-answer", train_tfidf_retrieval),
-                 Baseline("minilm-nearest-answer", train_minilm_retrieval)],
+# The baselines of each shape of answer a task kind gives (`TaskKind.answers` in task/kinds.py).
+BASELINES_BY_ANSWER: Mapping[str, list[Baseline]] = {
+    "label": [Baseline("tfidf+logreg", train_tfidf_classifier),
+              Baseline("minilm+logreg", train_minilm_classifier)],
+    "entities": [Baseline("word-features+logreg", train_feature_tagger),
+                 Baseline("minilm-tokens+logreg", train_minilm_tagger)],
+    "text": [Baseline("tfidf-nearest-answer", train_tfidf_retrieval),
+             Baseline("minilm-nearest-answer", train_minilm_retrieval)],
 }

@@ -188,7 +188,7 @@ def candidate_spec(candidate: str, served_spec: TaskSpec, incumbent_model: str) 
 def agreement_metric(spec: TaskSpec) -> str:
     """How a candidate's answer agrees with the reference: the same label, the same entities, or the task's own
     generate metric."""
-    return {"classify": "accuracy", "extract": "exact_match"}.get(spec.kind, spec.main_metric)
+    return spec.kind_strategy.agreement_metric or spec.main_metric
 
 
 def reference_items(spec: TaskSpec, store: Store, run_ids: list[str],

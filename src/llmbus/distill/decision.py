@@ -206,7 +206,7 @@ def economics(spec: TaskSpec, store: Store, advice: Advice, assumptions: Assumpt
     projected = projected_student(spec, store, systems, usd_per_hour)
     if projected is not None:
         systems.append(projected)
-    elif not any(s.kind == "student" for s in systems) and spec.kind != "generate":
+    elif not any(s.kind == "student" for s in systems) and spec.kind_strategy.student is not None:
         notes.append("no distilled student measured: `llmbus distill TASK --teacher RUN`, then a run of the student, "
                      "add it (and its learning curve, when it falls short)")
     llms = [s for s in systems if s.kind == "llm"]

@@ -104,11 +104,11 @@ def distill(spec: TaskSpec, store: Store, teacher_run: str | TeacherData, out_di
     model's traffic: traffic.traffic_teacher) and evaluate it on held-out items; `settings.epochs` is the
     most fine-tuning epochs a classify student tries (default 3; a tagger trains 2). The llmbus.yaml entries
     to register come back in `report.registration` (written by the caller: providers.config.add_models)."""
-    if spec.kind == "generate":
+    if spec.kind_strategy.student is None:
         raise LlmbusError("encoder students cover classify and extract tasks; generate tasks need a LoRA "
                           "student (--student lora)")
     check("train", "llmbus distill")
-    settings = settings or TrainSettings(epochs=3 if spec.kind == "classify" else 2)
+    settings = settings or TrainSettings(epochs=spec.kind_strategy.student_epochs)
     teacher = run_teacher(spec, store, teacher_run, how) if isinstance(teacher_run, str) else teacher_run
     examples, by_split, files = split_examples(teacher.examples, teacher.what, teacher.how, out_dir, teacher.more)
     warnings = teacher.warnings + check_coverage(spec, teacher.what, by_split["train"], allow_missing_labels,

@@ -52,7 +52,7 @@ def predict(spec: TaskSpec, student: Student, examples: list[Example]) -> tuple[
     """Student answers and confidences (1.0 for extraction, which has no single confidence)."""
     if not examples:
         return [], []
-    if spec.kind == "extract":
+    if spec.kind_strategy.tags_tokens():
         return student.extract([e.tokens or e.input.split() for e in examples]), [1.0] * len(examples)
     probs = student.predict_proba([e.input for e in examples])
     answers = [max(p, key=lambda k: p[k]) for p in probs]
@@ -71,7 +71,4 @@ def single_item_latency(spec: TaskSpec, student: Student, examples: list[Example
 
 def same_answer(spec: TaskSpec, a: Any, b: Any) -> bool:
     """Whether two answers are identical (entity lists: the same entities, in any order)."""
-    if spec.kind == "extract":
-        _, fp, fn = metrics.entity_counts(a, b)
-        return fp == 0 and fn == 0
-    return str(a) == str(b)
+    return spec.kind_strategy.same_answer(a, b)

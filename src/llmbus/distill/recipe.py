@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 from llmbus.distill.examples import Example
 from llmbus.distill.heldout import predict, task_metric
 from llmbus.embed import StageCallback, embed
+from llmbus.errors import LlmbusError
 from llmbus.task.spec import TaskSpec
 from llmbus.train.student import (
     HeadStudent,
@@ -115,11 +116,22 @@ def argmax(probs: list[dict[str, float]]) -> list[str]:
 
 def train_student(spec: TaskSpec, by_split: dict[str, list[Example]], student_dir: Path, settings: TrainSettings,
                   progress: StageCallback | None = None) -> RecipeChoice:
-    """Train the student into student_dir: a classify student's recipe picked on validation, a tagger's one
-    recipe for extraction."""
-    if spec.kind == "classify":
-        return choose_classifier(spec, by_split, student_dir, settings, progress)
+    """Train the student into student_dir with the trainer of the task kind's student (`TaskKind.student`): a
+    classifier's recipe picked on validation, a tagger's one recipe for extraction."""
+    trainer = TRAINERS.get(spec.kind_strategy.student or "")
+    if trainer is None:
+        raise LlmbusError(f"kind {spec.kind} has no encoder student")
+    return trainer(spec, by_split, student_dir, settings, progress)
+
+
+def train_token_tagger(spec: TaskSpec, by_split: dict[str, list[Example]], student_dir: Path,
+                       settings: TrainSettings, progress: StageCallback | None = None) -> RecipeChoice:
+    """A token tagger trained on the teacher's entities over the training split (one recipe)."""
     train = by_split["train"]
     train_tagger([e.tokens or e.input.split() for e in train], [e.teacher for e in train], student_dir, settings,
                  progress)
     return RecipeChoice(f"finetune-{settings.epochs}ep", {}, None)
+
+
+# The trainer of each student a task kind names (task/kinds.py keeps the names: train/ sits above task/).
+TRAINERS: Mapping[str, Callable[..., RecipeChoice]] = {"classifier": choose_classifier, "tagger": train_token_tagger}

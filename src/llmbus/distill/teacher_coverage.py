@@ -20,11 +20,8 @@ MIN_LABEL_EXAMPLES = 3  # teacher answers a label needs on the training split be
 
 
 def label_counts(spec: TaskSpec, examples: list[Example]) -> Counter[str]:
-    """Teacher answers per label (classify) or entity mentions per type (extract)."""
-    if spec.kind == "classify":
-        return Counter(str(e.teacher) for e in examples)
-    return Counter(str(entity.get("type", "")).strip() for e in examples for entity in (e.teacher or [])
-                   if isinstance(entity, dict))
+    """Teacher answers per label (classify) or entity mentions per type (extract): as the task's kind counts."""
+    return spec.kind_strategy.answer_counts([e.teacher for e in examples])
 
 
 def declared_labels(spec: TaskSpec) -> list[str]:
@@ -38,20 +35,16 @@ def declared_labels(spec: TaskSpec) -> list[str]:
 def coverage_problems(spec: TaskSpec, train: list[Example]) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the teacher's training answers: problems make distillation refuse (a student
     cannot learn from them, and its scores would look fine on the same skew); warnings name labels it lacks."""
+    kind = spec.kind_strategy
     counts = label_counts(spec, train)
-    plural = {True: "answers", False: "entity mentions"}[spec.kind == "classify"]
-    problems = []
-    if spec.kind == "classify" and len(counts) < 2:
-        problems.append(f"the teacher's {len(train)} answers on the training split are all "
-                        f"{next(iter(counts), 'missing')!r}: a student can learn nothing from one label")
-    elif spec.kind == "extract" and sum(counts.values()) < MIN_LABEL_EXAMPLES:
-        problems.append(f"the teacher found {sum(counts.values())} entities in the {len(train)} training items: "
-                        "nothing for a tagger to learn")
+    plural = kind.answer_noun
+    found = kind.coverage_problem(counts, len(train), MIN_LABEL_EXAMPLES)
+    problems = [found] if found else []
     rare = [f"{label} ({n})" for label, n in sorted(counts.items()) if n < MIN_LABEL_EXAMPLES]
     rare_line = (f"{', '.join(rare)} {'has' if len(rare) == 1 else 'have'} fewer than {MIN_LABEL_EXAMPLES} teacher "
                  f"{plural} on the training split")
     warnings = []
-    if rare and spec.kind == "classify":
+    if rare and kind.rare_is_problem():
         problems.append(f"label {rare_line}: too few to learn or to score")
     elif rare:
         warnings.append(f"entity type {rare_line}: the student will rarely find them")
@@ -81,16 +74,7 @@ def one_answer_warning(spec: TaskSpec, answers: list[Any], teacher: list[Any], m
     """A warning when the student gives one answer (or, extracting, no entity) on every held-out item where the
     teacher gives several: its scores there measure the majority answer, not learning (`more`: see
     check_coverage)."""
-    if spec.kind == "extract":
-        found = sum(len(a or []) for a in answers)
-        return [] if found or not any(teacher) else [
-            f"the student found no entity on any of the {len(answers)} held-out items (the teacher found "
-            f"{sum(len(t or []) for t in teacher)}): it learned to tag nothing"]
-    if len({str(a) for a in answers}) > 1 or len({str(t) for t in teacher}) < 2:
-        return []
-    return [f"the student answers {answers[0]!r} on all {len(answers)} held-out items (the teacher gives "
-            f"{len({str(t) for t in teacher})} labels there): it learned the majority label only; "
-            f"{more or 'run the teacher on more items'}"]
+    return spec.kind_strategy.one_answer_warning(answers, teacher, more)
 
 
 def gold_coverage_warning(spec: TaskSpec, test: list[Example]) -> list[str]:

@@ -63,7 +63,7 @@ def run_teacher(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none
 
 def teacher_answer(spec: TaskSpec, parsed: Any) -> Any:
     """What a student learns from a parsed answer (extraction: its entity list)."""
-    return parsed["entities"] if spec.kind == "extract" and isinstance(parsed, dict) else parsed
+    return spec.kind_strategy.teacher_answer(parsed)
 
 
 def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = "none") -> list[Example]:
@@ -87,7 +87,7 @@ def collect_examples(spec: TaskSpec, store: Store, teacher_run: str, how: str = 
                 continue
             if decision.text is not None:
                 teacher, text = decision.answer, decision.text
-        tokens = item.fields.get("tokens") if spec.kind == "extract" else None
+        tokens = item.fields.get("tokens") if spec.kind_strategy.tags_tokens() else None
         examples.append(Example(id=item.id, input=item.text(spec.data.input), teacher=teacher, gold=item.expected,
                                 teacher_confidence=call["confidence"], split=split_of(item.id), tokens=tokens,
                                 teacher_text=text))

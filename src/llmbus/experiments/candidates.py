@@ -147,7 +147,7 @@ def distinct(candidates: list[Candidate]) -> list[Candidate]:
 
 def shot_candidates(spec: TaskSpec, base: Settings, pool_size: int) -> list[Candidate]:
     """Stage 1: the input spec, no shots, then k × selection strategy (most promising first)."""
-    strategies = [s for s in STRATEGIES if s != "balanced" or spec.kind == "classify"]
+    strategies = [s for s in STRATEGIES if s != "balanced" or spec.kind_strategy.labelled]
     settings = [base, replace(base, k=0)]
     settings += [replace(base, k=k, strategy=s) for k in SHOT_COUNTS if k < pool_size for s in strategies]
     return distinct([make(spec, s, base, []) for s in settings])
@@ -172,7 +172,7 @@ def neighbour_candidates(spec: TaskSpec, incumbent: Settings, base: Settings, mo
     settings = [incumbent]
     settings += [replace(incumbent, model=m) for m in models if m != incumbent.model]
     settings += [replace(incumbent, instruction=i) for i in range(len(instructions)) if i != incumbent.instruction]
-    if spec.kind == "classify":
+    if spec.kind_strategy.labelled:
         settings += [replace(incumbent, verbalizer=v) for v in verbalizers(spec, proposed_words)
                      if v != incumbent.verbalizer]
         settings.append(replace(incumbent, calibrate=None if incumbent.calibrate else CONTENT_FREE))

@@ -184,9 +184,10 @@ def optimize(spec: TaskSpec, models: list[str], store: Store, *, budget: int = 2
 
 def _plan(spec: TaskSpec, budget: int, n_validation: int, n_confirm: int, proposer: str | None,
           stage1: list[Candidate]) -> Plan:
-    dearest = 1 + (len(space.CONTENT_FREE) if spec.kind == "classify" else 0)
+    labelled = spec.kind_strategy.labelled  # a labelled kind tries calibration (content-free calls) and verbalizers
+    dearest = 1 + (len(space.CONTENT_FREE) if labelled else 0)
     confirm_calls = n_confirm * (stage1[0].calls_per_item + max(dearest, stage1[0].calls_per_item))
-    proposer_calls = (len(TIPS) + (1 if spec.kind == "classify" else 0)) if proposer else 0
+    proposer_calls = (len(TIPS) + (1 if labelled else 0)) if proposer else 0
     search_calls = budget - confirm_calls - proposer_calls
     first = schedule([c.calls_per_item for c in stage1], int(max(0, search_calls) * STAGE_SHARE[0]), n_validation,
                      min(MIN_ITEMS, n_validation))

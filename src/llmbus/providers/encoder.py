@@ -17,6 +17,7 @@ from llmbus.embed import EmbeddingCache
 from llmbus.providers.base import Completion, Request, label_completion
 from llmbus.providers.config import ModelConfig, default_threads
 from llmbus.providers.inprocess import InProcessProvider
+from llmbus.task.kinds import kind_of
 from llmbus.train.student import HeadStudent, Student, load_student
 
 
@@ -69,7 +70,7 @@ class EncoderProvider(InProcessProvider[Student]):
 
     def answer(self, model: Student, texts: list[str], requests: list[Request]) -> list[Completion]:
         """Label distributions, or for an extraction student the entities as JSON."""
-        if model.meta.kind == "extract":
+        if kind_of(model.meta).tags_tokens():
             return [Completion(text=json.dumps({"entities": entities}))
                     for entities in model.extract([text.split() for text in texts])]
         return [label_completion(probs, request.labels)

@@ -22,11 +22,12 @@ import numpy as np
 
 from llmbus.errors import LlmbusError
 from llmbus.quality.assertions import custom_scorer, run_checks
+from llmbus.quality.samples import Sample, columns_of
 from llmbus.store import Store
 from llmbus.task import metrics
+from llmbus.task.kinds import kind_named
 
 BOOTSTRAP_ROUNDS = 1000
-GENERATE_METRICS = ("exact_match", "numeric_match", "chrf")
 
 
 @dataclass(frozen=True)
@@ -36,40 +37,6 @@ class Interval:
     value: float
     lo: float
     hi: float
-
-
-@dataclass
-class Sample:
-    """One run's per-item results as compact arrays (what the bootstrap resamples)."""
-
-    run_id: str
-    kind: str
-    metric: str
-    ids: np.ndarray  # uint64 hash of each item id, for pairing runs
-    classes: list[str] = field(default_factory=list)  # classify: index K means "failed / not a label"
-    pred: np.ndarray | None = None  # classify: class index per item
-    gold: np.ndarray | None = None
-    counts: np.ndarray | None = None  # extract: (tp, fp, fn) per item
-    scores: dict[str, np.ndarray] = field(default_factory=dict)  # generate: per-item score per metric
-    chrf_stats: np.ndarray | None = None  # generate: sacrebleu's chrF statistics per item (corpus chrF sums them)
-    errors: int = 0
-    cost: np.ndarray | None = None  # USD per item (0 for cache hits)
-    latency: np.ndarray | None = None  # seconds per item
-    cached: np.ndarray | None = None  # bool: answered from the response cache
-    failed: np.ndarray | None = None  # bool: the call failed (counted as a wrong answer)
-    custom: dict[str, np.ndarray] = field(default_factory=dict)  # a team's own metric: per-item score (mean)
-
-    @property
-    def n(self) -> int:
-        """Number of items."""
-        return len(self.ids)
-
-    def metric_names(self) -> list[str]:
-        """The metrics this kind reports, the run's main metric first."""
-        names = {"classify": ["accuracy", "macro_f1"], "extract": ["entity_f1", "entity_precision",
-                                                                   "entity_recall", "exact_match"],
-                 "generate": list(GENERATE_METRICS)}[self.kind]
-        return [self.metric, *[m for m in [*self.custom, *names] if m != self.metric]]
 
 
 @dataclass
@@ -137,56 +104,29 @@ def sample_from(run_id: str, kind: str, metric: str, labels: list[str], calls: I
     """A Sample from call rows: a run's calls, or call-shaped rows (item_id, parsed, expected, error_kind; cost,
     latency and cache hit optional) that score answers against another reference (`accept`: human labels, else
     the incumbent's answers). `scorer` gives a custom metric's score of an answered call (a failed one scores 0)."""
-    classes = list(labels)
-    index = {c: i for i, c in enumerate(classes)}
-    ids, a, b = array("Q"), array("i"), array("i")
-    counts, errors = array("q"), 0
+    columns = columns_of(kind)(labels)
+    ids, errors = array("Q"), 0
     cost, latency, cached, broken = array("d"), array("f"), array("b"), array("b")
-    scores: dict[str, array[float]] = {m: array("d") for m in GENERATE_METRICS}
-    chrf_stats, custom = array("d"), array("d")
+    custom = array("d")
     for call in calls:
         failed = call["error_kind"] is not None
         errors += failed
         broken.append(failed)
         if scorer is not None:
             custom.append(0.0 if failed else scorer(call))
-        predicted, expected = (None if failed else call["parsed"]), call["expected"]
         ids.append(item_hash(call["item_id"]))
         cost.append(call.get("cost_usd", 0.0))
         latency.append(call.get("latency_s", 0.0))
         cached.append(bool(call.get("cache_hit")))
-        if kind == "classify":
-            for value in (expected, predicted):
-                if value is not None and str(value) not in index:
-                    index[str(value)] = len(classes)
-                    classes.append(str(value))
-            b.append(index[str(expected)])
-            a.append(index[str(predicted)] if predicted is not None else -1)
-        elif kind == "extract":
-            counts.extend(metrics.entity_counts(predicted, expected) if predicted is not None
-                          else metrics.entity_counts([], expected))
-        else:
-            stats = metrics.chrf_statistics("" if predicted is None else str(predicted), str(expected))
-            chrf_stats.extend(stats)
-            for name, column_scores in scores.items():
-                column_scores.append(metrics.chrf_from_statistics(stats) if name == "chrf"
-                                     else metrics.item_score(name, predicted, expected))
-    sample = Sample(run_id, kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), classes, errors=errors,
+        columns.add(None if failed else call["parsed"], call["expected"])
+    sample = Sample(run_id, kind, metric, np.frombuffer(ids, dtype=np.uint64).copy(), list(labels), errors=errors,
                     cost=np.frombuffer(cost, dtype=np.float64).copy(),
                     latency=np.frombuffer(latency, dtype=np.float32).copy(),
                     cached=np.frombuffer(cached, dtype=np.int8).astype(bool),
                     failed=np.frombuffer(broken, dtype=np.int8).astype(bool))
     if scorer is not None:
         sample.custom = {metric: np.frombuffer(custom, dtype=np.float64).copy()}
-    if kind == "classify":
-        pred = np.frombuffer(a, dtype=np.int32).copy()
-        pred[pred < 0] = len(classes)  # failed answers get their own column
-        sample.pred, sample.gold = pred, np.frombuffer(b, dtype=np.int32).copy()
-    elif kind == "extract":
-        sample.counts = np.frombuffer(counts, dtype=np.int64).reshape(-1, 3).copy()
-    else:
-        sample.scores = {m: np.frombuffer(v, dtype=np.float64).copy() for m, v in scores.items()}
-        sample.chrf_stats = np.frombuffer(chrf_stats, dtype=np.float64).reshape(-1, 18).copy()
+    columns.fill(sample)
     return sample
 
 
@@ -194,41 +134,7 @@ def values_at(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]
     """Every metric of the sample, over the items `idx` (all items when None; repeats allowed)."""
     custom = {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
               for m, v in sample.custom.items()}
-    return {**_kind_values(sample, idx), **custom}
-
-
-def _kind_values(sample: Sample, idx: np.ndarray | None = None) -> dict[str, float]:
-    if sample.kind == "classify":
-        assert sample.pred is not None and sample.gold is not None
-        pred, gold = (sample.pred, sample.gold) if idx is None else (sample.pred[idx], sample.gold[idx])
-        return _classify_values(pred, gold, len(sample.classes))
-    if sample.kind == "extract":
-        assert sample.counts is not None
-        counts = sample.counts if idx is None else sample.counts[idx]
-        tp, fp, fn = (int(x) for x in counts.sum(axis=0)) if len(counts) else (0, 0, 0)
-        exact = float(np.mean((counts[:, 1] == 0) & (counts[:, 2] == 0))) if len(counts) else float("nan")
-        return {"entity_f1": metrics.f1(tp, fp, fn), "entity_precision": tp / (tp + fp) if tp + fp else 0.0,
-                "entity_recall": tp / (tp + fn) if tp + fn else 0.0, "exact_match": exact}
-    values = {m: float(np.mean(v if idx is None else v[idx])) if len(v) else float("nan")
-              for m, v in sample.scores.items()}
-    if sample.chrf_stats is not None and len(sample.chrf_stats):
-        stats = sample.chrf_stats if idx is None else sample.chrf_stats[idx]
-        values["chrf"] = metrics.chrf_from_statistics(stats.sum(axis=0))
-    return values
-
-
-def _classify_values(pred: np.ndarray, gold: np.ndarray, k: int) -> dict[str, float]:
-    if not len(pred):
-        return {"accuracy": float("nan"), "macro_f1": float("nan")}
-    confusion = np.bincount(gold * (k + 1) + pred, minlength=k * (k + 1)).reshape(k, k + 1)
-    tp = np.diag(confusion[:, :k])
-    fp = confusion[:, :k].sum(axis=0) - tp
-    fn = confusion.sum(axis=1) - tp
-    denom = 2 * tp + fp + fn
-    # Macro over every class (the label set plus any other value seen), like scikit-learn's f1_score: a class the
-    # sample never expects still costs its wrong predictions, and scores 0 when never expected nor predicted.
-    f1s = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-    return {"accuracy": float(tp.sum() / len(pred)), "macro_f1": float(f1s.mean())}
+    return {**columns_of(sample.kind).values(sample, idx), **custom}
 
 
 def bootstrap(sample: Sample, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict[str, Interval]:
@@ -261,7 +167,7 @@ def evaluate(store: Store, run_id: str, rounds: int = BOOTSTRAP_ROUNDS, judge: b
     intervals = bootstrap(sample, rounds)
     report = EvalReport(run_id=run["id"], task=run["task"], model=run["model"], n=sample.n, errors=sample.errors,
                         metric=sample.metric, values={m: intervals[m] for m in sample.metric_names()})
-    if sample.kind == "classify" and sample.pred is not None and sample.gold is not None:
+    if kind_named(sample.kind).labelled and sample.pred is not None and sample.gold is not None:
         k = len(sample.classes)
         report.classes = sample.classes
         report.confusion = np.bincount(sample.gold * (k + 1) + sample.pred,
@@ -369,10 +275,8 @@ def item_scores(s: Sample) -> np.ndarray:
         scores = s.custom[s.metric].copy()
     elif right is not None:
         scores = right.astype(float)
-    elif s.kind == "extract" and s.counts is not None:
-        tp, fp, fn = (s.counts[:, i].astype(float) for i in range(3))
-        denom = 2 * tp + fp + fn
-        scores = np.divide(2 * tp, denom, out=np.ones(len(tp)), where=denom > 0)
+    elif (partial := columns_of(s.kind).partial_scores(s)) is not None:
+        scores = partial
     else:
         scores = s.scores[s.metric].copy()
     if s.failed is not None:
@@ -385,10 +289,4 @@ def _right_or_wrong(s: Sample) -> np.ndarray | None:
     if s.metric in s.custom:  # a custom metric's scores: right or wrong only when every one is 0 or 1
         scores = s.custom[s.metric]
         return np.asarray(scores == 1.0) if np.all((scores == 0.0) | (scores == 1.0)) else None
-    if s.kind == "classify" and s.pred is not None and s.gold is not None:
-        return np.asarray(s.pred == s.gold)
-    if s.kind == "generate" and s.metric in {"exact_match", "numeric_match"}:
-        return np.asarray(s.scores[s.metric] == 1.0)
-    if s.kind == "extract" and s.counts is not None:
-        return np.asarray((s.counts[:, 1] == 0) & (s.counts[:, 2] == 0))
-    return None
+    return columns_of(s.kind).right_or_wrong(s)

@@ -100,7 +100,7 @@ def fence(text: Any) -> str:
 def load_judge(path: str) -> TaskSpec:
     """A judge spec: a classify task spec whose labels are verdicts."""
     spec = load_spec(path)
-    if spec.kind != "classify" or not spec.output.labels:
+    if not spec.kind_strategy.labelled or not spec.output.labels:
         raise SpecError(f"{spec.source}: kind: a judge is a classify spec whose output.labels are the verdicts "
                         "(pass/fail, 1–5, or A/B/tie)")
     return spec

@@ -38,8 +38,8 @@ def build_request(spec: TaskSpec | None, prompt: Rendered | str, raw_input: str 
     rendered = prompt if isinstance(prompt, Rendered) else Rendered(prompt, (user_turn(prompt),))
     labels = json_schema = None
     if spec is not None:
-        labels = tuple(spec.output.shown_labels()) if spec.kind == "classify" and spec.output.labels else None
-        json_schema = spec.output.json_schema if spec.kind == "extract" else None
+        labels = spec.kind_strategy.request_labels(spec.output)
+        json_schema = spec.kind_strategy.request_schema(spec.output)
     return Request(prompt=rendered.text, messages=rendered.messages if rendered.is_chat else (),
                    max_tokens=max_tokens if max_tokens is not None else (spec.params.max_tokens if spec else 256),
                    temperature=temperature if temperature is not None else (spec.params.temperature if spec
@@ -66,9 +66,8 @@ def example_fields(examples: list[Item], spec: TaskSpec | None = None) -> list[d
 
 def content_free_prompts(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> tuple[Rendered, ...]:
     """The item's prompt with its input replaced by each content-free text (calibrated classify specs only)."""
-    if spec.kind != "classify" or not spec.output.calibrate:
-        return ()
-    return tuple(render(spec, {**item.fields, spec.data.input: text}, examples) for text in spec.output.calibrate)
+    return tuple(render(spec, {**item.fields, spec.data.input: text}, examples)
+                 for text in spec.kind_strategy.content_free(spec.output))
 
 
 def render_job(spec: TaskSpec, item: Item, examples: list[dict[str, object]]) -> Job:
@@ -146,8 +145,8 @@ def answer_batch(plan: CallPlan, provider: Provider, cache: ExactCache | None,
         record.latency_s, record.finished_at = latency, now()
         _fill(record, completion, cached=hit is not None)
         parsed = parse_output(spec, completion.text)
-        if record.label_probs and spec.kind == "classify":  # keyed by the labels, not their shown texts
-            record.label_probs = {spec.output.label_of(k): v for k, v in record.label_probs.items()}
+        if record.label_probs:  # keyed by the labels, not their shown texts
+            record.label_probs = {spec.kind_strategy.label_of(spec.output, k): v for k, v in record.label_probs.items()}
         if jobs[i].content_free:
             found = content_free.get(jobs[i].prompt)
             parsed = _calibrate(record, found, parsed)

@@ -70,7 +70,7 @@ def streamed_eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 
     """`eval_items`, read from the dataset as they are iterated: memory flat in the number of items."""
     if sampling not in SAMPLINGS:
         raise LlmbusError(f"unknown sampling {sampling!r}: use one of {', '.join(SAMPLINGS)}")
-    if sampling == "balanced" and spec.kind != "classify":
+    if sampling == "balanced" and not spec.kind_strategy.labelled:
         raise LlmbusError(f"--stratify balances classes: it needs a classify task, and {spec.name} is {spec.kind}")
     ordered, pool = eval_items_in_order(spec, sampling)
     return ordered[offset:offset + limit] if limit else ordered[offset:], ExampleSelector(spec, pool, cache)
@@ -79,7 +79,7 @@ def streamed_eval_items(spec: TaskSpec, limit: int | None = None, offset: int = 
 def sample_warnings(spec: TaskSpec, items: list[Item] | EvalItems) -> list[str]:
     """What makes a run's figure weak before any call: labels the sample never expects, very few items."""
     warnings = []
-    if spec.kind == "classify" and spec.output.labels:
+    if spec.kind_strategy.labelled and spec.output.labels:
         counts = items.expected_counts() if isinstance(items, EvalItems) else Counter(str(i.expected) for i in items)
         found = metrics.coverage_warning(spec.output.labels, counts, f"the {len(items)} items to answer")
         if found:

@@ -56,8 +56,7 @@ def input_jobs(spec: TaskSpec, items: Iterable[Item]) -> Iterator[Job]:
     """Jobs for a provider that reads only each item's raw input (`reads_prompt` false: students, heads): no
     prompt is rendered and no example selected, since neither would be read; the input is what the call log
     keeps as the prompt (and a calibrated spec's content-free inputs stand for their prompts)."""
-    content_free = tuple(Rendered(text, (user_turn(text),)) for text in spec.output.calibrate or ()) \
-        if spec.kind == "classify" else ()
+    content_free = tuple(Rendered(text, (user_turn(text),)) for text in spec.kind_strategy.content_free(spec.output))
     for item in items:
         yield Job(item, item.text(spec.data.input), content_free)
 

@@ -81,7 +81,7 @@ def load_items(spec: TaskSpec, paths: list[Path] | None = None) -> list[Item]:
     paths = paths if paths is not None else data_paths(spec)
     readers = {"jsonl": _read_jsonl, "csv": _read_delimited, "tsv": _read_delimited, "conll": _read_conll,
                "conversations": _read_conversations}
-    labels = set(spec.output.labels or []) if spec.kind == "classify" else None
+    labels = spec.kind_strategy.expected_labels(spec.output)
     items: list[Item] = []
     seen: set[str] = set()
     seen_inputs: set[str] = set()
@@ -146,7 +146,7 @@ def sample_order(spec: TaskSpec, items: list[Item], balanced: bool = False) -> l
     class at its share of the items (±1). `balanced` interleaves the classes round-robin instead, so a prefix holds
     every class equally (until a class runs out): `--stratify`."""
     shuffled = sorted(items, key=lambda item: _hash(spec, "order", item.id))
-    if spec.kind != "classify":
+    if not spec.kind_strategy.labelled:
         return shuffled
     by_class: dict[str, list[Item]] = {}
     for item in shuffled:

@@ -1,88 +1,15 @@
-"""Turn a model's raw text into the task's answer, or say exactly how it broke the contract."""
+"""Turn a model's raw text into the task's answer, or say exactly how it broke the contract (the task's kind
+parses: task/kinds.py; the primitives live in task/parsing.py and are importable from here as before)."""
 
 from __future__ import annotations
 
-import functools
-import json
-import re
-from dataclasses import dataclass
-from typing import Any
-
-import jsonschema
-
+from llmbus.task.kinds import kind_of
+from llmbus.task.parsing import Parsed, match_label, parse_json, schema_validator
 from llmbus.task.spec import TaskSpec
 
-
-@dataclass(frozen=True)
-class Parsed:
-    """The parsed answer, or an error kind plus a one-line reason (the raw text is logged either way)."""
-
-    value: Any = None
-    error_kind: str | None = None
-    error: str | None = None
+__all__ = ["Parsed", "match_label", "parse_json", "parse_output", "schema_validator"]
 
 
 def parse_output(spec: TaskSpec, text: str) -> Parsed:
     """Parse raw model text according to the spec's output contract."""
-    if spec.kind == "classify":
-        shown = spec.output.shown_labels()
-        label = match_label(text, tuple(shown))
-        if label is None:
-            return Parsed(error_kind="label_not_in_set", error=f"answer {text.strip()[:60]!r} is not one of "
-                                                               f"{', '.join(shown)}")
-        return Parsed(spec.output.label_of(label))
-    if spec.kind == "extract":
-        return parse_json(text, spec.output.json_schema or {})
-    if spec.output.answer_pattern:
-        match = re.search(spec.output.answer_pattern, text, flags=re.S)
-        if match is None:
-            return Parsed(error_kind="no_answer", error=f"no match for answer_pattern in {text.strip()[:60]!r}")
-        return Parsed((match.group(1) if match.groups() else match.group(0)).strip())
-    return Parsed(text.strip())
-
-
-def parse_json(text: str, schema: dict[str, Any]) -> Parsed:
-    """JSON from the text (the first {...} or [...] block), validated against a JSON Schema."""
-    stripped = text.strip()
-    try:
-        value = json.loads(stripped)
-    except json.JSONDecodeError:
-        block = re.search(r"(\{.*\}|\[.*\])", stripped, flags=re.S)
-        try:
-            value = json.loads(block.group(1)) if block else None
-        except json.JSONDecodeError:
-            value = None
-        if value is None:
-            return Parsed(error_kind="invalid_json", error=f"not JSON: {stripped[:60]!r}")
-    exc = jsonschema.exceptions.best_match(schema_validator(schema).iter_errors(value))  # as jsonschema.validate
-    if exc is not None:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        return Parsed(value, error_kind="schema_violation", error=f"{where}: {exc.message[:120]}")
-    return Parsed(value)
-
-
-def schema_validator(schema: dict[str, Any]) -> Any:
-    """The JSON-Schema validator for `schema`, checked and built once per schema (building one checks the schema
-    against its metaschema: far more work than validating an answer)."""
-    return _validator(json.dumps(schema, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=64)
-def _validator(schema_json: str) -> Any:
-    schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def match_label(text: str, labels: tuple[str, ...]) -> str | None:
-    """The label a model's answer names: exact, case-insensitive, or the first word; None if none fits."""
-    cleaned = text.strip().strip(".\"'`*:").strip()
-    for label in labels:
-        if cleaned == label:
-            return label
-    lowered = {label.lower(): label for label in labels}
-    if cleaned.lower() in lowered:
-        return lowered[cleaned.lower()]
-    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
-    return lowered.get(first)
+    return kind_of(spec).parse(spec.output, text)

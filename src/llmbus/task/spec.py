@@ -15,78 +15,14 @@ from typing import Any, Literal
 
 import jinja2
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from llmbus.errors import DataError, SpecError
 from llmbus.task.checks import FUNCTION_REF, Check, named, resolve_function
+from llmbus.task.contract import OutputSpec
+from llmbus.task.contract import Strict as _Strict
+from llmbus.task.kinds import Kind, TaskKind, kind_named
 from llmbus.task.templates import compiled
-
-Kind = Literal["classify", "extract", "generate"]
-
-METRICS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "classify": ("accuracy", "macro_f1"),
-    "extract": ("entity_f1",),
-    "generate": ("exact_match", "numeric_match", "chrf"),
-}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class OutputSpec(_Strict):
-    """What the answer must look like: one of a label set, a JSON Schema, or free text."""
-
-    labels: list[str] | None = None
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
-    answer_pattern: str | None = None  # generate: regex whose first group is the answer
-    # classify: how labels are shown to the model, shown text → label ({Junk: spam}); labels not named show as
-    # themselves. Few-shot examples show it, label scoring scores it, and answers are parsed back to the label.
-    verbalizer: dict[str, str] | None = None
-    # classify: content-free calibration (Zhao et al. 2021): the item's input is replaced by each of these texts
-    # ("N/A"), and the label probabilities are divided by their mean distribution before the answer is taken
-    calibrate: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _one_contract(self) -> OutputSpec:
-        if self.labels is not None and self.json_schema is not None:
-            raise ValueError("give either labels or schema, not both")
-        if self.labels is not None and len(set(self.labels)) < 2:
-            raise ValueError("labels needs at least two distinct labels")
-        if (self.verbalizer is not None or self.calibrate is not None) and self.labels is None:
-            raise ValueError("verbalizer and calibrate need a label set (output.labels)")
-        if self.verbalizer is not None:
-            _check_verbalizer(self.verbalizer, self.labels or [])
-        if self.calibrate is not None and not self.calibrate:
-            raise ValueError("calibrate lists at least one content-free input, e.g. [\"N/A\"]")
-        return self
-
-    def shown(self, label: str) -> str:
-        """How a label is shown to the model (its verbalizer text, else the label itself)."""
-        for text, target in (self.verbalizer or {}).items():
-            if target == label:
-                return text
-        return label
-
-    def shown_labels(self) -> list[str]:
-        """The label set as the model sees it, in output.labels order."""
-        return [self.shown(label) for label in self.labels or []]
-
-    def label_of(self, shown: str) -> str:
-        """The label a shown text stands for (the text itself when it is not a verbalizer entry)."""
-        return (self.verbalizer or {}).get(shown, shown)
-
-
-def _check_verbalizer(verbalizer: dict[str, str], labels: list[str]) -> None:
-    targets = list(verbalizer.values())
-    unknown = [t for t in targets if t not in labels]
-    if unknown:
-        raise ValueError(f"verbalizer maps to {unknown[0]!r}, which is not one of output.labels")
-    if len(set(targets)) != len(targets):
-        raise ValueError("verbalizer: each label is shown one way (two texts map to the same label)")
-    shown = {text for text in verbalizer} | {label for label in labels if label not in targets}
-    if any(not text.strip() for text in verbalizer) or len(shown) != len(labels):
-        raise ValueError("verbalizer: every label needs its own non-empty shown text")
 
 
 class DataSpec(_Strict):
@@ -193,11 +129,10 @@ class TaskSpec(_Strict):
                                  "({type: function, function: {name, description, parameters}})")
         if self.response_format is not None and not isinstance(self.response_format.get("type"), str):
             raise ValueError("response_format needs a type (text, json_object or json_schema)")
-        if self.kind == "classify" and not self.output.labels:
-            raise ValueError("kind classify needs output.labels")
-        if self.kind == "extract" and not self.output.json_schema:
-            raise ValueError("kind extract needs output.schema")
-        allowed = METRICS_BY_KIND[self.kind]
+        missing = self.kind_strategy.missing_contract(self.output)
+        if missing:
+            raise ValueError(missing)
+        allowed = self.kind_strategy.metrics
         if self.metric is not None and self.metric not in allowed and not FUNCTION_REF.match(self.metric):
             raise ValueError(f"metric {self.metric!r} does not fit kind {self.kind}; use one of {', '.join(allowed)} "
                              "or your own function as module:function")
@@ -206,7 +141,12 @@ class TaskSpec(_Strict):
     @property
     def main_metric(self) -> str:
         """The metric reported for this task (the spec's, or the kind's default)."""
-        return self.metric or METRICS_BY_KIND[self.kind][0]
+        return self.metric or self.kind_strategy.metrics[0]
+
+    @property
+    def kind_strategy(self) -> TaskKind:
+        """What the spec's kind means (task/kinds.py): its parsing, metrics, sampling, students."""
+        return kind_named(self.kind)
 
     @property
     def version(self) -> str:

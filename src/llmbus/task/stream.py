@@ -66,7 +66,7 @@ class _Index:
         self.offsets.append(offset)
         self.lines.append(line)
         self.digests += hashlib.sha256(f"order:{spec.fewshot.seed}:{item.id}".encode()).digest()
-        if spec.kind == "classify":
+        if spec.kind_strategy.labelled:  # sampled by class
             self.jitters.append(_hash(spec, "jitter", item.id) % 1_000_000)
             self.classes.append(self.class_names.setdefault(str(item.expected), len(self.class_names)))
 
@@ -162,7 +162,7 @@ def _streamed(spec: TaskSpec, sampling: str) -> tuple[EvalItems, list[Item]]:
 def _scan(spec: TaskSpec, paths: list[Path], pool_ids: set[str] | None) -> tuple[list[Item], _Index, bool]:
     """One pass over every row: the pool's items, the eval items' index, whether an eval id is a pool file id.
     Any check that fails, or a possible duplicate id, falls back (load_items raises it as it always did)."""
-    labels = set(spec.output.labels or []) if spec.kind == "classify" else None
+    labels = spec.kind_strategy.expected_labels(spec.output)
     cut = int(spec.fewshot.pool_fraction * 10_000)
     pool: list[Item] = []
     index = _Index()
@@ -202,7 +202,7 @@ def _sample_order(spec: TaskSpec, index: _Index, balanced: bool) -> np.ndarray:
     """`data.sample_order` on the index: the same order, computed on arrays."""
     words = np.frombuffer(bytes(index.digests), dtype=">u8").reshape(-1, 4)  # the 256-bit hash, big-endian words
     by_hash = np.lexsort(words.T[::-1])  # ascending hash: lexsort's last key is the primary one
-    if spec.kind != "classify":
+    if not spec.kind_strategy.labelled:
         return by_hash
     classes = np.frombuffer(index.classes, dtype=np.uint16)
     ranks = np.empty(len(classes), dtype=np.int64)

@@ -25,6 +25,7 @@ from llmbus.embed import EmbeddingCache, StageCallback, embed, load_minilm, mini
 from llmbus.errors import ModelError
 from llmbus.extras import require
 from llmbus.task.data import bio_to_entities
+from llmbus.task.kinds import kind_of
 
 META = "student.json"
 HEAD_FILE = "head.json"
@@ -325,7 +326,7 @@ class EncoderStudent:
         meta = StudentMeta(**json.loads(meta_path.read_text()))
         if meta.recipe != "finetune":
             raise ModelError(f"{path}: a {meta.recipe} student, not fine-tuned weights (load it with load_student)")
-        auto = AutoModelForSequenceClassification if meta.kind == "classify" else AutoModelForTokenClassification
+        auto = AutoModelForTokenClassification if kind_of(meta).tags_tokens() else AutoModelForSequenceClassification
         model = auto.from_pretrained(str(path))
         model.eval()
         return cls(model, AutoTokenizer.from_pretrained(str(path)), meta)
