@@ -30,7 +30,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).parent))
 from llmbus.distill.distill import distill
 from llmbus.providers import Request
-from llmbus.providers.config import resolve_model
+from llmbus.providers.config import add_models, resolve_model
 from llmbus.providers.llamacpp import free_port
 from llmbus.providers.local import LocalProvider
 from llmbus.run.engine import run_task
@@ -116,6 +116,7 @@ def main() -> None:
 
     train_run = run_task(spec, args.teacher, store, limit=args.train, concurrency=4)
     report = distill(spec, store, train_run, OUT / "distill")
+    add_models(report.registration)
     held = {"limit": args.heldout, "offset": args.train}
     teacher_run = run_task(spec, args.teacher, store, concurrency=4, **held)
     student_run = run_task(spec, report.student, store, concurrency=1, **held)

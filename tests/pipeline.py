@@ -15,6 +15,7 @@ import pytest
 
 from conftest import SMS_TASK
 from llmbus.distill.distill import DistillReport, distill
+from llmbus.providers.config import add_models
 from llmbus.run.engine import run_task
 from llmbus.run.options import RunOptions
 from llmbus.store import Store
@@ -35,13 +36,14 @@ def sms_savings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Savings]:
     base = tmp_path_factory.mktemp("savings")
     config = base / "llmbus.yaml"
     old = os.environ.get("LLMBUS_CONFIG")
-    os.environ["LLMBUS_CONFIG"] = str(config)  # distill registers the student and cascade here
+    os.environ["LLMBUS_CONFIG"] = str(config)  # the student and cascade are registered here
     try:
         spec = load_spec(SMS_TASK)
         store = Store(str(base / "savings.db"))
         teacher = "local:gemma-3-270m"
         train_run = run_task(spec, teacher, store, RunOptions(limit=60, concurrency=4))
         report = distill(spec, store, train_run, base / "distill", TrainSettings(epochs=2))
+        add_models(report.registration)
         runs = {"teacher": run_task(spec, teacher, store, RunOptions(limit=24, offset=60, concurrency=4))}
         runs["student"] = run_task(spec, report.student, store, RunOptions(limit=24, offset=60, concurrency=1))
         runs["cascade"] = run_task(spec, report.cascade, store, RunOptions(limit=24, offset=60, concurrency=2))

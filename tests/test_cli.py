@@ -211,6 +211,45 @@ def test_registering_models_in_a_malformed_llmbus_yaml_is_one_line_and_writes_no
     assert set(yaml.safe_load(config.read_text())["models"]) == {"openai:keep", "encoder:t-student"}
 
 
+USERS_CONFIG = """\
+# Our models. Ask #ml-platform before changing the teacher.
+otel: true   # traces to the local collector
+models:
+    # the teacher: a stub in tests
+    openai:teacher:
+        base_url: 'http://127.0.0.1:1/v1'    # the VPN endpoint
+        stop:
+          - "END"
+    # the cascade, replaced in place by each distill
+    cascade:t: {student: old, teacher: old, threshold: 0.5}
+    local:gemma-3-270m: {threads: 2}
+"""
+
+
+def test_registering_models_keeps_the_users_comments_key_order_and_layout(tmp_path: Path):
+    """What `llmbus distill` writes into a hand-written llmbus.yaml: its entries, and nothing else changed."""
+    import yaml
+
+    from llmbus.providers.config import add_models
+
+    config = tmp_path / "llmbus.yaml"
+    config.write_text(USERS_CONFIG)
+    add_models({"cascade:t": {"student": "encoder:t-student", "teacher": "openai:teacher", "threshold": 0.91},
+                "encoder:t-student": {"path": "/s", "threads": 1}}, config)
+    text = config.read_text()
+    kept, replaced = USERS_CONFIG.split("    cascade:t:")
+    assert text.startswith(kept + "    cascade:t:\n        student: encoder:t-student\n"), text
+    assert text.endswith(replaced.split("\n", 1)[1] + "    encoder:t-student:\n        path: /s\n"
+                         "        threads: 1\n"), text
+    models = yaml.safe_load(text)["models"]
+    assert list(models) == ["openai:teacher", "cascade:t", "local:gemma-3-270m", "encoder:t-student"]
+    assert models["cascade:t"]["threshold"] == 0.91 and models["openai:teacher"]["stop"] == ["END"]
+    only_comments = tmp_path / "new.yaml"
+    only_comments.write_text("# filled in by llmbus distill\n")
+    add_models({"encoder:t-student": {"path": "/s"}}, only_comments)
+    assert only_comments.read_text() == "# filled in by llmbus distill\nmodels:\n  encoder:t-student:\n    path: /s\n"
+
+
 def test_serve_config_of_the_wrong_shape_and_non_utf8_side_files_are_one_line(tmp_path: Path):
     (tmp_path / "serve.yaml").write_text("- sms\n- gemma\n")
     assert_one_line_error(llmbus("serve", "--config", str(tmp_path / "serve.yaml")), "serve.yaml:1",

@@ -11,13 +11,16 @@ import pytest
 import yaml
 
 from conftest import write_items, write_spec
-from llmbus.distill.distill import distill, pick_recipe, pick_threshold, selection_score, split_of
+from llmbus.distill.cascade import pick_threshold
+from llmbus.distill.distill import distill
 from llmbus.distill.examples import Example
 from llmbus.distill.learning_curve import CurvePoint, curve_message, project, stratified_order
+from llmbus.distill.recipe import pick_recipe, selection_score
 from llmbus.distill.teacher_coverage import coverage_problems, one_answer_warning
+from llmbus.distill.teacher_data import split_of
 from llmbus.providers import Completion, Request
 from llmbus.providers.cascade import escalation_reason
-from llmbus.providers.config import resolve_model
+from llmbus.providers.config import add_models, resolve_model
 from llmbus.providers.encoder import EncoderProvider
 from llmbus.run.engine import run_task
 from llmbus.run.options import RunOptions
@@ -220,6 +223,33 @@ def test_a_label_with_too_few_teacher_answers_is_refused_then_allowed_with_a_war
     assert 0 <= saved["student_vs_teacher_agreement"] <= 1
 
 
+def test_distill_returns_its_registration_and_the_cli_writes_it_keeping_the_users_comments(tmp_path: Path,
+                                                                                          store: Store):
+    """The library writes no config: the student and cascade entries come back as data; `llmbus distill` adds
+    them to llmbus.yaml, and the user's comments and key order survive."""
+    config = Path(os.environ["LLMBUS_CONFIG"])
+    mine = "# team models: ask #ml first\nmodels:\n  openai:stub:   # the teacher\n    base_url: 'http://127.0.0.1:1/v1'\n"
+    config.write_text(mine)
+    task = _tiny(tmp_path, n=40)
+    run_id = _teacher(store, task)
+    report = distill(load_spec(task), store, run_id, tmp_path / "lib", TrainSettings(epochs=1, threads=1))
+    assert config.read_text() == mine
+    student_dir = str((tmp_path / "lib" / "student").resolve())
+    assert report.registration == {
+        "encoder:tiny-student": {"path": student_dir, "threads": 1},
+        "cascade:tiny": {"student": "encoder:tiny-student", "teacher": "openai:stub",
+                         "threshold": round(report.cascade_threshold, 6)}}
+    assert "registration" not in json.loads((tmp_path / "lib" / "distill.json").read_text())
+    result = _distill_cli(task, run_id, tmp_path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "registration" not in json.loads(result.stdout)
+    text = config.read_text()
+    assert text.startswith(mine), text
+    models = yaml.safe_load(text)["models"]
+    assert list(models) == ["openai:stub", "encoder:tiny-student", "cascade:tiny"]
+    assert models["encoder:tiny-student"]["path"] == str((tmp_path / "out" / "student").resolve())
+
+
 def test_labels_the_teacher_never_gave_are_named_in_a_warning(tmp_path: Path):
     spec = load_spec(_tiny(tmp_path, output={"labels": ["ham", "spam", "promo", "phishing"]}))
     train = [Example(f"m{i}", "x", "spam" if i % 3 == 0 else "ham", None, None, "train") for i in range(30)]
@@ -247,6 +277,7 @@ def test_the_recipe_is_picked_on_validation_and_a_head_student_serves_as_encoder
     spec = load_spec(task)
     report = distill(spec, store, _teacher(store, task), tmp_path / "out",
                      TrainSettings(epochs=1, threads=1, learning_rate=1e-9))
+    add_models(report.registration)
     assert report.recipe == "head", report.recipe_scores
     assert report.recipe_scores["head"] >= report.recipe_scores["finetune-1ep"] + 0.2
     student = load_student(tmp_path / "out" / "student")

@@ -218,6 +218,7 @@ def test_breakeven_on_sms_checked_by_hand(sms_savings: Savings, tmp_path: Path):
 @pytest.mark.slow
 def test_breakeven_and_report_on_topics(tmp_path: Path):
     from llmbus.distill.distill import distill
+    from llmbus.providers.config import add_models
     from llmbus.train.student import TrainSettings
 
     spec = load_spec(ROOT / "examples" / "topics" / "task.yaml")
@@ -228,6 +229,7 @@ def test_breakeven_and_report_on_topics(tmp_path: Path):
         teacher = run_task(spec, "openai:gpt-4o-mini", store, RunOptions(limit=200))
         distilled = distill(spec, store, teacher, tmp_path / "distill", TrainSettings(epochs=1),
                             allow_missing_labels=True)
+        add_models(distilled.registration)
         for model in ("openai:gpt-4o-mini", distilled.student, distilled.cascade):
             run_task(spec, model, store, RunOptions(limit=40, offset=200))
     run_task(spec, "local:gemma-3-270m", store, RunOptions(limit=10, offset=200, concurrency=2))

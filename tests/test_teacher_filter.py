@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llmbus.distill.distill import collect_examples
+from llmbus.distill.teacher_data import collect_examples
 from llmbus.errors import LlmbusError
 from llmbus.quality.label import LabelSchema, create_project, enqueue, save_label
 from llmbus.store import Store

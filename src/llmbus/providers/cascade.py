@@ -1,7 +1,7 @@
 """A cascade (`cascade:NAME`): the student answers first; the teacher only when the student is unsure.
 
 Escalation signals: the student's confidence below the threshold (picked on validation data by
-`llmbus.distill.distill.pick_threshold`; a label's probability, or a generated answer's geometric mean token
+`llmbus.distill.cascade.pick_threshold`; a label's probability, or a generated answer's geometric mean token
 probability), or a student answer that breaks the JSON Schema (a cheap guardrail).
 Both decisions land in the call's meta: route, student answer and confidence, reason.
 """

@@ -20,6 +20,7 @@ prices) and reads the file. Unnamed references work where the provider reads one
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -155,18 +156,52 @@ def load_model_configs(path: Path | None = None) -> dict[str, ModelConfig]:
 
 
 def add_models(entries: dict[str, dict[str, Any]], path: Path | None = None) -> None:
-    """Add (or replace) named models in llmbus.yaml, keeping every other entry; a malformed file is one error
-    line naming it, and nothing is written."""
+    """Add (or replace) named models in llmbus.yaml, keeping every other entry and the file's comments, key order
+    and layout; a malformed file is one error line naming it, and nothing is written."""
     path = path or config_path()
-    config: dict[str, Any] = {}
+    text = ""
     if path.is_file():
         node, raw = read_yaml(path, "config")
         _model_entries(path, node, raw)  # the same shape checks as reading it
-        config = dict(raw or {})
-    models = dict(config.get("models") or {})
-    models.update(entries)
-    config["models"] = models
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
+    path.write_text(with_models(text, entries), encoding="utf-8")
+
+
+def with_models(text: str, entries: dict[str, dict[str, Any]]) -> str:
+    """YAML text with `entries` set under its `models:` mapping (a replaced entry keeps its place, a new one
+    comes last). ruamel.yaml's round trip edits the document in place, so the user's comments, key order,
+    quoting and indentation survive, where loading and dumping with PyYAML would drop the comments."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+    editor = YAML()  # round-trip mode
+    editor.preserve_quotes = True
+    editor.width = 4096  # never re-wrap the user's long lines
+    mapping, offset = _indentation(text)
+    editor.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    doc = editor.load(text) if text.strip() else None
+    prefix = ""
+    if doc is None:  # an empty file, or comments only: keep them above the new mapping
+        doc, prefix = CommentedMap(), text if not text or text.endswith("\n") else text + "\n"
+    if doc.get("models") is None:
+        doc["models"] = CommentedMap()
+    for name, body in entries.items():
+        doc["models"][name] = body
+    written = io.StringIO()
+    editor.dump(doc, written)
+    return prefix + written.getvalue()
+
+
+def _indentation(text: str) -> tuple[int, int]:
+    """The file's mapping indent and the offset of a list's dashes under their key (2 and 0 when it shows
+    none), so that the round trip re-indents nothing."""
+    lines = [(len(line) - len(line.lstrip(" ")), line.strip()) for line in text.splitlines()]
+    lines = [(depth, body) for depth, body in lines if body and not body.startswith("#")]
+    mapping = next((depth for depth, body in lines if depth and not body.startswith("-")), 2)
+    for at, (depth, body) in enumerate(lines):
+        if body.startswith("- ") and at and lines[at - 1][1].endswith(":"):
+            return mapping, max(0, depth - lines[at - 1][0])
+    return mapping, 0
 
 
 def _model_entries(path: Path, node: yaml.Node | None, raw: object) -> dict[str, dict[str, object]]:

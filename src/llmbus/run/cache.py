@@ -7,7 +7,7 @@ kept in the store's cache table so it survives restarts and is shared by every p
 cached answer when its cosine similarity reaches the threshold — unless the two inputs differ in negation ("is
 it open" vs "is it not open"), which embeddings place close together but which must never share an answer. The
 threshold is chosen on validation pairs by `choose_threshold`, which also reports the false-hit rate it will
-have.
+have; `task_threshold` draws those pairs from a task's inputs and answers (distill reports it for serving).
 """
 
 from __future__ import annotations
@@ -215,3 +215,10 @@ def choose_threshold(positives: list[tuple[str, str]], negatives: list[tuple[str
         false_hit_rate=float(np.mean((neg >= threshold) & guarded)) if len(neg) else 0.0,
         false_hit_rate_without_guard=float(np.mean(neg >= threshold)) if len(neg) else 0.0,
         n_positive=len(positives), n_negative=len(negatives))
+
+
+def task_threshold(inputs: list[str], answers: list[Any], n: int = 150) -> ThresholdChoice:
+    """The semantic cache's threshold for one task (what `llmbus distill` reports for serving it): chosen on up
+    to n validation pairs drawn from the task's inputs and their answers."""
+    positives, negatives = validation_pairs(inputs, answers, n=n)
+    return choose_threshold(positives, negatives)
