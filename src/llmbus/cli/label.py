@@ -154,13 +154,10 @@ def label_import(
     db: str | None = DB_OPTION,
 ) -> None:
     """Import labels (all lines are checked before any is written)."""
-    from pathlib import Path
+    from llmbus.project import Project
 
-    from llmbus.quality.label import import_labels
-    from llmbus.store import Store
-
-    with Store(db) as store:
-        n = import_labels(store, project, Path(path), annotator)
+    with Project(db) as call_log:
+        n = call_log.import_labels(project, path, annotator)
     out.print(f"imported {n} labels into {project} as {annotator}", highlight=False)
 
 

@@ -220,17 +220,14 @@ def judge_train(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a judge on the human labels, cross-validated against them; judge with the printed --model."""
-    from pathlib import Path
-
     from llmbus.cli.progress import stage_progress
-    from llmbus.quality.finetune import train_judge
-    from llmbus.store import Store
+    from llmbus.project import Project
     from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
-    with Store(db) as store, stage_progress(disable=as_json) as progress:
-        report, model = train_judge(store, project, Path(output), kind=kind, folds=folds, settings=settings,
-                                    judge_run=with_judge, progress=progress)
+    with Project(db) as call_log, stage_progress(disable=as_json) as progress:
+        report, model = call_log.train_judge(project, output, kind=kind, folds=folds, settings=settings,
+                                             judge_run=with_judge, progress=progress)
     if as_json:
         print_json({**report.as_dict(), "model": model})
         return
