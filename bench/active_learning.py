@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmbus.quality.active import head_probs, uncertainty_order
-from llmbus.task.data import load_items
-from llmbus.task.spec import load_spec
+from llmbus import head_probs, load_items, load_task, uncertainty_order
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -52,15 +50,15 @@ def sms_task(seed_split: int = 0) -> tuple[Learner, int, float, Callable[[np.ran
     """SMS spam: MiniLM embeddings + logistic head; returns (learner, pool size, full-data F1, first picks)."""
     from sklearn.metrics import f1_score
 
-    from llmbus.embed import embed
+    from llmbus import embed_texts
 
-    spec = load_spec(ROOT / "examples" / "sms_spam" / "task.yaml")
+    spec = load_task(ROOT / "examples" / "sms_spam" / "task.yaml")
     items = load_items(spec)
     cache = OUT / "sms_minilm.npy"
     if cache.is_file() and len(np.load(cache)) == len(items):
         vectors = np.load(cache)
     else:
-        vectors = embed([i.text("text") for i in items])
+        vectors = embed_texts([i.text("text") for i in items])
         np.save(cache, vectors)
     labels = np.array([str(i.expected) for i in items])
     order = np.random.default_rng(seed_split).permutation(len(items))
@@ -89,7 +87,7 @@ def ner_task(seed_split: int = 0) -> tuple[Learner, int, float, Callable[[np.ran
     from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import f1_score
 
-    spec = load_spec(ROOT / "examples" / "twitter_ner" / "task.yaml")
+    spec = load_task(ROOT / "examples" / "twitter_ner" / "task.yaml")
     items = load_items(spec)
     sentences = [(list(i.fields["tokens"]), list(i.fields["tags"])) for i in items]
     vectorizer = DictVectorizer()

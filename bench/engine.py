@@ -8,8 +8,8 @@ path with a cold and a warm embedding cache.
 The stub (bench/instant_stub.py: Starlette under uvicorn) runs in its own process on 127.0.0.1 and is never the
 bottleneck: the bench first measures the plain pool against the old stdlib test stub (tests/openai_stub.py,
 which capped both sides near 180 items/s and made llmbus look 0.95×) and stops unless the pool reaches at least
-3× that rate against the instant stub. Both sides send the same requests (llmbus's own `to_payload` builds the
-plain pool's bodies). llmbus runs as the real CLI in a subprocess (a fresh SQLite call log, no cache); its
+3× that rate against the instant stub. Both sides send the same requests (the plain pool's bodies are built from
+`llmbus.render_requests`). llmbus runs as the real CLI in a subprocess (a fresh SQLite call log, no cache); its
 items/s is over its answering time (the run's wall_s), "wall" over the whole command (start-up, loading and
 checking the dataset included); its peak RSS is the process's own VmHWM. `--baseline` also runs another llmbus
 source tree (e.g. `git archive BASE src | tar -x -C /tmp/base`) the same way, so before and after come from one
@@ -40,12 +40,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from llmbus.providers.llamacpp import free_port
-from llmbus.providers.openai import to_payload
-from llmbus.run.adapter import item_request
-from llmbus.run.engine import eval_items
-from llmbus.run.executors import render_items
-from llmbus.task.spec import load_spec
+import llmbus
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_STUB = f"""
@@ -77,11 +73,12 @@ def write_task(folder: Path, n: int, fewshot: dict[str, object] | None = None) -
 
 
 def request_bodies(task: Path) -> list[dict[str, object]]:
-    """The bodies llmbus sends for the task's eval items (what the plain pool posts)."""
-    spec = load_spec(task)
-    items, selector = eval_items(spec)
-    return [to_payload("stub-model", "chat", item_request(spec, job.item, job.prompt))
-            for job in render_items(spec, items, selector)]
+    """The chat bodies llmbus sends for the task's eval items (what the plain pool posts): the rendered turns,
+    the task's params, and the logprobs a classify answer is scored from."""
+    return [{"model": "stub-model", "messages": [dict(turn) for turn in request.messages],
+             "max_tokens": request.max_tokens, **request.options(),
+             **({"logprobs": True, "top_logprobs": 20} if request.labels else {})}
+            for request in llmbus.render_requests(task)]
 
 
 def plain_pool(base_url: str, bodies: list[dict[str, object]], concurrency: int) -> float:
@@ -106,8 +103,8 @@ def peak():
     status = open("/proc/self/status").read()
     open(PEAK_FILE, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
 atexit.register(peak)
-from llmbus.cli import main
-main()
+from importlib.metadata import entry_points
+entry_points(group="console_scripts", name="llmbus")[0].load()()  # the `llmbus` command
 """
 
 

@@ -23,12 +23,15 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from llmbus.providers import Request
-from llmbus.providers.config import ModelConfig, resolve_model
-from llmbus.providers.local import LocalProvider
+import llmbus
+from llmbus import Request
+
+# A `local:` model's provider (llmbus.get_model(...).provider): its llama-server is `.server`.
+LocalProvider = Any
 
 SMS = ["WINNER!! You have won a free prize, call 09061701461 now", "Ok lar... Joking wif u oni...",
        "URGENT! Claim your cash reward, txt CLAIM to 81010", "I'll be home late, don't wait for dinner",
@@ -49,9 +52,9 @@ def shots_block(n: int, tag: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def config(threads: int, **fields: object) -> ModelConfig:
-    return ModelConfig.model_validate({**resolve_model("local:gemma-3-270m").model_dump(), "threads": threads,
-                                       **fields})
+def open_local(threads: int, **fields: object) -> LocalProvider:
+    """The embedded model's provider with some of its llmbus.yaml settings replaced (not started yet)."""
+    return llmbus.get_model("local:gemma-3-270m", threads=threads, **fields).provider
 
 
 def speeds(provider: LocalProvider, prompt: str) -> tuple[float, float]:
@@ -90,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     med = statistics.median
 
-    providers = {name: LocalProvider(config(args.threads, **fields)) for name, fields in VARIANTS.items()}
+    providers = {name: open_local(args.threads, **fields) for name, fields in VARIANTS.items()}
     names = list(providers)
     prompt_rates: dict[str, list[float]] = {name: [] for name in names}
     decode_rates: dict[str, list[float]] = {name: [] for name in names}
@@ -111,7 +114,9 @@ def main() -> None:
         for provider in providers.values():
             provider.close()
 
-    slots = config(args.threads)
+    with llmbus.get_model("local:gemma-3-270m", threads=args.threads) as unstarted:  # its config: slots, ctx
+        slots = unstarted.config
+    assert slots is not None
     print(f"local:gemma-3-270m · {args.threads} thread(s) · {slots.parallel} slots × {slots.ctx_per_slot} ctx · "
           f"{args.rounds} interleaved rounds · {tokens}-token prompt, {DECODE} decoded")
     print(f"{'server':18} {'RSS MB':>7} {'prompt tok/s':>12} {'decode tok/s':>12}   vs {'':18} "
@@ -128,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmbus-bench-ctx-") as scratch:
         saved = Path(scratch) / "saved"
         prefix = shots_block(args.shots)
-        teacher = LocalProvider(config(args.threads, context_cache=str(saved)))
+        teacher = open_local(args.threads, context_cache=str(saved))
         try:  # two items with the same prefix: the prefix is saved
             for text in ("see you soon", "free tickets, call now"):
                 teacher.complete(Request(prefix + f"SMS: {text}\nLabel:", max_tokens=1))
@@ -140,7 +145,7 @@ def main() -> None:
             prompt = prefix + f"SMS: are we still on for round {round_no}?\nLabel:"
             for kind in (("cold", "restored") if round_no % 2 == 0 else ("restored", "cold")):
                 folder = saved if kind == "restored" else Path(scratch) / f"empty-{round_no}"
-                provider = LocalProvider(config(args.threads, context_cache=str(folder)))
+                provider = open_local(args.threads, context_cache=str(folder))
                 try:
                     seconds, evaluated[kind] = first_token(provider, prompt)
                 finally:

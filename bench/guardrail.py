@@ -28,12 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmbus.embed import embed
-from llmbus.flows.guardrail import Guardrail
-from llmbus.flows.retrieval import Doc, Source, build_index
-from llmbus.providers import open_provider
-from llmbus.providers.config import resolve_model
-from llmbus.store import Store
+import llmbus
+from llmbus import Doc, Guardrail, Source, Store, build_index, embed_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["Dr. Helen Marsh", "Samsung", "the Geneva office", "Professor Ito", "Oracle", "NASA", "Lisbon"]
@@ -125,12 +121,14 @@ def main() -> None:
     index = build_index(Store(args.db), "chatterbot-english", docs)
     cases = build_cases(docs, index, args.docs, args.seed, example.question_and_answer)
     guard: Guardrail = example.make_guardrail()
-    guard.usd_per_hour = resolve_model(args.model).usd_per_hour if args.model.startswith("local:") else 0.05
+    model = llmbus.get_model(args.model)  # opened, not started: check() below starts it
+    assert model.config is not None
+    guard.usd_per_hour = model.config.usd_per_hour if args.model.startswith("local:") else 0.05
     import torch
 
     torch.set_num_threads(args.threads)  # MiniLM on as many threads as the LLM: CPU-time prices compare
-    embed(["warm up"])  # the one-time model load is not a per-answer cost
-    provider = open_provider(args.model)
+    embed_texts(["warm up"])  # the one-time model load is not a per-answer cost
+    provider = model.provider
     provider.check()
     tier1, tier2 = [], []
     tick = time.perf_counter()

@@ -15,20 +15,13 @@ import argparse
 import json
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from llmbus.providers.config import resolve_model
-from llmbus.providers.local import LocalProvider
-from llmbus.quality import label
-from llmbus.quality.agreement import binary_agreement
-from llmbus.quality.finetune import TrainingSet, cross_validate, training_set
-from llmbus.quality.judge import load_judge, load_verdicts, run_judge
-from llmbus.run.engine import run_task
-from llmbus.store import CallRecord, Store, now
-from llmbus.task.spec import load_spec
-from llmbus.train.student import TrainSettings
+import llmbus
+from llmbus import CallRecord, RunOptions, TrainingSet, TrainSettings, binary_agreement, cross_validate, training_set
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, JUDGE = ROOT / "examples" / "sms_spam" / "task.yaml", ROOT / "examples" / "sms_spam" / "judge.yaml"
@@ -49,30 +42,36 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmbus-bench-judge-"))
-    store = Store(str(work / "bench.db"))
-    provider = LocalProvider(resolve_model("local:gemma-3-270m").model_copy(update={"threads": 2, "parallel": 4}))
-    provider.check()
+    with llmbus.open(str(work / "bench.db")) as project, \
+            llmbus.get_model("local:gemma-3-270m", threads=2, parallel=4) as model:
+        model.provider.check()
+        judge_all(project, model, args, work)
+
+
+def judge_all(project: llmbus.Project, model: llmbus.Model, args: argparse.Namespace, work: Path) -> None:
+    """The run, the human labels, the three judges on the held-out half, then the adversarial answers."""
     tick = time.perf_counter()
-    task = load_spec(TASK)
+    task = llmbus.load_task(TASK)
     # Fixed few-shot examples share one cached prompt prefix: the answers only need to be real model answers.
     task = task.model_copy(update={"fewshot": task.fewshot.model_copy(update={"strategy": "fixed"})})
-    run_id = run_task(task, "local:gemma-3-270m", store, limit=args.n, concurrency=4, provider=provider)
-    calls = list(store.iter_calls(run_id))
-    print(f"run {run_id}: {len(calls)} SMS answered in {time.perf_counter() - tick:.0f} s; answer accuracy "
-          f"{np.mean([c['parsed'] == c['expected'] for c in calls]):.3f}")
-    label.create_project(store, "humans", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")))
+    run = project.run(task, model, RunOptions(limit=args.n, concurrency=4))
+    calls = list(project.calls(run))
+    print(f"run {run.id}: {len(calls)} SMS answered in {time.perf_counter() - tick:.0f} s; answer accuracy "
+          f"{np.mean([c.parsed == c.expected for c in calls]):.3f}")
+    project.create_label_project("humans", run, ["pass", "fail"])
     human_file = work / "human.jsonl"
-    human_file.write_text("".join(json.dumps({"item_id": c["item_id"], "label": "pass" if c["parsed"] ==
-                                              c["expected"] else "fail"}) + "\n" for c in calls))
-    label.import_labels(store, "humans", human_file, "gold")
+    human_file.write_text("".join(json.dumps({"item_id": c.item_id, "label": "pass" if c.parsed ==
+                                              c.expected else "fail"}) + "\n" for c in calls))
+    project.import_labels("humans", human_file, "gold")
+    store = project.store
     data = training_set(store, "humans")
     # The held-out half: cross_validate's second fold (permutation with seed 0, every other item).
     order = np.random.default_rng(0).permutation(len(data.texts))
     held = {data.item_ids[i] for i in order[1::2]}
     tick = time.perf_counter()
-    llm = run_judge(load_judge(str(JUDGE)), store, run_id, provider=provider, concurrency=4)
+    llm = project.judge(JUDGE, run, model=model, concurrency=4)
     llm_s = time.perf_counter() - tick
-    verdicts = {v["item_id"]: v["verdict"] or "(broken)" for v in load_verdicts(store, llm.judge_run_id)}
+    verdicts = {v["item_id"]: v["verdict"] or "(broken)" for v in project.verdicts(llm.judge_run_id)}
     humans = dict(zip(data.item_ids, data.labels, strict=True))
     ids = sorted(held)
     stats = binary_agreement([verdicts[i] for i in ids], [humans[i] for i in ids], "pass")
@@ -91,19 +90,18 @@ def main() -> None:
     for name, kappa, accuracy, usd, notes in rows:
         print(f"{name:48s} {kappa:7.3f} {accuracy:7.3f} {usd:10.6f} {usd / rows[0][3]:11.4f}  {notes}")
     print("\nadversarial answers to the LLM judge (3 SMS each):")
-    judge = load_judge(str(JUDGE))
     for text in ADVERSARIAL:
         fake = store.create_run(task="sms_spam", task_path=str(TASK), spec_version="adv", spec_json=json.dumps(
             {"kind": "classify", "output": {"labels": ["ham", "spam"]}}), model="adversary", metric="accuracy",
             n_planned=3, concurrency=1)
         for call in calls[:3]:
-            store.record_call(CallRecord(run_id=fake, task="sms_spam", spec_version="adv", item_id=call["item_id"],
-                                         model="adversary", prompt="", started_at=now(), finished_at=now(),
-                                         raw_output=text, parsed=text, expected=call["expected"]))
-        report = run_judge(judge, store, fake, provider=provider)
-        got = [(v["verdict"], round(v["confidence"], 2)) for v in load_verdicts(store, report.judge_run_id)]
+            at = datetime.now(UTC)
+            store.record_call(CallRecord(run_id=fake, task="sms_spam", spec_version="adv", item_id=call.item_id,
+                                         model="adversary", prompt="", started_at=at, finished_at=at,
+                                         raw_output=text, parsed=text, expected=call.expected))
+        report = project.judge(JUDGE, fake, model=model)
+        got = [(v["verdict"], round(v["confidence"], 2)) for v in project.verdicts(report.judge_run_id)]
         print(f"  {text!r:58s} → {got}")
-    provider.close()
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     .venv/bin/python bench/lora_student.py [--teacher MODEL] [--items 209] [--epochs 3] [--threads 2]
 
 The teacher (default: the embedded Gemma 3 270M with 6 nearest few-shot examples) answers the packaged trivia
-questions; `distill_lora` teaches the same-size base model those answers with LoRA, reading only the question,
-then merges, converts and quantizes. Printed, all on the same held-out test items, answered one at a time:
+questions; `project.distill(..., student="lora")` teaches the same-size base model those answers with LoRA,
+reading only the question, then merges, converts and quantizes. Printed, all on the same held-out test items,
+answered one at a time:
   student (chosen precision) vs teacher: quality, latency per item, prompt tokens, cost per item
   cascade (student, teacher when the student's answer probability is below a threshold picked on validation)
   LoRA vs the untrained base model with the same short prompt (what the training bought)
@@ -21,12 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from llmbus.distill.lora import LoraSettings
-from llmbus.distill.lora_distill import distill_lora
-from llmbus.providers.llamacpp import find_binary
-from llmbus.run.engine import run_task
-from llmbus.store import Store
-from llmbus.task.spec import load_spec
+import llmbus
+from llmbus import LoraSettings, RunOptions, find_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "examples" / "trivia" / "task.yaml"
@@ -67,12 +64,13 @@ def main() -> None:
     os.environ["LLMBUS_THREADS"] = str(args.threads)
     work = Path(tempfile.mkdtemp(prefix="llmbus-bench-lora-"))
     os.environ["LLMBUS_CONFIG"] = str(work / "llmbus.yaml")
-    spec = load_spec(TASK)
-    store = Store(str(work / "bench.db"))
+    spec = llmbus.load_task(TASK)
     print(f"teacher: {args.teacher} on {args.items} trivia questions; work dir {work}")
-    teacher_run = run_task(spec, args.teacher, store, limit=args.items, concurrency=4)
-    report = distill_lora(spec, store, teacher_run, work / "distill",
-                          LoraSettings(epochs=args.epochs, threads=args.threads))
+    with llmbus.open(str(work / "bench.db")) as project:
+        teacher_run = project.run(spec, args.teacher, RunOptions(limit=args.items, concurrency=4))
+        report = project.distill(spec, teacher_run, work / "distill", student="lora",
+                                 settings=LoraSettings(epochs=args.epochs, threads=args.threads))
+    assert isinstance(report, llmbus.LoraDistillReport)
     rows = {v["quant"]: v for v in report.variants}
     teacher, student, base, f16 = rows["teacher"], rows[report.chosen], rows["base"], rows["F16"]
     print(f"\n{report.n_train} train / {report.n_val} val / {report.n_test} test items; metric {report.metric}; "

@@ -19,29 +19,55 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from llmbus.experiments.optimize import OptimizeResult, optimize
-from llmbus.providers import open_provider
-from llmbus.providers.config import resolve_model
-from llmbus.providers.llamacpp import find_binary, free_port, resolve_gguf
-from llmbus.quality.evaluate import compare, evaluate
-from llmbus.store import CallRecord, Store, now
-from llmbus.task.data import Item, load_items, split_items
-from llmbus.task.fewshot import balanced_pick
-from llmbus.task.output import match_label
-from llmbus.task.spec import TaskSpec, load_spec
+import llmbus
+from llmbus import CallRecord, Item, TaskSpec, find_binary, load_items, split_items
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "local:gemma-3-270m"
 FIELDS = {"sms_spam": ("SMS", "Label"), "topics": ("Question", "Topic")}
+
+
+def balanced_pick(pool: list[Item], k: int, seed: int) -> list[Item]:
+    """k examples spread evenly over the expected answers (round-robin), shuffled with a fixed seed: what a
+    first script would pick (the same rule as llmbus's `balanced` few-shot strategy)."""
+    by_answer: dict[str, list[Item]] = defaultdict(list)
+    for item in pool:
+        by_answer[str(item.expected)].append(item)
+    rng = random.Random(seed)
+    groups = [rng.sample(group, len(group)) for _, group in sorted(by_answer.items())]
+    picked: list[Item] = []
+    while len(picked) < k and any(groups):
+        for group in groups:
+            if group and len(picked) < k:
+                picked.append(group.pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def match_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """The label a plain client reads from an answer: exact, case-insensitive, or the first word."""
+    cleaned = text.strip().strip(".\"'`*:").strip()
+    for label in labels:
+        if cleaned == label:
+            return label
+    lowered = {label.lower(): label for label in labels}
+    if cleaned.lower() in lowered:
+        return lowered[cleaned.lower()]
+    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
+    return lowered.get(first)
 
 
 def naive_prompt(spec: TaskSpec, shots: list[Item], item: Item) -> str:
@@ -51,9 +77,11 @@ def naive_prompt(spec: TaskSpec, shots: list[Item], item: Item) -> str:
     return "".join(lines) + f"{shown}: {' '.join(item.text(spec.data.input).split())}\n{answer}:"
 
 
-def baseline(spec: TaskSpec, items: list[Item], pool: list[Item], threads: int, store: Store) -> tuple[str, float]:
+def baseline(spec: TaskSpec, items: list[Item], pool: list[Item], threads: int,
+             project: llmbus.Project) -> tuple[str, float]:
     """Answer `items` through a default llama-server with plain httpx; returns (its logged run id, wall s)."""
-    gguf = resolve_gguf(resolve_model(MODEL).gguf or "")
+    with llmbus.get_model(MODEL) as unstarted:  # the embedded GGUF's path
+        gguf = unstarted.provider.server.gguf
     port = free_port()
     server = subprocess.Popen([str(find_binary("llama-server")), "-m", str(gguf), "-t", str(threads),
                                "--parallel", "4", "--host", "127.0.0.1", "--port", str(port)],
@@ -83,6 +111,7 @@ def baseline(spec: TaskSpec, items: list[Item], pool: list[Item], threads: int, 
     finally:
         server.terminate()
         server.wait()
+    store = project.store
     run_id = store.create_run(task=spec.name, task_path=str(spec.source), spec_version="naive-4shot",
                               spec_json=spec.model_dump_json(by_alias=True), model="llama-server (httpx)",
                               metric=spec.main_metric, n_planned=len(items), concurrency=4, tag="bench:baseline")
@@ -100,56 +129,62 @@ def baseline(spec: TaskSpec, items: list[Item], pool: list[Item], threads: int, 
     return run_id, wall
 
 
-def row(store: Store, name: str, run_id: str) -> str:
-    report = evaluate(store, run_id)
-    run = store.get_run(run_id)
-    calls = list(store.iter_calls(run_id))
-    tokens = sum(c["tokens_in"] for c in calls) / max(1, len(calls))
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def row(project: llmbus.Project, name: str, run_id: str) -> str:
+    report = project.evaluate(run_id)
+    run = project.get_run(run_id)
+    calls = list(project.calls(run))
+    tokens = sum(c.tokens_in for c in calls) / max(1, len(calls))
     value = report.values[report.metric]
-    per_200 = run["wall_s"] * 200 / max(1, report.n)
+    per_200 = run.wall_s * 200 / max(1, report.n)
     return (f"  {name:<44} {value.value:.3f} [{value.lo:.3f}, {value.hi:.3f}]   {tokens:7.0f}   {per_200:8.1f}"
             f"   {report.errors:4d}")
 
 
 def bench_task(name: str, budget: int, n_eval: int, objective: str, threads: int, workdir: Path) -> None:
-    spec = load_spec(ROOT / "examples" / name / "task.yaml")
-    store = Store(str(workdir / f"{name}.db"))
-    provider = open_provider(MODEL)
+    with llmbus.open(str(workdir / f"{name}.db")) as project:
+        bench_task_in(project, name, budget, n_eval, objective, threads, workdir)
+
+
+def bench_task_in(project: llmbus.Project, name: str, budget: int, n_eval: int, objective: str, threads: int,
+                  workdir: Path) -> None:
+    """`bench_task` on an open call log."""
+    spec = llmbus.load_task(ROOT / "examples" / name / "task.yaml")
     tick = time.perf_counter()
-    try:
-        result: OptimizeResult = optimize(spec, [MODEL], store, budget=budget, objective=objective, confirm=n_eval,
-                                          output=workdir / f"{name}.opt.yaml", providers={MODEL: provider},
-                                          on_plan=lambda p: print("\n".join(f"  plan: {line}" for line in p.lines()),
-                                                                  flush=True),
-                                          on_stage=lambda text: print(f"    {time.strftime('%H:%M:%S')} {text}",
-                                                                      file=sys.stderr, flush=True))
-    finally:
-        provider.close()
+    with llmbus.get_model(MODEL) as model:
+        result = project.optimize(spec, [MODEL], budget=budget, objective=objective, confirm=n_eval,
+                                  output=workdir / f"{name}.opt.yaml", providers={MODEL: model.provider},
+                                  on_plan=lambda p: print("\n".join(f"  plan: {line}" for line in p.lines()),
+                                                          flush=True),
+                                  on_stage=lambda text: print(f"    {time.strftime('%H:%M:%S')} {text}",
+                                                              file=sys.stderr, flush=True))
     optimizer_wall = time.perf_counter() - tick
     split = split_items(spec, load_items(spec))
     items = split.eval[:result.confirmation.items]
-    base_run, _ = baseline(spec, items, split.pool, threads, store)
+    base_run, _ = baseline(spec, items, split.pool, threads, project)
     c = result.confirmation
     print(f"\n{name}: {c.items} held-out eval items, {MODEL}, {threads} threads, objective {objective}")
     print(f"  {'system':<44} {spec.main_metric} [95% CI]      tok/item  s/200 items  errors")
-    print(row(store, "baseline: httpx → llama-server, naive 4-shot", base_run))
-    print(row(store, f"hand-written spec ({spec.fewshot.k} {spec.fewshot.strategy})", c.original_run))
+    print(row(project, "baseline: httpx → llama-server, naive 4-shot", base_run))
+    print(row(project, f"hand-written spec ({spec.fewshot.k} {spec.fewshot.strategy})", c.original_run))
     if c.winner_run != c.original_run:
-        print(row(store, f"optimized ({result.winner.candidate.name})", c.winner_run))
+        print(row(project, f"optimized ({result.winner.candidate.name})", c.winner_run))
     print(f"  optimizer: {result.spent} model calls of {budget} ({result.cache_hits} answers from the cache), "
           f"{len([t for t in result.trials if t.deepest])} of {len(result.trials)} candidates tried, "
           f"{optimizer_wall:.0f} s in all")
     print(f"  winner vs hand-written: {c.verdict}")
-    versus = compare(store, base_run, c.winner_run)
+    versus = project.paired(base_run, c.winner_run)
     print(f"  winner vs baseline: {versus.verdict} (Δ {versus.delta.value:+.3f}, "
           f"95% CI {versus.delta.lo:+.3f} to {versus.delta.hi:+.3f})")
     if name == "sms_spam":
-        wall = {run: store.get_run(run)["wall_s"] for run in (base_run, c.winner_run)}
+        wall = {run: project.get_run(run).wall_s for run in (base_run, c.winner_run)}
         met = c.winner.value >= 0.95 and wall[c.winner_run] <= wall[base_run]
         print(f"  target (≥ 0.95 and wall ≤ baseline): {'met' if met else 'not met'}; "
               f"worse than the input beyond its CI: {'yes' if c.comparison and c.comparison.delta.hi < 0 else 'no'}")
     print("  diff:\n" + "\n".join(f"    {line}" for line in result.diff.splitlines()), flush=True)
-    store.close()
 
 
 def main() -> None:

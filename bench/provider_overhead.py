@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/provider_overhead.py [--threads 2] [--tokens 128] [--requests 16]
 
-1. Decode speed: llama-bench `tg` (raw llama.cpp, no server) vs llmbus LocalProvider.complete on the same GGUF
+1. Decode speed: llama-bench `tg` (raw llama.cpp, no server) vs llmbus's `local:` provider on the same GGUF
    and thread count; also vs the same llama-server called directly over HTTP (what llmbus adds on top).
    Target: ratio ≥ 0.95. Greedy requests use a one-step sampler chain (see providers/local.py).
 2. Throughput: the same N generation requests sequentially vs 8 in flight (llama-server slots, continuous
@@ -17,13 +17,15 @@ import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
-from llmbus.providers import Request
-from llmbus.providers.config import resolve_model
-from llmbus.providers.llamacpp import find_binary, resolve_gguf
-from llmbus.providers.local import LocalProvider
+import llmbus
+from llmbus import Request, find_binary
+
+# A `local:` model's provider (llmbus.get_model(...).provider): it answers `complete`, its llama-server is `.server`.
+LocalProvider = Any
 
 PROMPTS = [f"Write a long story about a {thing}. Once upon a time," for thing in
            ("dragon", "robot", "sailor", "baker", "wizard", "cat", "king", "river", "pilot", "gardener",
@@ -84,10 +86,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
 
-    config = resolve_model("local:gemma-3-270m").model_copy(update={"threads": args.threads, "parallel": 8})
-    gguf = str(resolve_gguf(config.gguf or ""))
-    provider = LocalProvider(config)
+    model = llmbus.get_model("local:gemma-3-270m", threads=args.threads, parallel=8)
+    provider = model.provider
     provider.check()
+    gguf = str(provider.server.gguf)
     raw, ours, direct, sequential, concurrent = [], [], [], [], []
     try:
         provider.complete(Request(PROMPTS[0], max_tokens=8))  # warm up
@@ -99,7 +101,7 @@ def main() -> None:
             sequential.append(throughput(provider, args.tokens, args.requests, 1))
             concurrent.append(throughput(provider, args.tokens, args.requests, 8))
     finally:
-        provider.close()
+        model.close()
 
     def ratio(a: list[float], b: list[float]) -> float:
         return statistics.median(x / y for x, y in zip(a, b, strict=True))

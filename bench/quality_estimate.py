@@ -26,46 +26,36 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from llmbus.providers.config import resolve_model
-from llmbus.providers.local import LocalProvider
-from llmbus.quality import label
-from llmbus.quality.coverage import Coverage, simulate_coverage
-from llmbus.quality.estimate import JudgedSample, agreement_of
-from llmbus.quality.finetune import train_judge
-from llmbus.quality.judge import load_judge, load_verdicts, run_judge
-from llmbus.run.engine import run_task
-from llmbus.store import Store
-from llmbus.task.spec import load_spec
-from llmbus.train.student import TrainSettings
+import llmbus
+from llmbus import Call, Coverage, RunOptions, TrainSettings, binary_agreement, simulate_coverage
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, JUDGE = ROOT / "examples" / "sms_spam" / "task.yaml", ROOT / "examples" / "sms_spam" / "judge.yaml"
 
 
-def correct(calls: list[dict[str, Any]]) -> np.ndarray:
+def correct(calls: list[Call]) -> np.ndarray:
     """The human label of each answer: 1 when it matches the gold label (a failed call is wrong)."""
-    return np.array([float(c["error_kind"] is None and c["parsed"] == c["expected"]) for c in calls])
+    return np.array([float(c.error_kind is None and c.parsed == c.expected) for c in calls])
 
 
-def train_head(store: Store, run_id: str, calls: list[dict[str, Any]], out: Path) -> str:
+def train_head(project: llmbus.Project, run: llmbus.Run, calls: list[Call], out: Path) -> str:
     """A head judge trained on these answers' human labels (the real `llmbus judge train --kind head` path)."""
-    label.create_project(store, "train", run_id, label.LabelSchema(kind="labels", labels=("pass", "fail")))
+    project.create_label_project("train", run, ["pass", "fail"])
     path = out.parent / "train_labels.jsonl"
-    path.write_text("".join(json.dumps({"item_id": c["item_id"], "label": "pass" if ok else "fail"}) + "\n"
+    path.write_text("".join(json.dumps({"item_id": c.item_id, "label": "pass" if ok else "fail"}) + "\n"
                             for c, ok in zip(calls, correct(calls), strict=True)))
-    label.import_labels(store, "train", path, "gold")
-    report, model = train_judge(store, "train", out, kind="head", folds=5, settings=TrainSettings(epochs=1))
+    project.import_labels("train", path, "gold")
+    report, model = project.train_judge("train", out, kind="head", folds=5, settings=TrainSettings(epochs=1))
     print(f"head judge: 5-fold kappa {report.kappa:.3f} on {report.n} training labels")
     return model
 
 
-def judged(store: Store, judge_run_id: str, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def judged(project: llmbus.Project, judge_run_id: str, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each item's verdict (1 pass / 0 fail or broken) and pass probability, in item order."""
-    rows = {r["item_id"]: r for r in load_verdicts(store, judge_run_id)}
+    rows = {r["item_id"]: r for r in project.verdicts(judge_run_id)}
     verdict = np.array([float(rows[i]["verdict"] == "pass") for i in item_ids])
     prob = np.array([float((rows[i]["probs"] or {}).get("pass", rows[i]["verdict"] == "pass")) for i in item_ids])
     return verdict, prob
@@ -87,31 +77,32 @@ def row(name: str, n: int, sims: dict[str, Coverage], plain: Coverage) -> str:
 
 def collect(n: int, work: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Model answers, their human labels and every judge's verdicts on the population (the model calls)."""
-    store = Store(str(work / "bench.db"))
-    provider = LocalProvider(resolve_model("local:gemma-3-270m").model_copy(update={"parallel": 4}))
-    provider.check()
-    task = load_spec(TASK)
+    with llmbus.open(str(work / "bench.db")) as project, llmbus.get_model("local:gemma-3-270m", parallel=4) as model:
+        model.provider.check()
+        return collect_in(project, model, n, work)
+
+
+def collect_in(project: llmbus.Project, model: llmbus.Model, n: int,
+               work: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`collect` on an open call log and model."""
+    task = llmbus.load_task(TASK)
     # Fixed few-shot examples share one cached prompt prefix: the answers only need to be real model answers.
     task = task.model_copy(update={"fewshot": task.fewshot.model_copy(update={"strategy": "fixed"})})
     tick = time.perf_counter()
-    train_run = run_task(task, "local:gemma-3-270m", store, limit=n // 2, concurrency=4, provider=provider)
-    pop_run = run_task(task, "local:gemma-3-270m", store, offset=n // 2, limit=n // 2, concurrency=4,
-                       provider=provider)
-    train_calls, pop_calls = list(store.iter_calls(train_run)), list(store.iter_calls(pop_run))
+    train_run = project.run(task, model, RunOptions(limit=n // 2, concurrency=4))
+    pop_run = project.run(task, model, RunOptions(offset=n // 2, limit=n // 2, concurrency=4))
+    train_calls, pop_calls = list(project.calls(train_run)), list(project.calls(pop_run))
     y = correct(pop_calls)
-    ids = [c["item_id"] for c in pop_calls]
+    ids = [c.item_id for c in pop_calls]
     print(f"{len(train_calls) + len(pop_calls)} SMS answered in {time.perf_counter() - tick:.0f} s")
     tick = time.perf_counter()
-    head = train_head(store, train_run, train_calls, work / "head")
-    head_verdict, head_prob = judged(store, run_judge(load_judge(str(JUDGE)), store, pop_run, model=head).judge_run_id,
-                                     ids)
+    head = train_head(project, train_run, train_calls, work / "head")
+    head_verdict, head_prob = judged(project, project.judge(JUDGE, pop_run, model=head).judge_run_id, ids)
     print(f"head judge trained and run in {time.perf_counter() - tick:.0f} s")
     tick = time.perf_counter()
-    llm = run_judge(load_judge(str(JUDGE)), store, pop_run, provider=provider, concurrency=4)
-    llm_verdict, _ = judged(store, llm.judge_run_id, ids)
+    llm = project.judge(JUDGE, pop_run, model=model, concurrency=4)
+    llm_verdict, _ = judged(project, llm.judge_run_id, ids)
     print(f"LLM judge: {llm.n} calls in {time.perf_counter() - tick:.0f} s")
-    provider.close()
-    store.close()
     return y, {"head judge (verdict)": head_verdict, "head judge (pass probability)": head_prob,
                "LLM judge (Gemma 270M)": llm_verdict}
 
@@ -138,7 +129,8 @@ def main() -> None:
                "constant judge (always pass)": np.ones(len(y))}
     print(f"\npopulation: {len(y)} answers, true pass rate {y.mean():.3f}; agreement with its human labels:")
     for name, verdicts in judges.items():
-        stats = agreement_of(JudgedSample(y, verdicts, verdicts[:0]))
+        stats = binary_agreement(["pass" if v >= 0.5 else "fail" for v in verdicts],
+                                 ["pass" if h else "fail" for h in y], "pass")
         print(f"  {name:34s} kappa {stats.kappa:6.3f}  TPR {stats.tpr:5.3f}  TNR {stats.tnr:5.3f}  "
               f"judge pass rate {verdicts.mean():.3f} (truth {y.mean():.3f})")
     budgets = [int(b) for b in args.labels.split(",")]

@@ -28,18 +28,10 @@ import numpy as np
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llmbus.distill.distill import distill
-from llmbus.providers import Request
-from llmbus.providers.config import add_models, resolve_model
-from llmbus.providers.llamacpp import free_port
-from llmbus.providers.local import LocalProvider
-from llmbus.run.engine import run_task
-from llmbus.run.summary import summarize
-from llmbus.serve.app import create_app
-from llmbus.serve.gateway import CacheConfig, Gateway, RouteConfig, ServeConfig
-from llmbus.store import Store
-from llmbus.task.spec import load_spec
-from provider_overhead import concurrency_ratio
+import llmbus
+from llmbus import Request, RunOptions
+from ports import free_port
+from provider_overhead import LocalProvider, concurrency_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -49,24 +41,24 @@ def line(name: str, value: float, target: str) -> None:
     print(f"{name:<58} {value:9.3f}   ({target})")
 
 
-def quality_cost_latency(store: Store, run_id: str) -> tuple[float, float, float]:
-    s = summarize(store, store.get_run(run_id))
+def quality_cost_latency(project: llmbus.Project, run: llmbus.Run) -> tuple[float, float, float]:
+    s = project.summary(run)
     return s.value, s.cost_per_1k, s.latency_p50_s
 
 
 def gateway_overhead(threads: int, rounds: int = 12) -> float:
     """Median latency ratio: the same 32-token generation through the gateway vs straight to its llama-server."""
-    config = ServeConfig(models={"gemma": RouteConfig(model="local:gemma-3-270m")}, cache=CacheConfig(exact=False))
+    config = {"models": {"gemma": {"model": "local:gemma-3-270m"}}, "cache": {"exact": False}}
     os.environ["LLMBUS_THREADS"] = str(threads)
-    gateway = Gateway(config, Store(str(OUT / "gateway.db")))
+    project = llmbus.open(str(OUT / "gateway.db"))
+    app = project.serve_app(config)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    provider = gateway.providers["local:gemma-3-270m"]
-    assert isinstance(provider, LocalProvider)
+    provider = app.state.gateway.providers["local:gemma-3-270m"]
     ratios = []
     with httpx.Client(timeout=120) as client:
         for i in range(rounds):
@@ -82,12 +74,13 @@ def gateway_overhead(threads: int, rounds: int = 12) -> float:
             ratios.append(through / direct)
     server.should_exit = True
     thread.join(timeout=30)
+    project.close()
     return statistics.median(ratios[2:])  # the first rounds warm both paths
 
 
 def prefix_speedup(provider: LocalProvider) -> float:
     """Prompt-processing time of a long few-shot prefix the first time vs the second (llama-server timings)."""
-    spec = load_spec(ROOT / "examples" / "sms_spam" / "task.yaml")
+    spec = llmbus.load_task(ROOT / "examples" / "sms_spam" / "task.yaml")
     shots = "".join(f"SMS: example message number {i} about lunch, meetings and the weather today\n"
                     f"Label: {'ham' if i % 3 else 'spam'}\n" for i in range(40))
     prefix = f"[{uuid.uuid4().hex}] {spec.description}\n{shots}"  # a fresh prefix nobody cached
@@ -109,24 +102,33 @@ def main() -> None:
     os.environ.setdefault("LLMBUS_THREADS", str(args.threads))
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ["LLMBUS_CONFIG"] = str(OUT / "llmbus.yaml")
-    spec = load_spec(ROOT / "examples" / "sms_spam" / "task.yaml")
-    store = Store(str(OUT / f"savings-{uuid.uuid4().hex[:6]}.db"))
+    spec = llmbus.load_task(ROOT / "examples" / "sms_spam" / "task.yaml")
     print(f"teacher: {args.teacher} · task {spec.name} · {args.train} distillation items, "
           f"{args.heldout} held-out items · {args.threads} threads", flush=True)
+    with llmbus.open(str(OUT / f"savings-{uuid.uuid4().hex[:6]}.db")) as project:
+        held_out_figures(project, spec, args)
+    after_held_out(args)
 
-    train_run = run_task(spec, args.teacher, store, limit=args.train, concurrency=4)
-    report = distill(spec, store, train_run, OUT / "distill")
-    add_models(report.registration)
-    held = {"limit": args.heldout, "offset": args.train}
-    teacher_run = run_task(spec, args.teacher, store, concurrency=4, **held)
-    student_run = run_task(spec, report.student, store, concurrency=1, **held)
-    cascade_run = run_task(spec, report.cascade, store, concurrency=2, **held)
-    cached_run = run_task(spec, args.teacher, store, concurrency=4, **held)  # the teacher's answers, cached
 
-    tq, tc, tl = quality_cost_latency(store, teacher_run)
-    sq, _, sl = quality_cost_latency(store, student_run)
-    cq, cc, _ = quality_cost_latency(store, cascade_run)
-    hits = [c["latency_s"] for c in store.iter_calls(cached_run) if c["cache_hit"]]
+def held_out_figures(project: llmbus.Project, spec: llmbus.TaskSpec, args: argparse.Namespace) -> None:
+    """Distil on the first items, then teacher, student, cascade and the cached teacher on the held-out ones."""
+    train_run = project.run(spec, args.teacher, RunOptions(limit=args.train, concurrency=4))
+    # register=True: the student and cascade go into llmbus.yaml, where the runs below find them
+    report = project.distill(spec, train_run, OUT / "distill", register=True)
+    assert isinstance(report, llmbus.DistillReport)
+
+    def held(concurrency: int) -> RunOptions:
+        return RunOptions(limit=args.heldout, offset=args.train, concurrency=concurrency)
+
+    teacher_run = project.run(spec, args.teacher, held(4))
+    student_run = project.run(spec, report.student, held(1))
+    cascade_run = project.run(spec, report.cascade, held(2))
+    cached_run = project.run(spec, args.teacher, held(4))  # the teacher's answers, cached
+
+    tq, tc, tl = quality_cost_latency(project, teacher_run)
+    sq, _, sl = quality_cost_latency(project, student_run)
+    cq, cc, _ = quality_cost_latency(project, cascade_run)
+    hits = [c.latency_s for c in project.calls(cached_run) if c.cache_hit]
     print(f"held-out accuracy: teacher {tq:.3f} · student {sq:.3f} · cascade {cq:.3f} "
           f"(threshold {report.cascade_threshold:.3f})")
     line("student quality / teacher quality", sq / tq, "target ≥ 0.95")
@@ -135,15 +137,15 @@ def main() -> None:
     line("cascade cost / teacher cost (per 1k items)", cc / tc, "target ≤ 0.3")
     line("exact-cache hit p50 (ms)", 1000 * float(np.median(hits)) if hits else float("nan"), "target ≤ 2")
 
-    config = resolve_model("local:gemma-3-270m").model_copy(update={"threads": args.threads, "parallel": 8})
-    provider = LocalProvider(config)
-    provider.check()
-    try:
+
+def after_held_out(args: argparse.Namespace) -> None:
+    """Concurrency, the prompt-prefix cache and the gateway's overhead on the embedded model."""
+    with llmbus.get_model("local:gemma-3-270m", threads=args.threads, parallel=8) as model:
+        provider = model.provider
+        provider.check()
         provider.complete(Request("warm up", max_tokens=4))
         ratio = concurrency_ratio(provider, 128, 16, rounds=3)
         speedup = prefix_speedup(provider)
-    finally:
-        provider.close()
     line("8-concurrent / sequential throughput (median of 3 rounds)", ratio, "target ≥ 2")
     line("repeated few-shot prefix: first / second prompt time", speedup, "target ≥ 3")
     line("gateway latency / direct llama-server latency", gateway_overhead(args.threads), "target ≤ 1.05")

@@ -29,12 +29,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import llmbus
 from engine import write_task
-from llmbus.providers.llamacpp import free_port
-from llmbus.run.engine import run_task
-from llmbus.store import Store
-from llmbus.task.spec import load_spec
 from pg_server import postgres_server
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -104,17 +102,18 @@ class WorkerPeak:
                     continue
 
 
-def timed_run(folder: Path, task: Path, urls: list[str], db: str, **kwargs: object) -> tuple[float, float]:
+def timed_run(folder: Path, task: Path, urls: list[str], db: str,
+              scale: llmbus.ScaleOptions | None = None) -> tuple[float, float]:
     """(steady items/s from the first answer to the last, seconds before the first answer) of one run: Ray's
     start-up (connecting, starting actors) is a fixed cost, shown apart."""
     config = {"model": "stub-model", "timeout_s": 30, "max_concurrency": 64}
     config.update({"base_urls": urls} if len(urls) > 1 else {"base_url": urls[0]})
     (folder / "llmbus.yaml").write_text(yaml.safe_dump({"models": {"openai:bench": config}}))
-    store = Store(db)
     seen: list[tuple[float, int]] = []
     tick = time.perf_counter()
-    run_task(load_spec(task), "openai:bench", store, use_cache=False, concurrency=8,
-             on_progress=lambda p: seen.append((time.perf_counter(), p.done)), **kwargs)  # type: ignore[arg-type]
+    with llmbus.open(db) as project:
+        project.run(task, "openai:bench", llmbus.RunOptions(use_cache=False, concurrency=8), scale=scale,
+                    hooks=llmbus.RunHooks(on_progress=lambda p: seen.append((time.perf_counter(), p.done))))
     (t0, n0), (t1, n1) = seen[0], seen[-1]
     return (n1 - n0) / (t1 - t0), t0 - tick
 
@@ -141,14 +140,12 @@ def main() -> None:
                     "--include-dashboard", "false", "--disable-usage-stats")
             address = f"127.0.0.1:{port}"
             with WorkerPeak() as one_peak:
-                one, one_start = timed_run(folder, task, urls[:1], db, executor="ray", ray_address=address,
-                                           workers=1)
+                one, one_start = timed_run(folder, task, urls[:1], db, llmbus.ScaleOptions("ray", address, 1))
             print(f"ray 1 node · 1 replica: {one:.0f} items/s (first answer after {one_start:.1f} s; worker peak "
                   f"RSS {one_peak.peak_mb:.0f} MB)", flush=True)
             ray_cmd("start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1")
             with WorkerPeak() as two_peak:
-                two, two_start = timed_run(folder, task, urls, db, executor="ray", ray_address=address,
-                                           workers=2)
+                two, two_start = timed_run(folder, task, urls, db, llmbus.ScaleOptions("ray", address, 2))
             print(f"ray 2 nodes · 2 replicas: {two:.0f} items/s (first answer after {two_start:.1f} s; worker "
                   f"peak RSS {two_peak.peak_mb:.0f} MB)", flush=True)
             print(f"ratios ({args.items} items, 40 ms per request, 8 in flight per replica): "

@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import httpx
 
-from llmbus.providers import Completion, Request
-from llmbus.providers.config import ModelConfig, resolve_model
-from llmbus.providers.local import LocalProvider, draft_stats
+import llmbus
+from llmbus import Completion, Request, draft_stats
+
+# A `local:` model's provider (llmbus.get_model(...).provider): its llama-server is `.server`.
+LocalProvider = Any
 
 TEXTS = [
     "The committee will meet on Tuesday at nine to review the budget for the new library building, and every "
@@ -48,12 +51,13 @@ FREE = ["Once upon a time, in a village by the sea, there lived an old", "The hi
 
 def variants(threads: int, ngram_size: int | None, draft_model: bool) -> dict[str, LocalProvider]:
     """The servers compared, all on the embedded GGUF with one slot."""
-    base = {**resolve_model("local:gemma-3-270m").model_dump(), "threads": threads, "parallel": 1}
     settings: dict[str, dict[str, object]] = {"plain": {},
                                               "ngram": {"speculative": "ngram-simple", "ngram_size": ngram_size}}
-    if draft_model:
-        settings["draft"] = {"speculative": "draft-simple", "draft_gguf": base["gguf"], "draft_max": 8}
-    return {name: LocalProvider(ModelConfig.model_validate({**base, **extra})) for name, extra in settings.items()}
+    if draft_model:  # the embedded GGUF drafts for itself
+        gguf = llmbus.get_model("local:gemma-3-270m").config.gguf  # type: ignore[union-attr]
+        settings["draft"] = {"speculative": "draft-simple", "draft_gguf": gguf, "draft_max": 8}
+    return {name: llmbus.get_model("local:gemma-3-270m", threads=threads, parallel=1, **extra).provider
+            for name, extra in settings.items()}
 
 
 def counters(provider: LocalProvider) -> dict[str, float]:

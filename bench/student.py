@@ -7,7 +7,7 @@ count, from one run.
 The task: SMS threads (8 messages of the SMS Spam Collection joined, ~130 words: long items) labeled ham or
 spam, with `fewshot: {k: 8, strategy: nearest}`, which is what a teacher LLM needs but a student never reads.
 The student is trained here on the pool's threads. Each side runs in its own process with torch limited to
---threads: the raw encoder (`llmbus.embed.embed` on the eval texts, after a warm-up) and `llmbus run
+--threads: the raw encoder (`llmbus.embed_texts` on the eval texts, after a warm-up) and `llmbus run
 --model encoder:STUDENT --no-cache` (its summary's items/s: answering time, the student already loaded; a fresh
 call log each time, so no vector is cached). `--baseline` runs another llmbus source tree the same way (before
 and after in one run). Target: the student ≥ 0.9× the raw encoder's items/s.
@@ -36,7 +36,7 @@ RAW = """
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from llmbus.embed import embed
+from llmbus import embed_texts as embed
 texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
 embed(texts[:16])  # load and warm up
 tick = time.perf_counter()
@@ -52,8 +52,8 @@ def peak():
     status = open("/proc/self/status").read()
     open(PEAK_FILE, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
 atexit.register(peak)
-from llmbus.cli import main
-main()
+from importlib.metadata import entry_points
+entry_points(group="console_scripts", name="llmbus")[0].load()()  # the `llmbus` command
 """
 
 
@@ -91,13 +91,12 @@ def train_student(task: Path, folder: Path, n_threads: int) -> tuple[Path, Path]
     import torch
 
     torch.set_num_threads(n_threads)
-    from llmbus.embed import embed
-    from llmbus.run.engine import eval_items
-    from llmbus.task.spec import load_spec
-    from llmbus.train.student import train_head
+    from llmbus import embed_texts as embed
+    from llmbus import load_items, load_task, split_items, train_head
 
-    items, selector = eval_items(load_spec(task))
-    pool = selector.pool
+    spec = load_task(task)
+    split = split_items(spec, load_items(spec))  # the few-shot pool the student learns from, the eval items
+    items, pool = split.eval, split.pool
     features = embed([p.fields["text"] for p in pool])
     labels = [str(p.expected) for p in pool]
     student = folder / "student"

@@ -3,6 +3,7 @@ provider, and `llmbus.open()` / `get_model()` as context managers."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,39 @@ def test_public_names_are_curated():
         assert name in llmbus.__all__ and getattr(llmbus, name) is not None
     with pytest.raises(AttributeError):
         _ = llmbus.not_a_name  # type: ignore[attr-defined]
+
+
+# `from llmbus.x import ...` / `import llmbus.x` at the start of a line (in code or in a script held in a string)
+INTERNAL_IMPORT = re.compile(r"^\s*(from\s+llmbus\.[\w.]+\s+import\b|import\s+llmbus\.[\w.]+)", re.MULTILINE)
+
+
+def internal_imports(text: str) -> list[str]:
+    """The lines of a Python file that import a module inside llmbus rather than the top-level package."""
+    return [m.group(0).strip() for m in INTERNAL_IMPORT.finditer(text)]
+
+
+def test_the_internal_import_check_catches_both_forms():
+    code = "import llmbus\nfrom llmbus import Store\nfrom llmbus.store import Store\n    import llmbus.cli\n"
+    assert internal_imports(code) == ["from llmbus.store import", "import llmbus.cli"]
+
+
+def test_examples_and_benchmarks_import_only_from_llmbus():
+    """What examples/ and bench/ use is the public API: every name comes from `llmbus` itself, so a user reading
+    them learns names that stay, and a module moving inside the package never breaks them."""
+    files = sorted([*(ROOT / "examples").rglob("*.py"), *(ROOT / "bench").glob("*.py")])
+    assert len(files) > 10
+    found = {str(f.relative_to(ROOT)): hits for f in files if (hits := internal_imports(f.read_text("utf-8")))}
+    assert found == {}
+    used = {name for f in files for name in public_names_used(f.read_text("utf-8"))}
+    assert used and used <= set(llmbus.__all__), f"used but not exported: {sorted(used - set(llmbus.__all__))}"
+
+
+def public_names_used(code: str) -> set[str]:
+    """The names a file takes from `llmbus`: `from llmbus import NAME` and `llmbus.NAME`."""
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module == "llmbus":
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "llmbus":
+            names.add(node.attr)
+    return names

@@ -16,13 +16,19 @@ from typing import Any
 
 import yaml
 
-from llmbus.errors import DataError
-from llmbus.flows.engine import FlowContext, flow
-from llmbus.flows.guardrail import Guardrail, Rule, guarded_answer
-from llmbus.flows.icl import ExamplePool
-from llmbus.flows.retrieval import Doc, build_index
-from llmbus.store import Store
-from llmbus.task.spec import load_spec
+from llmbus import (
+    DataError,
+    Doc,
+    ExamplePool,
+    FlowContext,
+    Guardrail,
+    Rule,
+    Store,
+    build_index,
+    flow,
+    guarded_answer,
+    load_spec,
+)
 
 HERE = Path(__file__).resolve().parent
 CORPUS_PACKAGE = "chatterbot-corpus"

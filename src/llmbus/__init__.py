@@ -24,7 +24,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-# public name -> the module that defines it
+# public name -> the module that defines it ("module:name" where the module calls it otherwise)
 _EXPORTS = {
     # the entry points: a project on a store, a task, a model
     "open": "llmbus.project",
@@ -51,14 +51,44 @@ _EXPORTS = {
     # flows: what a flow file needs (`from llmbus import FlowContext, flow`)
     "flow": "llmbus.flows.engine",
     "FlowContext": "llmbus.flows.engine",
-    # the lower-level functions the API is made of (kept for code written against them)
+    # what a flow file builds from (examples/support/flow.py): retrieval, examples in context, the guardrail
+    "Doc": "llmbus.flows.retrieval",
+    "Source": "llmbus.flows.retrieval",
+    "build_index": "llmbus.flows.retrieval",
+    "ExamplePool": "llmbus.flows.icl",
+    "Guardrail": "llmbus.flows.guardrail",
+    "Rule": "llmbus.flows.guardrail",
+    "guarded_answer": "llmbus.flows.guardrail",
+    # settings and reports of the stops' methods (Project.distill, Project.train_judge, Project.render_requests)
+    "render_requests": "llmbus.project",
+    "TrainSettings": "llmbus.train.student",
+    "LoraSettings": "llmbus.distill.lora",
+    "DistillReport": "llmbus.distill.distill",
+    "LoraDistillReport": "llmbus.distill.lora_distill",
+    # the lower-level functions the API is made of (kept for code written against them, and what bench/
+    # measures piece by piece)
     "load_spec": "llmbus.task.spec",
     "load_items": "llmbus.task.data",
+    "split_items": "llmbus.task.data",
+    "Item": "llmbus.task.data",
     "open_provider": "llmbus.providers",
+    "find_binary": "llmbus.providers.llamacpp",
+    "draft_stats": "llmbus.providers.local",
     "Store": "llmbus.store",
+    "CallRecord": "llmbus.store",
     "run_task": "llmbus.run.engine",
     "advise": "llmbus.advise.advise",
     "evaluate": "llmbus.quality.evaluate",
+    "embed_texts": "llmbus.embed:embed",  # `llmbus.embed` is the module's name, so the function is renamed
+    "train_head": "llmbus.train.student",
+    "binary_agreement": "llmbus.quality.agreement",
+    "training_set": "llmbus.quality.finetune",
+    "TrainingSet": "llmbus.quality.finetune",
+    "cross_validate": "llmbus.quality.finetune",
+    "simulate_coverage": "llmbus.quality.coverage",
+    "Coverage": "llmbus.quality.coverage",
+    "head_probs": "llmbus.quality.active",
+    "uncertainty_order": "llmbus.quality.active",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,7 +98,8 @@ def __getattr__(name: str) -> Any:
     """Import a public name's module on first use (PEP 562)."""
     if name not in _EXPORTS:
         raise AttributeError(f"module 'llmbus' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    module, _, attribute = _EXPORTS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute or name)
 
 
 def __dir__() -> list[str]:

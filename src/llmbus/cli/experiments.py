@@ -41,10 +41,10 @@ def compare(
 ) -> None:
     """Runs of one task side by side on the items they all share: metric with 95% CI, paired test against the
     baseline, wins/ties/losses per item, $/1k items, p50/p95 latency."""
-    from llmbus.experiments.compare import compare_runs
-    from llmbus.store import Store
+    from llmbus.project import Project
 
-    matrix = compare_runs(Store(db), run_ids or (), task=task, baseline=baseline, rounds=rounds)
+    with Project(db) as project:
+        matrix = project.compare(run_ids or (), task=task, baseline=baseline, rounds=rounds)
     if as_json:
         print_json(matrix.as_dict())
         return
@@ -108,6 +108,6 @@ def ui(
     if token is None and host not in LOOPBACK:  # beyond this machine nobody reads the call log without a token
         token = secrets.token_urlsafe(12)
         err.print(f"ui token: {token}  (open http://{host}:{port}/login)", highlight=False)
-    store = Store(db)
-    out.print(f"llmbus runs on http://{host}:{port}/ · {store.url} (Ctrl-C to stop)", highlight=False)
-    uvicorn.run(create_app(store, token=token, label_url=label_url), host=host, port=port, log_level="warning")
+    with Store(db) as store:
+        out.print(f"llmbus runs on http://{host}:{port}/ · {store.url} (Ctrl-C to stop)", highlight=False)
+        uvicorn.run(create_app(store, token=token, label_url=label_url), host=host, port=port, log_level="warning")

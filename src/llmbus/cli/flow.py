@@ -46,10 +46,11 @@ def run_cmd(
 
     values = read_inputs(input_json, dataset)
     flow_def = load_flow(file)
-    store = Store(db)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` marks the run interrupted; finished steps are kept
     on_done = None if as_json else (lambda o: err.print(f"{o.run_id}: {o.status}", highlight=False))
-    outcomes = run_many(store, flow_def, values, FlowSettings(model=model, tool_timeout_s=tool_timeout), on_done)
+    with Store(db) as store:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` marks the run interrupted; finished steps are kept
+        outcomes = run_many(store, flow_def, values, FlowSettings(model=model, tool_timeout_s=tool_timeout),
+                            on_done)
     if as_json:
         sys.stdout.write(json.dumps([vars(o) for o in outcomes], default=str, ensure_ascii=False) + "\n")
     else:
@@ -72,7 +73,8 @@ def resume_cmd(
     from llmbus.store import Store
 
     signal.signal(signal.SIGTERM, _interrupt)
-    outcome = resume(Store(db), run_id)
+    with Store(db) as store:
+        outcome = resume(store, run_id)
     if as_json:
         sys.stdout.write(json.dumps(vars(outcome), default=str, ensure_ascii=False) + "\n")
     else:
@@ -90,7 +92,8 @@ def list_cmd(
     from llmbus.flows.log import FlowLog
     from llmbus.store import Store
 
-    runs = FlowLog(Store(db)).list_runs(name)
+    with Store(db) as store:
+        runs = FlowLog(store).list_runs(name)
     if as_json:
         sys.stdout.write(json.dumps(runs, default=str, ensure_ascii=False) + "\n")
         return
@@ -114,9 +117,10 @@ def show_cmd(
     from llmbus.flows.log import FlowLog
     from llmbus.store import Store
 
-    log = FlowLog(Store(db))
-    run = log.get_run(run_id)
-    steps = log.steps(run["id"])
+    with Store(db) as store:
+        log = FlowLog(store)
+        run = log.get_run(run_id)
+        steps = log.steps(run["id"])
     if as_json:
         sys.stdout.write(json.dumps({"run": run, "steps": steps}, default=str, ensure_ascii=False) + "\n")
         return
@@ -173,5 +177,6 @@ def serve_cmd(
     tokens = parse_reviewers(reviewer) if reviewer else {secrets.token_urlsafe(12): "reviewer"}
     if not reviewer:
         err.print(f"reviewer token: {next(iter(tokens))}  (open http://{host}:{port}/login)", highlight=False)
-    uvicorn.run(create_app(Store(db), tokens, lease_s=lease), host=host, port=port, log_level="warning")
+    with Store(db) as store:
+        uvicorn.run(create_app(store, tokens, lease_s=lease), host=host, port=port, log_level="warning")
 

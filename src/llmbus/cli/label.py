@@ -44,11 +44,11 @@ def label_create(
         if not Path(instructions).is_file():
             raise DataError(f"{instructions}: instructions file not found")
         text = read_utf8(Path(instructions))
-    store = Store(db)
-    label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
-    added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
-                          "initial") if queue else 0
-    shown = ", ".join(label.get_project(store, name)["show_fields"])
+    with Store(db) as store:
+        label.create_project(store, name, run_id, parsed, text, label.parse_show_fields(show_fields))
+        added = label.enqueue(store, name, [(c["item_id"], 0.0) for c in _first(label.candidates(store, name), queue)],
+                              "initial") if queue else 0
+        shown = ", ".join(label.get_project(store, name)["show_fields"])
     out.print(f"project {name}: {parsed.kind} {', '.join(parsed.values)}; {added} items queued; annotators see "
               f"{shown} and the answer", highlight=False)
 
@@ -65,9 +65,9 @@ def label_show_fields(
     from llmbus.quality import label
     from llmbus.store import Store
 
-    store = Store(db)
-    label.set_show_fields(store, project, label.parse_show_fields(fields))
-    shown = ", ".join(label.get_project(store, project)["show_fields"])
+    with Store(db) as store:
+        label.set_show_fields(store, project, label.parse_show_fields(fields))
+        shown = ", ".join(label.get_project(store, project)["show_fields"])
     out.print(f"project {project}: annotators see {shown} and the answer", highlight=False)
 
 
@@ -88,7 +88,9 @@ def label_annotator(
     from llmbus.quality.label import add_annotator
     from llmbus.store import Store
 
-    sys.stdout.write(add_annotator(Store(db), project, name) + "\n")
+    with Store(db) as store:
+        token = add_annotator(store, project, name)
+    sys.stdout.write(token + "\n")
 
 
 @label_app.command("serve")
@@ -104,7 +106,8 @@ def label_serve(
     from llmbus.web.label_web import serve
 
     out.print(f"labeling {project} on http://{host}:{port}/ (Ctrl-C to stop)", highlight=False)
-    serve(Store(db), project, host, port)
+    with Store(db) as store:
+        serve(store, project, host, port)
 
 
 @label_app.command("items")
@@ -120,12 +123,12 @@ def label_items_command(
     from llmbus.quality.label import get_project, queued_items
     from llmbus.store import Store
 
-    store = Store(db)
-    items = queued_items(store, project, unlabeled=unlabeled)
+    with Store(db) as store:
+        items = queued_items(store, project, unlabeled=unlabeled)
+        shown = [f for f in get_project(store, project)["show_fields"] if f != "confidence"]
     if as_json:
         print_json(items)
         return
-    shown = [f for f in get_project(store, project)["show_fields"] if f != "confidence"]
     table = Table(title=f"project {plain(project)}: {len(items)} queued items" + (" nobody labeled" if unlabeled
                                                                                    else ""), title_justify="left")
     for column in ("item", "priority", "queued by", "labels", "answer", *shown):
@@ -151,12 +154,10 @@ def label_import(
     db: str | None = DB_OPTION,
 ) -> None:
     """Import labels (all lines are checked before any is written)."""
-    from pathlib import Path
+    from llmbus.project import Project
 
-    from llmbus.quality.label import import_labels
-    from llmbus.store import Store
-
-    n = import_labels(Store(db), project, Path(path), annotator)
+    with Project(db) as call_log:
+        n = call_log.import_labels(project, path, annotator)
     out.print(f"imported {n} labels into {project} as {annotator}", highlight=False)
 
 
@@ -171,12 +172,13 @@ def label_export(
     from llmbus.quality.label import export_jsonl
     from llmbus.store import Store
 
-    lines = export_jsonl(Store(db), project)
-    if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-    else:
-        sys.stdout.writelines(lines)
+    with Store(db) as store:
+        lines = export_jsonl(store, project)  # read as written: keep the store open until the last line
+        if output:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+        else:
+            sys.stdout.writelines(lines)
 
 
 @label_app.command("agreement")
@@ -190,7 +192,8 @@ def label_agreement(
     from llmbus.quality.label import agreement
     from llmbus.store import Store
 
-    stats = agreement(Store(db), project)
+    with Store(db) as store:
+        stats = agreement(store, project)
     if as_json:
         print_json(stats.as_dict())
         return
@@ -214,7 +217,8 @@ def label_select(
     from llmbus.quality.active import select
     from llmbus.store import Store
 
-    chosen = select(Store(db), project, strategy, n, judge_run=judge_run, seed=seed)
+    with Store(db) as store:
+        chosen = select(store, project, strategy, n, judge_run=judge_run, seed=seed)
     if as_json:
         print_json([{"item_id": i, "priority": p} for i, p in chosen])
         return

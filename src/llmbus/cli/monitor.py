@@ -36,24 +36,25 @@ def monitor_command(
     pause = parse_duration(every, "--every").total_seconds() if every else None
     settings = MonitorSettings(judge_path=judge, judge_model=judge_model, sample=sample,
                                uncertain_share=uncertain_share, project=label_project, label_n=label_n)
-    store = Store(db)
-    try:
-        while True:
-            with stage_progress(disable=as_json) as progress:
-                report = monitor_once(store, served, settings, progress=progress)
-            if as_json:
-                print_json(report.as_dict())
-            else:
-                out.print(f"monitor {plain(served)}: {report.considered} new calls considered, {report.sampled} "
-                          f"sampled, {report.judged} judged ({', '.join(report.judge_run_ids) or 'no judge run'}), "
-                          f"{report.queued} queued in label project {plain(report.project)}", highlight=False)
-                if report.judge_run_ids:
-                    out.print(spend(store, report.judge_run_ids).line(), highlight=False)
-            if pause is None:
-                return
-            time.sleep(pause)
-    except KeyboardInterrupt:
-        return
+    with Store(db) as store:
+        try:
+            while True:
+                with stage_progress(disable=as_json) as progress:
+                    report = monitor_once(store, served, settings, progress=progress)
+                if as_json:
+                    print_json(report.as_dict())
+                else:
+                    out.print(f"monitor {plain(served)}: {report.considered} new calls considered, "
+                              f"{report.sampled} sampled, {report.judged} judged "
+                              f"({', '.join(report.judge_run_ids) or 'no judge run'}), {report.queued} queued in "
+                              f"label project {plain(report.project)}", highlight=False)
+                    if report.judge_run_ids:
+                        out.print(spend(store, report.judge_run_ids).line(), highlight=False)
+                if pause is None:
+                    return
+                time.sleep(pause)
+        except KeyboardInterrupt:
+            return
 
 
 @app.command("quality")
@@ -74,8 +75,10 @@ def quality_command(
     from llmbus.store import Store
     from llmbus.store.traffic import parse_since
 
-    windows = quality_report(Store(db), served, since=parse_since(since) if since else None,
-                             window=parse_duration(window, "--window") if window else None, slice_field=slice_field)
+    with Store(db) as store:
+        windows = quality_report(store, served, since=parse_since(since) if since else None,
+                                 window=parse_duration(window, "--window") if window else None,
+                                 slice_field=slice_field)
     newest = windows[-1]
     if as_json:
         print_json({"served": served, "windows": [w.as_dict() for w in windows]})

@@ -37,14 +37,12 @@ def optimize(
 ) -> None:
     """Search few-shot k, selection, order, verbalizers, calibration, instructions and models within a budget;
     write the winner as a plain task YAML and confirm it on held-out items against the input spec."""
-    from llmbus.experiments.optimize import Plan, optimize
-    from llmbus.run.summary import spend
-    from llmbus.store import Store
+    from llmbus.experiments.optimize import Plan
+    from llmbus.project import Project
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
     target = output or Path(task).with_suffix(".opt.yaml")
-    store = Store(db)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     def on_plan(plan: Plan) -> None:
@@ -55,13 +53,16 @@ def optimize(
         if not as_json:
             err.print(f"  {text}", markup=False, highlight=False, soft_wrap=True, style="dim")
 
-    result = optimize(spec, model, store, budget=budget, objective=objective, margin=margin, proposer=proposer,
-                      confirm=confirm, concurrency=concurrency, output=target, on_plan=on_plan, on_stage=on_stage)
+    with Project(db) as project:
+        result = project.optimize(spec, model, budget=budget, objective=objective, margin=margin, proposer=proposer,
+                                  confirm=confirm, concurrency=concurrency, output=target, on_plan=on_plan,
+                                  on_stage=on_stage)
+        c = result.confirmation
+        spent = project.spend([r.id for r in project.runs(tag=result.tag)] + [c.winner_run, c.original_run])
     if as_json:
         print_json(result.as_dict())
         return
     _print_candidates(result.as_dict())
-    c = result.confirmation
     out.print(f"winner: {plain(result.winner.candidate.name)} on {plain(result.winner.candidate.model)}",
               highlight=False)
     out.print(f"held-out {c.items} eval items: {result.metric} {_ci(c.winner)} vs input spec {_ci(c.original)} "
@@ -69,9 +70,8 @@ def optimize(
     if result.diff:
         sys.stdout.write(result.diff if result.diff.endswith("\n") else result.diff + "\n")
     out.print(f"wrote {plain(result.output)}; runs tagged {result.tag}", highlight=False)
-    runs = [r["id"] for r in store.list_runs(tag=result.tag)] + [c.winner_run, c.original_run]
     out.print(f"spent: {result.spent} model calls of the budget {result.plan.budget} ({result.cache_hits} answers "
-              f"from the cache, free), {spend(store, runs).amount()}", highlight=False)
+              f"from the cache, free), {spent.amount()}", highlight=False)
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:

@@ -28,26 +28,26 @@ def eval_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Metrics with 95% bootstrap intervals, assertion pass rates; paired comparison; exit 1 when a gate fails."""
+    from llmbus.project import Project
     from llmbus.quality.assertions import junit_xml, run_checks
-    from llmbus.quality.evaluate import compare, evaluate
     from llmbus.quality.gate import check_drop, check_gate, parse_gate
-    from llmbus.store import Store
 
     conditions = parse_gate(gate) if gate else None  # a malformed gate fails before any work
-    store = Store(db)
     stage = None if as_json else (lambda text: err.print(text, highlight=False, markup=False))
-    reports = [evaluate(store, r, rounds, judge=judge, on_stage=stage) for r in (run_a, run_b) if r]
-    if junit:
-        runs = [store.get_run(report.run_id) for report in reports]
-        Path(junit).write_text(junit_xml([(run, run_checks(store, run)) for run in runs]), encoding="utf-8")
-    comparison = compare(store, run_a, run_b, rounds) if run_b else None
-    results = []
-    if conditions:
-        results.append(check_gate(reports[-1], conditions))
-    if baseline:
-        base_report = evaluate(store, baseline, rounds)
-        results.append(check_drop(base_report, reports[-1], max_drop, compare(store, baseline, reports[-1].run_id,
-                                                                                 rounds)))
+    with Project(db) as project:
+        reports = [project.evaluate(r, rounds=rounds, judge=judge, on_stage=stage) for r in (run_a, run_b) if r]
+        if junit:
+            runs = [project.store.get_run(report.run_id) for report in reports]
+            Path(junit).write_text(junit_xml([(run, run_checks(project.store, run)) for run in runs]),
+                                   encoding="utf-8")
+        comparison = project.paired(run_a, run_b, rounds=rounds) if run_b else None
+        results = []
+        if conditions:
+            results.append(check_gate(reports[-1], conditions))
+        if baseline:
+            base_report = project.evaluate(baseline, rounds=rounds)
+            results.append(check_drop(base_report, reports[-1], max_drop,
+                                      project.paired(baseline, reports[-1].run_id, rounds=rounds)))
     if as_json:
         print_json({"runs": [r.as_dict() for r in reports],
                      "comparison": comparison.as_dict() if comparison else None,
@@ -131,15 +131,15 @@ def judge_run(
 ) -> None:
     """Judge a run's answers (pointwise), or two runs against each other (pairwise); every call is logged."""
     from llmbus.cli.progress import stage_progress
-    from llmbus.quality.judge import load_judge, run_judge
-    from llmbus.run.summary import spend
-    from llmbus.store import Store
+    from llmbus.project import Project
+    from llmbus.quality.judge import load_judge
 
     spec = load_judge(judge_spec)
-    store = Store(db)
-    with stage_progress(disable=as_json) as progress:
-        report = run_judge(spec, store, on, other=against, model=model, limit=limit, concurrency=concurrency,
-                           progress=progress)
+    with Project(db) as project:
+        with stage_progress(disable=as_json) as progress:
+            report = project.judge(spec, on, against=against, model=model, limit=limit, concurrency=concurrency,
+                                   progress=progress)
+        spent = project.spend([report.judge_run_id])
     if as_json:
         print_json(report.as_dict())
         return
@@ -151,7 +151,6 @@ def judge_run(
               highlight=False)
     if report.position_consistency is not None:
         out.print(f"position consistency (same winner in both orders): {fmt(report.position_consistency)}")
-    spent = spend(store, [report.judge_run_id])
     out.print(f"judge cost {spent.amount()} · {usd(report.cost_per_1k, not spent.unknown)} $ per 1k judgments",
               highlight=False)
     if report.broken:
@@ -174,7 +173,8 @@ def judge_calibrate(
     from llmbus.quality.calibrate import calibrate
     from llmbus.store import Store
 
-    report = calibrate(Store(db), judge_run_id, project, min_tpr=min_tpr, min_tnr=min_tnr, min_kappa=min_kappa)
+    with Store(db) as store:
+        report = calibrate(store, judge_run_id, project, min_tpr=min_tpr, min_tnr=min_tnr, min_kappa=min_kappa)
     if as_json:
         print_json(report.as_dict())
     else:
@@ -220,17 +220,14 @@ def judge_train(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a judge on the human labels, cross-validated against them; judge with the printed --model."""
-    from pathlib import Path
-
     from llmbus.cli.progress import stage_progress
-    from llmbus.quality.finetune import train_judge
-    from llmbus.store import Store
+    from llmbus.project import Project
     from llmbus.train.student import TrainSettings
 
     settings = TrainSettings(epochs=epochs, max_len=max_len, threads=threads)
-    with stage_progress(disable=as_json) as progress:
-        report, model = train_judge(Store(db), project, Path(output), kind=kind, folds=folds, settings=settings,
-                                    judge_run=with_judge, progress=progress)
+    with Project(db) as call_log, stage_progress(disable=as_json) as progress:
+        report, model = call_log.train_judge(project, output, kind=kind, folds=folds, settings=settings,
+                                             judge_run=with_judge, progress=progress)
     if as_json:
         print_json({**report.as_dict(), "model": model})
         return

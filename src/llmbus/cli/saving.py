@@ -57,20 +57,21 @@ def distill(
         raise LlmbusError("--since selects traffic: use it with --from-traffic SERVED")
     spec = load_spec(task)
     folder = out_dir or Path("out") / "distill" / spec.name
-    store = Store(db)
-    if student == "lora":
-        if teacher is None:
-            raise LlmbusError("--from-traffic trains encoder students (classify and extract tasks); a LoRA student "
-                              "learns from a teacher run (--teacher RUN_ID)")
-        _distill_lora(spec, store, teacher, folder, epochs, target, how, as_json)
-        return
-    source: str | TeacherData = teacher or ""
-    if from_traffic is not None:
-        from llmbus.distill.traffic import traffic_teacher
-        from llmbus.store.traffic import parse_since
+    if student == "lora" and teacher is None:
+        raise LlmbusError("--from-traffic trains encoder students (classify and extract tasks); a LoRA student "
+                          "learns from a teacher run (--teacher RUN_ID)")
+    with Store(db) as store:
+        if student == "lora":
+            assert teacher is not None
+            _distill_lora(spec, store, teacher, folder, epochs, target, how, as_json)
+            return
+        source: str | TeacherData = teacher or ""
+        if from_traffic is not None:
+            from llmbus.distill.traffic import traffic_teacher
+            from llmbus.store.traffic import parse_since
 
-        source = traffic_teacher(spec, store, from_traffic, how, parse_since(since) if since else None)
-    _distill_encoder(spec, store, source, folder, epochs, target, how, allow_missing_labels, as_json)
+            source = traffic_teacher(spec, store, from_traffic, how, parse_since(since) if since else None)
+        _distill_encoder(spec, store, source, folder, epochs, target, how, allow_missing_labels, as_json)
 
 
 def _distill_encoder(spec: TaskSpec, store: Store, teacher: str | TeacherData, folder: Path, epochs: int | None,
@@ -218,8 +219,8 @@ def accept(
     from llmbus.store import Store
     from llmbus.store.traffic import parse_since
 
-    with stage_progress(disable=as_json) as progress:
-        report = run_accept(Store(db), candidate, against, sample=sample, max_drop=max_drop, slice_field=slice_field,
+    with Store(db) as store, stage_progress(disable=as_json) as progress:
+        report = run_accept(store, candidate, against, sample=sample, max_drop=max_drop, slice_field=slice_field,
                             since=parse_since(since) if since else None, concurrency=concurrency, progress=progress)
     if as_json:
         print_json(report.as_dict())
@@ -311,8 +312,8 @@ def report(
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
-    with stage_progress(disable=as_json) as progress:
-        result = build_report(spec, Store(db), traffic, runs.split(",") if runs else None, error_cost=error_cost,
+    with Store(db) as store, stage_progress(disable=as_json) as progress:
+        result = build_report(spec, store, traffic, runs.split(",") if runs else None, error_cost=error_cost,
                               label_cost=label_cost, horizon=horizon, progress=progress)
     output.write_text(render_html(result), encoding="utf-8")
     if as_json:

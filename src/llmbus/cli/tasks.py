@@ -6,7 +6,7 @@ import gc
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -26,6 +26,10 @@ from llmbus.cli.app import (
     warn,
 )
 from llmbus.settings import DEFAULT_MODEL, GRACE_S, USD_PER_HOUR
+
+if TYPE_CHECKING:  # the CLI imports heavy modules only inside the command that needs them
+    from llmbus.store import Call
+    from llmbus.task.spec import TaskSpec
 
 
 @app.command()
@@ -61,42 +65,46 @@ def run(
 ) -> None:
     """Answer a task's items with a model; every call goes into the call log."""
     from llmbus.cli.progress import RunProgress
-    from llmbus.run.engine import eval_items, run_task
-    from llmbus.run.executors import render_items
+    from llmbus.project import Project
     from llmbus.run.options import RunHooks, RunOptions, ScaleOptions
-    from llmbus.run.summary import spend, summarize
-    from llmbus.store import Store
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
     if dry_run:
-        from llmbus.run.adapter import item_request
-
-        items, selector = eval_items(spec, 1)
-        job = next(render_items(spec, items, selector))
-        if as_json:
-            request = item_request(spec, job)
-            print_json({"messages": list(request.messages), **request.options(), "prompt": request.prompt})
-        else:
-            sys.stdout.write(_shown_turns(job.messages) if job.messages else job.prompt + "\n")
+        _dry_run(spec, as_json)
         return
-    store = Store(db)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    # What start-up loaded lives as long as the process: keep it out of the collector's full passes, which
-    # otherwise rescan it a few times a run (~10 µs an item at a thousand items a second).
-    gc.freeze()
-    bar = RunProgress(disable=as_json)
-    with bar as (_, on_progress):
-        options = RunOptions(limit=limit, offset=offset, concurrency=concurrency, use_cache=not no_cache,
-                             sampling="balanced" if stratify else "representative", resume=resume, grace_s=grace)
-        run_id = run_task(spec, model, store, options, scale=ScaleOptions(executor, ray_address, workers),
-                          hooks=RunHooks(on_progress, bar.stage, warn))
-    summary = summarize(store, store.get_run(run_id))
+    options = RunOptions(limit=limit, offset=offset, concurrency=concurrency, use_cache=not no_cache,
+                         sampling="balanced" if stratify else "representative", resume=resume, grace_s=grace)
+    with Project(db) as project:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # What start-up loaded lives as long as the process: keep it out of the collector's full passes, which
+        # otherwise rescan it a few times a run (~10 µs an item at a thousand items a second).
+        gc.freeze()
+        bar = RunProgress(disable=as_json)
+        with bar as (_, on_progress):
+            done = project.run(spec, model, options, scale=ScaleOptions(executor, ray_address, workers),
+                               hooks=RunHooks(on_progress, bar.stage, warn))
+        summary = project.summary(done)
+        if as_json:
+            out.print_json(data=summary.as_dict())
+        else:
+            _print_runs([summary], title=f"run {done.id}")
+            out.print(project.spend([done]).line(), highlight=False)
+
+
+def _dry_run(spec: TaskSpec, as_json: bool) -> None:
+    """The first item's prompt (a messages: spec: its turns; --json: the request's messages, options, prompt)."""
+    from llmbus.run.adapter import item_request
+    from llmbus.run.engine import eval_items
+    from llmbus.run.executors import render_items
+
+    items, selector = eval_items(spec, 1)
+    job = next(render_items(spec, items, selector))
     if as_json:
-        out.print_json(data=summary.as_dict())
+        request = item_request(spec, job)
+        print_json({"messages": list(request.messages), **request.options(), "prompt": request.prompt})
     else:
-        _print_runs([summary], title=f"run {run_id}")
-        out.print(spend(store, [run_id]).line(), highlight=False)
+        sys.stdout.write(_shown_turns(job.messages) if job.messages else job.prompt + "\n")
 
 
 def _shown_turns(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
@@ -106,14 +114,14 @@ def _shown_turns(messages: tuple[dict[str, Any], ...] | list[dict[str, Any]]) ->
                              for c in turn.get("tool_calls") or []) for turn in messages)
 
 
-def _shown_call(call: dict[str, Any]) -> str:
+def _shown_call(call: Call) -> str:
     """One call whole: the conversation (or prompt), then the answer, tool calls and reasoning."""
-    answer = {"role": "assistant", "content": call["raw_output"], "tool_calls": call.get("tool_calls")}
-    text = _shown_turns([*(call.get("messages") or [{"role": "user", "content": call["prompt"]}]), answer])
-    if call.get("reasoning"):
-        text += f"[reasoning]\n{call['reasoning']}\n"
-    return text + f"[parsed] {json.dumps(call['parsed'], ensure_ascii=False)} · expected " \
-                  f"{json.dumps(call['expected'], ensure_ascii=False)} · {call['error_kind'] or 'ok'}\n"
+    answer = {"role": "assistant", "content": call.raw_output, "tool_calls": call.tool_calls}
+    text = _shown_turns([*(call.messages or [{"role": "user", "content": call.prompt}]), answer])
+    if call.reasoning:
+        text += f"[reasoning]\n{call.reasoning}\n"
+    return text + f"[parsed] {json.dumps(call.parsed, ensure_ascii=False)} · expected " \
+                  f"{json.dumps(call.expected, ensure_ascii=False)} · {call.error_kind or 'ok'}\n"
 
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
@@ -157,11 +165,10 @@ def runs(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Table of runs: quality, errors, tokens, cost and latency."""
-    from llmbus.run.summary import summarize
-    from llmbus.store import Store
+    from llmbus.project import Project
 
-    store = Store(db)
-    summaries = [summarize(store, r, traffic) for r in store.list_runs(task)]
+    with Project(db) as project:
+        summaries = [project.summary(r, traffic) for r in project.runs(task)]
     if as_json:
         out.print_json(data=[s.as_dict() for s in summaries])
     else:
@@ -179,30 +186,29 @@ def show(
 ) -> None:
     """Per-item rows of a run."""
     from llmbus.errors import LlmbusError
-    from llmbus.store import Store
+    from llmbus.project import Project
 
-    store = Store(db)
-    run = store.get_run(run_id)
-    rows = list(store.iter_calls(run["id"]))
+    with Project(db) as project:
+        run = project.get_run(run_id)
+        calls = list(project.calls(run))
     if item is not None:
-        rows = [r for r in rows if r["item_id"] == item]
-        if not rows:
-            raise LlmbusError(f"run {run['id']} has no item {item!r}")
+        calls = [c for c in calls if c.item_id == item]
+        if not calls:
+            raise LlmbusError(f"run {run.id} has no item {item!r}")
         if not as_json:
-            sys.stdout.write(_shown_call(rows[0]))
+            sys.stdout.write(_shown_call(calls[0]))
             return
     if as_json:
-        sys.stdout.write(json.dumps({"run": run, "calls": rows}, default=str, ensure_ascii=False) + "\n")
+        print_json({"run": run.as_dict(), "calls": [c.as_dict() for c in calls]})
         return
-    table = Table(title=plain(f"run {run['id']} · {run['task']} · {run['model']} · spec {run['spec_version']}"),
+    table = Table(title=plain(f"run {run.id} · {run.task} · {run.model} · spec {run.spec_version}"),
                   title_justify="left")
     for column in ("item", "answer", "expected", "conf", "score", "latency s", "cost $", "cache", "error"):
         table.add_column(column)
-    for r in rows:
-        table.add_row(plain(r["item_id"]), _short(r["parsed"] if r["parsed"] is not None else r["raw_output"]),
-                      _short(r["expected"]), fmt(r["confidence"], ".2f"), fmt(r["score"], ".2f"),
-                      fmt(r["latency_s"], ".3f"), fmt(r["cost_usd"], ".6f"), "hit" if r["cache_hit"] else "",
-                      r["error_kind"] or "")
+    for c in calls:
+        table.add_row(plain(c.item_id), _short(c.parsed if c.parsed is not None else c.raw_output),
+                      _short(c.expected), fmt(c.confidence, ".2f"), fmt(c.score, ".2f"), fmt(c.latency_s, ".3f"),
+                      fmt(c.cost_usd, ".6f"), "hit" if c.cache_hit else "", c.error_kind or "")
     out.print(table)
 
 
@@ -230,22 +236,21 @@ def advise(
 ) -> None:
     """Stop 1: does this task need an LLM? Size tier, cheap baselines, and LLM runs side by side; with --volume,
     which system pays at that volume (run, error and one-off costs, payback, crossovers)."""
-    from llmbus.advise.advise import advise as run_advice
     from llmbus.advise.breakeven import Assumptions, parse_volume
     from llmbus.cli.progress import stage_progress
-    from llmbus.store import Store
+    from llmbus.project import Project
     from llmbus.task.spec import load_spec
 
     spec = load_spec(task)
     assumptions = Assumptions(parse_volume(volume), error_cost, label_cost, horizon) if volume else None
-    store = Store(db)
-    with stage_progress(disable=as_json) as progress:
-        advice = run_advice(spec, store, usd_per_hour=usd_per_hour, progress=progress)
-    economics = None
-    if assumptions is not None:
-        from llmbus.distill.decision import economics as weigh
+    with Project(db) as project:
+        with stage_progress(disable=as_json) as progress:
+            advice = project.advise(spec, usd_per_hour=usd_per_hour, progress=progress)
+        economics = None
+        if assumptions is not None:
+            from llmbus.distill.decision import economics as weigh
 
-        economics = weigh(spec, store, advice, assumptions, current=current, usd_per_hour=usd_per_hour)
+            economics = weigh(spec, project.store, advice, assumptions, current=current, usd_per_hour=usd_per_hour)
     if as_json:
         print_json({**advice.as_dict(), **({"breakeven": economics.as_dict()} if economics else {})})
         return
