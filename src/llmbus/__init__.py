@@ -77,7 +77,7 @@ _EXPORTS = {
     "Store": "llmbus.store",
     "CallRecord": "llmbus.store",
     "run_task": "llmbus.run.engine",
-    "advise": "llmbus.advise.advise",
+    # (no top-level `advise`: `llmbus.advise` is the stop-1 subpackage once imported; use Project.advise)
     "evaluate": "llmbus.quality.evaluate",
     "embed_texts": "llmbus.embed:embed",  # `llmbus.embed` is the module's name, so the function is renamed
     "train_head": "llmbus.train.student",
