@@ -106,31 +106,19 @@ class OpenAIProvider:
         if self._async_slots is None:  # made on the loop that uses it
             self._async_slots = asyncio.Semaphore(self.config.max_concurrency * len(self.config.urls))
         async with self._async_slots:
-            failed_on: list[Replica] = []
-            moved, attempt = False, 0
+            tries = _Tries(self.replicas, request.prompt, self.config.max_retries)
             while True:
-                lease = self.replicas.acquire(request.prompt, avoid=failed_on)
+                lease = tries.lease()
                 try:
                     data = await self._apost_once(lease.replica.url, PATHS[api], body)
                     self.replicas.release(lease, "ok")
                     return self._priced(from_response(api, data, request))
                 except _Retryable as retry:
-                    self.replicas.release(lease, outcome_of(retry.error.kind))
-                    last, wait = retry.error, retry.wait
-                    failed_on.append(lease.replica)
-                    if retry.unsent and not moved and self.replicas.has_spare(failed_on):
-                        moved = True
-                        continue
-                except ProviderError as error:
-                    self.replicas.release(lease, outcome_of(error.kind))
+                    wait = tries.failed(lease, retry)
+                except BaseException as error:
+                    tries.stopped(lease, error)
                     raise
-                except BaseException:  # cancelled (the route's timeout, a client gone): the replica is not at fault
-                    self.replicas.release(lease, "abandoned")
-                    raise
-                if attempt >= self.config.max_retries:
-                    raise last
-                await asyncio.sleep(wait if wait is not None else backoff_seconds(attempt))
-                attempt += 1
+                await asyncio.sleep(wait)
 
     async def _apost_once(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if url not in self._async_clients:
@@ -215,30 +203,17 @@ class OpenAIProvider:
         lease of the replica that gave it (the caller releases it). A connection that never opened moves once,
         at once, to another replica in rotation (nothing was sent); other retryable failures wait and retry,
         on another replica when there is one."""
-        failed_on: list[Replica] = []
-        moved = False
-        attempt = 0
+        tries = _Tries(self.replicas, prompt, self.config.max_retries)
         while True:
-            lease = self.replicas.acquire(prompt, avoid=failed_on)
+            lease = tries.lease()
             try:
                 return lease, self._post_once(lease.replica.url, path, body, stream)
             except _Retryable as retry:
-                self.replicas.release(lease, outcome_of(retry.error.kind))
-                last, wait = retry.error, retry.wait
-                failed_on.append(lease.replica)
-                if retry.unsent and not moved and self.replicas.has_spare(failed_on):
-                    moved = True
-                    continue
-            except ProviderError as error:
-                self.replicas.release(lease, outcome_of(error.kind))
+                wait = tries.failed(lease, retry)
+            except BaseException as error:
+                tries.stopped(lease, error)
                 raise
-            except BaseException:
-                self.replicas.release(lease, "abandoned")
-                raise
-            if attempt >= self.config.max_retries:
-                raise last
-            time.sleep(wait if wait is not None else backoff_seconds(attempt))
-            attempt += 1
+            time.sleep(wait)
 
     def _post_once(self, url: str, path: str, body: dict[str, Any], stream: bool) -> Any:
         client, where = self.clients[url], self._where(url)
@@ -310,6 +285,41 @@ class _Retryable(Exception):
     def __init__(self, error: ProviderError, wait: float | None = None, unsent: bool = False):
         super().__init__(str(error))
         self.error, self.wait, self.unsent = error, wait, unsent
+
+
+class _Tries:
+    """The tries of one call over the replicas, shared by the sync and async paths: which replicas failed it,
+    whether it already moved, how many retries it spent."""
+
+    def __init__(self, replicas: ReplicaSet, prompt: str, max_retries: int):
+        self.replicas, self.prompt, self.max_retries = replicas, prompt, max_retries
+        self.failed_on: list[Replica] = []
+        self.moved = False
+        self.attempt = 0
+
+    def lease(self) -> Lease:
+        """The replica for the next try (one that failed this call only when no other is left)."""
+        return self.replicas.acquire(self.prompt, avoid=self.failed_on)
+
+    def failed(self, lease: Lease, retry: _Retryable) -> float:
+        """Release a failed try's replica and return the seconds to wait before the next: 0 to move at once, once,
+        to a spare replica when the request was never sent; else Retry-After or the backoff. Raises the error
+        when no retry is left."""
+        self.replicas.release(lease, outcome_of(retry.error.kind))
+        self.failed_on.append(lease.replica)
+        if retry.unsent and not self.moved and self.replicas.has_spare(self.failed_on):
+            self.moved = True
+            return 0.0
+        if self.attempt >= self.max_retries:
+            raise retry.error from None
+        wait = retry.wait if retry.wait is not None else backoff_seconds(self.attempt)
+        self.attempt += 1
+        return wait
+
+    def stopped(self, lease: Lease, error: BaseException) -> None:
+        """Release the replica of a try that ended otherwise: a provider error counts against it; a cancel (the
+        route's timeout, a client gone) does not."""
+        self.replicas.release(lease, outcome_of(error.kind) if isinstance(error, ProviderError) else "abandoned")
 
 
 def backoff_seconds(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
