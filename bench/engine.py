@@ -41,6 +41,7 @@ import httpx
 import yaml
 
 import llmbus
+from peak import CLI_WITH_PEAK
 from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,20 +93,6 @@ def plain_pool(base_url: str, bodies: list[dict[str, object]], concurrency: int)
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(post, bodies))
         return len(bodies) / (time.perf_counter() - tick)
-
-
-# The CLI in a process that writes its own peak RSS at exit. VmHWM belongs to the process's own memory since its
-# exec; the kernel's ru_maxrss would also count the bench's memory copied by fork before the exec.
-CLI_WITH_PEAK = """
-import atexit, re, sys
-PEAK_FILE = sys.argv.pop(1)
-def peak():
-    status = open("/proc/self/status").read()
-    open(PEAK_FILE, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
-atexit.register(peak)
-from importlib.metadata import entry_points
-entry_points(group="console_scripts", name="llmbus")[0].load()()  # the `llmbus` command
-"""
 
 
 @dataclass

