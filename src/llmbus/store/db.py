@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from llmbus.errors import LlmbusError
-from llmbus.extras import require
 from llmbus.providers.prices import Price, price_for
 from llmbus.redact import masked_url
-from llmbus.settings import DEFAULT_DB, db_setting
 from llmbus.store.embeddings import StoreEmbeddings
+from llmbus.store.engine import database_url, open_engine
 from llmbus.store.gateway_state import KeyLedger
 from llmbus.store.migrations import MIGRATIONS, lock_for_migrations
 from llmbus.store.rows import Call, Run
@@ -38,17 +35,6 @@ CONTENT_FREE = "content-free:"
 def now() -> datetime:
     """The current UTC time (what every timestamp in the store uses)."""
     return datetime.now(UTC)
-
-
-def database_url(db: str | None) -> str:
-    """`--db` value → SQLAlchemy URL: a URL as given, else a SQLite file path ($LLMBUS_DB, ./llmbus.db)."""
-    db = db_setting(db)
-    if "://" in db:
-        if db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-            require("postgres", "psycopg", "a PostgreSQL store")  # before SQLAlchemy's own ImportError
-            return "postgresql+psycopg://" + db.split("://", 1)[1]
-        return db
-    return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
 @dataclass
@@ -133,7 +119,7 @@ class Store:
     def __init__(self, db: str | None = None):
         url = database_url(db)
         self.url = masked_url(url)  # for messages: never the password (the engine holds the real URL)
-        self.engine = _make_engine(url)
+        self.engine = open_engine(url)
         self.migrate()
         self.embeddings = StoreEmbeddings(self.engine)  # the embedding cache `embed(..., cache=)` takes
         self._insert_calls = BulkInsert(self.engine, calls)
@@ -333,52 +319,3 @@ class BulkInsert:
             conn.exec_driver_sql(self.sql, [tuple(row.values()) for row in converted])
         else:
             conn.exec_driver_sql(self.sql, converted)
-
-
-def _make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return _connected(_create_engine(url, pool_pre_ping=True, pool_size=10), url)
-    path = sa.engine.make_url(url).database
-    if path and path != ":memory:" and not path.startswith("file:"):
-        _check_sqlite_path(Path(path))
-    engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each commit's WAL write; fast
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    return _connected(engine, url)
-
-
-def _create_engine(url: str, **options: Any) -> Engine:
-    try:
-        return sa.create_engine(url, **options)
-    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:  # bad URL, unknown dialect or driver
-        raise LlmbusError(f"--db {masked_url(url)}: not a database URL llmbus can open ({exc})") from None
-
-
-def _check_sqlite_path(path: Path) -> None:
-    """A SQLite --db must be a file (or not exist yet) in a folder that exists."""
-    if path.is_dir():
-        raise LlmbusError(f"--db {path}: is a folder; give a database file such as {path / DEFAULT_DB}")
-    if not path.parent.is_dir():
-        raise LlmbusError(f"--db {path}: folder {path.parent} does not exist (create it, or give another path)")
-
-
-def _connected(engine: Engine, url: str) -> Engine:
-    """`engine` once one connection opened and read the schema; one clear error otherwise."""
-    try:
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                conn.exec_driver_sql("PRAGMA schema_version")  # a file of garbage fails here, not at open
-    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
-        engine.dispose()
-        orig = getattr(exc, "orig", exc)
-        reason = str(orig).strip().splitlines()[0] if str(orig).strip() else orig.__class__.__name__
-        what = "open SQLite database" if engine.dialect.name == "sqlite" else "connect to database"
-        raise LlmbusError(f"cannot {what} {masked_url(url).removeprefix('sqlite:///')}: {reason}") from None
-    return engine
