@@ -41,8 +41,8 @@ import httpx
 import yaml
 
 import llmbus
+from llmbus import free_port
 from peak import CLI_WITH_PEAK
-from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_STUB = f"""

@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 import yaml
 
-from ports import free_port
+from llmbus import free_port
 
 BENCH = Path(__file__).resolve().parent
 LITELLM_VENV = Path.home() / ".cache" / "llmbus" / "bench" / "litellm-venv"

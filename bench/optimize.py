@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,42 +30,21 @@ from pathlib import Path
 import httpx
 
 import llmbus
-from llmbus import CallRecord, Item, TaskSpec, find_binary, load_items, split_items
-from ports import free_port
+from llmbus import (
+    CallRecord,
+    Item,
+    TaskSpec,
+    balanced_pick,
+    find_binary,
+    free_port,
+    load_items,
+    match_label,
+    split_items,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "local:gemma-3-270m"
 FIELDS = {"sms_spam": ("SMS", "Label"), "topics": ("Question", "Topic")}
-
-
-def balanced_pick(pool: list[Item], k: int, seed: int) -> list[Item]:
-    """k examples spread evenly over the expected answers (round-robin), shuffled with a fixed seed: what a
-    first script would pick (the same rule as llmbus's `balanced` few-shot strategy)."""
-    by_answer: dict[str, list[Item]] = defaultdict(list)
-    for item in pool:
-        by_answer[str(item.expected)].append(item)
-    rng = random.Random(seed)
-    groups = [rng.sample(group, len(group)) for _, group in sorted(by_answer.items())]
-    picked: list[Item] = []
-    while len(picked) < k and any(groups):
-        for group in groups:
-            if group and len(picked) < k:
-                picked.append(group.pop())
-    rng.shuffle(picked)
-    return picked
-
-
-def match_label(text: str, labels: tuple[str, ...]) -> str | None:
-    """The label a plain client reads from an answer: exact, case-insensitive, or the first word."""
-    cleaned = text.strip().strip(".\"'`*:").strip()
-    for label in labels:
-        if cleaned == label:
-            return label
-    lowered = {label.lower(): label for label in labels}
-    if cleaned.lower() in lowered:
-        return lowered[cleaned.lower()]
-    first = cleaned.split()[0].strip(".,:;\"'`*").lower() if cleaned.split() else ""
-    return lowered.get(first)
 
 
 def naive_prompt(spec: TaskSpec, shots: list[Item], item: Item) -> str:

@@ -29,8 +29,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import llmbus
-from llmbus import Request, RunOptions
-from ports import free_port
+from llmbus import Request, RunOptions, free_port
 from provider_overhead import LocalProvider, concurrency_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
